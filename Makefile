@@ -1,0 +1,36 @@
+# GMM-DRIT lab. `make run` runs the whole pipeline, `make test` the tests; both build .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+RUN_DIR ?=
+SEED ?= 0
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lab clean-runs
+
+# torch==2.13.0 is installed in the same pip command as the rest so nothing can resolve
+# another (CUDA, multi-GB) torch build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[dev]"
+	touch $(STAMP)
+
+## run every notebook in order with papermill (PROFILE=smoke|quick|paper, RUN_DIR=..., SEED=...)
+run: $(STAMP)
+	$(PY) -m nbutils.pipeline --profile $(PROFILE) --seed $(SEED) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
+
+## unit tests, then every notebook executed by nbmake with the smoke profile
+test: $(STAMP)
+	$(PY) -m pytest tests -q
+	rm -rf data/runs/smoke
+	NB_PROFILE=smoke $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks
+
+## open JupyterLab on the notebooks
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks
+
+clean-runs:
+	rm -rf data/runs data/raw figures/*.png figures/*.html figures/*.csv figures/*.md figures/*.js

@@ -1,0 +1,159 @@
+"""Profiles and run folders: the one place where every knob gets its value.
+
+A *profile* fills every setting a notebook does not set itself (DESIGN §3):
+
+========  ====================  ==========================================
+profile   for                   budget
+========  ====================  ==========================================
+smoke     nbmake in CI          tiny images, a few iterations, ≤ ~60 s
+quick     ``make run`` on a CPU  64 px slices, whole pipeline ≤ 30 min
+paper     a GPU                 182 px, the thesis's hyper-parameters
+========  ====================  ==========================================
+
+Notebooks call :func:`setup` with their papermill parameters. An empty
+``profile`` falls back to the environment variable ``NB_PROFILE`` (nbmake cannot
+pass parameters) and then to ``quick``. Every path is resolved from the
+repository root, never from the working directory: papermill runs kernels in the
+caller's directory, nbmake in the notebook's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write_text
+
+ROOT = Path(os.environ.get("GMMDRIT_ROOT", Path(__file__).resolve().parents[1]))
+DATA = ROOT / "data"
+FIGURES = ROOT / "figures"
+NOTEBOOKS = ROOT / "notebooks"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every setting that depends on the compute budget."""
+
+    name: str
+    image_size: int  # slices are stored at image_size x image_size (182 = native MNI 1 mm)
+    # slicing of real or simulated volumes
+    slices_per_volume: int  # evenly spaced coronal slices kept per volume (0 = all)
+    min_brain_fraction: float  # keep slices whose brain area >= this x the volume's largest
+    test_fraction: float  # subject-level test share when the CSV has no split column
+    # built-in simulated traveling-subject set (DESIGN §4)
+    sim_train_subjects: int  # distinct anatomies per simulated scanner (unpaired)
+    sim_test_subjects: int  # held-out anatomies rendered by every scanner
+    sim_slab: int  # contiguous 1 mm coronal slices per simulated volume
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", image_size=32, slices_per_volume=2, min_brain_fraction=0.6,
+                     test_fraction=0.25, sim_train_subjects=6, sim_test_subjects=3, sim_slab=2),
+    "quick": Profile("quick", image_size=64, slices_per_volume=4, min_brain_fraction=0.6,
+                     test_fraction=0.2, sim_train_subjects=80, sim_test_subjects=16, sim_slab=3),
+    "paper": Profile("paper", image_size=182, slices_per_volume=3, min_brain_fraction=0.6,
+                     test_fraction=0.2, sim_train_subjects=240, sim_test_subjects=40, sim_slab=3),
+}
+
+
+def get_profile(name: str = "") -> Profile:
+    """The profile called ``name``; empty means ``$NB_PROFILE``, then ``quick``."""
+    name = name or os.environ.get("NB_PROFILE", "") or "quick"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} "
+                         "(papermill -p profile NAME, or NB_PROFILE=NAME)")
+    return PROFILES[name]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pipeline run: its profile, seed and folder (everything it makes lives there)."""
+
+    profile: Profile
+    seed: int
+    dir: Path
+
+    @property
+    def slices(self) -> Path:
+        return self.dir / "slices"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.dir / "metrics.json"
+
+    @property
+    def figures(self) -> Path:
+        """Where this run's figures go: ``figures/``, except for smoke runs (CI) which keep
+        theirs in the run folder so that a test run never overwrites a real run's figures."""
+        return self.dir / "figures" if self.profile.name == "smoke" else FIGURES
+
+    def require(self, path: Path, notebook: str) -> Path:
+        """``path`` if it exists, else a clear error naming the notebook that makes it."""
+        if not Path(path).exists():
+            raise FileNotFoundError(
+                f"{path} is missing: run notebook {notebook} first with the same run folder "
+                f"({self.dir}) and profile ({self.profile.name}).")
+        return Path(path)
+
+    def record(self, key: str, values: dict) -> dict:
+        """Add this notebook's headline numbers to ``metrics.json`` under ``key``."""
+        metrics = read_metrics(self.dir)
+        metrics[key] = _plain(values)
+        atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
+        return metrics
+
+
+def setup(profile: str = "", run_dir: str = "", seed: int = 0) -> Run:
+    """Resolve a notebook's parameters into a :class:`Run`, seed every RNG, make the folder."""
+    prof = get_profile(profile)
+    path = Path(run_dir) if run_dir else DATA / "runs" / prof.name
+    if not path.is_absolute():
+        path = ROOT / path
+    path.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    run = Run(prof, int(seed), path.resolve())
+    run.figures.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency, but keep config light
+        return
+    torch.manual_seed(seed)
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _plain(value):
+    """Make numpy scalars, arrays, paths and dataclasses JSON-serialisable."""
+    if dataclasses.is_dataclass(value):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

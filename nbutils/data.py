@@ -1,0 +1,238 @@
+"""A data set of volumes → coronal slices, a manifest and compact slice arrays.
+
+Input: a CSV ``path,domain[,subject][,split][,clean]``. ``path`` (and ``clean``, the
+clean ground-truth rendering the built-in simulated set provides for its test split)
+are relative to the CSV's folder unless absolute. Without ``subject`` each file is its
+own subject; without ``split`` subjects are split train/test at the subject level
+(no subject in two splits), stratified by domain.
+
+Output (``<run>/slices/``, written atomically as one folder):
+
+* ``{split}.npy`` float16 (N, H, W) in [0, 1] — memory-mappable;
+* ``{split}_mask.npy`` bool (N, H, W) brain masks;
+* ``{split}_clean.npy`` float16 clean truth, when every volume of the split has one;
+* ``manifest.csv`` one row per slice: split, index (row in the split's arrays),
+  slice_id, domain, domain_index, subject, source, slice_index (MNI coronal y);
+* ``info.json`` domains (ordered), image size and slicing settings.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from skimage.transform import resize
+from tqdm.auto import tqdm
+
+from .io import atomic_path, atomic_write_text
+from .volumes import DataError, brain_mask, coronal_slice, load_volume, robust_normalise, to_mni_grid
+
+SPLITS = ("train", "test")
+MASK_THRESHOLD = 0.08  # on [0, 1] normalised intensities, after light smoothing
+
+
+def read_table(csv: str | Path, test_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
+    """Read and check a data CSV; return absolute paths, subjects and splits.
+
+    Raises :class:`DataError` on an unreadable or empty CSV, missing columns, missing
+    files, unknown split names, subjects in two splits, or a domain with < 2 volumes.
+    """
+    csv = Path(csv)
+    if not csv.is_file():
+        raise DataError(f"{csv}: no such CSV; give a CSV with columns path,domain[,subject][,split].")
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{csv}: the CSV is empty; it needs a header path,domain[,subject][,split] "
+                        "and one row per volume.") from None
+    table.columns = [c.strip().lower() for c in table.columns]
+    missing = {"path", "domain"} - set(table.columns)
+    if missing:
+        raise DataError(f"{csv}: missing column(s) {', '.join(sorted(missing))} (found: "
+                        f"{', '.join(table.columns) or 'none'}); the header must be "
+                        "path,domain[,subject][,split].")
+    table = table[table["path"].str.strip() != ""].reset_index(drop=True)
+    if table.empty:
+        raise DataError(f"{csv}: the CSV has a header but no rows; add one row per volume.")
+
+    def absolute(p: str) -> str:
+        p = Path(p.strip())
+        return str(p if p.is_absolute() else (csv.parent / p).resolve())
+
+    table["path"] = table["path"].map(absolute)
+    gone = [f"row {i + 2}: {p}" for i, p in enumerate(table["path"]) if not Path(p).is_file()]
+    if "clean" in table.columns:
+        has = table["clean"].str.strip() != ""
+        table.loc[has, "clean"] = table.loc[has, "clean"].map(absolute)
+        gone += [f"row {i + 2}: {p} (clean)" for i, p in table.loc[has, "clean"].items()
+                 if not Path(p).is_file()]
+    if gone:
+        more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
+        raise DataError(f"{csv}: {len(gone)} file(s) named in the CSV do not exist: "
+                        f"{'; '.join(gone[:5])}{more}. Fix the paths (relative to the CSV's folder).")
+    table["domain"] = table["domain"].str.strip()
+    counts = table["domain"].value_counts()
+    few = counts[counts < 2]
+    if len(few):
+        raise DataError(f"{csv}: domain(s) {', '.join(f'{d!r} ({n} volume)' for d, n in few.items())} "
+                        "have fewer than 2 volumes; every scanner needs at least 2 (one to train, "
+                        "one to test). Add volumes or drop that domain.")
+    if "subject" not in table.columns or (table["subject"].str.strip() == "").all():
+        table["subject"] = [Path(p).name.split(".")[0] for p in table["path"]]
+    if "split" in table.columns and (table["split"].str.strip() != "").any():
+        table["split"] = table["split"].str.strip().str.lower()
+        bad = sorted(set(table["split"]) - set(SPLITS))
+        if bad:
+            raise DataError(f"{csv}: unknown split value(s) {bad}; use one of {list(SPLITS)} "
+                            "or leave the column out to split by subject automatically.")
+        mixed = table.groupby("subject")["split"].nunique()
+        if (mixed > 1).any():
+            raise DataError(f"{csv}: subject(s) {list(mixed[mixed > 1].index[:5])} appear in more "
+                            "than one split; a subject's volumes must all be in the same split.")
+    else:
+        table["split"] = subject_split(table, test_fraction, seed)
+    return table
+
+
+def subject_split(table: pd.DataFrame, test_fraction: float, seed: int) -> list[str]:
+    """Subject-level train/test split, stratified by each subject's first domain."""
+    rng = np.random.default_rng(seed)
+    first_domain = table.groupby("subject", sort=True)["domain"].first()
+    test = set()
+    for _, subjects in first_domain.groupby(first_domain):
+        names = np.array(sorted(subjects.index))
+        n = int(round(test_fraction * len(names)))
+        n = min(max(n, 1), len(names) - 1) if len(names) > 1 else 0
+        test |= set(rng.choice(names, size=n, replace=False))
+    return ["test" if s in test else "train" for s in table["subject"]]
+
+
+def chosen_slices(area: np.ndarray, per_volume: int, min_fraction: float) -> np.ndarray:
+    """Coronal indices to keep: brain area ≥ ``min_fraction`` x the largest, then
+    ``per_volume`` evenly spaced among them (0 = all)."""
+    if area.max() <= 0:
+        return np.array([], int)
+    ok = np.flatnonzero(area >= min_fraction * area.max())
+    if per_volume and len(ok) > per_volume:
+        ok = ok[np.round(np.linspace(0, len(ok) - 1, per_volume)).astype(int)]
+    return ok
+
+
+def volume_slices(path: str | Path, ys: np.ndarray | None = None, per_volume: int = 0,
+                  min_fraction: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised 182 x 182 coronal slices of one volume: (slices, coronal indices).
+
+    With ``ys`` given, exactly those coronal indices (used to take a clean truth's
+    slices at the same positions as its rendered image)."""
+    vol = to_mni_grid(_normalised(path), source=path)
+    if ys is None:
+        area = (vol > MASK_THRESHOLD).sum(axis=(0, 2))
+        ys = chosen_slices(area, per_volume, min_fraction)
+    return np.stack([coronal_slice(vol, y) for y in ys]) if len(ys) else np.zeros((0, 182, 182),
+                                                                               np.float32), ys
+
+
+def _normalised(path):
+    import nibabel as nib
+
+    img = load_volume(path)
+    return nib.Nifti1Image(robust_normalise(img.get_fdata(dtype=np.float32)), img.affine)
+
+
+def resize_slices(slices: np.ndarray, size: int) -> np.ndarray:
+    """Anti-aliased resize of (N, 182, 182) slices to (N, size, size)."""
+    if slices.shape[-1] == size and slices.shape[-2] == size:
+        return slices.astype(np.float32)
+    return np.stack([resize(s, (size, size), order=1, anti_aliasing=True, preserve_range=True)
+                     for s in slices]).astype(np.float32) if len(slices) else np.zeros((0, size, size), np.float32)
+
+
+def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_volume: int = 0,
+                  min_fraction: float = 0.6, test_fraction: float = 0.2, seed: int = 0,
+                  progress: bool = True) -> pd.DataFrame:
+    """Slice every volume of ``csv`` into ``out_dir`` (atomically); return the manifest."""
+    table = read_table(csv, test_fraction, seed)
+    domains = sorted(table["domain"].unique())
+    rows, store = [], {s: {"image": [], "mask": [], "clean": []} for s in SPLITS}
+    for rec in tqdm(table.itertuples(), total=len(table), desc="slicing volumes", disable=not progress):
+        slices, ys = volume_slices(rec.path, per_volume=per_volume, min_fraction=min_fraction)
+        if not len(ys):
+            raise DataError(f"{rec.path}: no coronal slice holds enough brain; check the volume "
+                            "(is it skull-stripped and registered to MNI?).")
+        clean_path = getattr(rec, "clean", "") or ""
+        clean = volume_slices(clean_path, ys=ys)[0] if clean_path else None
+        # the mask comes from the clean truth when there is one (same anatomy in every scanner)
+        masks = np.stack([brain_mask(s, MASK_THRESHOLD) for s in (clean if clean is not None else slices)])
+        part = store[rec.split]
+        start = sum(len(a) for a in part["image"])
+        part["image"].append(resize_slices(slices, image_size))
+        part["mask"].append(resize_slices(masks.astype(np.float32), image_size) > 0.5)
+        part["clean"].append(None if clean is None else resize_slices(clean, image_size))
+        for i, y in enumerate(ys):
+            rows.append(dict(split=rec.split, index=start + i,
+                             slice_id=f"{rec.subject}_{rec.domain}_y{y:03d}", domain=rec.domain,
+                             domain_index=domains.index(rec.domain), subject=rec.subject,
+                             source=rec.path, slice_index=int(y), has_clean=clean is not None))
+    manifest = pd.DataFrame(rows)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for split, part in store.items():
+            if not part["image"]:
+                continue
+            np.save(tmp / f"{split}.npy", np.concatenate(part["image"]).astype(np.float16))
+            np.save(tmp / f"{split}_mask.npy", np.concatenate(part["mask"]))
+            if all(c is not None for c in part["clean"]):
+                np.save(tmp / f"{split}_clean.npy", np.concatenate(part["clean"]).astype(np.float16))
+        manifest.to_csv(tmp / "manifest.csv", index=False)
+        info = dict(domains=domains, image_size=image_size, per_volume=per_volume,
+                    min_fraction=min_fraction, test_fraction=test_fraction, seed=seed,
+                    source_csv=str(Path(csv).resolve()))
+        atomic_write_text(tmp / "info.json", json.dumps(info, indent=2))
+    return manifest
+
+
+@dataclass
+class Slices:
+    """One split of a sliced data set. ``images``/``clean`` are float16 memory maps."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    clean: np.ndarray | None
+    manifest: pd.DataFrame
+    domains: list[str]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.manifest["domain_index"].to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+
+def load_slices(slice_dir: str | Path, split: str) -> Slices:
+    """Memory-map one split written by :func:`slice_dataset`."""
+    slice_dir = Path(slice_dir)
+    if not (slice_dir / "manifest.csv").is_file():
+        raise FileNotFoundError(f"{slice_dir} holds no sliced data set: run notebook 01 first.")
+    info = json.loads((slice_dir / "info.json").read_text())
+    manifest = pd.read_csv(slice_dir / "manifest.csv", dtype={"subject": str})
+    manifest = manifest[manifest["split"] == split].sort_values("index").reset_index(drop=True)
+    if manifest.empty:
+        raise DataError(f"{slice_dir}: the data set has no {split!r} slices.")
+    clean_file = slice_dir / f"{split}_clean.npy"
+    return Slices(images=np.load(slice_dir / f"{split}.npy", mmap_mode="r"),
+                  masks=np.load(slice_dir / f"{split}_mask.npy", mmap_mode="r"),
+                  clean=np.load(clean_file, mmap_mode="r") if clean_file.exists() else None,
+                  manifest=manifest, domains=list(info["domains"]))
+
+
+def counts_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Slices and volumes per domain and split (rows: domains, plus a total)."""
+    vols = manifest.groupby(["domain", "split"])["source"].nunique().unstack(fill_value=0)
+    slices = manifest.groupby(["domain", "split"]).size().unstack(fill_value=0)
+    out = pd.concat({"volumes": vols, "slices": slices}, axis=1)
+    out.columns = [f"{kind} ({split})" for kind, split in out.columns]
+    out.loc["total"] = out.sum()
+    return out.reset_index().rename(columns={"index": "domain"})

@@ -1,0 +1,48 @@
+"""Atomic writes: a reader sees the old file or the new one, never half of one."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only on success.
+
+    Works for files and folders: write whatever you like at the yielded path.
+    On an exception the temporary is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # keep the suffixes so that writers choosing a format by extension (nibabel, numpy) agree
+    tmp = path.with_name(f".{path.stem.split('.')[0]}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
+                         f"{''.join(path.suffixes)}")
+    try:
+        yield tmp
+        if path.is_dir() and tmp.is_dir():
+            old = path.with_name(f".{path.name}.old-{os.urandom(3).hex()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+    return Path(path)
+
+
+def atomic_tempdir(parent: str | Path) -> str:
+    """A fresh temporary folder inside ``parent`` (same file system, so renames are atomic)."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(dir=parent, prefix=".tmp-")

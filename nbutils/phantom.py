@@ -1,0 +1,254 @@
+"""The built-in simulated multi-scanner data set (no download; DESIGN §4).
+
+Anatomy comes from the ICBM152 2009a T1 template that ships inside nilearn. A
+*pseudo-subject* is a slab of ``slab`` contiguous 1 mm coronal slices at a random
+position, bent by a random smooth in-plane deformation (rotation, scale, shift and
+an elastic field). Four **simulated** scanners render it. Each is a fixed appearance
+model — a tissue-contrast curve plus spatial signatures no global intensity remap can
+undo: a characteristic resolution, a coil bias-field shape, a noise level and one
+artefact — with per-image nuisance drawn from that scanner's ranges. The simulated
+scanners imitate kinds of acquisition; they are not models of real devices.
+
+* TRAINING split: every scanner sees its own anatomies (unpaired, like real sites).
+* TEST split: the same held-out anatomies rendered by every scanner (a simulated
+  traveling-subject study), plus each scanner's *clean* rendering of them (its contrast
+  curve only, no resolution loss, bias, noise or artefact) as ground truth.
+
+Volumes are written as skull-stripped int16 NIfTI in FSL's MNI orientation (x flipped)
+with a CSV ``path,domain,subject,split,clean``, so notebook 01 slices them through the
+same code path as real data.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from .io import atomic_path
+from .volumes import MNI_AFFINE, to_mni_grid
+
+VERSION = 1  # bump when the rendering changes: cached sets with another version are rebuilt
+CORONAL_RANGE = (70, 150)  # MNI grid y indices (y = -56 … +24 mm): the broad central band
+
+
+@dataclass(frozen=True)
+class SimScanner:
+    """A simulated scanner: fixed identity, nuisance ranges as (low, high)."""
+
+    name: str
+    like: str
+    contrast: tuple[float, float, float]  # signal of CSF, GM, WM (template tissue means map here)
+    curve_gamma: float  # bends the contrast curve between the knots (1 = piecewise linear)
+    resolution: str  # text for the table
+    blur_mm: tuple[float, float]  # Gaussian sigma along (x, z) in mm; 0 = none
+    downsample: int  # acquire at this factor coarser, interpolate back (partial volume)
+    bias: str  # 'superior', 'centre', 'periphery' or 'left-right'
+    bias_strength: tuple[float, float]
+    noise: tuple[float, float]  # Rician sigma as a fraction of the WM signal
+    artefact: str  # 'none', 'ghost' or 'ringing'
+    artefact_strength: tuple[float, float]
+    contrast_jitter: float = 0.03  # per-image jitter of the tissue levels
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.like}"
+
+
+SCANNERS: tuple[SimScanner, ...] = (
+    SimScanner("sim-A", "3T-MPRAGE-like", contrast=(0.08, 0.42, 0.90), curve_gamma=1.0,
+               resolution="sharp, 1 mm isotropic", blur_mm=(0.4, 0.4), downsample=1,
+               bias="superior", bias_strength=(0.10, 0.25), noise=(0.008, 0.015),
+               artefact="none", artefact_strength=(0.0, 0.0)),
+    SimScanner("sim-B", "1.5T-spin-echo-like", contrast=(0.30, 0.58, 0.78), curve_gamma=1.0,
+               resolution="thick sagittal slices: blur along x", blur_mm=(1.6, 0.5), downsample=1,
+               bias="centre", bias_strength=(0.20, 0.35), noise=(0.025, 0.040),
+               artefact="ghost", artefact_strength=(0.06, 0.12)),
+    SimScanner("sim-C", "3T-multichannel-coil-like", contrast=(0.12, 0.50, 0.95), curve_gamma=0.7,
+               resolution="1 mm, k-space truncated along z", blur_mm=(0.6, 0.6), downsample=1,
+               bias="periphery", bias_strength=(0.30, 0.50), noise=(0.015, 0.030),
+               artefact="ringing", artefact_strength=(0.40, 0.55)),
+    SimScanner("sim-D", "1.5T-low-resolution-like", contrast=(0.20, 0.62, 0.80), curve_gamma=1.3,
+               resolution="2 mm in-plane, interpolated to 1 mm", blur_mm=(0.0, 0.0), downsample=2,
+               bias="left-right", bias_strength=(0.15, 0.30), noise=(0.020, 0.030),
+               artefact="none", artefact_strength=(0.0, 0.0)),
+)
+
+
+def scanner_table() -> pd.DataFrame:
+    """The simulated scanners' appearance models, one row each (for notebook 01)."""
+    rows = []
+    for s in SCANNERS:
+        rows.append({"domain": s.name, "kind (simulated)": s.like,
+                     "CSF / GM / WM signal": " / ".join(f"{c:.2f}" for c in s.contrast),
+                     "curve gamma": s.curve_gamma, "resolution": s.resolution,
+                     "bias field": f"{s.bias}, strength {s.bias_strength[0]:.2f}–{s.bias_strength[1]:.2f}",
+                     "noise σ (Rician)": f"{s.noise[0]:.3f}–{s.noise[1]:.3f}",
+                     "artefact": "none" if s.artefact == "none" else
+                     f"{s.artefact} {s.artefact_strength[0]:.2f}–{s.artefact_strength[1]:.2f}"})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- anatomy
+@dataclass
+class Template:
+    t1: np.ndarray  # MNI grid, RAS, [0, 1]
+    mask: np.ndarray  # brain mask (bool)
+    knots: tuple[float, float, float]  # template T1 at CSF, GM, WM
+
+
+def load_template() -> Template:
+    """nilearn's ICBM152 2009a T1, brain mask and tissue maps on the MNI 182 grid."""
+    from nilearn import datasets
+
+    grid = lambda img: to_mni_grid(nib.as_closest_canonical(img), source="nilearn template")
+    t1 = grid(datasets.load_mni152_template(resolution=1))
+    mask = grid(datasets.load_mni152_brain_mask(resolution=1)) > 0.5
+    gm = grid(datasets.load_mni152_gm_template(resolution=1))
+    wm = grid(datasets.load_mni152_wm_template(resolution=1))
+    t1 = t1 / float(t1[mask].max())
+    csf = mask & (gm < 0.15) & (wm < 0.15) & (t1 > 0.02)
+    knots = tuple(float(np.median(t1[m])) for m in (csf, gm > 0.6, wm > 0.8))
+    return Template(t1=t1.astype(np.float32), mask=mask, knots=knots)
+
+
+def pseudo_subject(tpl: Template, slab: int, rng: np.random.Generator):
+    """A random anatomy: (T1 slab, mask slab) of shape (182, slab, 182), and its first y index."""
+    y0 = int(rng.integers(CORONAL_RANGE[0], CORONAL_RANGE[1] - slab + 1))
+    nx, nz = tpl.t1.shape[0], tpl.t1.shape[2]
+    theta = np.deg2rad(rng.uniform(-7, 7))
+    scale = rng.uniform(0.92, 1.08, size=2)
+    shift = rng.uniform(-4, 4, size=2)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) / scale
+    gx, gz = np.meshgrid(np.arange(nx, dtype=np.float32), np.arange(nz, dtype=np.float32), indexing="ij")
+    centre = np.array([nx / 2, nz / 2])
+    coords = np.einsum("ij,jxz->ixz", rot, np.stack([gx, gz]) - centre[:, None, None])
+    coords += (centre + shift)[:, None, None]
+    amp = rng.uniform(1.0, 3.0)  # elastic displacement in mm, smooth over ~30 mm
+    coarse = rng.normal(0, amp, size=(2, 7, 7))
+    coords += np.stack([ndimage.zoom(c, (nx / 7, nz / 7), order=3) for c in coarse])
+    warp = lambda a, order: np.stack([ndimage.map_coordinates(a[:, y, :], coords, order=order)
+                                      for y in range(y0, y0 + slab)], axis=1)
+    t1 = np.clip(warp(tpl.t1, 1), 0, None)
+    mask = warp(tpl.mask.astype(np.float32), 1) > 0.5
+    return t1 * mask, mask, y0
+
+
+# --------------------------------------------------------------------------- scanners
+def contrast_curve(t1: np.ndarray, knots, levels, gamma: float) -> np.ndarray:
+    """Map template intensity to a scanner's signal: through (knot_i → level_i), bent by gamma."""
+    xs = np.array([0.0, *knots, 1.0])
+    ys = np.array([0.0, *levels, levels[-1] * 1.05])
+    lin = np.interp(t1, xs, ys)
+    top = ys.max()
+    return (top * (lin / top) ** gamma).astype(np.float32)
+
+
+def _bias_field(kind: str, strength: float, shape: tuple[int, int]) -> np.ndarray:
+    u, v = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    g = {"superior": v, "left-right": u, "centre": 1 - 2 * (u**2 + v**2),
+         "periphery": 2 * (u**2 + v**2) - 1}[kind]
+    return np.exp(strength * g).astype(np.float32)
+
+
+def _ringing(img: np.ndarray, keep: float) -> np.ndarray:
+    """Gibbs ringing: keep the central ``keep`` share of k-space along z (hard truncation)."""
+    k = np.fft.fftshift(np.fft.fft(img, axis=1), axes=1)
+    n = img.shape[1]
+    half = int(round(keep * n / 2))
+    k[:, : n // 2 - half] = 0
+    k[:, n // 2 + half:] = 0
+    return np.abs(np.fft.ifft(np.fft.ifftshift(k, axes=1), axis=1)).astype(np.float32)
+
+
+def render(t1: np.ndarray, mask: np.ndarray, knots, scanner: SimScanner,
+           rng: np.random.Generator | None) -> np.ndarray:
+    """Render a (182, slab, 182) anatomy as ``scanner`` sees it.
+
+    ``rng=None`` gives the clean rendering (nominal contrast curve only)."""
+    if rng is None:
+        return contrast_curve(t1, knots, scanner.contrast, scanner.curve_gamma) * mask
+    levels = np.array(scanner.contrast) + rng.uniform(-1, 1, 3) * scanner.contrast_jitter
+    gamma = scanner.curve_gamma * rng.uniform(0.93, 1.07)
+    img = contrast_curve(t1, knots, np.sort(levels), gamma)
+    bias = scanner.bias_strength[0] + rng.uniform() * np.diff(scanner.bias_strength)[0]
+    sigma = rng.uniform(*scanner.noise)
+    art = rng.uniform(*scanner.artefact_strength)
+    out = np.empty_like(img)
+    for y in range(img.shape[1]):
+        s = img[:, y, :]
+        if scanner.downsample > 1:
+            f = scanner.downsample
+            s = ndimage.zoom(ndimage.uniform_filter(s, f)[::f, ::f], f, order=1)[: img.shape[0], : img.shape[2]]
+        if any(scanner.blur_mm):
+            s = ndimage.gaussian_filter(s, scanner.blur_mm)
+        if scanner.artefact == "ghost":  # phase-encode ghost along x, a third of the FOV away
+            s = s + art * np.roll(s, s.shape[0] // 3, axis=0)
+        elif scanner.artefact == "ringing":
+            s = _ringing(s, art)
+        s = s * _bias_field(scanner.bias, bias, s.shape)
+        noisy = np.hypot(s + rng.normal(0, sigma, s.shape), rng.normal(0, sigma, s.shape))
+        out[:, y, :] = noisy
+    return (out * mask).astype(np.float32)  # skull-stripped, as the preprocessing would leave it
+
+
+# --------------------------------------------------------------------------- writing
+def _save(vol: np.ndarray, y0: int, path: Path) -> None:
+    """Write a RAS slab as int16 NIfTI in FSL's MNI orientation (x flipped), placed at y0."""
+    affine = MNI_AFFINE.copy()
+    affine[1, 3] += y0
+    affine[0, 0], affine[0, 3] = -1.0, MNI_AFFINE[0, 3] + vol.shape[0] - 1
+    img = nib.Nifti1Image(np.round(vol[::-1] * 1000).astype(np.int16), affine)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = b"GMM-DRIT simulated scanner (not real data)"
+    nib.save(img, str(path))
+
+
+def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int = 0,
+          progress: bool = True) -> Path:
+    """Write the simulated set to ``out_dir`` (atomically) and return its CSV.
+
+    ``n_train`` anatomies per scanner (unpaired) and ``n_test`` anatomies rendered by
+    every scanner with their clean truths. The same arguments give the same files; a
+    folder already holding them (same spec) is reused.
+    """
+    out_dir = Path(out_dir)
+    spec = dict(version=VERSION, n_train=n_train, n_test=n_test, slab=slab, seed=seed,
+                scanners=[asdict(s) for s in SCANNERS])
+    csv = out_dir / "volumes.csv"
+    if csv.exists() and (out_dir / "spec.json").exists():
+        if json.loads((out_dir / "spec.json").read_text()) == json.loads(json.dumps(spec)):
+            return csv
+    tpl = load_template()
+    jobs = [("train", k, i) for k in range(len(SCANNERS)) for i in range(n_train)]
+    jobs += [("test", None, j) for j in range(n_test)]
+    rows = []
+    with atomic_path(out_dir) as tmp:
+        for sub in ("train", "test", "clean"):
+            (tmp / sub).mkdir(parents=True)
+        for split, k, i in tqdm(jobs, desc="simulating scanners", disable=not progress):
+            t1, mask, y0 = pseudo_subject(tpl, slab, np.random.default_rng([seed, int(split == "test"), k or 0, i]))
+            scanners = [k] if split == "train" else range(len(SCANNERS))
+            subject = f"{SCANNERS[k].name}-s{i:03d}" if split == "train" else f"trav-{i:03d}"
+            for kk in scanners:
+                s = SCANNERS[kk]
+                name = f"{subject}_{s.name}.nii.gz" if split == "test" else f"{subject}.nii.gz"
+                _save(render(t1, mask, tpl.knots, s, np.random.default_rng([seed, 2, kk, i, int(split == "test")])),
+                      y0, tmp / split / name)
+                clean = ""
+                if split == "test":
+                    _save(render(t1, mask, tpl.knots, s, None), y0, tmp / "clean" / name)
+                    clean = f"clean/{name}"
+                rows.append(dict(path=f"{split}/{name}", domain=s.name, subject=subject,
+                                 split=split, clean=clean))
+        pd.DataFrame(rows).to_csv(tmp / "volumes.csv", index=False)
+        (tmp / "spec.json").write_text(json.dumps(spec, indent=2))
+        (tmp / "README.txt").write_text(
+            "SIMULATED data made by nbutils.phantom from nilearn's ICBM152 2009a template.\n"
+            "The scanners sim-A..sim-D are simulations, not real devices.\n")
+    return csv

@@ -1,0 +1,95 @@
+"""Figures and tables: one helper saves each under a stable name (DESIGN §7).
+
+Static figures are PNG through matplotlib (no browser needed); interactive ones HTML
+through plotly with ``include_plotlyjs='directory'`` so they open offline. Tables are
+written as CSV and Markdown. Every figure is labelled as coming from simulated data
+when it does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .io import atomic_path, atomic_write_text
+
+
+def save_figure(fig, name: str, folder: str | Path) -> Path:
+    """Save a matplotlib figure as ``<folder>/<name>.png`` or a plotly one as ``.html``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(fig, "write_html"):
+        path = folder / f"{name}.html"
+        with atomic_path(path) as tmp:
+            # 'directory' writes plotly.min.js beside the HTML once and links it: works offline
+            fig.write_html(str(tmp), include_plotlyjs="directory", full_html=True)
+        return path
+    path = folder / f"{name}.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    return path
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else format(v, floatfmt)
+        return str(v)
+
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def save_table(df: pd.DataFrame, name: str, folder: str | Path, note: str = "") -> Path:
+    """Write ``<folder>/<name>.csv`` and ``<folder>/<name>.md`` (with ``note`` above the table)."""
+    folder = Path(folder)
+    with atomic_path(folder / f"{name}.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    atomic_write_text(folder / f"{name}.md", (f"{note}\n\n" if note else "") + markdown_table(df))
+    return folder / f"{name}.csv"
+
+
+SIMULATED = "simulated scanners (built-in data, not real devices)"
+
+
+def montage(images: dict[str, np.ndarray], title: str = "", ncols: int | None = None,
+            vmax: float = 1.0, cmap: str = "gray"):
+    """A grid of 2-D images with their names as captions; returns the matplotlib figure."""
+    names = list(images)
+    ncols = ncols or len(names)
+    nrows = int(np.ceil(len(names) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.3 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        ax.imshow(np.asarray(images[name], np.float32), cmap=cmap, vmin=0, vmax=vmax)
+        ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def intensity_histograms(values: dict[str, np.ndarray], title: str, bins: int = 100):
+    """Density of in-mask intensities per group, as a matplotlib figure and a plotly figure."""
+    import plotly.graph_objects as go
+
+    edges = np.linspace(0, 1, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    pfig = go.Figure()
+    for name, v in values.items():
+        dens, _ = np.histogram(np.asarray(v, np.float32), bins=edges, density=True)
+        ax.plot(centres, dens, label=name)
+        pfig.add_trace(go.Scatter(x=centres, y=dens, mode="lines", name=name))
+    ax.set(xlabel="normalised intensity (brain mask)", ylabel="density", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    pfig.update_layout(title=title, xaxis_title="normalised intensity (brain mask)",
+                       yaxis_title="density", template="plotly_white")
+    return fig, pfig

@@ -1,0 +1,131 @@
+"""One NIfTI volume: load, check, reorient, put on the MNI 1 mm grid, normalise, slice.
+
+Conventions
+-----------
+* Arrays are in canonical RAS voxel order (nibabel ``as_closest_canonical``).
+* The reference grid is FSL's MNI152 1 mm grid, 182 x 218 x 182, here in RAS order
+  (origin at x=-91, y=-126, z=-72 mm). Coronal slices are 182 x 182.
+* A coronal slice is shown with superior at the top and the subject's left on the
+  left (neurological convention): ``slice2d = rot90(vol[:, y, :])``.
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+MNI_SHAPE = (182, 218, 182)
+MNI_AFFINE = np.array([[1.0, 0, 0, -91], [0, 1.0, 0, -126], [0, 0, 1.0, -72], [0, 0, 0, 1]])
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, what is wrong and what to do."""
+
+
+def load_volume(path: str | Path) -> nib.Nifti1Image:
+    """Load a 3-D NIfTI volume in canonical RAS orientation, with finite float32 data.
+
+    Refuses (with :class:`DataError`) files that are not NIfTI, truncated or corrupt
+    files, real 4-D series, NaN/Inf voxels and constant volumes. A trailing singleton
+    4th axis (``X x Y x Z x 1``) is squeezed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the path (relative paths in a CSV are "
+                        "taken relative to the CSV's folder).")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        raise DataError(f"{path}: not a readable NIfTI file ({exc.__class__.__name__}: {exc}); "
+                        "give a .nii or .nii.gz T1 volume (convert DICOM with dcm2niix).") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataError(f"{path}: is a {type(img).__name__}, not NIfTI; convert it to .nii.gz "
+                        "(e.g. nibabel.save(nibabel.Nifti1Image(data, affine), 'x.nii.gz')).")
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        img = img.slicer[..., 0]
+    elif len(shape) == 4:
+        raise DataError(f"{path}: is a 4-D series of {shape[3]} volumes {shape}; a T1 volume is "
+                        "3-D. Extract the volume you want first (e.g. fslroi, or img.slicer[..., i]).")
+    elif len(shape) != 3:
+        raise DataError(f"{path}: has {len(shape)} dimensions {shape}; expected a 3-D volume.")
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        raise DataError(f"{path}: the file is truncated or corrupt ({exc.__class__.__name__}: "
+                        f"{exc}); copy or export it again.") from exc
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise DataError(f"{path}: {bad} voxels are NaN or Inf; fix the preprocessing step that "
+                        "made them (or set them to 0 with numpy.nan_to_num) and try again.")
+    if float(data.max()) == float(data.min()):
+        raise DataError(f"{path}: the volume is constant (every voxel = {float(data.min()):g}); "
+                        "it holds no image. Check that the right file was exported.")
+    img = nib.Nifti1Image(data, img.affine, img.header)
+    return nib.as_closest_canonical(img)
+
+
+def robust_normalise(data: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+    """Map intensities to [0, 1]: the volume's ``low_pct`` percentile to 0 (background) and
+    the ``high_pct`` percentile of the foreground (voxels above the Otsu threshold) to 1, clipped."""
+    from skimage.filters import threshold_otsu
+
+    data = np.asarray(data, dtype=np.float32)
+    lo = float(np.percentile(data, low_pct))
+    fg = data[data > threshold_otsu(data)]
+    hi = float(np.percentile(fg, high_pct)) if fg.size else float(data.max())
+    if hi <= lo:
+        hi = float(data.max())
+    return np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def to_mni_grid(img: nib.Nifti1Image, source: str | Path = "", order: int = 1) -> np.ndarray:
+    """Resample a canonical volume onto the MNI 1 mm 182 x 218 x 182 grid (zeros outside).
+
+    The volume must already be *registered* to MNI space (its affine maps voxels to MNI
+    millimetres): this only changes the grid. Grids that differ by a whole-voxel shift
+    (e.g. nilearn's 197 x 233 x 189 template, or a slab) are copied exactly; others are
+    interpolated (``order`` 1 = trilinear).
+    """
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    vox = np.linalg.inv(img.affine) @ MNI_AFFINE  # MNI voxel -> source voxel
+    shift = vox[:3, 3]
+    if np.allclose(vox[:3, :3], np.eye(3), atol=1e-4) and np.allclose(shift, np.round(shift), atol=1e-3):
+        out = np.zeros(MNI_SHAPE, np.float32)
+        s = np.round(shift).astype(int)
+        src = [slice(max(s[i], 0), min(s[i] + MNI_SHAPE[i], data.shape[i])) for i in range(3)]
+        dst = [slice(sl.start - s[i], sl.stop - s[i]) for i, sl in enumerate(src)]
+        if all(sl.stop > sl.start for sl in src):
+            out[tuple(dst)] = data[tuple(src)]
+    else:
+        out = ndimage.affine_transform(data, vox[:3, :3], vox[:3, 3], output_shape=MNI_SHAPE,
+                                       order=order, cval=0.0).astype(np.float32)
+    inside, total = float(np.abs(out).sum()), float(np.abs(data).sum())
+    # the resampled grid has ~1 voxel per mm^3 of the source: compare masses per mm^3
+    voxel_mm3 = abs(float(np.linalg.det(img.affine[:3, :3])))
+    if total > 0 and inside < 0.5 * total * voxel_mm3:
+        raise DataError(f"{source or 'volume'}: less than half of the image falls inside the MNI "
+                        "182x218x182 grid; it does not look registered to MNI space. Register it "
+                        "to MNI152 1 mm first (e.g. FSL flirt/fnirt or ANTs), then try again.")
+    return out
+
+
+def coronal_slice(vol: np.ndarray, y: int) -> np.ndarray:
+    """Coronal slice ``y`` of a RAS volume, superior up, subject's left on the left."""
+    return np.rot90(vol[:, y, :])
+
+
+def coronal_to_volume(slice2d: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`coronal_slice`: the (x, z) plane of a RAS volume."""
+    return np.rot90(slice2d, k=-1)
+
+
+def brain_mask(slice2d: np.ndarray, threshold: float) -> np.ndarray:
+    """Filled foreground mask of a normalised slice (smoothed, thresholded, holes filled)."""
+    smooth = ndimage.gaussian_filter(np.asarray(slice2d, np.float32), 1.5)
+    mask = smooth > threshold
+    mask = ndimage.binary_closing(mask, iterations=2)
+    return ndimage.binary_fill_holes(mask)
