@@ -12,6 +12,7 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 DATA_RANGE = 1.0
+SSIM_PAD = 5  # (win_size - 1) // 2 for scikit-image's Gaussian window, sigma 1.5 -> 11 px
 
 
 def _masked_mean(values: np.ndarray, mask: np.ndarray | None) -> float:
@@ -20,11 +21,16 @@ def _masked_mean(values: np.ndarray, mask: np.ndarray | None) -> float:
 
 def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
          data_range: float = DATA_RANGE) -> float:
-    """Mean SSIM of two 2-D images over ``mask`` (whole image when None)."""
+    """Mean SSIM of two 2-D images over ``mask`` (whole image when None).
+
+    As in scikit-image, a border of half the window (5 px) is left out, where the
+    window would reach outside the image."""
     _, smap = structural_similarity(np.asarray(a, np.float64), np.asarray(b, np.float64),
                                     data_range=data_range, gaussian_weights=True, sigma=1.5,
                                     use_sample_covariance=False, full=True)
-    return _masked_mean(smap, mask)
+    inner = np.zeros(smap.shape, bool)
+    inner[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD] = True
+    return _masked_mean(smap, inner if mask is None else inner & np.asarray(mask, bool))
 
 
 def mae(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:

@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from nbutils.volumes import MNI_AFFINE, MNI_SHAPE
+
+
+def blob_volume(seed: int = 0, shape=MNI_SHAPE, affine=MNI_AFFINE) -> nib.Nifti1Image:
+    """A smooth ellipsoidal 'brain' with two tissue levels, on the given grid."""
+    rng = np.random.default_rng(seed)
+    idx = np.indices(shape, dtype=np.float32)
+    centre = np.array(shape, np.float32)[:, None, None, None] / 2
+    radii = np.array([0.35, 0.4, 0.35])[:, None, None, None] * np.array(shape)[:, None, None, None]
+    r = np.sqrt((((idx - centre) / radii) ** 2).sum(0))
+    vol = np.where(r < 1, 300.0, 0.0) + np.where(r < 0.6, 400.0, 0.0)
+    vol += rng.normal(0, 5, shape) * (r < 1)
+    return nib.Nifti1Image(vol.astype(np.float32), affine)
+
+
+@pytest.fixture
+def write_volume(tmp_path: Path):
+    """write_volume(name, img=None, seed=0) -> path of a .nii.gz in tmp_path."""
+    def write(name: str, img: nib.Nifti1Image | None = None, seed: int = 0) -> Path:
+        path = tmp_path / name
+        nib.save(img if img is not None else blob_volume(seed), str(path))
+        return path
+    return write
+
+
+@pytest.fixture
+def small_csv(tmp_path: Path, write_volume):
+    """A CSV of 2 domains x 3 subjects on the MNI grid."""
+    lines = ["path,domain,subject"]
+    for d in ("siteA", "siteB"):
+        for s in range(3):
+            name = f"{d}_{s}.nii.gz"
+            write_volume(name, seed=hash((d, s)) % 1000)
+            lines.append(f"{name},{d},{d}-{s}")
+    csv = tmp_path / "volumes.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    return csv

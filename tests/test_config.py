@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from nbutils import config
+
+
+def test_profile_comes_from_parameter_then_environment_then_quick(monkeypatch):
+    monkeypatch.delenv("NB_PROFILE", raising=False)
+    assert config.get_profile("").name == "quick"
+    monkeypatch.setenv("NB_PROFILE", "smoke")
+    assert config.get_profile("").name == "smoke"
+    assert config.get_profile("paper").name == "paper"
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        config.get_profile("fast")
+
+
+def test_profiles_budgets_are_ordered():
+    s, q, p = (config.PROFILES[n] for n in ("smoke", "quick", "paper"))
+    assert s.image_size < q.image_size < p.image_size == 182
+    assert s.sim_train_subjects < q.sim_train_subjects < p.sim_train_subjects
+
+
+def test_setup_resolves_run_folder_from_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the working directory must not matter
+    run = config.setup("smoke", "data/runs/test-setup", seed=3)
+    assert run.dir == (config.ROOT / "data/runs/test-setup").resolve()
+    assert run.figures == run.dir / "figures" and run.figures.is_dir()
+    run.dir.joinpath("figures").rmdir()
+    run.dir.rmdir()
+
+
+def test_record_merges_keys_and_require_names_the_notebook(tmp_path):
+    run = config.setup("smoke", str(tmp_path), seed=0)
+    run.record("01_data", {"a": 1})
+    run.record("02_gmvae", {"acc": 0.5, "nan": float("nan")})
+    saved = json.loads(run.metrics_file.read_text())
+    assert saved == {"01_data": {"a": 1}, "02_gmvae": {"acc": 0.5, "nan": None}}
+    with pytest.raises(FileNotFoundError, match="run notebook 01"):
+        run.require(tmp_path / "slices", "01")

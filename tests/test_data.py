@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nbutils import data
+from nbutils.volumes import DataError
+
+
+def test_slice_dataset_writes_arrays_and_a_consistent_manifest(small_csv, tmp_path):
+    out = tmp_path / "slices"
+    manifest = data.slice_dataset(small_csv, out, image_size=48, per_volume=3, test_fraction=0.34,
+                                  progress=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["info.json", "manifest.csv", "train.npy", "train_mask.npy", "test.npy", "test_mask.npy"])
+    assert len(manifest) == 6 * 3
+    for split in ("train", "test"):
+        s = data.load_slices(out, split)
+        assert s.images.shape == (len(s), 48, 48) and s.images.dtype == np.float16
+        assert s.masks.shape == s.images.shape and s.masks.dtype == bool
+        assert isinstance(s.images, np.memmap)
+        assert 0 <= float(s.images.min()) and float(s.images.max()) <= 1
+        assert list(s.manifest["index"]) == list(range(len(s)))
+        assert s.masks.any(axis=(1, 2)).all()
+    assert json.loads((out / "info.json").read_text())["domains"] == ["siteA", "siteB"]
+    # subject-level split: no subject in both splits, and each domain has a test subject
+    by_subject = manifest.groupby("subject")["split"].nunique()
+    assert (by_subject == 1).all()
+    assert set(manifest[manifest.split == "test"].domain) == {"siteA", "siteB"}
+
+
+def test_kept_slices_are_the_brainiest_evenly_spaced():
+    area = np.array([0, 1, 5, 8, 10, 9, 8, 2, 0])
+    np.testing.assert_array_equal(data.chosen_slices(area, 0, 0.6), [3, 4, 5, 6])
+    np.testing.assert_array_equal(data.chosen_slices(area, 2, 0.6), [3, 6])
+    assert len(data.chosen_slices(np.zeros(5), 2, 0.6)) == 0
+
+
+def test_a_bad_volume_leaves_previous_output_untouched(small_csv, tmp_path):
+    out = tmp_path / "slices"
+    data.slice_dataset(small_csv, out, image_size=32, per_volume=1, progress=False)
+    before = (out / "manifest.csv").read_text()
+    table = pd.read_csv(small_csv)
+    (tmp_path / "siteB_2.nii.gz").write_bytes(b"garbage")  # the last volume goes bad
+    with pytest.raises(DataError, match="siteB_2.nii.gz"):
+        data.slice_dataset(small_csv, out, image_size=32, per_volume=1, progress=False)
+    assert (out / "manifest.csv").read_text() == before
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no half-written leftovers
+    assert len(table) == 6
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "CSV is empty"),
+    ("path,domain\n", "no rows"),
+    ("file,scanner\na.nii.gz,A\n", "missing column(s) domain, path"),
+    ("path,domain\nnope1.nii.gz,A\nnope2.nii.gz,A\n", "2 file(s) named in the CSV do not exist"),
+])
+def test_bad_csv_is_refused(tmp_path, content, message):
+    csv = tmp_path / "bad.csv"
+    csv.write_text(content)
+    with pytest.raises(DataError) as err:
+        data.read_table(csv)
+    assert message in str(err.value) and str(csv) in str(err.value)
+
+
+def test_domain_with_one_volume_is_refused(small_csv):
+    text = small_csv.read_text().replace("siteB,siteB-1", "siteC,siteC-1")
+    small_csv.write_text(text)
+    with pytest.raises(DataError, match=r"'siteC' \(1 volume\)"):
+        data.read_table(small_csv)
+
+
+def test_split_column_is_checked(small_csv):
+    table = pd.read_csv(small_csv)
+    table["split"] = ["train", "test", "train", "train", "validation", "test"]
+    table.to_csv(small_csv, index=False)
+    with pytest.raises(DataError, match="unknown split"):
+        data.read_table(small_csv)
+    table["split"] = ["train", "test", "train", "train", "train", "test"]
+    table.loc[1, "subject"] = "siteA-0"  # same subject in train and test
+    table.to_csv(small_csv, index=False)
+    with pytest.raises(DataError, match="more than one split"):
+        data.read_table(small_csv)
+
+
+def test_subject_split_is_stratified_disjoint_and_seeded():
+    table = pd.DataFrame({"subject": [f"s{i}" for i in range(40)] * 2,
+                          "domain": ["A"] * 20 + ["B"] * 20 + ["A"] * 20 + ["B"] * 20})
+    split = pd.Series(data.subject_split(table, 0.25, seed=1))
+    assert (table.assign(split=split).groupby("subject")["split"].nunique() == 1).all()
+    assert (split[table.domain == "A"] == "test").sum() == 2 * 5
+    assert data.subject_split(table, 0.25, seed=1) == list(split)
+    assert data.subject_split(table, 0.25, seed=2) != list(split)
+
+
+def test_counts_table_totals(small_csv, tmp_path):
+    manifest = data.slice_dataset(small_csv, tmp_path / "s", image_size=32, per_volume=2, progress=False)
+    counts = data.counts_table(manifest).set_index("domain")
+    assert counts.loc["total"].sum() == 6 + 6 * 2

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from nbutils import baselines, metrics
+
+
+@pytest.fixture
+def pair():
+    rng = np.random.default_rng(0)
+    a = rng.random((40, 40)).astype(np.float32)
+    return a, np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
+
+
+def test_ssim_without_mask_is_scikit_images_wang_ssim(pair):
+    a, b = pair
+    ref = structural_similarity(a.astype(np.float64), b.astype(np.float64), data_range=1.0,
+                                gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert metrics.ssim(a, b) == pytest.approx(ref, abs=1e-9)
+    assert metrics.ssim(a, a) == pytest.approx(1.0)
+
+
+def test_masked_metrics_only_look_inside_the_mask(pair):
+    a, b = pair
+    mask = np.zeros_like(a, bool)
+    mask[10:30, 10:30] = True
+    c = b.copy()
+    c[~mask] = 1 - c[~mask]  # change only outside
+    assert metrics.mae(a, b, mask) == pytest.approx(metrics.mae(a, c, mask))
+    assert metrics.mae(a, b, mask) == pytest.approx(np.abs(a - b)[mask].mean(), rel=1e-6)
+
+
+def test_psnr_known_value():
+    a = np.zeros((10, 10))
+    b = np.full((10, 10), 0.1)
+    assert metrics.psnr(a, b) == pytest.approx(20.0)
+    assert metrics.psnr(a, a) == float("inf")
+
+
+def test_histogram_matching_takes_the_reference_distribution_and_keeps_order():
+    rng = np.random.default_rng(0)
+    img = rng.random((50, 50)).astype(np.float32)
+    mask = np.ones_like(img, bool)
+    mask[:5] = False
+    ref_images = rng.beta(5, 2, size=(4, 50, 50)).astype(np.float32)
+    ref = baselines.reference_quantiles(ref_images, np.ones_like(ref_images, bool))
+    out = baselines.histogram_match(img, mask, ref)
+    qs = np.linspace(0.05, 0.95, 10)
+    np.testing.assert_allclose(np.quantile(out[mask], qs), np.quantile(ref_images, qs), atol=0.01)
+    order = np.argsort(img[mask])
+    assert (np.diff(out[mask][order]) >= -1e-6).all()  # monotone
+    np.testing.assert_array_equal(out[~mask], img[~mask])
