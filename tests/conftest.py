@@ -1,3 +1,4 @@
+import functools
 from pathlib import Path
 
 import nibabel as nib
@@ -9,6 +10,11 @@ from nbutils.volumes import MNI_AFFINE, MNI_SHAPE
 
 def blob_volume(seed: int = 0, shape=MNI_SHAPE, affine=MNI_AFFINE) -> nib.Nifti1Image:
     """A smooth ellipsoidal 'brain' with two tissue levels, on the given grid."""
+    return nib.Nifti1Image(_blob(seed, tuple(shape)).copy(), affine)
+
+
+@functools.lru_cache(maxsize=8)
+def _blob(seed: int, shape: tuple) -> np.ndarray:
     rng = np.random.default_rng(seed)
     idx = np.indices(shape, dtype=np.float32)
     centre = np.array(shape, np.float32)[:, None, None, None] / 2
@@ -16,7 +22,7 @@ def blob_volume(seed: int = 0, shape=MNI_SHAPE, affine=MNI_AFFINE) -> nib.Nifti1
     r = np.sqrt((((idx - centre) / radii) ** 2).sum(0))
     vol = np.where(r < 1, 300.0, 0.0) + np.where(r < 0.6, 400.0, 0.0)
     vol += rng.normal(0, 5, shape) * (r < 1)
-    return nib.Nifti1Image(vol.astype(np.float32), affine)
+    return vol.astype(np.float32)
 
 
 @pytest.fixture
@@ -35,8 +41,8 @@ def small_csv(tmp_path: Path, write_volume):
     lines = ["path,domain,subject"]
     for d in ("siteA", "siteB"):
         for s in range(3):
-            name = f"{d}_{s}.nii.gz"
-            write_volume(name, seed=hash((d, s)) % 1000)
+            name = f"{d}_{s}.nii"  # uncompressed: fast to write, and exercises plain .nii
+            write_volume(name, seed=s)
             lines.append(f"{name},{d},{d}-{s}")
     csv = tmp_path / "volumes.csv"
     csv.write_text("\n".join(lines) + "\n")

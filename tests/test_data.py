@@ -42,8 +42,8 @@ def test_a_bad_volume_leaves_previous_output_untouched(small_csv, tmp_path):
     data.slice_dataset(small_csv, out, image_size=32, per_volume=1, progress=False)
     before = (out / "manifest.csv").read_text()
     table = pd.read_csv(small_csv)
-    (tmp_path / "siteB_2.nii.gz").write_bytes(b"garbage")  # the last volume goes bad
-    with pytest.raises(DataError, match="siteB_2.nii.gz"):
+    (tmp_path / "siteB_2.nii").write_bytes(b"garbage")  # the last volume goes bad
+    with pytest.raises(DataError, match="siteB_2.nii"):
         data.slice_dataset(small_csv, out, image_size=32, per_volume=1, progress=False)
     assert (out / "manifest.csv").read_text() == before
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no half-written leftovers
