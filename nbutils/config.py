@@ -115,14 +115,19 @@ class Run:
 def setup(profile: str = "", run_dir: str = "", seed: int = 0) -> Run:
     """Resolve a notebook's parameters into a :class:`Run`, seed every RNG, make the folder."""
     prof = get_profile(profile)
-    path = Path(run_dir) if run_dir else DATA / "runs" / prof.name
-    if not path.is_absolute():
-        path = ROOT / path
+    path = resolve(run_dir) if run_dir else DATA / "runs" / prof.name
     path.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     run = Run(prof, int(seed), path.resolve())
     run.figures.mkdir(parents=True, exist_ok=True)
     return run
+
+
+def resolve(path: str | Path) -> Path:
+    """An absolute path; relative ones are taken from the repository root, not the working
+    directory (which differs between JupyterLab, papermill and nbmake)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else ROOT / path
 
 
 def seed_everything(seed: int) -> None:

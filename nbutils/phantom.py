@@ -20,6 +20,7 @@ same code path as real data.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ from tqdm.auto import tqdm
 from .io import atomic_path
 from .volumes import MNI_AFFINE, to_mni_grid
 
-VERSION = 1  # bump when the rendering changes: cached sets with another version are rebuilt
+# a cached set is reused only when made by this very code (the hash of this file) with the same spec
+CODE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 CORONAL_RANGE = (70, 150)  # MNI grid y indices (y = -56 … +24 mm): the broad central band
 
 
@@ -218,7 +220,7 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
     folder already holding them (same spec) is reused.
     """
     out_dir = Path(out_dir)
-    spec = dict(version=VERSION, n_train=n_train, n_test=n_test, slab=slab, seed=seed,
+    spec = dict(code=CODE_HASH, n_train=n_train, n_test=n_test, slab=slab, seed=seed,
                 scanners=[asdict(s) for s in SCANNERS])
     csv = out_dir / "volumes.csv"
     if csv.exists() and (out_dir / "spec.json").exists():
