@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 from skimage.transform import resize
@@ -126,27 +127,23 @@ def volume_slices(path: str | Path, ys: np.ndarray | None = None, per_volume: in
 
     With ``ys`` given, exactly those coronal indices (used to take a clean truth's
     slices at the same positions as its rendered image)."""
-    vol = to_mni_grid(_normalised(path), source=path)
+    img = load_volume(path)
+    img = nib.Nifti1Image(robust_normalise(img.get_fdata(dtype=np.float32)), img.affine)
+    vol = to_mni_grid(img, source=path)
     if ys is None:
         area = (vol > MASK_THRESHOLD).sum(axis=(0, 2))
         ys = chosen_slices(area, per_volume, min_fraction)
-    return np.stack([coronal_slice(vol, y) for y in ys]) if len(ys) else np.zeros((0, 182, 182),
-                                                                               np.float32), ys
-
-
-def _normalised(path):
-    import nibabel as nib
-
-    img = load_volume(path)
-    return nib.Nifti1Image(robust_normalise(img.get_fdata(dtype=np.float32)), img.affine)
+    if not len(ys):
+        return np.zeros((0, 182, 182), np.float32), ys
+    return np.stack([coronal_slice(vol, y) for y in ys]), ys
 
 
 def resize_slices(slices: np.ndarray, size: int) -> np.ndarray:
     """Anti-aliased resize of (N, 182, 182) slices to (N, size, size)."""
-    if slices.shape[-1] == size and slices.shape[-2] == size:
-        return slices.astype(np.float32)
+    if slices.shape[-2:] == (size, size) or not len(slices):
+        return slices.astype(np.float32).reshape(-1, size, size)
     return np.stack([resize(s, (size, size), order=1, anti_aliasing=True, preserve_range=True)
-                     for s in slices]).astype(np.float32) if len(slices) else np.zeros((0, size, size), np.float32)
+                     for s in slices]).astype(np.float32)
 
 
 def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_volume: int = 0,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,8 +40,3 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).write_text(text)
     return Path(path)
 
-
-def atomic_tempdir(parent: str | Path) -> str:
-    """A fresh temporary folder inside ``parent`` (same file system, so renames are atomic)."""
-    Path(parent).mkdir(parents=True, exist_ok=True)
-    return tempfile.mkdtemp(dir=parent, prefix=".tmp-")

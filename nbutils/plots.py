@@ -93,3 +93,17 @@ def intensity_histograms(values: dict[str, np.ndarray], title: str, bins: int = 
     pfig.update_layout(title=title, xaxis_title="normalised intensity (brain mask)",
                        yaxis_title="density", template="plotly_white")
     return fig, pfig
+
+
+def slice_browser(images: np.ndarray, labels: np.ndarray, names: list[str], title: str, n: int = 40):
+    """Plotly figure: one panel per domain, a slider through the first ``n`` slices of each
+    (in the traveling-subject test split the same slider position is the same anatomy)."""
+    import plotly.express as px
+
+    rows = [np.flatnonzero(labels == k) for k in range(len(names))]
+    n = min(n, *(len(r) for r in rows))
+    stack = np.stack([np.asarray(images[r[:n]], np.float32) for r in rows], axis=1)
+    fig = px.imshow(stack, animation_frame=0, facet_col=1, binary_string=True, title=title)
+    for i, name in enumerate(names):
+        fig.layout.annotations[i].text = name
+    return fig
