@@ -103,7 +103,8 @@ def slice_browser(images: np.ndarray, labels: np.ndarray, names: list[str], titl
     rows = [np.flatnonzero(labels == k) for k in range(len(names))]
     n = min(n, *(len(r) for r in rows))
     stack = np.stack([np.asarray(images[r[:n]], np.float32) for r in rows], axis=1)
-    fig = px.imshow(stack, animation_frame=0, facet_col=1, binary_string=True, title=title)
+    fig = px.imshow(stack, animation_frame=0, facet_col=1, binary_string=True, title=title,
+                    labels={"animation_frame": "slice"})
     for i, name in enumerate(names):
         fig.layout.annotations[i].text = name
     return fig
