@@ -4,6 +4,7 @@ nbmake runs every notebook on the built-in data; this covers the other path."""
 import json
 
 import papermill as pm
+import pytest
 
 from nbutils.config import NOTEBOOKS
 
@@ -18,3 +19,16 @@ def test_notebook_01_slices_a_user_csv(small_csv, tmp_path):
     assert set(metrics) == {f"slices_{s}_{d}" for s in ("train", "test") for d in ("siteA", "siteB")}
     assert (run_dir / "slices" / "train.npy").exists() and not (run_dir / "slices" / "test_clean.npy").exists()
     assert (run_dir / "figures" / "01_histograms.png").exists()
+
+
+def test_pipeline_runs_notebooks_into_the_run_folder_and_summarises(tmp_path, capsys):
+    from nbutils import pipeline
+
+    assert [p.name[:2] for p in pipeline.notebooks(["01"])] == ["01"]
+    pipeline.main(["--profile", "smoke", "--run-dir", str(tmp_path), "--only", "01"])
+    out = capsys.readouterr().out
+    assert (tmp_path / "notebooks" / "01_data_slicing.ipynb").exists()
+    assert not list(NOTEBOOKS.glob("*.out.ipynb"))
+    summary = [line.split() for line in out.splitlines() if line.startswith("01_data ")]
+    recorded = json.loads((tmp_path / "metrics.json").read_text())["01_data"]
+    assert {row[1]: float(row[2]) for row in summary} == pytest.approx(recorded, rel=1e-3)
