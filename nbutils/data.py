@@ -207,6 +207,11 @@ class Slices:
     def __len__(self) -> int:
         return len(self.manifest)
 
+    def domain(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(images as float32, masks) of the slices of domain ``k``, read into memory."""
+        rows = np.flatnonzero(self.labels == k)
+        return np.asarray(self.images[rows], np.float32), np.asarray(self.masks[rows], bool)
+
 
 def load_slices(slice_dir: str | Path, split: str) -> Slices:
     """Memory-map one split written by :func:`slice_dataset`."""

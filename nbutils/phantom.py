@@ -178,7 +178,7 @@ def render(t1: np.ndarray, mask: np.ndarray, knots, scanner: SimScanner,
     levels = np.array(scanner.contrast) + rng.uniform(-1, 1, 3) * scanner.contrast_jitter
     gamma = scanner.curve_gamma * rng.uniform(0.93, 1.07)
     img = contrast_curve(t1, knots, np.sort(levels), gamma)
-    bias = scanner.bias_strength[0] + rng.uniform() * np.diff(scanner.bias_strength)[0]
+    bias = rng.uniform(*scanner.bias_strength)
     sigma = rng.uniform(*scanner.noise)
     art = rng.uniform(*scanner.artefact_strength)
     out = np.empty_like(img)

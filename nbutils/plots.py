@@ -12,6 +12,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
 
 from .io import atomic_path, atomic_write_text
 
@@ -77,8 +79,6 @@ def montage(images: dict[str, np.ndarray], title: str = "", ncols: int | None = 
 
 def intensity_histograms(values: dict[str, np.ndarray], title: str, bins: int = 100):
     """Density of in-mask intensities per group, as a matplotlib figure and a plotly figure."""
-    import plotly.graph_objects as go
-
     edges = np.linspace(0, 1, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -98,8 +98,6 @@ def intensity_histograms(values: dict[str, np.ndarray], title: str, bins: int = 
 def slice_browser(images: np.ndarray, labels: np.ndarray, names: list[str], title: str, n: int = 40):
     """Plotly figure: one panel per domain, a slider through the first ``n`` slices of each
     (in the traveling-subject test split the same slider position is the same anatomy)."""
-    import plotly.express as px
-
     rows = [np.flatnonzero(labels == k) for k in range(len(names))]
     n = min(n, *(len(r) for r in rows))
     stack = np.stack([np.asarray(images[r[:n]], np.float32) for r in rows], axis=1)
