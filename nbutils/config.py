@@ -49,15 +49,23 @@ class Profile:
     sim_train_subjects: int  # distinct anatomies per simulated scanner (unpaired)
     sim_test_subjects: int  # held-out anatomies rendered by every scanner
     sim_slab: int  # contiguous 1 mm coronal slices per simulated volume
+    # stage 1: GM-VAE (loss weights and gaussian size are the thesis's, in gmvae.GMVAEConfig)
+    gmvae_width: int  # encoder/decoder channels at full size
+    gmvae_steps: int  # training iterations
+    gmvae_batch: int  # batch size (the thesis: 64)
+    checkpoint_every: int  # iterations between checkpoints (and at the end)
 
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", image_size=32, slices_per_volume=2, min_brain_fraction=0.6,
-                     test_fraction=0.25, sim_train_subjects=6, sim_test_subjects=3, sim_slab=2),
+                     test_fraction=0.25, sim_train_subjects=6, sim_test_subjects=3, sim_slab=2,
+                     gmvae_width=4, gmvae_steps=40, gmvae_batch=16, checkpoint_every=20),
     "quick": Profile("quick", image_size=64, slices_per_volume=4, min_brain_fraction=0.6,
-                     test_fraction=0.2, sim_train_subjects=80, sim_test_subjects=16, sim_slab=3),
+                     test_fraction=0.2, sim_train_subjects=80, sim_test_subjects=16, sim_slab=3,
+                     gmvae_width=8, gmvae_steps=600, gmvae_batch=64, checkpoint_every=200),
     "paper": Profile("paper", image_size=182, slices_per_volume=3, min_brain_fraction=0.6,
-                     test_fraction=0.2, sim_train_subjects=240, sim_test_subjects=40, sim_slab=3),
+                     test_fraction=0.2, sim_train_subjects=240, sim_test_subjects=40, sim_slab=3,
+                     gmvae_width=32, gmvae_steps=20000, gmvae_batch=64, checkpoint_every=1000),
 }
 
 

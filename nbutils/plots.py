@@ -106,3 +106,43 @@ def slice_browser(images: np.ndarray, labels: np.ndarray, names: list[str], titl
     for i, name in enumerate(names):
         fig.layout.annotations[i].text = name
     return fig
+
+
+def loss_curves(history: pd.DataFrame, title: str, columns: list[str] | None = None, smooth: int = 20):
+    """Training losses against iteration (light: raw, dark: running mean over ``smooth``)."""
+    columns = columns or [c for c in history.columns if c != "step"]
+    fig, axes = plt.subplots(1, len(columns), figsize=(2.8 * len(columns), 2.6), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        ax.plot(history["step"], history[col], color="tab:blue", alpha=0.3, lw=0.8)
+        ax.plot(history["step"], history[col].rolling(smooth, min_periods=1).mean(), color="tab:blue")
+        ax.set(title=col, xlabel="iteration")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def attribute_pca(codes: np.ndarray, colourings: dict[str, list[str]], title: str):
+    """2-D PCA of attribute codes, one panel per colouring (e.g. by scanner, by component);
+    returns a matplotlib figure, a plotly figure and the explained variance ratios."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(2).fit(codes)
+    xy = pca.transform(codes)
+    ev = pca.explained_variance_ratio_
+    axis = [f"PC{i + 1} ({100 * ev[i]:.0f} % of variance)" for i in range(2)]
+    fig, axes = plt.subplots(1, len(colourings), figsize=(4.6 * len(colourings), 4), squeeze=False)
+    frames = []
+    for ax, (name, groups) in zip(axes[0], colourings.items()):
+        groups = np.asarray(groups)
+        for g in sorted(set(groups)):
+            sel = groups == g
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=8, alpha=0.7, label=g)
+            frames.append(pd.DataFrame({axis[0]: xy[sel, 0], axis[1]: xy[sel, 1], "group": g, "colour by": name}))
+        ax.set(title=f"coloured by {name}", xlabel=axis[0], ylabel=axis[1])
+        ax.legend(fontsize=7, markerscale=1.5)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    pfig = px.scatter(pd.concat(frames), x=axis[0], y=axis[1], color="group", facet_col="colour by",
+                      title=title, opacity=0.7, template="plotly_white")
+    pfig.update_traces(marker_size=5)
+    return fig, pfig, ev

@@ -1,0 +1,271 @@
+"""Gaussian-mixture VAE (Dilokthanakul et al. 2016), stage 1 of GMM-DRIT.
+
+Generative model: y ~ Uniform(K), z | y ~ N(mu_y, sigma_y^2) with a *learned* prior per
+component, x | z ~ Bernoulli(decoder(z)). Inference: q(y|x) (relaxed with Gumbel-softmax, the
+temperature annealed) and q(z|x,y). The loss of the thesis (§4, stage 1)::
+
+    w_rec * BCE(x, x_hat) + w_gauss * L_gauss + w_categ * KL(q(y|x) || Uniform(K))
+
+with ``L_gauss = E_q[log q(z|x,y) - log p(z|y)]`` (single-sample estimate, summed over the
+latent dimensions; BCE summed over pixels; both averaged over the batch) and ``KL(q || U(K)) = sum_k q_k log q_k + log K``: correct for any K (the
+public GMVAE code this follows hard-wired ``log(0.1)``, i.e. K = 10).
+
+Any single-channel image size works: the encoder ends in adaptive pooling, the decoder starts
+from a grid of ``ceil(H / 2^L) x ceil(W / 2^L)`` and is cropped back to H x W.
+Inputs are intensities in [0, 1] (the BCE target).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GMVAEConfig:
+    """Architecture and loss weights. Defaults are the thesis's (gaussian size 64,
+    w_gauss 2.0, w_categ 1.0, w_rec 0.7); ``width`` and the temperature schedule are ours."""
+
+    image_shape: tuple[int, int]
+    k: int
+    gaussian_size: int = 64
+    width: int = 16  # channels at full size, doubled at each down-sampling (at most 8x)
+    pooling: str = "stats"  # how the encoder summarises its feature maps (see Trunk)
+    w_rec: float = 0.7
+    w_gauss: float = 2.0
+    w_categ: float = 1.0
+    init_temp: float = 1.0  # Gumbel-softmax temperature, annealed per epoch as in the GMVAE code
+    min_temp: float = 0.5
+    temp_decay: float = 0.013862944  # per epoch: temp = max(min, init * exp(-decay * epoch))
+
+    @property
+    def levels(self) -> int:
+        """Stride-2 stages: as many as keep the coarsest grid >= 4 px (at most 4)."""
+        return max(0, min(4, int(math.log2(min(self.image_shape) / 4))))
+
+    def temperature(self, epoch: float) -> float:
+        return max(self.min_temp, self.init_temp * math.exp(-self.temp_decay * epoch))
+
+
+def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.LeakyReLU(0.2, inplace=True))
+
+
+class Trunk(nn.Module):
+    """Conv levels (a stride-1 stem, then ``levels`` stride-2 convs) and a pooling:
+
+    - ``"stats"``: the spatial mean and standard deviation of every channel of every level.
+      Pooling statistics instead of positions keeps what an image *looks like* (contrast,
+      noise, sharpness) and averages out *where* its anatomy is: the attribute encoder's job
+      (DRIT's attribute encoder likewise ends in global pooling).
+    - ``"grid"``: the last level average-pooled to 4 x 4 and flattened, keeping coarse layout
+      (for clustering by shape, e.g. digits).
+    """
+
+    def __init__(self, chans: list[int], levels: int, pooling: str = "stats"):
+        super().__init__()
+        if pooling not in ("stats", "grid"):
+            raise ValueError(f"pooling must be 'stats' or 'grid', got {pooling!r}")
+        self.pooling = pooling
+        self.stages = nn.ModuleList([_block(1, chans[0], 1)] +
+                                    [_block(chans[i], chans[i + 1], 2) for i in range(levels)])
+        self.out_features = 2 * sum(chans[: levels + 1]) if pooling == "stats" else 16 * chans[levels]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stats = []
+        for stage in self.stages:
+            x = stage(x)
+            if self.pooling == "stats":
+                f = x.float().flatten(2)
+                stats += [f.mean(2), f.std(2)]
+        return torch.cat(stats, 1) if stats else F.adaptive_avg_pool2d(x, 4).flatten(1)
+
+
+class GMVAE(nn.Module):
+    def __init__(self, cfg: GMVAEConfig):
+        super().__init__()
+        if cfg.k < 2:
+            raise ValueError(f"a mixture needs k >= 2 components, got {cfg.k}")
+        if min(cfg.image_shape) < 4:
+            raise ValueError(f"images must be at least 4x4 pixels, got {cfg.image_shape}")
+        self.cfg = cfg
+        L, w = cfg.levels, cfg.width
+        chans = [min(w * 2 ** i, 8 * w) for i in range(L + 1)]  # chans[i]: channels at 1/2^i size
+        # --- inference network: a conv trunk and its pooling (see Trunk), then the q(y|x) and
+        # q(z|x,y) heads
+        self.trunk = Trunk(chans, L, cfg.pooling)
+        self.features = nn.Sequential(nn.Linear(self.trunk.out_features, 256), nn.LeakyReLU(0.2, inplace=True))
+        self.qy = nn.Linear(256, cfg.k)
+        self.qz = nn.Sequential(nn.Linear(256 + cfg.k, 256), nn.LeakyReLU(0.2, inplace=True),
+                                nn.Linear(256, 2 * cfg.gaussian_size))
+        # --- generative network: learned p(z|y) and the decoder p(x|z)
+        self.prior_mu = nn.Linear(cfg.k, cfg.gaussian_size, bias=False)
+        self.prior_logvar = nn.Linear(cfg.k, cfg.gaussian_size, bias=False)
+        nn.init.zeros_(self.prior_logvar.weight)  # start every component at unit variance
+        self.grid = tuple(math.ceil(s / 2 ** L) for s in cfg.image_shape)
+        self.dec_in = nn.Linear(cfg.gaussian_size, chans[L] * self.grid[0] * self.grid[1])
+        up = [nn.Sequential(nn.ConvTranspose2d(chans[i + 1], chans[i], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True))
+              for i in reversed(range(L))]
+        self.decoder = nn.Sequential(nn.LeakyReLU(0.2, inplace=True), *up, nn.Conv2d(chans[0], 1, 3, 1, 1))
+
+    # ----------------------------------------------------------------- inference
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != 1 or tuple(x.shape[-2:]) != tuple(self.cfg.image_shape):
+            raise ValueError(f"expected images of shape (N, 1, {self.cfg.image_shape[0]}, "
+                             f"{self.cfg.image_shape[1]}), got {tuple(x.shape)}")
+
+    def infer(self, x: torch.Tensor, temperature: float = 1.0, hard: bool = False) -> dict:
+        """q(y|x) and q(z|x,y): logits, probabilities, a Gumbel-softmax y and z ~ q(z|x,y)."""
+        self._check(x)
+        h = self.features(self.trunk(x))
+        logits = self.qy(h).float()
+        y = F.gumbel_softmax(logits, tau=temperature, hard=hard) if self.training else \
+            F.one_hot(logits.argmax(1), self.cfg.k).float()
+        mu, logvar = self.qz(torch.cat([h, y.to(h.dtype)], 1)).float().chunk(2, 1)
+        logvar = logvar.clamp(-12.0, 8.0)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        return dict(logits=logits, prob=logits.softmax(1), y=y, mu=mu, logvar=logvar, z=z)
+
+    def prior(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of p(z|y) for (relaxed) one-hot ``y``."""
+        y = y.float()
+        return self.prior_mu(y), self.prior_logvar(y).clamp(-12.0, 8.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of p(x|z), cropped to the image shape (apply sigmoid for intensities)."""
+        h = self.dec_in(z).view(len(z), -1, *self.grid)
+        out = self.decoder(h)
+        return out[..., : self.cfg.image_shape[0], : self.cfg.image_shape[1]]
+
+    # ----------------------------------------------------------------- training
+    def loss(self, x: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict]:
+        """Total loss (mean over the batch) and its weighted parts as floats."""
+        q = self.infer(x, temperature)
+        logits_x = self.decode(q["z"]).float()
+        rec = F.binary_cross_entropy_with_logits(logits_x, x.float(), reduction="none").flatten(1).sum(1)
+        pmu, plogvar = self.prior(q["y"])
+        gauss = (_log_normal(q["z"], q["mu"], q["logvar"]) - _log_normal(q["z"], pmu, plogvar)).sum(1)
+        log_q = q["logits"].log_softmax(1)
+        categ = (q["prob"] * log_q).sum(1) + math.log(self.cfg.k)  # KL(q(y|x) || U(K)) >= 0
+        c = self.cfg
+        parts = dict(rec=c.w_rec * rec.mean(), gauss=c.w_gauss * gauss.mean(), categ=c.w_categ * categ.mean())
+        total = parts["rec"] + parts["gauss"] + parts["categ"]
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _log_normal(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (math.log(2 * math.pi) + logvar + (x - mu) ** 2 / logvar.exp())
+
+
+class AttributeEncoder(nn.Module):
+    """The frozen GM-VAE inference network as stage 2's attribute encoder E^a.
+
+    ``encode(x01)`` takes images in [0, 1] and returns the attribute code's mean, a sample,
+    q(y|x) and the one-hot scanner code c = onehot(argmax q(y|x)). ``sample(k, n)`` draws
+    z ~ p(z|y=k). The weights never change (``requires_grad`` is off, eval mode is kept).
+    """
+
+    def __init__(self, gmvae: GMVAE):
+        super().__init__()
+        self.gmvae = gmvae
+        self.k, self.size = gmvae.cfg.k, gmvae.cfg.gaussian_size
+        for p in self.gmvae.parameters():
+            p.requires_grad_(False)
+        self.gmvae.eval()
+
+    def train(self, mode: bool = True):  # frozen: stays in eval mode whatever the caller does
+        super().train(mode)
+        self.gmvae.eval()
+        return self
+
+    @torch.no_grad()
+    def encode(self, x01: torch.Tensor) -> dict:
+        q = self.gmvae.infer(x01)
+        c = F.one_hot(q["prob"].argmax(1), self.k).float()
+        return dict(mean=q["mu"], sample=q["z"], prob=q["prob"], c=c)
+
+    @torch.no_grad()
+    def sample(self, k: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not 0 <= k < self.k:
+            raise ValueError(f"component {k} does not exist: the GM-VAE has {self.k} (0..{self.k - 1})")
+        device = self.gmvae.prior_mu.weight.device
+        y = F.one_hot(torch.full((n,), k, device=device), self.k).float()
+        mu, logvar = self.gmvae.prior(y)
+        eps = torch.randn(mu.shape, generator=generator, device=device)
+        return mu + eps * (0.5 * logvar).exp()
+
+
+class GMVAETask:
+    """Stage-1 training task for :func:`nbutils.train.fit`: Adam on the GM-VAE loss, with the
+    Gumbel-softmax temperature annealed by epoch."""
+
+    def __init__(self, cfg: GMVAEConfig, n_train: int, batch_size: int = 64, lr: float = 1e-3,
+                 device: torch.device | str = "cpu"):
+        self.cfg, self.n_train, self.batch_size, self.lr = cfg, n_train, batch_size, lr
+        self.modules = GMVAE(cfg).to(device)
+        self.optimizers = {"gmvae": torch.optim.Adam(self.modules.parameters(), lr=lr)}
+
+    def temperature(self, it: int) -> float:
+        return self.cfg.temperature(it * self.batch_size / self.n_train)
+
+    def step(self, batch: torch.Tensor, it: int, ctx) -> dict[str, float]:
+        self.modules.train()
+        with ctx.autocast():
+            total, parts = self.modules.loss(batch, self.temperature(it))
+        ctx.update(total, "gmvae")
+        return dict(loss=float(total.detach()), **parts, temperature=self.temperature(it))
+
+    def meta(self) -> dict:
+        return dict(kind="gmvae", config=dataclasses.asdict(self.cfg), batch_size=self.batch_size, lr=self.lr)
+
+
+def train_gmvae(images, k: int, checkpoint, *, width: int = 16, steps: int = 1000, batch_size: int = 64,
+                lr: float = 1e-3, every: int = 200, seed: int = 0, device=None, **config):
+    """Train (or resume, or load when finished) a GM-VAE on a (N, H, W) [0, 1] image array.
+
+    Returns the model in eval mode and the loss history. ``config`` overrides other
+    :class:`GMVAEConfig` fields (the loss weights default to the thesis's).
+    """
+    from .train import EpochSampler, fit, images_to_tensor, pick_device
+
+    device = pick_device() if device is None else torch.device(device)
+    cfg = GMVAEConfig(image_shape=tuple(images.shape[1:]), k=k, width=width, **config)
+    task = GMVAETask(cfg, len(images), batch_size, lr, device)
+    sampler = EpochSampler(len(images), batch_size, seed)
+    history = fit(task, lambda i: images_to_tensor(images, sampler(i), device), steps, checkpoint,
+                  every=every, seed=seed, device=device, desc="GM-VAE")
+    return task.modules.eval(), history
+
+
+def from_checkpoint(path, device: torch.device | str = "cpu") -> GMVAE:
+    """The trained GM-VAE stored in a stage-1 checkpoint, in eval mode."""
+    from .train import load_checkpoint
+
+    state = load_checkpoint(path, device)
+    if state["meta"].get("kind") != "gmvae":
+        raise ValueError(f"{path} is not a GM-VAE checkpoint (it holds {state['meta'].get('kind')!r})")
+    raw = dict(state["meta"]["config"])
+    raw["image_shape"] = tuple(raw["image_shape"])
+    model = GMVAE(GMVAEConfig(**raw)).to(device)
+    model.load_state_dict(state["modules"])
+    return model.eval()
+
+
+@torch.no_grad()
+def encode_all(model: GMVAE, images, batch_size: int = 256) -> dict[str, "np.ndarray"]:
+    """q(y|x) and the attribute mean for every image of a (N, H, W) [0, 1] array."""
+    import numpy as np
+
+    model.eval()
+    device = next(model.parameters()).device
+    out = {"prob": [], "mean": []}
+    for s in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.asarray(images[s: s + batch_size], dtype=np.float32)).unsqueeze(1)
+        q = model.infer(x.to(device))
+        out["prob"].append(q["prob"].cpu().numpy())
+        out["mean"].append(q["mu"].cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}

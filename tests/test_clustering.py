@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from nbutils import clustering
+
+
+def test_accuracy_is_invariant_to_renaming_clusters():
+    labels = np.array([0, 0, 1, 1, 2, 2, 2])
+    assert clustering.accuracy(labels, (labels + 1) % 3) == 1.0
+    clusters = np.array([1, 1, 0, 0, 0, 2, 2])  # one sample of label 2 in label 1's cluster
+    assert clustering.accuracy(labels, clusters) == pytest.approx(6 / 7)
+    assert clustering.matching(labels, clusters) == {0: 1, 1: 0, 2: 2}
+
+
+def test_accuracy_handles_more_clusters_than_labels():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    clusters = np.array([0, 0, 2, 1, 1, 1])
+    assert clustering.accuracy(labels, clusters) == pytest.approx(5 / 6)
+
+
+def test_chance_baseline_is_just_above_one_over_k_and_scores_are_perfect_for_a_perfect_clustering():
+    rng = np.random.default_rng(123)  # not the baseline's own seed
+    labels = np.repeat(np.arange(4), 100)
+    table = clustering.scores(labels, rng.permutation(labels), permutations=50)
+    # best-matching accuracy of a random clustering sits a little above 1/K: why a chance
+    # baseline is reported instead of 1/K
+    assert 0.25 < table.loc["ACC", "chance_mean"] < 0.35
+    assert abs(table.loc["ARI", "chance_mean"]) < 0.01
+    perfect = clustering.scores(labels, (labels + 2) % 4, permutations=20)
+    assert (perfect["value"] == 1.0).all()
+    assert (perfect["chance_p95"] < 0.4).all()

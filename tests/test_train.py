@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+from nbutils import gmvae, train
+
+
+def test_epoch_sampler_visits_every_index_once_per_epoch_and_is_deterministic():
+    s = train.EpochSampler(10, 4, seed=1)
+    stream = np.concatenate([s(i) for i in range(5)])  # 20 draws = 2 epochs, batches straddle them
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
+    assert np.array_equal(s(3), train.EpochSampler(10, 4, seed=1)(3))
+    assert not np.array_equal(stream[:10], stream[10:])
+    assert not np.array_equal(s(0), train.EpochSampler(10, 4, seed=2)(0))
+    with pytest.raises(ValueError, match="empty"):
+        train.EpochSampler(0, 4)
+
+
+def _task_and_batches(images):
+    torch.manual_seed(0)
+    cfg = gmvae.GMVAEConfig(image_shape=(16, 16), k=3, gaussian_size=8, width=4)
+    task = gmvae.GMVAETask(cfg, len(images), batch_size=8)
+    sampler = train.EpochSampler(len(images), 8, seed=5)
+    return task, lambda i: train.images_to_tensor(images, sampler(i), torch.device("cpu"))
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path):
+    images = np.random.default_rng(0).random((30, 16, 16)).astype(np.float16)
+    whole, batches = _task_and_batches(images)
+    history = train.fit(whole, batches, 12, tmp_path / "whole.pt", every=4, seed=3)
+
+    first, batches = _task_and_batches(images)
+
+    def crashing(i):
+        if i == 9:  # after the checkpoint at 8, before the one at 12
+            raise Crash("power cut")
+        return batches(i)
+
+    with pytest.raises(Crash):
+        train.fit(first, crashing, 12, tmp_path / "resumed.pt", every=4, seed=3)
+    state = train.load_checkpoint(tmp_path / "resumed.pt")
+    assert state["step"] == 8 and len(state["history"]) == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["whole.pt", "resumed.pt"] or \
+        sorted(p.name for p in tmp_path.iterdir()) == ["resumed.pt", "whole.pt"]  # no temporaries
+
+    again, batches = _task_and_batches(images)  # a fresh process: new, differently trained nets
+    resumed_history = train.fit(again, batches, 12, tmp_path / "resumed.pt", every=4, seed=3)
+    for (name, a), b in zip(whole.modules.state_dict().items(), again.modules.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed_history["loss"].tolist() == history["loss"].tolist()
+    # and a finished run is loaded, not retrained
+    done, batches = _task_and_batches(images)
+    assert len(train.fit(done, lambda i: pytest.fail("retrained"), 12, tmp_path / "whole.pt")) == 12
+
+
+def test_checkpoint_of_other_settings_is_refused(tmp_path):
+    images = np.random.default_rng(0).random((30, 16, 16)).astype(np.float16)
+    task, batches = _task_and_batches(images)
+    train.fit(task, batches, 2, tmp_path / "g.pt")
+    other = gmvae.GMVAETask(gmvae.GMVAEConfig(image_shape=(16, 16), k=4, gaussian_size=8, width=4), 30, 8)
+    with pytest.raises(ValueError, match="other settings"):
+        train.fit(other, batches, 4, tmp_path / "g.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt is not a readable checkpoint"):
+        train.load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_cpu_runs_in_float32_without_autocast():
+    ctx = train.Context(torch.device("cpu"), {})
+    assert not ctx.amp
+    with ctx.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    assert train.pick_device("cpu").type == "cpu"
