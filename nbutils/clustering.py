@@ -46,3 +46,17 @@ def scores(labels: np.ndarray, clusters: np.ndarray, permutations: int = 200, se
         rows.append(dict(metric=name, value=fn(labels, clusters), chance_mean=chance.mean(),
                          chance_p95=np.quantile(chance, 0.95)))
     return pd.DataFrame(rows).set_index("metric")
+
+
+def linear_probe(codes: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated accuracy of a logistic regression predicting ``labels`` from ``codes``:
+    how much label information the codes hold, whether or not the clustering found it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = min(folds, int(np.bincount(labels).min()))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, codes, labels, cv=cv).mean())

@@ -182,8 +182,8 @@ class AttributeEncoder(nn.Module):
         self.gmvae.eval()
         return self
 
-    @torch.no_grad()
     def encode(self, x01: torch.Tensor) -> dict:
+        """Differentiable in ``x01`` (stage 2 re-encodes its translations), never in the weights."""
         q = self.gmvae.infer(x01)
         c = F.one_hot(q["prob"].argmax(1), self.k).float()
         return dict(mean=q["mu"], sample=q["z"], prob=q["prob"], c=c)

@@ -29,3 +29,11 @@ def test_chance_baseline_is_just_above_one_over_k_and_scores_are_perfect_for_a_p
     perfect = clustering.scores(labels, (labels + 2) % 4, permutations=20)
     assert (perfect["value"] == 1.0).all()
     assert (perfect["chance_p95"] < 0.4).all()
+
+
+def test_linear_probe_finds_information_the_clustering_may_miss():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    informative = rng.normal(size=(120, 5)) + labels[:, None] * 1.5
+    assert clustering.linear_probe(informative, labels) > 0.9
+    assert clustering.linear_probe(rng.normal(size=(120, 5)), labels) < 0.6
