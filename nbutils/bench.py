@@ -1,6 +1,8 @@
 """Benchmarks that print numbers (speed targets are checked here, not in tests).
 
     python -m nbutils.bench data     # loading 10,000 slices from the slice store
+    python -m nbutils.bench stage2   # seconds per GMM-DRIT / DRIT++ iteration and GFLOP/s
+                                     # at each profile's size, beside measured matmul/conv peaks
 """
 from __future__ import annotations
 
@@ -42,12 +44,76 @@ def bench_data(n: int = 10_000, sizes=(64, 182)) -> list[dict]:
     return rows
 
 
+def _timed(fn, repeat: int) -> float:
+    fn()  # warm-up (kernel selection, allocations)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat
+
+
+def peaks(repeat: int = 5) -> dict:
+    """This machine's measured float32 throughput: a 2048 x 2048 matmul, and a 3x3 convolution
+    (64 -> 64 channels, 64 x 64 px, batch 16) forward and backward."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    matmul = 2 * 2048 ** 3 / _timed(lambda: a @ b, repeat) / 1e9
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    x = torch.randn(16, 64, 64, 64, requires_grad=True)
+    flops = 2 * 16 * 64 * 64 * 64 * 64 * 9
+    fwd = flops / _timed(lambda: conv(x), repeat) / 1e9
+    both = 3 * flops / _timed(lambda: conv(x).sum().backward(), repeat) / 1e9
+    return {"matmul GFLOP/s": round(matmul, 1), "conv3x3 fwd GFLOP/s": round(fwd, 1),
+            "conv3x3 fwd+bwd GFLOP/s": round(both, 1)}
+
+
+def bench_stage2(profiles=("smoke", "quick", "paper"), repeat: int = 3) -> list[dict]:
+    """Seconds per training iteration of both variants at each profile's image size, batch and
+    width, with FLOPs counted by ``torch.utils.flop_counter`` over one iteration."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from . import drit, gmvae, train
+    from .config import PROFILES
+
+    rows = []
+    for name in profiles:
+        p = PROFILES[name]
+        shape = (p.image_size, p.image_size)
+        images = np.random.default_rng(0).random((64, *shape)).astype(np.float16)
+        for variant in ("gmm-drit", "drit++"):
+            torch.manual_seed(0)
+            gm = gmvae.GMVAE(gmvae.GMVAEConfig(image_shape=shape, k=4, width=p.gmvae_width)) if variant == "gmm-drit" else None
+            cfg = drit.DRITConfig(image_shape=shape, k=4, variant=variant, width=p.drit_width, n_res=p.drit_res)
+            task = drit.DRITTask(cfg, gm)
+            sampler = drit.PairSampler(images, np.arange(64) % 4, p.drit_batch)
+            ctx = train.Context(torch.device("cpu"), task.optimizers)
+            with FlopCounterMode(display=False) as counter:
+                task.step(sampler(0), 0, ctx)
+            seconds = _timed(lambda: task.step(sampler(1), 1, ctx), repeat)
+            gflop = counter.get_total_flops() / 1e9
+            rows.append(dict(profile=name, variant=variant, size=p.image_size, batch=p.drit_batch,
+                             width=p.drit_width, s_per_it=round(seconds, 3), GFLOP_per_it=round(gflop, 2),
+                             GFLOP_per_s=round(gflop / seconds, 1),
+                             min_for_profile_steps=round(seconds * p.drit_steps / 60, 1)))
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["data"])
+    ap.add_argument("what", choices=["data", "stage2"])
+    ap.add_argument("--profiles", nargs="*", default=["smoke", "quick", "paper"])
     args = ap.parse_args(argv)
     if args.what == "data":
         print(pd.DataFrame(bench_data()).to_string(index=False))
+    else:
+        import torch
+
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+        print("measured peaks:", peaks())
+        table = pd.DataFrame(bench_stage2(args.profiles))
+        print(table.to_string(index=False))
 
 
 if __name__ == "__main__":

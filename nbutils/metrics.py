@@ -43,3 +43,35 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
     """Peak signal-to-noise ratio (dB) over ``mask``."""
     mse = _masked_mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2, mask)
     return float(10 * np.log10(data_range**2 / mse)) if mse > 0 else float("inf")
+
+
+def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE) -> dict[str, np.ndarray]:
+    """Wang's SSIM split into its luminance, contrast and structure maps (C3 = C2 / 2), whose
+    product is the SSIM map; the same Gaussian window (sigma 1.5, truncated at 3.5 sigma,
+    reflected edges) and population statistics as scikit-image."""
+    from scipy.ndimage import gaussian_filter
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    blur = lambda x: gaussian_filter(x, sigma=1.5, truncate=3.5, mode="reflect")
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    c3 = c2 / 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = np.maximum(blur(a * a) - mu_a ** 2, 0)
+    var_b = np.maximum(blur(b * b) - mu_b ** 2, 0)
+    cov = blur(a * b) - mu_a * mu_b
+    sd = np.sqrt(var_a * var_b)
+    maps = {"luminance": (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1),
+            "contrast": (2 * sd + c2) / (var_a + var_b + c2),
+            "structure": (cov + c3) / (sd + c3)}
+    maps["ssim"] = maps["luminance"] * maps["contrast"] * maps["structure"]
+    return maps
+
+
+def ssim_components(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
+                    data_range: float = DATA_RANGE) -> dict[str, float]:
+    """Mean luminance, contrast, structure and full SSIM over ``mask`` minus the 5 px border."""
+    maps = ssim_maps(a, b, data_range)
+    inner = np.zeros(np.shape(a), bool)
+    inner[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD] = True
+    region = inner if mask is None else inner & np.asarray(mask, bool)
+    return {k: _masked_mean(v, region) for k, v in maps.items()}

@@ -69,3 +69,22 @@ def pair_matrix(scores: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
     """Mean ``metric`` of ``method`` as a source x target matrix."""
     sub = scores[scores["method"] == method]
     return sub.pivot_table(index="source", columns="target", values=metric, aggfunc="mean")
+
+
+def scanner_free_scores(test: Slices, outputs: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """How scanner-free the scanner-free ``outputs`` (one per test slice) are, on the traveling
+    subjects: for every pair of scanners seeing the same anatomy, SSIM between the two inputs
+    and between the two outputs (they should agree); and for every slice, the SSIM structure
+    component between input and output (the anatomy should survive). Both in the brain mask."""
+    pairs = traveling_pairs(test)
+    pairs = pairs[pairs["source"] < pairs["target"]]
+    rows = []
+    for p in pairs.itertuples():
+        mask = np.asarray(test.masks[p.src], bool)
+        rows.append(dict(source=p.source, target=p.target,
+                         inputs=metrics.ssim(test.images[p.src], test.images[p.dst], mask),
+                         outputs=metrics.ssim(outputs[p.src], outputs[p.dst], mask)))
+    structure = [dict(domain=test.manifest["domain"].iloc[i],
+                      structure=metrics.ssim_components(test.images[i], outputs[i], test.masks[i])["structure"])
+                 for i in range(len(test))]
+    return pd.DataFrame(rows), pd.DataFrame(structure)

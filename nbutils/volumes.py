@@ -68,18 +68,22 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
     return nib.as_closest_canonical(img)
 
 
-def robust_normalise(data: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
-    """Map intensities to [0, 1]: the volume's ``low_pct`` percentile to 0 (background) and
-    the ``high_pct`` percentile of the foreground (voxels above the Otsu threshold) to 1, clipped."""
+def normalisation_range(data: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> tuple[float, float]:
+    """(lo, hi): the volume's ``low_pct`` percentile (background) and the ``high_pct``
+    percentile of its foreground (voxels above the Otsu threshold)."""
     from skimage.filters import threshold_otsu
 
     data = np.asarray(data, dtype=np.float32)
     lo = float(np.percentile(data, low_pct))
     fg = data[data > threshold_otsu(data)]
     hi = float(np.percentile(fg, high_pct)) if fg.size else float(data.max())
-    if hi <= lo:
-        hi = float(data.max())
-    return np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return lo, (hi if hi > lo else float(data.max()))
+
+
+def robust_normalise(data: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+    """Map intensities to [0, 1]: lo -> 0 and hi -> 1 (see :func:`normalisation_range`), clipped."""
+    lo, hi = normalisation_range(data, low_pct, high_pct)
+    return np.clip((np.asarray(data, np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def to_mni_grid(img: nib.Nifti1Image, source: str | Path = "", order: int = 1) -> np.ndarray:

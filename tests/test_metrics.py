@@ -50,3 +50,24 @@ def test_histogram_matching_takes_the_reference_distribution_and_keeps_order():
     order = np.argsort(img[mask])
     assert (np.diff(out[mask][order]) >= -1e-6).all()  # monotone
     np.testing.assert_array_equal(out[~mask], img[~mask])
+
+
+def test_ssim_components_multiply_to_scikit_image_ssim():
+    from skimage.metrics import structural_similarity
+
+    from nbutils.metrics import ssim_maps
+
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        a = rng.random((40, 33))
+        b = np.clip(a * rng.uniform(0.5, 1.5) + rng.normal(0, 0.1, a.shape), 0, 1)
+        _, ref = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False, full=True)
+        maps = ssim_maps(a, b)
+        np.testing.assert_allclose(maps["luminance"] * maps["contrast"] * maps["structure"], ref, atol=1e-6)
+        assert all(np.all(maps[k] <= 1 + 1e-9) for k in ("luminance", "contrast", "structure"))
+    same = ssim_maps(a, a)
+    assert np.allclose(same["structure"], 1) and np.allclose(same["luminance"], 1)
+    # a brightness change hits luminance, not structure
+    shifted = ssim_maps(a, np.clip(a * 0.6, 0, 1))
+    assert shifted["luminance"].mean() < 0.99 and shifted["structure"].mean() > 0.99

@@ -1,0 +1,230 @@
+"""Stage 2: GMM-DRIT and the DRIT++ baseline as one training task (thesis §4, DESIGN §5).
+
+Each iteration takes two unpaired batches x_a, x_b and follows the thesis's four steps:
+
+1. encode: z^c = E^c(x); (z^a, c) = E^a(x) (GMM-DRIT: the frozen GM-VAE, c = its inferred
+   one-hot code; DRIT++: a unimodal Gaussian encoder trained jointly, c = the known label);
+2. translate: x_ab = G(z^c_a, z^a_b, c_b), x_ba = G(z^c_b, z^a_a, c_a); scanner-free
+   x_a^sf = G(z^c_a, z ~ N(0, I), 0) (and for b);
+3. re-encode the translations for the cross-cycle x_aba = G(E^c(x_ab), E^a(x_ba), c_a) (and bab);
+   self-reconstructions x_aa = G(z^c_a, z^a_a, c_a);
+4. update D_c (scanner of z^c), D_s^1 (real vs cross-domain translations), D_s^2 (real vs
+   scanner-free), then E^c and G (and DRIT++'s E^a) on the adversarial, classification, content,
+   self-reconstruction L1 and cross-cycle L1 losses.
+
+The discriminators are updated on detached fakes, and the generator's losses are computed with
+fresh discriminator passes after their step: no graph is reused across an optimizer step.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import losses
+from .gmvae import AttributeEncoder, GMVAE
+from .nets import ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator
+
+
+@dataclass(frozen=True)
+class DRITConfig:
+    image_shape: tuple[int, int]
+    k: int
+    variant: str = "gmm-drit"  # or "drit++"
+    width: int = 16
+    n_res: int = 2
+    attr: int = 64  # attribute size (GMM-DRIT: the GM-VAE's gaussian size)
+    known_labels: bool = False  # GMM-DRIT only: condition on the true scanner instead of the inferred one
+    lr: float = 1e-4
+    w_adv: float = 1.0
+    w_cls: float = 1.0
+    w_content: float = 1.0
+    w_self: float = 10.0
+    w_cc: float = 10.0
+    w_kl: float = 0.01  # DRIT++ only
+
+    def __post_init__(self):
+        if self.variant not in ("gmm-drit", "drit++"):
+            raise ValueError(f"variant must be 'gmm-drit' or 'drit++', got {self.variant!r}")
+
+
+class Translator(nn.Module):
+    """All stage-2 networks, and the translations they compute (used in training and inference)."""
+
+    def __init__(self, cfg: DRITConfig, gmvae: GMVAE | None = None):
+        super().__init__()
+        self.cfg = cfg
+        w, k = cfg.width, cfg.k
+        self.content = ContentEncoder(w, cfg.n_res)
+        self.generator = Generator(w, cfg.attr, k, cfg.n_res)
+        self.ds1, self.ds2 = ScannerDiscriminator(w, k), ScannerDiscriminator(w, k)
+        self.dc = ContentDiscriminator(self.content.channels, k)
+        if cfg.variant == "gmm-drit":
+            if gmvae is None:
+                raise ValueError("GMM-DRIT needs the trained GM-VAE (notebook 02) as its attribute encoder")
+            if gmvae.cfg.gaussian_size != cfg.attr or gmvae.cfg.k != k:
+                raise ValueError(f"the GM-VAE has {gmvae.cfg.k} components and attribute size "
+                                 f"{gmvae.cfg.gaussian_size}; this model expects {k} and {cfg.attr}")
+            self.attribute = AttributeEncoder(gmvae)
+        else:
+            self.attribute = GaussianAttributeEncoder(w, cfg.attr)
+
+    # ---------------------------------------------------------------- codes
+    def attributes(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = True):
+        """(z^a, c, kl) for images in [-1, 1]; ``labels`` are the known scanners (DRIT++, or
+        GMM-DRIT with ``known_labels``)."""
+        onehot = None if labels is None else F.one_hot(labels, self.cfg.k).float()
+        if self.cfg.variant == "gmm-drit":
+            q = self.attribute.encode((x + 1) / 2)
+            c = onehot if self.cfg.known_labels and onehot is not None else q["c"]
+            return (q["sample"] if sample else q["mean"]), c, x.new_zeros(())
+        mu, logvar = self.attribute(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
+        kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1).mean()
+        if onehot is None:
+            raise ValueError("DRIT++ is conditioned on the known scanner labels: pass labels")
+        return z, onehot, kl
+
+    def translate(self, x: torch.Tensor, za: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.generator(self.content(x), za, c, x.shape[-2:])
+
+    def scanner_free_code(self, n: int, device, generator: torch.Generator | None = None):
+        za = torch.randn(n, self.cfg.attr, generator=generator, device=device)
+        return za, torch.zeros(n, self.cfg.k, device=device)
+
+
+class DRITTask:
+    """Stage-2 training task for :func:`nbutils.train.fit`."""
+
+    def __init__(self, cfg: DRITConfig, gmvae: GMVAE | None = None, device="cpu"):
+        self.cfg = cfg
+        self.modules = Translator(cfg, gmvae).to(device)
+        m = self.modules
+        gen_params = list(m.content.parameters()) + list(m.generator.parameters())
+        if cfg.variant == "drit++":
+            gen_params += list(m.attribute.parameters())
+        adam = lambda params: torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
+        self.optimizers = {"dc": adam(m.dc.parameters()), "ds1": adam(m.ds1.parameters()),
+                           "ds2": adam(m.ds2.parameters()), "gen": adam(gen_params)}
+
+    def meta(self) -> dict:
+        m = self.modules
+        gm = dataclasses.asdict(m.attribute.gmvae.cfg) if self.cfg.variant == "gmm-drit" else None
+        return dict(kind="drit", config=dataclasses.asdict(self.cfg), gmvae=gm)
+
+    def step(self, batch: dict, it: int, ctx) -> dict[str, float]:
+        m, cfg = self.modules, self.cfg
+        m.train()
+        xa, xb = batch["xa"], batch["xb"]
+        shape = xa.shape[-2:]
+        n = len(xa)
+        with ctx.autocast():
+            # (1) encode (both batches in one pass)
+            zc_a, zc_b = m.content(torch.cat([xa, xb])).split(n)
+            za_a, c_a, kl_a = m.attributes(xa, batch.get("la"))
+            za_b, c_b, kl_b = m.attributes(xb, batch.get("lb"))
+            # (2) translate: cross-domain, scanner-free, and (for step 3) self-reconstruction,
+            # in one generator pass: ab, ba, sf_a, sf_b, aa, bb
+            zr, c_sf = m.scanner_free_code(2 * n, xa.device)
+            out = m.generator(torch.cat([zc_a, zc_b, zc_a, zc_b, zc_a, zc_b]),
+                              torch.cat([za_b, za_a, zr, za_a, za_b]),
+                              torch.cat([c_b, c_a, c_sf, c_a, c_b]), shape)
+            x_ab, x_ba, sf_a, sf_b, x_aa, x_bb = out.split(n)
+            sf = torch.cat([sf_a, sf_b])
+        real, c_real = torch.cat([xa, xb]), torch.cat([c_a, c_b])
+
+        # (4a) discriminators, on detached codes and images
+        with ctx.autocast():
+            loss_dc = losses.bce(m.dc(torch.cat([zc_a, zc_b]).detach()), c_real)
+        ctx.update(loss_dc, "dc")
+        with ctx.autocast():
+            loss_ds1 = losses.discriminator(m.ds1, real, torch.cat([x_ab, x_ba]).detach(), c_real)
+        ctx.update(loss_ds1, "ds1")
+        with ctx.autocast():
+            loss_ds2 = losses.discriminator(m.ds2, real, sf.detach(), c_real)
+        ctx.update(loss_ds2, "ds2")
+
+        # (3) + (4b) encoders and generator; the discriminators are fixed here
+        for d in (m.dc, m.ds1, m.ds2):
+            d.requires_grad_(False)
+        with ctx.autocast():
+            fake = torch.cat([x_ab, x_ba])
+            adv1, cls1 = losses.generator(m.ds1, fake, torch.cat([c_b, c_a]))
+            adv2, cls2 = losses.generator(m.ds2, sf, torch.zeros_like(c_real))
+            content = losses.bce(m.dc(torch.cat([zc_a, zc_b])), torch.full_like(c_real, 0.5))
+            self_rec = F.l1_loss(x_aa, xa) + F.l1_loss(x_bb, xb)
+            # (3) re-encode the translations: the content of x_ab is a's anatomy, the attribute of
+            # x_ba is a's look; translate back
+            za_ba, _, _ = m.attributes(x_ba, batch.get("la"))
+            za_ab, _, _ = m.attributes(x_ab, batch.get("lb"))
+            back = m.generator(m.content(fake), torch.cat([za_ba, za_ab]), torch.cat([c_a, c_b]), shape)
+            x_aba, x_bab = back.split(n)
+            cc = F.l1_loss(x_aba, xa) + F.l1_loss(x_bab, xb)
+            kl = kl_a + kl_b
+            total = (cfg.w_adv * (adv1 + adv2) + cfg.w_cls * (cls1 + cls2) + cfg.w_content * content
+                     + cfg.w_self * self_rec + cfg.w_cc * cc + cfg.w_kl * kl)
+        ctx.update(total, "gen")
+        for d in (m.dc, m.ds1, m.ds2):
+            d.requires_grad_(True)
+        out = dict(D_c=loss_dc, D_s1=loss_ds1, D_s2=loss_ds2, G_adv1=adv1, G_cls1=cls1, G_adv2=adv2,
+                   G_cls2=cls2, content_adv=content, self_rec=self_rec, cross_cycle=cc, kl=kl, total=total)
+        return {k: float(v.detach()) for k, v in out.items()}
+
+
+class PairSampler:
+    """Two unpaired batches per iteration, a pure function of (seed, iteration)."""
+
+    def __init__(self, images, labels: np.ndarray, batch_size: int, seed: int = 0, device="cpu"):
+        from .train import EpochSampler
+
+        self.images, self.labels, self.device = images, np.asarray(labels), torch.device(device)
+        self.a = EpochSampler(len(images), batch_size, seed)
+        self.b = EpochSampler(len(images), batch_size, seed + 7919)
+
+    def _batch(self, idx):
+        from .train import images_to_tensor
+
+        idx = np.sort(idx)
+        x = images_to_tensor(self.images, idx, self.device) * 2 - 1
+        return x, torch.from_numpy(self.labels[idx]).long().to(self.device)
+
+    def __call__(self, it: int) -> dict:
+        xa, la = self._batch(self.a(it))
+        xb, lb = self._batch(self.b(it))
+        return dict(xa=xa, la=la, xb=xb, lb=lb)
+
+
+def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | None = None, steps: int = 1000,
+               batch_size: int = 8, every: int = 200, seed: int = 0, device=None):
+    """Train (or resume, or load when finished) GMM-DRIT or DRIT++ on (N, H, W) [0, 1] images
+    with their known scanner labels (used by DRIT++, and by GMM-DRIT only with ``known_labels``).
+    Returns the :class:`Translator` in eval mode and the loss history."""
+    from .train import fit, pick_device
+
+    device = pick_device() if device is None else torch.device(device)
+    task = DRITTask(cfg, None if gmvae is None else gmvae.to(device), device)
+    sampler = PairSampler(images, labels, batch_size, seed, device)
+    history = fit(task, sampler, steps, checkpoint, every=every, seed=seed, device=device, desc=cfg.variant)
+    return task.modules.eval(), history
+
+
+def from_checkpoint(path, device="cpu") -> Translator:
+    """The trained stage-2 model stored in a checkpoint (its GM-VAE included), in eval mode."""
+    from .gmvae import GMVAEConfig
+    from .train import load_checkpoint
+
+    state = load_checkpoint(path, device)
+    if state["meta"].get("kind") != "drit":
+        raise ValueError(f"{path} is not a GMM-DRIT / DRIT++ checkpoint (it holds {state['meta'].get('kind')!r})")
+    raw = dict(state["meta"]["config"], image_shape=tuple(state["meta"]["config"]["image_shape"]))
+    gm = None
+    if state["meta"]["gmvae"]:
+        graw = dict(state["meta"]["gmvae"], image_shape=tuple(state["meta"]["gmvae"]["image_shape"]))
+        gm = GMVAE(GMVAEConfig(**graw))
+    model = Translator(DRITConfig(**raw), gm).to(device)
+    model.load_state_dict(state["modules"])
+    return model.eval()

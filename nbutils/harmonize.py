@@ -1,0 +1,133 @@
+"""Harmonize with a trained stage-2 model: slices in, slices out (images in [0, 1]).
+
+- **scanner-free**: z^a ~ N(0, I) drawn from a fixed seed (the same for every image, so a
+  whole data set is mapped to one common appearance), c = 0;
+- **domain-to-domain, reference-guided**: z^a = the attribute mean of a reference image of
+  the target scanner, c = the target's one-hot code;
+- **domain-to-domain, sampled**: z^a drawn from the target's GM-VAE component p(z|y=k)
+  (GMM-DRIT) or from N(0, I) (DRIT++), c = the target's one-hot code.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .drit import Translator
+
+
+class Harmonizer:
+    def __init__(self, model: Translator, batch_size: int = 32):
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.batch_size = batch_size
+        self.k, self.attr = model.cfg.k, model.cfg.attr
+
+    def _check(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        if images.ndim == 2:
+            images = images[None]
+        shape = tuple(self.model.cfg.image_shape)
+        if images.ndim != 3 or images.shape[1:] != shape:
+            raise ValueError(f"expected slices of shape (N, {shape[0]}, {shape[1]}) in [0, 1] "
+                             f"(the model's training size), got {images.shape}")
+        return images
+
+    @torch.no_grad()
+    def _run(self, images: np.ndarray, za: torch.Tensor, c: torch.Tensor) -> np.ndarray:
+        images = self._check(images)
+        out = []
+        for s in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(images[s: s + self.batch_size]).unsqueeze(1).to(self.device) * 2 - 1
+            n = len(x)
+            y = self.model.translate(x, za.expand(n, -1) if len(za) == 1 else za[s: s + n],
+                                     c.expand(n, -1) if len(c) == 1 else c[s: s + n])
+            out.append(((y + 1) / 2).clamp(0, 1)[:, 0].cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, *self.model.cfg.image_shape), np.float32)
+
+    def scanner_free(self, images: np.ndarray, seed: int = 0) -> np.ndarray:
+        g = torch.Generator().manual_seed(seed)
+        za = torch.randn(1, self.attr, generator=g).to(self.device)
+        return self._run(images, za, torch.zeros(1, self.k, device=self.device))
+
+    def to_scanner(self, images: np.ndarray, target: int, reference: np.ndarray | None = None,
+                   component: int | None = None, seed: int = 0) -> np.ndarray:
+        """Translate to scanner code ``target``: guided by ``reference`` slices of the target
+        (their mean attribute), else sampled (GMM-DRIT: from GM-VAE ``component``, by default
+        ``target``; DRIT++: from N(0, I)) with a fixed seed."""
+        if not 0 <= target < self.k:
+            raise ValueError(f"target scanner {target} does not exist: the model knows {self.k} (0..{self.k - 1})")
+        c = F.one_hot(torch.tensor([target]), self.k).float().to(self.device)
+        if reference is not None:
+            ref = torch.from_numpy(self._check(reference)).unsqueeze(1).to(self.device) * 2 - 1
+            with torch.no_grad():
+                za = self.model.attributes(ref, torch.full((len(ref),), target, device=self.device),
+                                           sample=False)[0].mean(0, keepdim=True)
+        elif self.model.cfg.variant == "gmm-drit":
+            g = torch.Generator(device=self.device).manual_seed(seed)
+            za = self.model.attribute.sample(target if component is None else component, 1, g)
+        else:
+            za = torch.randn(1, self.attr, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        return self._run(images, za, c)
+
+
+def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free", target: int | None = None,
+                     reference: np.ndarray | None = None, seed: int = 0, progress: bool = True):
+    """Harmonize one NIfTI volume registered to MNI space and save it with the input's affine
+    and header: coronal slices -> model size -> harmonized in batches -> 182 x 182 -> volume
+    -> back onto the input's grid and orientation -> intensities in the input's range.
+
+    ``mode`` is ``"scanner-free"`` or ``"to-scanner"`` (then ``target`` is the model's scanner
+    code, and ``reference`` optional slices of the target). Voxels outside the brain keep
+    their input values. The output is written atomically as float32."""
+    from pathlib import Path
+
+    import nibabel as nib
+    from scipy import ndimage
+    from skimage.transform import resize
+    from tqdm.auto import tqdm
+
+    from .io import atomic_path
+    from .volumes import (MNI_AFFINE, MNI_SHAPE, DataError, coronal_slice, coronal_to_volume, load_volume,
+                          normalisation_range, to_mni_grid)
+
+    if mode not in ("scanner-free", "to-scanner"):
+        raise ValueError(f"mode must be 'scanner-free' or 'to-scanner', got {mode!r}")
+    if mode == "to-scanner" and target is None:
+        raise ValueError("mode 'to-scanner' needs a target scanner code")
+    canon = load_volume(path)  # checks the file (clear errors); canonical RAS, float32
+    original = nib.load(str(path))
+    data = canon.get_fdata(dtype=np.float32)
+    lo, hi = normalisation_range(data)
+    norm = np.clip((data - lo) / (hi - lo), 0, 1)
+    vol = to_mni_grid(nib.Nifti1Image(norm, canon.affine), source=path)
+    ys = np.flatnonzero((vol > 0.08).sum(axis=(0, 2)) > 0)
+    if not len(ys):
+        raise DataError(f"{path}: no brain found on the MNI grid; is it skull-stripped and registered?")
+    size = tuple(harm.model.cfg.image_shape)
+    out = vol.copy()
+    for start in tqdm(range(0, len(ys), harm.batch_size), desc=f"harmonizing {Path(path).name}", disable=not progress):
+        chunk = ys[start: start + harm.batch_size]
+        slices = np.stack([resize(coronal_slice(vol, y), size, order=1, anti_aliasing=True, preserve_range=True)
+                           for y in chunk]).astype(np.float32)
+        done = harm.scanner_free(slices, seed) if mode == "scanner-free" else \
+            harm.to_scanner(slices, target, reference=reference, seed=seed)
+        for y, s in zip(chunk, done):
+            out[:, y, :] = coronal_to_volume(resize(s, (182, 182), order=1, preserve_range=True))
+    # back from the MNI grid onto the (canonical) input grid, then the input's orientation
+    vox = np.linalg.inv(MNI_AFFINE) @ canon.affine  # input voxel -> MNI voxel
+    back = ndimage.affine_transform(out, vox[:3, :3], vox[:3, 3], output_shape=data.shape, order=1)
+    brain = ndimage.affine_transform((vol > 0.08).astype(np.float32), vox[:3, :3], vox[:3, 3],
+                                     output_shape=data.shape, order=0) > 0.5
+    result = np.where(brain, back * (hi - lo) + lo, data).astype(np.float32)
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(canon.affine),
+                                           nib.orientations.io_orientation(original.affine))
+    result = nib.orientations.apply_orientation(result, ornt)
+    header = original.header.copy()
+    header.set_data_dtype(np.float32)
+    img = nib.Nifti1Image(result, original.affine, header)
+    img.header.set_slope_inter(1, 0)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(out_path)

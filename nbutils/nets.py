@@ -1,0 +1,129 @@
+"""Stage-2 networks: content encoder E^c, generator G, scanner discriminators D_s and the content
+discriminator D_c (thesis §3; DESIGN §5), plus the unimodal attribute encoder of DRIT++.
+
+Images are in [-1, 1] (tanh). Any image size: inputs are padded (with the background value -1)
+to a multiple of the down-sampling factor and outputs cropped back (182 -> 184 -> 182).
+Any batch size. Normalisation layers are real modules on the forward path (the original DRIT
+code built InstanceNorm layers in its discriminators and never applied them).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DOWN = 4  # E^c down-samples twice
+
+
+def pad_to_multiple(x: torch.Tensor, m: int = DOWN, value: float = -1.0) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, -w % m, 0, -h % m), value=value)
+
+
+def _conv(cin, cout, k, s, norm: bool = True, act: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, k, s, (k - 1) // 2 if s == 1 else 1)]
+    if norm:
+        layers.append(nn.InstanceNorm2d(cout, affine=True))
+    if act:
+        layers.append(nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(*layers)
+
+
+class ResBlock(nn.Module):
+    """Residual block; with ``code`` channels, a code vector is tiled and concatenated to the
+    input of both convolutions (DRIT++'s concatenation generator)."""
+
+    def __init__(self, ch: int, code: int = 0, norm: bool = True):
+        super().__init__()
+        self.code = code
+        self.c1 = _conv(ch + code, ch, 3, 1, norm)
+        self.c2 = _conv(ch + code, ch, 3, 1, norm, act=False)
+
+    def _cat(self, x, code):
+        if not self.code:
+            return x
+        return torch.cat([x, code[:, :, None, None].expand(-1, -1, *x.shape[-2:])], 1)
+
+    def forward(self, x, code=None):
+        h = self.c1(self._cat(x, code))
+        return x + self.c2(self._cat(h, code))
+
+
+class ContentEncoder(nn.Module):
+    """E^c: image -> content map z^c of shape (4w, H/4, W/4)."""
+
+    def __init__(self, width: int = 16, n_res: int = 2):
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(_conv(1, w, 5, 1), _conv(w, 2 * w, 4, 2), _conv(2 * w, 4 * w, 4, 2),
+                                 *[ResBlock(4 * w) for _ in range(n_res)])
+        self.channels = 4 * w
+
+    def forward(self, x):
+        return self.net(pad_to_multiple(x))
+
+
+class Generator(nn.Module):
+    """G(z^c, z^a, c): content map + attribute code + scanner code -> image in [-1, 1]."""
+
+    def __init__(self, width: int = 16, attr: int = 64, k: int = 4, n_res: int = 2):
+        super().__init__()
+        w, self.k = width, k
+        self.code = nn.Sequential(nn.Linear(attr + k, 128), nn.LeakyReLU(0.2, inplace=True), nn.Linear(128, 64))
+        self.res = nn.ModuleList([ResBlock(4 * w, code=64, norm=False) for _ in range(n_res)])
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1), nn.GroupNorm(1, 2 * w), nn.LeakyReLU(0.2, inplace=True),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.GroupNorm(1, w), nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(w, 1, 5, 1, 2), nn.Tanh())
+
+    def forward(self, zc, za, c, shape: tuple[int, int]):
+        code = self.code(torch.cat([za, c.to(za.dtype)], 1))
+        h = zc
+        for block in self.res:
+            h = block(h, code)
+        return self.up(h)[..., : shape[0], : shape[1]]
+
+
+class ScannerDiscriminator(nn.Module):
+    """D_s: a patch real/fake map and a K-way scanner head (global pooling: any size)."""
+
+    def __init__(self, width: int = 16, k: int = 4, levels: int = 3):
+        super().__init__()
+        chans = [width * 2 ** i for i in range(levels)]
+        layers = [_conv(1, chans[0], 4, 2, norm=False)]
+        layers += [_conv(chans[i], chans[i + 1], 4, 2) for i in range(levels - 1)]
+        self.body = nn.Sequential(*layers)
+        self.adv = nn.Conv2d(chans[-1], 1, 3, 1, 1)
+        self.cls = nn.Linear(chans[-1], k)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.adv(h), self.cls(h.mean((2, 3)))
+
+
+class ContentDiscriminator(nn.Module):
+    """D_c: K-way scanner classifier on content maps (global pooling: any size)."""
+
+    def __init__(self, channels: int, k: int = 4):
+        super().__init__()
+        self.body = nn.Sequential(_conv(channels, channels, 3, 1), _conv(channels, channels, 3, 1))
+        self.cls = nn.Linear(channels, k)
+
+    def forward(self, zc):
+        return self.cls(self.body(zc).mean((2, 3)))
+
+
+class GaussianAttributeEncoder(nn.Module):
+    """DRIT++'s unimodal attribute encoder: image -> N(mu, sigma^2) over the attribute code,
+    pushed towards N(0, I) with a KL term and trained jointly with G."""
+
+    def __init__(self, width: int = 16, attr: int = 64, levels: int = 4):
+        super().__init__()
+        chans = [width * 2 ** min(i, 3) for i in range(levels + 1)]
+        self.body = nn.Sequential(_conv(1, chans[0], 3, 1, norm=False),
+                                  *[_conv(chans[i], chans[i + 1], 4, 2, norm=False) for i in range(levels)])
+        self.head = nn.Linear(chans[-1], 2 * attr)
+
+    def forward(self, x):
+        mu, logvar = self.head(self.body(x).mean((2, 3))).chunk(2, 1)
+        return mu, logvar.clamp(-12, 8)

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+
+from nbutils import drit, gmvae, nets, train
+
+
+def tiny_gmvae(shape=(16, 16), k=3, attr=8):
+    torch.manual_seed(0)
+    return gmvae.GMVAE(gmvae.GMVAEConfig(image_shape=shape, k=k, gaussian_size=attr, width=4)).eval()
+
+
+def make_task(variant="gmm-drit", shape=(16, 16), **kw):
+    cfg = drit.DRITConfig(image_shape=shape, k=3, variant=variant, width=4, attr=8, n_res=1, **kw)
+    torch.manual_seed(0)
+    return drit.DRITTask(cfg, tiny_gmvae(shape) if variant == "gmm-drit" else None)
+
+
+def sampler(shape=(16, 16), n=24, batch=3):
+    images = np.random.default_rng(0).random((n, *shape)).astype(np.float16)
+    return drit.PairSampler(images, np.arange(n) % 3, batch, seed=1)
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (30, 22), (182, 182)])
+def test_any_image_size_round_trips_through_content_and_generator(shape):
+    torch.manual_seed(0)
+    enc, gen = nets.ContentEncoder(4, 1), nets.Generator(4, attr=8, k=3, n_res=1)
+    x = torch.rand(2, 1, *shape) * 2 - 1
+    zc = enc(x)
+    assert zc.shape[-2:] == tuple(-(-s // 4) for s in shape)  # padded to a multiple of 4
+    out = gen(zc, torch.randn(2, 8), torch.zeros(2, 3), shape)
+    assert out.shape == x.shape and out.abs().max() <= 1
+    d = nets.ScannerDiscriminator(4, 3)
+    adv, cls = d(x)
+    assert cls.shape == (2, 3) and adv.shape[0] == 2
+
+
+def test_discriminators_really_apply_instance_norm():
+    calls = []
+    d = nets.ScannerDiscriminator(4, 3)
+    norms = [m for m in d.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert norms
+    for m in norms:
+        m.register_forward_hook(lambda *a: calls.append(1))
+    d(torch.rand(2, 1, 32, 32))
+    assert len(calls) == len(norms)
+
+
+@pytest.mark.parametrize("variant", ["gmm-drit", "drit++"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_training_step_updates_everything_but_the_frozen_attribute_encoder(variant, batch):
+    task = make_task(variant)
+    before = {k: v.clone() for k, v in task.modules.state_dict().items()}
+    ctx = train.Context(torch.device("cpu"), task.optimizers)
+    losses = task.step(sampler(batch=batch)(0), 0, ctx)
+    assert all(np.isfinite(v) for v in losses.values())
+    after = task.modules.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert {"content", "generator", "ds1", "ds2", "dc"} <= changed
+    assert ("attribute" in changed) == (variant == "drit++")  # GMM-DRIT's E^a is frozen
+    assert (losses["kl"] > 0) == (variant == "drit++")
+
+
+def test_gmm_drit_infers_the_scanner_code_unless_told_to_use_the_labels():
+    x = torch.rand(6, 1, 16, 16) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    inferred = make_task().modules.attributes(x, labels)[1]
+    q = make_task().modules.attribute.encode((x + 1) / 2)
+    assert torch.equal(inferred, q["c"])
+    known = make_task(known_labels=True).modules.attributes(x, labels)[1]
+    assert torch.equal(known, torch.nn.functional.one_hot(labels, 3).float())
+    za, c = make_task().modules.scanner_free_code(4, "cpu")
+    assert za.shape == (4, 8) and not c.any()
+
+
+def test_configuration_errors_are_explained():
+    with pytest.raises(ValueError, match="variant"):
+        drit.DRITConfig(image_shape=(16, 16), k=3, variant="cyclegan")
+    with pytest.raises(ValueError, match="needs the trained GM-VAE"):
+        drit.Translator(drit.DRITConfig(image_shape=(16, 16), k=3, attr=8))
+    with pytest.raises(ValueError, match="has 3 components"):
+        drit.Translator(drit.DRITConfig(image_shape=(16, 16), k=4, attr=8), tiny_gmvae())
+
+
+def test_stage_two_resumes_exactly(tmp_path):
+    whole = make_task()
+    train.fit(whole, sampler(), 6, tmp_path / "whole.pt", every=2, seed=4)
+    first, batches = make_task(), sampler()
+
+    def crashing(i):
+        if i == 5:
+            raise KeyboardInterrupt
+        return batches(i)
+
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(first, crashing, 6, tmp_path / "resumed.pt", every=2, seed=4)
+    again = make_task()
+    train.fit(again, sampler(), 6, tmp_path / "resumed.pt", every=2, seed=4)
+    for (name, a), b in zip(whole.modules.state_dict().items(), again.modules.state_dict().values()):
+        assert torch.equal(a, b), name
