@@ -87,6 +87,7 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     from skimage.transform import resize
     from tqdm.auto import tqdm
 
+    from .data import MASK_THRESHOLD
     from .io import atomic_path
     from .volumes import (MNI_AFFINE, MNI_SHAPE, DataError, coronal_slice, coronal_to_volume, load_volume,
                           normalisation_range, to_mni_grid)
@@ -101,7 +102,7 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     lo, hi = normalisation_range(data)
     norm = np.clip((data - lo) / (hi - lo), 0, 1)
     vol = to_mni_grid(nib.Nifti1Image(norm, canon.affine), source=path)
-    ys = np.flatnonzero((vol > 0.08).sum(axis=(0, 2)) > 0)
+    ys = np.flatnonzero((vol > MASK_THRESHOLD).sum(axis=(0, 2)) > 0)
     if not len(ys):
         raise DataError(f"{path}: no brain found on the MNI grid; is it skull-stripped and registered?")
     size = tuple(harm.model.cfg.image_shape)
@@ -117,7 +118,7 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     # back from the MNI grid onto the (canonical) input grid, then the input's orientation
     vox = np.linalg.inv(MNI_AFFINE) @ canon.affine  # input voxel -> MNI voxel
     back = ndimage.affine_transform(out, vox[:3, :3], vox[:3, 3], output_shape=data.shape, order=1)
-    brain = ndimage.affine_transform((vol > 0.08).astype(np.float32), vox[:3, :3], vox[:3, 3],
+    brain = ndimage.affine_transform((vol > MASK_THRESHOLD).astype(np.float32), vox[:3, :3], vox[:3, 3],
                                      output_shape=data.shape, order=0) > 0.5
     result = np.where(brain, back * (hi - lo) + lo, data).astype(np.float32)
     ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(canon.affine),
