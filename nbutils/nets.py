@@ -87,24 +87,25 @@ class Generator(nn.Module):
 class ScannerDiscriminator(nn.Module):
     """D_s: a patch real/fake map and a K-way scanner head (global pooling: any size).
 
-    The scanner head also sees the mean and standard deviation of the first, un-normalised
-    layer: instance normalisation (applied in the deeper layers) divides out exactly the
-    intensity statistics that tell scanners apart, and a head that only saw normalised
-    features stayed at chance on the simulated set."""
+    The scanner head reads the mean and standard deviation of every level's feature maps,
+    the first (un-normalised) one included: instance normalisation divides out exactly the
+    intensity statistics that tell scanners apart, and a head that only saw the last,
+    normalised level stayed at chance on the simulated set."""
 
     def __init__(self, width: int = 16, k: int = 4, levels: int = 3):
         super().__init__()
         chans = [width * 2 ** i for i in range(levels)]
-        self.stem = _conv(1, chans[0], 4, 2, norm=False)
-        self.body = nn.Sequential(*[_conv(chans[i], chans[i + 1], 4, 2) for i in range(levels - 1)])
+        self.levels = nn.ModuleList([_conv(1, chans[0], 4, 2, norm=False)] +
+                                    [_conv(chans[i], chans[i + 1], 4, 2) for i in range(levels - 1)])
         self.adv = nn.Conv2d(chans[-1], 1, 3, 1, 1)
-        self.cls = nn.Linear(chans[-1] + 2 * chans[0], k)
+        self.cls = nn.Linear(2 * sum(chans), k)
 
     def forward(self, x):
-        s = self.stem(x)
-        h = self.body(s)
-        stats = torch.cat([h.mean((2, 3)), s.mean((2, 3)), s.flatten(2).std(2)], 1)
-        return self.adv(h), self.cls(stats)
+        stats = []
+        for level in self.levels:
+            x = level(x)
+            stats += [x.mean((2, 3)), x.flatten(2).std(2)]
+        return self.adv(x), self.cls(torch.cat(stats, 1))
 
 
 class ContentDiscriminator(nn.Module):
