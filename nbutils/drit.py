@@ -221,10 +221,7 @@ def from_checkpoint(path, device="cpu") -> Translator:
     if state["meta"].get("kind") != "drit":
         raise ValueError(f"{path} is not a GMM-DRIT / DRIT++ checkpoint (it holds {state['meta'].get('kind')!r})")
     raw = dict(state["meta"]["config"], image_shape=tuple(state["meta"]["config"]["image_shape"]))
-    gm = None
-    if state["meta"]["gmvae"]:
-        graw = dict(state["meta"]["gmvae"], image_shape=tuple(state["meta"]["gmvae"]["image_shape"]))
-        gm = GMVAE(GMVAEConfig(**graw))
+    gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None
     model = Translator(DRITConfig(**raw), gm).to(device)
     model.load_state_dict(state["modules"])
     return model.eval()

@@ -42,6 +42,11 @@ class GMVAEConfig:
     min_temp: float = 0.5
     temp_decay: float = 0.013862944  # per epoch: temp = max(min, init * exp(-decay * epoch))
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> "GMVAEConfig":
+        """The config saved in a checkpoint's meta (JSON-like: the shape comes back as a list)."""
+        return cls(**dict(raw, image_shape=tuple(raw["image_shape"])))
+
     @property
     def levels(self) -> int:
         """Stride-2 stages: as many as keep the coarsest grid >= 4 px (at most 4)."""
@@ -248,9 +253,7 @@ def from_checkpoint(path, device: torch.device | str = "cpu") -> GMVAE:
     state = load_checkpoint(path, device)
     if state["meta"].get("kind") != "gmvae":
         raise ValueError(f"{path} is not a GM-VAE checkpoint (it holds {state['meta'].get('kind')!r})")
-    raw = dict(state["meta"]["config"])
-    raw["image_shape"] = tuple(raw["image_shape"])
-    model = GMVAE(GMVAEConfig(**raw)).to(device)
+    model = GMVAE(GMVAEConfig.from_dict(state["meta"]["config"])).to(device)
     model.load_state_dict(state["modules"])
     return model.eval()
 
