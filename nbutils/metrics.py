@@ -48,11 +48,13 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
 def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE) -> dict[str, np.ndarray]:
     """Wang's SSIM split into its luminance, contrast and structure maps (C3 = C2 / 2), whose
     product is the SSIM map; the same Gaussian window (sigma 1.5, truncated at 3.5 sigma,
-    reflected edges) and population statistics as scikit-image."""
+    reflected edges) and population statistics as scikit-image. ``a`` and ``b`` are two
+    images or two stacks (..., H, W) of them (filtered over the last two axes only)."""
     from scipy.ndimage import gaussian_filter
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    blur = lambda x: gaussian_filter(x, sigma=1.5, truncate=3.5, mode="reflect")
+    sigma = (0,) * (a.ndim - 2) + (1.5, 1.5)
+    blur = lambda x: gaussian_filter(x, sigma=sigma, truncate=3.5, mode="reflect")
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     c3 = c2 / 2
     mu_a, mu_b = blur(a), blur(b)
@@ -68,10 +70,19 @@ def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE) -> d
 
 
 def ssim_components(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
-                    data_range: float = DATA_RANGE) -> dict[str, float]:
-    """Mean luminance, contrast, structure and full SSIM over ``mask`` minus the 5 px border."""
+                    data_range: float = DATA_RANGE) -> dict[str, float | np.ndarray]:
+    """Mean luminance, contrast, structure and full SSIM over ``mask`` minus the 5 px border.
+
+    For two images, floats; for two (N, H, W) stacks (and an (N, H, W) or (H, W) mask),
+    arrays of N per-image means."""
     maps = ssim_maps(a, b, data_range)
-    inner = np.zeros(np.shape(a), bool)
+    shape = np.shape(a)
+    inner = np.zeros(shape[-2:], bool)
     inner[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD] = True
-    region = inner if mask is None else inner & np.asarray(mask, bool)
-    return {k: _masked_mean(v, region) for k, v in maps.items()}
+    region = np.broadcast_to(inner if mask is None else inner & np.asarray(mask, bool), shape)
+    if len(shape) == 2:
+        return {k: _masked_mean(v, region) for k, v in maps.items()}
+    area = region.reshape(shape[0], -1).sum(1)
+    if (area == 0).any():
+        raise ValueError("an image's mask is empty inside the 5 px border: nothing to score")
+    return {k: (v * region).reshape(shape[0], -1).sum(1) / area for k, v in maps.items()}

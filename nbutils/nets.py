@@ -84,28 +84,43 @@ class Generator(nn.Module):
         return self.up(h)[..., : shape[0], : shape[1]]
 
 
+def soft_histogram(x: torch.Tensor, bins: int = 32) -> torch.Tensor:
+    """Differentiable intensity histogram of the foreground (> background -1) of images in
+    [-1, 1]: Gaussian kernels on ``bins`` centres, normalised by the foreground area."""
+    centres = torch.linspace(-1, 1, bins, device=x.device, dtype=x.dtype)
+    v = x.flatten(1)
+    fg = torch.sigmoid((v + 0.95) * 400)
+    w = torch.exp(-0.5 * ((v[:, :, None] - centres) * (bins / 2)) ** 2) * fg[:, :, None]
+    return w.sum(1) / (fg.sum(1, keepdim=True) + 1e-3)
+
+
 class ScannerDiscriminator(nn.Module):
     """D_s: a patch real/fake map and a K-way scanner head (global pooling: any size).
 
     The scanner head reads the mean and standard deviation of every level's feature maps,
-    the first (un-normalised) one included: instance normalisation divides out exactly the
-    intensity statistics that tell scanners apart, and a head that only saw the last,
-    normalised level stayed at chance on the simulated set."""
+    the first (un-normalised) one included, plus a small MLP on a soft intensity histogram of
+    the image. Instance normalisation divides out exactly the intensity statistics that tell
+    scanners apart: a head on the last, normalised level stayed at chance on the simulated
+    set, and one on every level's statistics reached 0.4-0.6 held-out accuracy after 300
+    iterations, 0.8 with the histogram (the scanners differ mostly in their contrast curve)."""
 
-    def __init__(self, width: int = 16, k: int = 4, levels: int = 3):
+    def __init__(self, width: int = 16, k: int = 4, levels: int = 3, bins: int = 32):
         super().__init__()
         chans = [width * 2 ** i for i in range(levels)]
+        self.bins = bins
         self.levels = nn.ModuleList([_conv(1, chans[0], 4, 2, norm=False)] +
                                     [_conv(chans[i], chans[i + 1], 4, 2) for i in range(levels - 1)])
         self.adv = nn.Conv2d(chans[-1], 1, 3, 1, 1)
         self.cls = nn.Linear(2 * sum(chans), k)
+        self.hist = nn.Sequential(nn.Linear(bins, 64), nn.LeakyReLU(0.2, inplace=True), nn.Linear(64, k))
 
     def forward(self, x):
         stats = []
+        h = self.hist(soft_histogram(x.float(), self.bins) * 8)
         for level in self.levels:
             x = level(x)
             stats += [x.mean((2, 3)), x.flatten(2).std(2)]
-        return self.adv(x), self.cls(torch.cat(stats, 1))
+        return self.adv(x), self.cls(torch.cat(stats, 1)) + h
 
 
 class ContentDiscriminator(nn.Module):

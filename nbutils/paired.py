@@ -59,9 +59,26 @@ def score_translations(test: Slices, methods: dict[str, Method], oracle: bool = 
                                       reference_quantiles(truth, mask))
             else:
                 out = method(src, np.asarray(test.masks[p.src], bool), target)
+            rows.append(dict(method=name, source=p.source, target=p.target, **_against_truth(out, truth, mask)))
+    return pd.DataFrame(rows)
+
+
+def _against_truth(out: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    return dict(ssim=metrics.ssim(out, truth, mask), psnr=metrics.psnr(out, truth, mask), mae=metrics.mae(out, truth, mask))
+
+
+def score_outputs(test: Slices, to_target: dict[str, np.ndarray], progress: bool = True) -> pd.DataFrame:
+    """As :func:`score_translations`, for outputs computed beforehand: ``to_target[method]`` is a
+    (K, N, H, W) array, the translation of every test slice to every scanner."""
+    pairs = traveling_pairs(test)
+    rows = []
+    for p in tqdm(pairs.itertuples(), total=len(pairs), desc="scoring pairs", disable=not progress):
+        mask = np.asarray(test.masks[p.dst], bool)
+        truth = np.asarray(test.clean[p.dst], np.float32)
+        b = test.domains.index(p.target)
+        for name, out in to_target.items():
             rows.append(dict(method=name, source=p.source, target=p.target,
-                             ssim=metrics.ssim(out, truth, mask), psnr=metrics.psnr(out, truth, mask),
-                             mae=metrics.mae(out, truth, mask)))
+                             **_against_truth(np.asarray(out[b][p.src], np.float32), truth, mask)))
     return pd.DataFrame(rows)
 
 

@@ -4,7 +4,7 @@
     python -m nbutils.pipeline --profile smoke --only 01  # one notebook
 
 Executed copies go to ``<run>/notebooks/`` (never next to the sources). At the end a
-summary of ``<run>/metrics.json`` is printed.
+summary of ``<run>/metrics.json`` is printed (:func:`nbutils.report.results_table`).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 import time
 
 from .config import NOTEBOOKS, read_metrics, setup
+from .report import results_table
 
 
 def notebooks(only: list[str] | None = None):
@@ -52,8 +53,11 @@ def main(argv=None) -> int:
         timings[nb.name] = time.perf_counter() - start
         print(f"   done in {timings[nb.name]:.0f} s", flush=True)
     print("\nwall time per notebook (s): " + ", ".join(f"{k[:2]} {v:.0f}" for k, v in timings.items()))
-    print(f"total: {sum(timings.values()):.0f} s\n\nheadline numbers ({run.metrics_file}):")
-    print(summary(read_metrics(run.dir)))
+    print(f"total: {sum(timings.values()):.0f} s\n\nheadline numbers ({run.metrics_file}; simulated data):")
+    metrics = read_metrics(run.dir)
+    table = results_table(metrics)
+    # the evaluations' method x measure table once notebooks 05-09 have run, else every number
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(table) else summary(metrics))
     return 0
 
 

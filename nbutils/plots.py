@@ -146,3 +146,54 @@ def attribute_pca(codes: np.ndarray, colourings: dict[str, list[str]], title: st
                       title=title, opacity=0.7, template="plotly_white")
     pfig.update_traces(marker_size=5)
     return fig, pfig, ev
+
+
+def anatomy_rows(manifest: pd.DataFrame, anatomy: int = 0) -> np.ndarray:
+    """Rows of a traveling-subject split showing its ``anatomy``-th (subject, slice), one per scanner."""
+    m = manifest.reset_index(drop=True)
+    keys = m[["subject", "slice_index"]].drop_duplicates()
+    if not 0 <= anatomy < len(keys):
+        raise ValueError(f"anatomy {anatomy} does not exist: the split has {len(keys)} (0..{len(keys) - 1})")
+    key = keys.iloc[anatomy]
+    return m.index[(m["subject"] == key["subject"]) & (m["slice_index"] == key["slice_index"])].to_numpy()
+
+
+def translation_montage(images: np.ndarray, scanner_free: np.ndarray, to_target: np.ndarray, rows: np.ndarray,
+                        sources: list[str], targets: list[str], title: str):
+    """The thesis's Figure 3 layout: one row per source slice (``rows`` of the arrays); columns
+    the input, its scanner-free output and its translation to each target scanner."""
+    panels = {}
+    for r, src in zip(rows, sources):
+        panels[f"{src} input"] = images[r]
+        panels[f"{src} → scanner-free"] = scanner_free[r]
+        for b, name in enumerate(targets):
+            panels[f"{src} → {name}"] = to_target[b][r]
+    return montage(panels, title, ncols=2 + len(targets))
+
+
+def score_boxes(df: pd.DataFrame, value: str, x: str, hue: str, title: str):
+    """Per-unit scores as box plots: ``x`` groups along the axis, one box per ``hue`` in each
+    (bars instead when each group holds a single value); a matplotlib and a plotly figure."""
+    xs, hues = sorted(dict.fromkeys(df[x])), list(dict.fromkeys(df[hue]))
+    bars = df.groupby([x, hue]).size().max() == 1
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(xs) * max(1, len(hues) / 2)), 3.6))
+    width = 0.8 / len(hues)
+    for j, h in enumerate(hues):
+        data = [df.loc[(df[x] == g) & (df[hue] == h), value].to_numpy() for g in xs]
+        pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
+        if bars:
+            ax.bar(pos, [d[0] if len(d) else np.nan for d in data], width * 0.9, color=plt.cm.tab10(j), label=h)
+            continue
+        bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
+        for box in bp["boxes"]:
+            box.set_facecolor(plt.cm.tab10(j))
+        ax.plot([], [], color=plt.cm.tab10(j), lw=6, label=h)
+    ax.set_xticks(np.arange(len(xs)), xs)
+    ax.set(ylabel=value, title=title)
+    ax.legend(fontsize=7, ncols=min(len(hues), 3))
+    fig.tight_layout()
+    if bars:
+        pfig = px.bar(df, x=x, y=value, color=hue, barmode="group", title=title, template="plotly_white")
+    else:
+        pfig = px.box(df, x=x, y=value, color=hue, title=title, template="plotly_white", points=False)
+    return fig, pfig

@@ -105,15 +105,10 @@ def translation_grid(test: Slices, model: drit.Translator, codes: pd.DataFrame, 
     """One traveling-subject anatomy: rows are source scanners; columns the input, the
     scanner-free output and the reference-guided translation to each scanner."""
     harm = Harmonizer(model)
-    m = test.manifest.reset_index(drop=True)
-    key = m[["subject", "slice_index"]].drop_duplicates().iloc[anatomy]
-    rows = m.index[(m["subject"] == key["subject"]) & (m["slice_index"] == key["slice_index"])]
-    images = {}
-    for r in rows:
-        src = test.domains[test.labels[r]]
-        img = np.asarray(test.images[r], np.float32)
-        images[f"{src} input"] = img
-        images[f"{src} → scanner-free"] = harm.scanner_free(img, seed)[0]
-        for b, name in enumerate(test.domains):
-            images[f"{src} → {name}"] = harm.to_scanner(img, int(codes.code[b]), reference=refs[b])[0]
-    return plots.montage(images, title, ncols=2 + len(test.domains))
+    rows = plots.anatomy_rows(test.manifest, anatomy)
+    images = np.asarray(test.images[rows], np.float32)
+    sf = harm.scanner_free(images, seed)
+    to = [harm.to_scanner(images, int(codes.code[b]), reference=refs[b]) for b in range(len(test.domains))]
+    sources = [test.domains[test.labels[r]] for r in rows]
+    idx = np.arange(len(rows))
+    return plots.translation_montage(images, sf, to, idx, sources, test.domains, title)

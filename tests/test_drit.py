@@ -98,3 +98,19 @@ def test_stage_two_resumes_exactly(tmp_path):
     train.fit(again, sampler(), 6, tmp_path / "resumed.pt", every=2, seed=4)
     for (name, a), b in zip(whole.modules.state_dict().items(), again.modules.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_soft_histogram_sees_brightness_and_ignores_background():
+    from nbutils.nets import soft_histogram
+
+    x = torch.full((2, 1, 16, 16), -1.0)
+    x[0, :, 4:12, 4:12] = -0.5
+    x[1, :, 4:12, 4:12] = 0.5
+    h = soft_histogram(x, 16)
+    centres = torch.linspace(-1, 1, 16)
+    assert h[0].argmax() == (centres - -0.5).abs().argmin() and h[1].argmax() == (centres - 0.5).abs().argmin()
+    # the background (-1) is left out, and the histogram does not depend on the foreground's area
+    y = x.clone()
+    y[1, :, 2:14, 2:14] = 0.5
+    assert torch.allclose(soft_histogram(y, 16)[1], h[1], atol=1e-3)
+    assert h[:, 0].max() < 1e-3

@@ -71,3 +71,53 @@ def test_ssim_components_multiply_to_scikit_image_ssim():
     # a brightness change hits luminance, not structure
     shifted = ssim_maps(a, np.clip(a * 0.6, 0, 1))
     assert shifted["luminance"].mean() < 0.99 and shifted["structure"].mean() > 0.99
+
+
+def test_ssim_components_of_stacks_equal_the_per_image_values():
+    from nbutils.metrics import ssim_components
+
+    rng = np.random.default_rng(1)
+    a = rng.random((3, 24, 20))
+    b = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1)
+    masks = rng.random(a.shape) > 0.3
+    batched = ssim_components(a, b, masks)
+    for i in range(3):
+        single = ssim_components(a[i], b[i], masks[i])
+        for key, value in single.items():
+            assert batched[key][i] == pytest.approx(value, abs=1e-12)
+    with pytest.raises(ValueError, match="empty"):
+        ssim_components(a, b, np.zeros(a.shape, bool))
+
+
+def test_bootstrap_difference_covers_the_truth_and_pairs_reduce_its_width():
+    from nbutils.stats import bootstrap_diff
+
+    rng = np.random.default_rng(0)
+    unit = rng.normal(0, 1, 400)  # a shared per-unit effect, as the same slice under two methods
+    a, b = unit + 0.3 + rng.normal(0, 0.1, 400), unit + rng.normal(0, 0.1, 400)
+    d, lo, hi = bootstrap_diff(a, b, paired=True)
+    assert lo < 0.3 < hi and lo < d < hi
+    _, ulo, uhi = bootstrap_diff(a, b, paired=False)
+    assert (hi - lo) < (uhi - ulo) / 5  # pairing removes the shared unit effect
+    d0, lo0, hi0 = bootstrap_diff(b, b, paired=True)
+    assert d0 == 0 and lo0 == 0 and hi0 == 0
+    with pytest.raises(ValueError, match="same length"):
+        bootstrap_diff(a, b[:10], paired=True)
+
+
+def test_compare_table_reports_every_group_against_the_reference():
+    import pandas as pd
+
+    from nbutils.stats import compare
+
+    rng = np.random.default_rng(0)
+    df = pd.concat([pd.DataFrame(dict(method=m, unit=np.arange(50), v=rng.normal(mu, 0.1, 50)))
+                    for m, mu in [("ref", 0.5), ("better", 0.7)]])
+    table = compare(df, "v", "ref", unit="unit").set_index("method")
+    assert table.loc["better", "n"] == 50
+    assert table.loc["better", "CI high"] < -0.1 and np.isnan(table.loc["ref", "CI low"])
+    assert table.loc["better", "ref − this"] == pytest.approx(-0.2, abs=0.05)
+    per = compare(df.assign(site=df["unit"] % 2), "v", "ref", unit="unit", within="site")
+    assert len(per) == 4 and set(per["site"]) == {0, 1} and (per["n"] == 25).all()
+    with pytest.raises(ValueError, match="reference"):
+        compare(df, "v", "nope")

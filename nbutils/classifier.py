@@ -1,0 +1,121 @@
+"""A scanner classifier: the frozen feature network of FID/KID (E5, no download) and the
+residual-scanner probe of notebook 09.
+
+Small CNN on images in [0, 1]: three stride-2 convolutions whose feature maps are summarised
+by their per-channel mean and standard deviation (appearance, not layout), plus a soft
+intensity histogram of the foreground; a ``features``-wide embedding; a K-way linear head.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .nets import _conv, soft_histogram
+
+
+class ScannerClassifier(nn.Module):
+    def __init__(self, k: int, width: int = 8, features: int = 32, bins: int = 32):
+        super().__init__()
+        chans = [width, 2 * width, 4 * width]
+        self.k, self.width, self.bins, self.num_features = k, width, bins, features
+        self.levels = nn.ModuleList([_conv(1, chans[0], 4, 2, norm=False), _conv(chans[0], chans[1], 4, 2, norm=False),
+                                     _conv(chans[1], chans[2], 4, 2, norm=False)])
+        self.embed = nn.Sequential(nn.Linear(2 * sum(chans) + bins, features), nn.LeakyReLU(0.2))
+        self.head = nn.Linear(features, k)
+
+    def features(self, x01: torch.Tensor) -> torch.Tensor:
+        """(N, features) embedding of (N, 1, H, W) images in [0, 1]."""
+        x = x01.float() * 2 - 1
+        stats = [soft_histogram(x, self.bins) * 8]
+        for level in self.levels:
+            x = level(x)
+            stats += [x.mean((2, 3)), x.flatten(2).std(2)]
+        return self.embed(torch.cat(stats, 1))
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x01))
+
+
+class FeatureNet(nn.Module):
+    """The classifier's embedding as a torchmetrics FID/KID feature extractor (``num_features``
+    set, float input in [0, 1], gradients off)."""
+
+    def __init__(self, clf: ScannerClassifier):
+        super().__init__()
+        self.clf = clf.eval().requires_grad_(False)
+        self.num_features = clf.num_features
+
+    def forward(self, x):
+        return self.clf.features(x).double()
+
+    def train(self, mode: bool = True):  # always frozen
+        return super().train(False)
+
+
+class ClassifierTask:
+    def __init__(self, k: int, width: int, lr: float = 1e-3, device="cpu"):
+        self.k, self.width, self.lr = k, width, lr
+        self.modules = ScannerClassifier(k, width).to(device)
+        self.optimizers = {"clf": torch.optim.Adam(self.modules.parameters(), lr=lr)}
+
+    def step(self, batch, it: int, ctx) -> dict[str, float]:
+        x, y = batch
+        self.modules.train()
+        with ctx.autocast():
+            logits = self.modules(x)
+            loss = F.cross_entropy(logits.float(), y)
+        ctx.update(loss, "clf")
+        return dict(loss=float(loss.detach()), acc=float((logits.argmax(1) == y).float().mean()))
+
+    def meta(self) -> dict:
+        return dict(kind="scanner-classifier", k=self.k, width=self.width, lr=self.lr)
+
+
+def train_classifier(images, labels, checkpoint, *, k: int | None = None, width: int = 8, steps: int = 400,
+                     batch_size: int = 32, every: int = 200, seed: int = 0, device=None):
+    """Train (or load) a scanner classifier on (N, H, W) [0, 1] images and their scanner labels."""
+    from .train import EpochSampler, fit, images_to_tensor, pick_device
+
+    labels = np.asarray(labels)
+    k = int(labels.max()) + 1 if k is None else k
+    device = pick_device() if device is None else torch.device(device)
+    task = ClassifierTask(k, width, device=device)
+    sampler = EpochSampler(len(images), batch_size, seed)
+
+    def batch(i):
+        idx = np.sort(sampler(i))
+        return images_to_tensor(images, idx, device), torch.from_numpy(labels[idx]).long().to(device)
+
+    history = fit(task, batch, steps, checkpoint, every=every, seed=seed, device=device, desc="scanner classifier")
+    return task.modules.eval(), history
+
+
+@torch.no_grad()
+def predict(clf: ScannerClassifier, images, batch_size: int = 256) -> np.ndarray:
+    """Predicted scanner of each (H, W) image in [0, 1]."""
+    device = next(clf.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.asarray(images[i:i + batch_size], np.float32)).unsqueeze(1).to(device)
+        out.append(clf.eval()(x).argmax(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, int)
+
+
+def for_run(run, train, images=None, name: str = "scanner-classifier") -> ScannerClassifier:
+    """The run's scanner classifier (trained on ``images``, default the raw training slices),
+    trained once with the profile's settings and then loaded from ``<run>/checkpoints/<name>.pt``."""
+    p = run.profile
+    clf, _ = train_classifier(train.images if images is None else images, train.labels,
+                              run.checkpoints / f"{name}.pt", k=len(train.domains), steps=p.clf_steps,
+                              every=p.checkpoint_every, seed=run.seed)
+    return clf
+
+
+def accuracy(clf: ScannerClassifier, images, labels) -> dict[str, float]:
+    """Accuracy of ``clf`` on ``images`` and the chance level (the largest class's share)."""
+    labels = np.asarray(labels)
+    return dict(accuracy=float((predict(clf, images) == labels).mean()),
+                chance=float(np.bincount(labels).max() / len(labels)))

@@ -1,0 +1,142 @@
+"""The thesis's evaluations E2-E5 and E7 as tables of per-unit scores (DESIGN §6), computed
+from cached method outputs (:mod:`nbutils.outputs`). Every function returns a long
+DataFrame with a ``method`` column and a unit id, ready for :func:`nbutils.stats.compare`.
+
+* E2 structure: SSIM structure component between each input and its scanner-free output.
+* E3 translation realism: SSIM luminance component between M random (real slice of scanner b,
+  slice of another scanner translated to b) pairs, the same pairs for every method, beside
+  M (real b, real b) pairs, the reference.
+* E4 cross-scanner agreement: luminance SSIM between M random pairs of slices from two
+  different scanners, before (the inputs) and after (their scanner-free outputs).
+* E5 FID and KID in the frozen scanner classifier's feature space, with a split-half floor.
+* E7 voxel intensities per scanner and their mean pairwise Wasserstein distance.
+"""
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import Slices
+from .metrics import ssim_components
+from .outputs import Outputs
+
+REAL = "real vs real"
+
+
+def _component(a: np.ndarray, b: np.ndarray, masks: np.ndarray, name: str, chunk: int = 256) -> np.ndarray:
+    return np.concatenate([ssim_components(a[s:s + chunk], b[s:s + chunk], masks[s:s + chunk])[name]
+                           for s in range(0, len(a), chunk)])
+
+
+def e2_structure(test: Slices, outs: dict[str, Outputs]) -> pd.DataFrame:
+    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
+    rows = [pd.DataFrame(dict(method=m, slice=np.arange(len(images)), scanner=test.manifest["domain"],
+                              structure=_component(images, o.scanner_free, masks, "structure")))
+            for m, o in outs.items()]
+    return pd.concat(rows, ignore_index=True)
+
+
+def e3_pairs(labels: np.ndarray, m: int, seed: int = 0) -> pd.DataFrame:
+    """M random (target b, real slice of b, translated slice from another scanner, second real
+    slice of b) index quadruples."""
+    rng = np.random.default_rng(seed)
+    k = int(labels.max()) + 1
+    by = [np.flatnonzero(labels == b) for b in range(k)]
+    other = [np.flatnonzero(labels != b) for b in range(k)]
+    if any(len(r) < 2 for r in by) or any(len(o) == 0 for o in other):
+        raise ValueError("E3 needs at least two slices of every scanner and slices of another one")
+    target = rng.integers(0, k, m)
+    real = np.array([rng.choice(by[b]) for b in target])
+    real2 = np.array([rng.choice(by[b][by[b] != r]) for b, r in zip(target, real)])
+    source = np.array([rng.choice(other[b]) for b in target])
+    return pd.DataFrame(dict(pair=np.arange(m), target=target, real=real, real2=real2, source=source))
+
+
+def e3_luminance(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed: int = 0) -> pd.DataFrame:
+    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
+    p = e3_pairs(test.labels, m, seed)
+    real, mask = images[p.real], masks[p.real]
+    name = np.asarray(test.domains)[p.target]
+    rows = [pd.DataFrame(dict(method=REAL, pair=p.pair, target=name,
+                              luminance=_component(real, images[p.real2], mask, "luminance")))]
+    for meth, o in outs.items():
+        fake = o.to_target[p.target, p.source]
+        rows.append(pd.DataFrame(dict(method=meth, pair=p.pair, target=name,
+                                      luminance=_component(real, fake, mask, "luminance"))))
+    return pd.concat(rows, ignore_index=True)
+
+
+def e4_cross_scanner(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed + 1)
+    labels = test.labels
+    if len(np.unique(labels)) < 2:
+        raise ValueError("E4 needs slices of at least two scanners")
+    i = rng.integers(0, len(labels), 4 * m)
+    j = rng.integers(0, len(labels), 4 * m)
+    keep = labels[i] != labels[j]
+    i, j = i[keep][:m], j[keep][:m]
+    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
+    mask = masks[i] & masks[j]
+    rows = [pd.DataFrame(dict(method="before (inputs)", pair=np.arange(len(i)),
+                              luminance=_component(images[i], images[j], mask, "luminance")))]
+    for meth, o in outs.items():
+        if meth == "identity":
+            continue  # identical to 'before'
+        rows.append(pd.DataFrame(dict(method=meth, pair=np.arange(len(i)),
+                                      luminance=_component(o.scanner_free[i], o.scanner_free[j], mask, "luminance"))))
+    return pd.concat(rows, ignore_index=True)
+
+
+def fid_kid(features: torch.nn.Module, real: np.ndarray, fake: np.ndarray, subset: int = 50,
+            seed: int = 0) -> dict[str, float]:
+    """FID and KID (mean and sd over subsets) between two (N, H, W) [0, 1] image sets in the
+    feature space of ``features`` (a torchmetrics custom extractor)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    n = min(len(real), len(fake))
+    if n < 2:
+        raise ValueError(f"FID/KID need at least two images on each side, got {len(real)} and {len(fake)}")
+    torch.manual_seed(seed)
+    fid = FrechetInceptionDistance(feature=features, normalize=True)
+    with warnings.catch_warnings():  # "KID keeps every feature in memory": ours are small
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=features, normalize=True, subsets=50, subset_size=min(subset, n))
+    for metric in (fid, kid):
+        metric.update(torch.from_numpy(np.asarray(real, np.float32)).unsqueeze(1), real=True)
+        metric.update(torch.from_numpy(np.asarray(fake, np.float32)).unsqueeze(1), real=False)
+    kid_mean, kid_sd = kid.compute()
+    return dict(fid=float(fid.compute()), kid=float(kid_mean), kid_sd=float(kid_sd), n_real=len(real), n_fake=len(fake))
+
+
+def split_half(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two random halves of a set of real images: their FID/KID is the floor a perfect method
+    would reach with samples this small."""
+    idx = np.random.default_rng(seed).permutation(len(images))
+    half = len(idx) // 2
+    return images[np.sort(idx[:half])], images[np.sort(idx[half:2 * half])]
+
+
+def e7_intensities(test: Slices, outs: dict[str, Outputs], per_scanner: int = 20000, seed: int = 0):
+    """In-brain voxel intensities of the scanner-free outputs, per source scanner (a sample of
+    ``per_scanner`` each), and per method the mean pairwise 1-Wasserstein distance between
+    scanners (the inputs: method 'identity')."""
+    from scipy.stats import wasserstein_distance
+
+    rng = np.random.default_rng(seed)
+    masks = np.asarray(test.masks, bool)
+    values, rows = {}, []
+    for meth, o in outs.items():
+        values[meth] = {}
+        for b, name in enumerate(test.domains):
+            v = o.scanner_free[test.labels == b][masks[test.labels == b]]
+            values[meth][name] = rng.choice(v, min(per_scanner, len(v)), replace=False)
+        dists = [wasserstein_distance(values[meth][a], values[meth][b])
+                 for a, b in itertools.combinations(test.domains, 2)]
+        rows.append(dict(method=meth, mean_pairwise_wasserstein=float(np.mean(dists)),
+                         max_pairwise_wasserstein=float(np.max(dists))))
+    return values, pd.DataFrame(rows)

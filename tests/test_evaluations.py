@@ -1,0 +1,118 @@
+"""E2-E7 scoring on small synthetic 'scanners' where the right answer is known."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nbutils import classifier, evaluations
+from nbutils.data import Slices
+from nbutils.outputs import Outputs
+
+
+def scanners(n_per=12, k=3, size=24, seed=0):
+    """k 'scanners' that see discs of random position through different brightness curves."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images, masks, labels, clean = [], [], [], []
+    for b in range(k):
+        for _ in range(n_per):
+            cy, cx = rng.uniform(9, size - 9, 2)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 36
+            inner = (yy - cy) ** 2 + (xx - cx) ** 2 < 9
+            base = 0.4 * disc + 0.3 * inner
+            clean.append(base)
+            images.append(np.clip(base ** (0.6 + 0.5 * b) + rng.normal(0, 0.02, base.shape) * disc, 0, 1))
+            masks.append(disc)
+            labels.append(b)
+    manifest = pd.DataFrame(dict(domain=[f"s{b}" for b in labels], domain_index=labels))
+    return Slices(np.array(images, np.float32), np.array(masks), np.array(clean, np.float32), manifest,
+                  [f"s{b}" for b in range(k)])
+
+
+def outputs(test):
+    images = np.asarray(test.images, np.float32)
+    k = len(test.domains)
+    # 'perfect': every scanner-free output is the clean image; translations too
+    perfect = Outputs(np.asarray(test.clean, np.float32), np.broadcast_to(test.clean, (k, *images.shape)))
+    return {"perfect": perfect, "identity": Outputs(images, np.broadcast_to(images, (k, *images.shape)))}
+
+
+def test_e2_structure_is_one_for_the_identity_and_lower_for_noise():
+    test = scanners()
+    outs = outputs(test)
+    rng = np.random.default_rng(1)
+    outs["noise"] = Outputs(rng.random(test.images.shape).astype(np.float32), outs["identity"].to_target)
+    s = evaluations.e2_structure(test, outs).groupby("method")["structure"].mean()
+    assert s["identity"] == pytest.approx(1.0, abs=1e-6)
+    assert s["noise"] < 0.3 < s["perfect"]
+
+
+def test_e3_uses_the_same_pairs_for_every_method_and_real_targets_only():
+    test = scanners()
+    p = evaluations.e3_pairs(test.labels, 300)
+    assert (test.labels[p.real] == p.target).all() and (test.labels[p.real2] == p.target).all()
+    assert (p.real != p.real2).all() and (test.labels[p.source] != p.target).all()
+    df = evaluations.e3_luminance(test, outputs(test), m=300)
+    assert set(df["method"]) == {evaluations.REAL, "perfect", "identity"}
+    assert (df.groupby("method").size() == 300).all()
+    assert df["luminance"].between(-1, 1).all()
+
+
+def test_e4_harmonized_outputs_agree_better_than_inputs():
+    test = scanners()
+    df = evaluations.e4_cross_scanner(test, outputs(test), m=200)
+    mean = df.groupby("method")["luminance"].mean()
+    assert "identity" not in mean  # it is 'before'
+    assert mean["perfect"] > mean["before (inputs)"]
+
+
+def test_fid_and_kid_separate_scanners_and_are_near_zero_within_one(tmp_path):
+    test = scanners(n_per=40)
+    clf, _ = classifier.train_classifier(test.images, test.labels, tmp_path / "clf.pt", width=4, steps=60,
+                                         batch_size=16, every=60)
+    acc = (classifier.predict(clf, test.images) == test.labels).mean()
+    assert acc > 0.8
+    feats = classifier.FeatureNet(clf)
+    s0, s2 = test.domain(0)[0], test.domain(2)[0]
+    a, b = evaluations.split_half(s0)
+    same = evaluations.fid_kid(feats, a, b, subset=10)
+    different = evaluations.fid_kid(feats, a, s2[:20], subset=10)
+    assert different["fid"] > 5 * same["fid"] and different["kid"] > same["kid"]
+    with pytest.raises(ValueError, match="at least two"):
+        evaluations.fid_kid(feats, a[:1], b)
+
+
+def test_e7_wasserstein_drops_to_zero_when_scanners_share_one_appearance():
+    test = scanners()
+    outs = outputs(test)
+    values, table = evaluations.e7_intensities(test, outs)
+    w = table.set_index("method")["mean_pairwise_wasserstein"]
+    assert w["identity"] > 0.05 and w["perfect"] < 0.02
+    assert set(values["identity"]) == set(test.domains)
+
+
+def test_results_table_and_readme_section(tmp_path):
+    from nbutils import report
+
+    metrics = {"05_ssim": {"E2 structure GMM-DRIT": 0.9, "E2 structure DRIT++": 0.5, "E2 structure identity": 1.0,
+                           "E4 luminance GMM-DRIT": 0.99, "E4 luminance before (inputs)": 0.97},
+               "09_beyond": {"residual acc frozen GMM-DRIT": 0.3, "residual_chance": 0.25}}
+    table = report.results_table(metrics).set_index("measure")
+    assert len(table) == 3  # only measures that were recorded
+    e2 = table.loc["E2 structure SSIM, input vs scanner-free"]
+    assert e2["GMM-DRIT"] == 0.9 and e2["DRIT++"] == 0.5 and pd.isna(e2["histogram matching"])
+    assert table.loc["E4 cross-scanner luminance SSIM after", "reference"] == 0.97
+    assert table.loc["residual scanner acc., frozen raw classifier", "reference"] == 0.25
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nafter\n")
+    report.write_readme(metrics, "data/runs/x", readme)
+    text = readme.read_text()
+    assert "old" not in text and "0.900" in text and "Simulated data" in text and text.endswith("after\n")
+    with pytest.raises(ValueError, match="block"):
+        report.write_readme(metrics, "x", _plain(tmp_path))
+
+
+def _plain(tmp_path):
+    p = tmp_path / "plain.md"
+    p.write_text("no markers\n")
+    return p
