@@ -92,7 +92,7 @@ def summary(result: dict, label: str) -> dict:
     d2d, agree = result["d2d"], result["agreement"]
     out = {}
     for method, row in d2d.iterrows():
-        key = method.replace(label, "").strip().replace(" ", "_").replace("-", "_")
+        key = (method[len(label):] if method.startswith(label) else method).strip().replace(" ", "_").replace("-", "_")
         for m in ("ssim", "psnr", "mae"):
             out[f"d2d_{key}_{m}"] = row[m]
     out |= {"sf_agreement_outputs_ssim": agree["outputs"].mean(), "sf_agreement_inputs_ssim": agree["inputs"].mean(),
