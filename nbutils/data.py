@@ -34,26 +34,23 @@ SPLITS = ("train", "test")
 MASK_THRESHOLD = 0.08  # on [0, 1] normalised intensities, after light smoothing
 
 
-def read_table(csv: str | Path, test_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
-    """Read and check a data CSV; return absolute paths, subjects and splits.
-
-    Raises :class:`DataError` on an unreadable or empty CSV, missing columns, missing
-    files, unknown split names, subjects in two splits, or a domain with < 2 volumes.
-    """
+def read_paths(csv: str | Path, required: tuple[str, ...] = ("path",), header: str = "path[,...]") -> pd.DataFrame:
+    """Read a CSV of volumes: checks that it exists, is not empty, has the ``required`` columns
+    and that every file it names (``path``, and ``clean`` where given) exists; paths are made
+    absolute (relative ones are taken from the CSV's folder). Raises :class:`DataError`."""
     csv = Path(csv)
     if not csv.is_file():
-        raise DataError(f"{csv}: no such CSV; give a CSV with columns path,domain[,subject][,split].")
+        raise DataError(f"{csv}: no such CSV; give a CSV with columns {header}.")
     try:
         table = pd.read_csv(csv, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        raise DataError(f"{csv}: the CSV is empty; it needs a header path,domain[,subject][,split] "
+        raise DataError(f"{csv}: the CSV is empty; it needs a header {header} "
                         "and one row per volume.") from None
     table.columns = [c.strip().lower() for c in table.columns]
-    missing = {"path", "domain"} - set(table.columns)
+    missing = set(required) - set(table.columns)
     if missing:
         raise DataError(f"{csv}: missing column(s) {', '.join(sorted(missing))} (found: "
-                        f"{', '.join(table.columns) or 'none'}); the header must be "
-                        "path,domain[,subject][,split].")
+                        f"{', '.join(table.columns) or 'none'}); the header must be {header}.")
     table = table[table["path"].str.strip() != ""].reset_index(drop=True)
     if table.empty:
         raise DataError(f"{csv}: the CSV has a header but no rows; add one row per volume.")
@@ -73,6 +70,16 @@ def read_table(csv: str | Path, test_fraction: float = 0.2, seed: int = 0) -> pd
         more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
         raise DataError(f"{csv}: {len(gone)} file(s) named in the CSV do not exist: "
                         f"{'; '.join(gone[:5])}{more}. Fix the paths (relative to the CSV's folder).")
+    return table
+
+
+def read_table(csv: str | Path, test_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
+    """Read and check a data CSV; return absolute paths, subjects and splits.
+
+    Raises :class:`DataError` on an unreadable or empty CSV, missing columns, missing
+    files, unknown split names, subjects in two splits, or a domain with < 2 volumes.
+    """
+    table = read_paths(csv, ("path", "domain"), "path,domain[,subject][,split]")
     table["domain"] = table["domain"].str.strip()
     counts = table["domain"].value_counts()
     few = counts[counts < 2]

@@ -45,6 +45,13 @@ class Harmonizer:
             out.append(((y + 1) / 2).clamp(0, 1)[:, 0].cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, *self.model.cfg.image_shape), np.float32)
 
+    def with_code(self, images: np.ndarray, za: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """Translate with any attribute code ``za`` (attr,) and scanner code ``c`` (K,), e.g. a
+        point between two GM-VAE components (notebook 11)."""
+        za = torch.as_tensor(np.asarray(za, np.float32)).reshape(1, self.attr).to(self.device)
+        c = torch.as_tensor(np.asarray(c, np.float32)).reshape(1, self.k).to(self.device)
+        return self._run(images, za, c)
+
     def scanner_free(self, images: np.ndarray, seed: int = 0) -> np.ndarray:
         g = torch.Generator().manual_seed(seed)
         za = torch.randn(1, self.attr, generator=g).to(self.device)

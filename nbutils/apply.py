@@ -1,0 +1,143 @@
+"""Harmonize your own volumes (notebook 10): which files, which target, where the outputs go.
+
+Inputs are a folder of NIfTI volumes, a CSV with a ``path`` column (as the data CSV), or one
+NIfTI file; every problem is a :class:`~nbutils.volumes.DataError` (or ``ValueError`` for a bad
+setting) naming the input and the fix, raised before anything is written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .config import resolve
+from .data import read_paths, resize_slices, volume_slices
+from .volumes import DataError, load_volume
+
+NIFTI = (".nii", ".nii.gz")
+SCANNER_FREE = "scanner-free"
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI)
+
+
+def find_volumes(inputs: str | Path) -> list[Path]:
+    """The volumes named by ``inputs``: a folder (its .nii / .nii.gz files), a CSV (its ``path``
+    column) or one NIfTI file. Each volume is opened and checked (``load_volume``)."""
+    path = resolve(inputs)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p))
+        if not files:
+            raise DataError(f"{path}: the folder holds no .nii or .nii.gz file; point `inputs` at a folder "
+                            "of NIfTI volumes, a CSV with a path column, or one NIfTI file.")
+    elif path.is_file() and path.suffix.lower() == ".csv":
+        files = [Path(p) for p in read_paths(path, ("path",), "path[,domain,...]")["path"]]
+    elif path.is_file() and is_nifti(path):
+        files = [path]
+    elif not path.exists():
+        raise DataError(f"{path}: no such folder, CSV or NIfTI file.")
+    else:
+        raise DataError(f"{path}: not a folder, a .csv or a NIfTI file (.nii, .nii.gz).")
+    for f in files:
+        load_volume(f)  # a clear error for anything that is not a usable 3-D volume
+    return files
+
+
+def target_index(mode: str, domains: list[str]) -> int | None:
+    """``None`` for scanner-free, else the index of the scanner called ``mode``."""
+    if mode == SCANNER_FREE:
+        return None
+    if mode not in domains:
+        raise ValueError(f"mode {mode!r} is neither {SCANNER_FREE!r} nor one of the model's scanners "
+                         f"{domains}")
+    return domains.index(mode)
+
+
+def reference_slices(path: str | Path, size: tuple[int, int], n: int = 8) -> np.ndarray:
+    """``n`` evenly spaced brain slices of a NIfTI volume of the target scanner, at the model's size."""
+    path = resolve(path)
+    if not path.is_file():
+        raise DataError(f"{path}: the reference volume does not exist.")
+    slices, _ = volume_slices(path, per_volume=n)
+    if not len(slices):
+        raise DataError(f"{path}: no brain slice found in the reference volume.")
+    if size[0] != size[1]:
+        raise ValueError(f"reference slices need a square model size, got {size}")
+    return resize_slices(slices, size[0])
+
+
+def output_path(out_dir: Path, volume: Path, mode: str) -> Path:
+    stem = volume.name[: -len(".nii.gz")] if volume.name.lower().endswith(".nii.gz") else volume.stem
+    out = Path(out_dir) / f"{stem}_harmonized-{mode}.nii.gz"
+    if out.resolve() == volume.resolve():
+        raise ValueError(f"{out} would overwrite its input: choose another output folder")
+    return out
+
+
+def harmonize_all(harm, volumes: list[Path], out_dir: Path, mode: str, target: int | None = None,
+                  reference: np.ndarray | None = None, seed: int = 0) -> pd.DataFrame:
+    """Harmonize every volume into ``out_dir``; one row per volume (input, output, shape and
+    affine equal to the input's)."""
+    from .harmonize import harmonize_volume
+
+    rows = []
+    for v in tqdm(volumes, desc="volumes", unit="vol"):
+        out = harmonize_volume(harm, v, output_path(out_dir, v, mode),
+                               mode="scanner-free" if target is None else "to-scanner",
+                               target=target, reference=reference, seed=seed, progress=False)
+        a, b = load_volume_header(v), load_volume_header(out)
+        rows.append(dict(input=str(v), output=str(out), shape=b[0], same_shape=a[0] == b[0],
+                         same_affine=bool(np.allclose(a[1], b[1]))))
+    return pd.DataFrame(rows)
+
+
+def load_volume_header(path) -> tuple[tuple, np.ndarray]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    return tuple(img.shape), img.affine
+
+
+def builtin_test_volumes(manifest: pd.DataFrame, max_subjects: int = 0) -> pd.DataFrame:
+    """The test-split volumes of a run (path, subject, domain), every scanner's rendering of
+    the first ``max_subjects`` held-out anatomies (0: all)."""
+    test = manifest[manifest["split"] == "test"][["source", "subject", "domain"]].drop_duplicates()
+    subjects = sorted(test["subject"].unique())
+    if max_subjects:
+        subjects = subjects[:max_subjects]
+    test = test[test["subject"].isin(subjects)].sort_values(["subject", "domain"])
+    return test.rename(columns={"source": "path"}).reset_index(drop=True)
+
+
+def matched_slices(a: str | Path, b: str | Path, n: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised coronal brain slices of two volumes at the same positions (those chosen in ``a``)."""
+    sa, ys = volume_slices(a, per_volume=n)
+    sb, _ = volume_slices(b, ys=ys)
+    return sa, sb
+
+
+def volume_ssim(a: str | Path, b: str | Path) -> float:
+    """Mean SSIM of two volumes over their matched coronal brain slices, inside ``a``'s brain."""
+    from .data import MASK_THRESHOLD
+    from .metrics import ssim
+
+    sa, sb = matched_slices(a, b)
+    return float(np.mean([ssim(x, y, x > MASK_THRESHOLD) for x, y in zip(sa, sb)]))
+
+
+def agreement(volumes: pd.DataFrame, outputs: list[str]) -> pd.DataFrame:
+    """For every pair of scanners seeing the same anatomy: SSIM between the two input volumes and
+    between their two harmonized outputs (the traveling subjects of the built-in set)."""
+    v = volumes.assign(output=outputs)
+    rows = []
+    for subject, g in v.groupby("subject"):
+        g = g.reset_index(drop=True)
+        for i in range(len(g)):
+            for j in range(i + 1, len(g)):
+                rows.append(dict(subject=subject, a=g.domain[i], b=g.domain[j],
+                                 inputs=volume_ssim(g.path[i], g.path[j]),
+                                 outputs=volume_ssim(g.output[i], g.output[j])))
+    return pd.DataFrame(rows)

@@ -1,0 +1,98 @@
+"""Notebook 10's input checks (one test per bad input) and notebook 11's explorer."""
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nbutils import apply, drit, gmvae
+from nbutils.harmonize import Harmonizer
+from nbutils.volumes import DataError
+
+from conftest import blob_volume
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    gm = gmvae.GMVAE(gmvae.GMVAEConfig(image_shape=(24, 24), k=3, gaussian_size=8, width=4))
+    return drit.Translator(drit.DRITConfig(image_shape=(24, 24), k=3, width=4, attr=8, n_res=1), gm).eval()
+
+
+def test_inputs_folder_csv_or_file(write_volume, tmp_path):
+    a, b = write_volume("a.nii.gz"), write_volume("b.nii", seed=1)
+    (tmp_path / "notes.txt").write_text("not a volume")
+    assert apply.find_volumes(tmp_path) == [a, b]
+    csv = tmp_path / "list.csv"
+    csv.write_text("path\nb.nii\n")
+    assert apply.find_volumes(csv) == [b]
+    assert apply.find_volumes(a) == [a]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing folder", "no such folder, CSV or NIfTI"),
+    ("empty folder", "holds no .nii or .nii.gz"),
+    ("text file", "not a folder, a .csv or a NIfTI"),
+    ("csv without path", "missing column"),
+    ("csv naming a missing file", "do not exist"),
+    ("empty csv", "the CSV is empty"),
+    ("corrupt volume", "broken.nii.gz"),
+])
+def test_each_bad_input_is_refused_with_its_reason(tmp_path, case, message):
+    target = {
+        "missing folder": lambda: tmp_path / "nowhere",
+        "empty folder": lambda: (tmp_path / "empty").mkdir() or tmp_path / "empty",
+        "text file": lambda: (tmp_path / "a.txt").write_text("x") and tmp_path / "a.txt",
+        "csv without path": lambda: (tmp_path / "c.csv").write_text("file\nx.nii\n") and tmp_path / "c.csv",
+        "csv naming a missing file": lambda: (tmp_path / "c.csv").write_text("path\nx.nii\n") and tmp_path / "c.csv",
+        "empty csv": lambda: (tmp_path / "c.csv").write_text("") or tmp_path / "c.csv",
+        "corrupt volume": lambda: (tmp_path / "broken.nii.gz").write_bytes(b"nope") and tmp_path,
+    }[case]()
+    with pytest.raises(DataError, match=message):
+        apply.find_volumes(target)
+
+
+def test_mode_reference_and_output_checks(write_volume, tmp_path):
+    assert apply.target_index("scanner-free", ["s0", "s1"]) is None
+    assert apply.target_index("s1", ["s0", "s1"]) == 1
+    with pytest.raises(ValueError, match="neither 'scanner-free' nor one of"):
+        apply.target_index("siemens", ["s0", "s1"])
+    with pytest.raises(DataError, match="reference volume does not exist"):
+        apply.reference_slices(tmp_path / "ref.nii.gz", (24, 24))
+    ref = apply.reference_slices(write_volume("ref.nii.gz"), (24, 24), n=3)
+    assert ref.shape == (3, 24, 24) and 0 <= ref.min() and ref.max() <= 1
+    v = write_volume("v.nii.gz")
+    assert apply.output_path(tmp_path / "out", v, "scanner-free").name == "v_harmonized-scanner-free.nii.gz"
+
+
+def test_harmonize_all_keeps_shape_and_affine(model, write_volume, tmp_path):
+    vols = [write_volume("a.nii.gz"), write_volume("b.nii.gz", seed=2)]
+    done = apply.harmonize_all(Harmonizer(model), vols, tmp_path / "out", "scanner-free")
+    assert done.same_shape.all() and done.same_affine.all() and len(done) == 2
+    assert all(nib.load(p).shape == blob_volume().shape for p in done.output)
+    # one anatomy from two 'scanners': agreement before / after is measured on matched slices
+    table = pd.DataFrame(dict(path=[str(v) for v in vols], subject="x", domain=["s0", "s1"]))
+    agree = apply.agreement(table, list(done.output))
+    assert len(agree) == 1 and 0 < agree.inputs[0] <= 1 and 0 < agree.outputs[0] <= 1
+
+
+def test_explorer_draws_every_mode_headless(model):
+    from nbutils import explorer
+
+    from test_evaluations import scanners
+
+    test = scanners(n_per=4, size=24)
+    test.manifest = test.manifest.assign(subject=[f"sub{i % 4}" for i in range(len(test))], slice_index=90)
+    ex = explorer.Explorer(model, test, test)
+    assert ex.modes() == ["scanner-free", "s0", "s1", "s2", explorer.INTERPOLATE]
+    for mode in ex.modes():
+        fig = ex.figure(1, mode, t=0.3, components=(0, 2))
+        assert len(fig.data) == 3 + 3 + 1  # three images, three scanners' codes, this slice
+    a = ex.output(1, explorer.INTERPOLATE, t=0.0, components=(0, 2))
+    b = ex.output(1, explorer.INTERPOLATE, t=1.0, components=(0, 2))
+    assert not np.allclose(a, b)  # the attribute moves the output
+    with pytest.raises(ValueError, match="unknown mode"):
+        ex.output(0, "nope")
+    with pytest.raises(ValueError, match="does not exist"):
+        ex.output(999, "scanner-free")
+    assert ex.widget() is not None
