@@ -119,18 +119,26 @@ def matched_slices(a: str | Path, b: str | Path, n: int = 0) -> tuple[np.ndarray
     return sa, sb
 
 
-def volume_ssim(a: str | Path, b: str | Path) -> float:
-    """Mean SSIM of two volumes over their matched coronal brain slices, inside ``a``'s brain."""
+def volume_ssim(a: str | Path, b: str | Path, size: int = 0) -> float:
+    """Mean SSIM of two volumes over their matched coronal brain slices, inside ``a``'s brain;
+    with ``size``, both are first taken down to ``size`` x ``size`` and back (the resolution a
+    model of that size works at: the control for how much of an agreement is only blur)."""
+    from skimage.transform import resize
+
     from .data import MASK_THRESHOLD
     from .metrics import ssim
 
     sa, sb = matched_slices(a, b)
-    return float(np.mean([ssim(x, y, x > MASK_THRESHOLD) for x, y in zip(sa, sb)]))
+    mask = sa > MASK_THRESHOLD
+    if size:
+        sa, sb = (np.stack([resize(x, sa.shape[1:], order=1) for x in resize_slices(s, size)]) for s in (sa, sb))
+    return float(np.mean([ssim(x, y, m) for x, y, m in zip(sa, sb, mask)]))
 
 
-def agreement(volumes: pd.DataFrame, outputs: list[str]) -> pd.DataFrame:
-    """For every pair of scanners seeing the same anatomy: SSIM between the two input volumes and
-    between their two harmonized outputs (the traveling subjects of the built-in set)."""
+def agreement(volumes: pd.DataFrame, outputs: list[str], size: int = 0) -> pd.DataFrame:
+    """For every pair of scanners seeing the same anatomy: SSIM between the two input volumes,
+    between the inputs at the model's resolution ``size`` (blur only, the control) and between
+    their two harmonized outputs (the traveling subjects of the built-in set)."""
     v = volumes.assign(output=outputs)
     rows = []
     for subject, g in v.groupby("subject"):
@@ -139,5 +147,6 @@ def agreement(volumes: pd.DataFrame, outputs: list[str]) -> pd.DataFrame:
             for j in range(i + 1, len(g)):
                 rows.append(dict(subject=subject, a=g.domain[i], b=g.domain[j],
                                  inputs=volume_ssim(g.path[i], g.path[j]),
+                                 inputs_at_model_size=volume_ssim(g.path[i], g.path[j], size),
                                  outputs=volume_ssim(g.output[i], g.output[j])))
     return pd.DataFrame(rows)

@@ -74,6 +74,7 @@ def test_harmonize_all_keeps_shape_and_affine(model, write_volume, tmp_path):
     table = pd.DataFrame(dict(path=[str(v) for v in vols], subject="x", domain=["s0", "s1"]))
     agree = apply.agreement(table, list(done.output))
     assert len(agree) == 1 and 0 < agree.inputs[0] <= 1 and 0 < agree.outputs[0] <= 1
+    assert "inputs_at_model_size" in agree
 
 
 def test_explorer_draws_every_mode_headless(model):
