@@ -36,26 +36,22 @@ class Outputs:
     to_target: np.ndarray  # (K, N, H, W)
 
 
-def _model_outputs(model, images, train: Slices, targets: bool, seed: int, desc: str) -> Outputs:
+def _stack(frames: list[np.ndarray], images: np.ndarray) -> np.ndarray:
+    return np.stack(frames) if frames else np.zeros((0, *images.shape), np.float32)
+
+
+def _model_outputs(model, images, train: Slices, targets: range, seed: int, desc: str) -> Outputs:
     harm = Harmonizer(model)
-    sf = harm.scanner_free(images, seed=seed)
-    k = len(train.domains)
-    if not targets:
-        return Outputs(sf, np.zeros((0, *images.shape), np.float32))
     codes, refs = stage2.scanner_codes(model, train), stage2.references(train, seed=seed)
-    to = np.stack([harm.to_scanner(images, int(codes.code[b]), reference=refs[b])
-                   for b in tqdm(range(k), desc=f"{desc}: to each scanner", leave=False)])
-    return Outputs(sf, to)
+    to = [harm.to_scanner(images, int(codes.code[b]), reference=refs[b])
+          for b in tqdm(targets, desc=f"{desc}: to each scanner", leave=False)]
+    return Outputs(harm.scanner_free(images, seed=seed), _stack(to, images))
 
 
-def _histogram_outputs(images, masks, train: Slices, targets: bool) -> Outputs:
-    pooled = baselines.reference_quantiles(train.images, train.masks)
+def _histogram_outputs(images, masks, train: Slices, targets: range) -> Outputs:
     match = lambda q: np.stack([baselines.histogram_match(img, m, q) for img, m in zip(images, masks)])
-    sf = match(pooled)
-    if not targets:
-        return Outputs(sf, np.zeros((0, *images.shape), np.float32))
-    return Outputs(sf, np.stack([match(baselines.reference_quantiles(*train.domain(b)))
-                                 for b in range(len(train.domains))]))
+    to = [match(baselines.reference_quantiles(*train.domain(b))) for b in targets]
+    return Outputs(match(baselines.reference_quantiles(train.images, train.masks)), _stack(to, images))
 
 
 def method_outputs(run: Run, split: Slices, split_name: str, train: Slices, targets: bool = True,
@@ -65,11 +61,12 @@ def method_outputs(run: Run, split: Slices, split_name: str, train: Slices, targ
     masks = np.asarray(split.masks, bool)
     folder = run.dir / "outputs"
     folder.mkdir(exist_ok=True)
+    k = len(train.domains)
+    wanted = range(k if targets else 0)
     out = {}
     for method in tqdm(METHODS, desc=f"harmonizing the {split_name} split", disable=not progress):
         if method == "identity":
-            k = len(train.domains) if targets else 0
-            out[method] = Outputs(images, np.broadcast_to(images, (k, *images.shape)))
+            out[method] = Outputs(images, np.broadcast_to(images, (len(wanted), *images.shape)))
             continue
         cache = folder / f"{split_name}_{method.replace(' ', '-').replace('+', 'p').lower()}.npz"
         source = run.checkpoints / MODELS[method][0] if method in MODELS else None
@@ -82,9 +79,9 @@ def method_outputs(run: Run, split: Slices, split_name: str, train: Slices, targ
                     out[method] = Outputs(z["scanner_free"].astype(np.float32), z["to_target"].astype(np.float32))
                     continue
         if method in MODELS:
-            result = _model_outputs(drit.from_checkpoint(source), images, train, targets, seed, method)
+            result = _model_outputs(drit.from_checkpoint(source), images, train, wanted, seed, method)
         else:
-            result = _histogram_outputs(images, masks, train, targets)
+            result = _histogram_outputs(images, masks, train, wanted)
         with atomic_path(cache) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, scanner_free=result.scanner_free.astype(np.float16),
