@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nets import _conv, soft_histogram
+from .nets import _conv, level_stats, soft_histogram
 
 
 class ScannerClassifier(nn.Module):
@@ -29,11 +29,7 @@ class ScannerClassifier(nn.Module):
     def features(self, x01: torch.Tensor) -> torch.Tensor:
         """(N, features) embedding of (N, 1, H, W) images in [0, 1]."""
         x = x01.float() * 2 - 1
-        stats = [soft_histogram(x, self.bins) * 8]
-        for level in self.levels:
-            x = level(x)
-            stats += [x.mean((2, 3)), x.flatten(2).std(2)]
-        return self.embed(torch.cat(stats, 1))
+        return self.embed(torch.cat([soft_histogram(x, self.bins) * 8, level_stats(self.levels, x)[1]], 1))
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x01))

@@ -69,8 +69,7 @@ class Explorer:
         if mode == SCANNER_FREE:
             return self.harm.scanner_free(img, seed)[0]
         if mode in self.domains:
-            b = self.domains.index(mode)
-            return self.harm.to_scanner(img, int(self.codes.code[b]), reference=self.refs[b])[0]
+            return stage2.to_scanner(self.harm, img, self.codes, self.refs, self.domains.index(mode))[0]
         if mode == INTERPOLATE and self.gmm:
             i, j = components
             k = self.model.cfg.k

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .nets import level_stats
+
 
 @dataclass(frozen=True)
 class GMVAEConfig:
@@ -81,13 +83,11 @@ class Trunk(nn.Module):
         self.out_features = 2 * sum(chans[: levels + 1]) if pooling == "stats" else 16 * chans[levels]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stats = []
+        if self.pooling == "stats":
+            return level_stats(self.stages, x)[1]
         for stage in self.stages:
             x = stage(x)
-            if self.pooling == "stats":
-                f = x.float().flatten(2)
-                stats += [f.mean(2), f.std(2)]
-        return torch.cat(stats, 1) if stats else F.adaptive_avg_pool2d(x, 4).flatten(1)
+        return F.adaptive_avg_pool2d(x, 4).flatten(1)
 
 
 class GMVAE(nn.Module):

@@ -84,6 +84,18 @@ class Generator(nn.Module):
         return self.up(h)[..., : shape[0], : shape[1]]
 
 
+def level_stats(levels, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``x`` through ``levels`` in turn; return the last output and the spatial mean and
+    standard deviation of every channel of every level, concatenated (appearance statistics,
+    independent of where things are; computed in float32)."""
+    stats = []
+    for level in levels:
+        x = level(x)
+        f = x.float().flatten(2)
+        stats += [f.mean(2), f.std(2)]
+    return x, torch.cat(stats, 1)
+
+
 def soft_histogram(x: torch.Tensor, bins: int = 32) -> torch.Tensor:
     """Differentiable intensity histogram of the foreground (> background -1) of images in
     [-1, 1]: Gaussian kernels on ``bins`` centres, normalised by the foreground area."""
@@ -115,12 +127,9 @@ class ScannerDiscriminator(nn.Module):
         self.hist = nn.Sequential(nn.Linear(bins, 64), nn.LeakyReLU(0.2, inplace=True), nn.Linear(64, k))
 
     def forward(self, x):
-        stats = []
         h = self.hist(soft_histogram(x.float(), self.bins) * 8)
-        for level in self.levels:
-            x = level(x)
-            stats += [x.mean((2, 3)), x.flatten(2).std(2)]
-        return self.adv(x), self.cls(torch.cat(stats, 1)) + h
+        x, stats = level_stats(self.levels, x)
+        return self.adv(x), self.cls(stats) + h
 
 
 class ContentDiscriminator(nn.Module):

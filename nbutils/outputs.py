@@ -43,7 +43,7 @@ def _stack(frames: list[np.ndarray], images: np.ndarray) -> np.ndarray:
 def _model_outputs(model, images, train: Slices, targets: range, seed: int, desc: str) -> Outputs:
     harm = Harmonizer(model)
     codes, refs = stage2.scanner_codes(model, train), stage2.references(train, seed=seed)
-    to = [harm.to_scanner(images, int(codes.code[b]), reference=refs[b])
+    to = [stage2.to_scanner(harm, images, codes, refs, b)
           for b in tqdm(targets, desc=f"{desc}: to each scanner", leave=False)]
     return Outputs(harm.scanner_free(images, seed=seed), _stack(to, images))
 

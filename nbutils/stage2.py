@@ -55,10 +55,16 @@ def references(train_set: Slices, n: int = 16, seed: int = 0) -> dict[int, np.nd
     return out
 
 
+def to_scanner(harm: Harmonizer, images: np.ndarray, codes: pd.DataFrame, refs: dict[int, np.ndarray],
+               b: int) -> np.ndarray:
+    """``images`` translated to scanner ``b``, guided by its reference slices, with its code."""
+    return harm.to_scanner(images, int(codes.code[b]), reference=refs[b])
+
+
 def methods(harm: Harmonizer, codes: pd.DataFrame, refs: dict[int, np.ndarray], seed: int = 0) -> dict:
     """The model's two domain-to-domain modes as ``paired`` methods (image, mask, target) -> image."""
     def guided(img, _mask, b):
-        return harm.to_scanner(img, int(codes.code[b]), reference=refs[b])[0]
+        return to_scanner(harm, img, codes, refs, b)[0]
 
     def sampled(img, _mask, b):
         comp = codes.component[b]
@@ -108,7 +114,7 @@ def translation_grid(test: Slices, model: drit.Translator, codes: pd.DataFrame, 
     rows = plots.anatomy_rows(test.manifest, anatomy)
     images = np.asarray(test.images[rows], np.float32)
     sf = harm.scanner_free(images, seed)
-    to = [harm.to_scanner(images, int(codes.code[b]), reference=refs[b]) for b in range(len(test.domains))]
+    to = [to_scanner(harm, images, codes, refs, b) for b in range(len(test.domains))]
     sources = [test.domains[test.labels[r]] for r in rows]
     idx = np.arange(len(rows))
     return plots.translation_montage(images, sf, to, idx, sources, test.domains, title)
