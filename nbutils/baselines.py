@@ -29,3 +29,15 @@ def histogram_match(image: np.ndarray, mask: np.ndarray, ref_quantiles: np.ndarr
     src_q = np.maximum.accumulate(src_q + levels * 1e-7)
     out[mask] = np.interp(image[mask], src_q, ref_quantiles)
     return out
+
+
+def match_all(images: np.ndarray, masks: np.ndarray, ref_quantiles: np.ndarray) -> np.ndarray:
+    """:func:`histogram_match` of every (H, W) image of a stack onto the same reference."""
+    return np.stack([histogram_match(img, m, ref_quantiles) for img, m in zip(images, masks)])
+
+
+def to_every_scanner(images: np.ndarray, masks: np.ndarray, train) -> np.ndarray:
+    """Histogram matching of every image to every scanner's training histogram: (K, N, H, W).
+    ``train`` is a :class:`~nbutils.data.Slices` (its ``domain(b)`` gives scanner b's slices)."""
+    return np.stack([match_all(images, masks, reference_quantiles(*train.domain(b)))
+                     for b in range(len(train.domains))])

@@ -49,6 +49,7 @@ class Profile:
     sim_train_subjects: int  # distinct anatomies per simulated scanner (unpaired)
     sim_test_subjects: int  # held-out anatomies rendered by every scanner
     sim_slab: int  # contiguous 1 mm coronal slices per simulated volume
+    sim_paired_subjects: int  # training anatomies per scanner also rendered by every scanner (paired split)
     # stage 1: GM-VAE (loss weights and gaussian size are the thesis's, in gmvae.GMVAEConfig)
     gmvae_width: int  # encoder/decoder channels at full size
     gmvae_steps: int  # training iterations
@@ -63,24 +64,30 @@ class Profile:
     # evaluations (notebooks 05-09)
     clf_steps: int  # iterations of the scanner classifier (FID/KID features, residual-scanner probe)
     eval_pairs: int  # M random pairs of E3 and E4 (the thesis: 5000)
+    # the supervised upper bound (paired translator, reads only the paired split)
+    paired_width: int
+    paired_steps: int
 
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", image_size=32, slices_per_volume=2, min_brain_fraction=0.6,
                      test_fraction=0.25, sim_train_subjects=6, sim_test_subjects=3, sim_slab=2,
+                     sim_paired_subjects=2,
                      gmvae_width=4, gmvae_steps=40, gmvae_batch=16, checkpoint_every=20,
                      drit_width=4, drit_res=1, drit_steps=20, drit_batch=4, drit_lr=2e-4,
-                     clf_steps=30, eval_pairs=300),
+                     clf_steps=30, eval_pairs=300, paired_width=4, paired_steps=20),
     "quick": Profile("quick", image_size=64, slices_per_volume=4, min_brain_fraction=0.6,
                      test_fraction=0.2, sim_train_subjects=80, sim_test_subjects=16, sim_slab=3,
+                     sim_paired_subjects=12,
                      gmvae_width=8, gmvae_steps=600, gmvae_batch=64, checkpoint_every=200,
                      drit_width=8, drit_res=2, drit_steps=1200, drit_batch=4, drit_lr=2e-4,
-                     clf_steps=250, eval_pairs=5000),
+                     clf_steps=250, eval_pairs=5000, paired_width=16, paired_steps=800),
     "paper": Profile("paper", image_size=182, slices_per_volume=3, min_brain_fraction=0.6,
                      test_fraction=0.2, sim_train_subjects=240, sim_test_subjects=40, sim_slab=3,
+                     sim_paired_subjects=60,
                      gmvae_width=32, gmvae_steps=20000, gmvae_batch=64, checkpoint_every=1000,
                      drit_width=64, drit_res=3, drit_steps=100000, drit_batch=2, drit_lr=1e-4,
-                     clf_steps=3000, eval_pairs=5000),
+                     clf_steps=3000, eval_pairs=5000, paired_width=32, paired_steps=10000),
 }
 
 

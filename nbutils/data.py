@@ -1,16 +1,19 @@
 """A data set of volumes → coronal slices, a manifest and compact slice arrays.
 
-Input: a CSV ``path,domain[,subject][,split][,clean]``. ``path`` (and ``clean``, the
-clean ground-truth rendering the built-in simulated set provides for its test split)
-are relative to the CSV's folder unless absolute. Without ``subject`` each file is its
-own subject; without ``split`` subjects are split train/test at the subject level
-(no subject in two splits), stratified by domain.
+Input: a CSV ``path,domain[,subject][,split][,clean][,rescan]``. ``path`` (and the optional
+renderings of the same acquisition the built-in simulated set provides for its test split:
+``clean``, the ground truth, and ``rescan``, a second scan with fresh nuisance) are relative
+to the CSV's folder unless absolute. Without ``subject`` each file is its own subject;
+without ``split`` subjects are split train/test at the subject level (no subject in two
+splits), stratified by domain. A ``paired`` split (the same anatomies on several scanners,
+for a supervised translator only) is sliced like the others.
 
 Output (``<run>/slices/``, written atomically as one folder):
 
 * ``{split}.npy`` float16 (N, H, W) in [0, 1] — memory-mappable;
 * ``{split}_mask.npy`` bool (N, H, W) brain masks;
-* ``{split}_clean.npy`` float16 clean truth, when every volume of the split has one;
+* ``{split}_clean.npy`` / ``{split}_rescan.npy`` float16 clean truth / rescan, when every
+  volume of the split has one;
 * ``manifest.csv`` one row per slice: split, index (row in the split's arrays),
   slice_id, domain, domain_index, subject, source, slice_index (MNI coronal y);
 * ``info.json`` domains (ordered), image size and slicing settings.
@@ -30,13 +33,14 @@ from tqdm.auto import tqdm
 from .io import atomic_path, atomic_write_text
 from .volumes import DataError, brain_mask, coronal_slice, load_volume, robust_normalise, to_mni_grid
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "paired")
+EXTRAS = ("clean", "rescan")  # optional renderings of the same anatomy, sliced at the same positions
 MASK_THRESHOLD = 0.08  # on [0, 1] normalised intensities, after light smoothing
 
 
 def read_paths(csv: str | Path, required: tuple[str, ...] = ("path",), header: str = "path[,...]") -> pd.DataFrame:
     """Read a CSV of volumes: checks that it exists, is not empty, has the ``required`` columns
-    and that every file it names (``path``, and ``clean`` where given) exists; paths are made
+    and that every file it names (``path``, and ``clean``/``rescan`` where given) exists; paths are made
     absolute (relative ones are taken from the CSV's folder). Raises :class:`DataError`."""
     csv = Path(csv)
     if not csv.is_file():
@@ -61,10 +65,10 @@ def read_paths(csv: str | Path, required: tuple[str, ...] = ("path",), header: s
 
     table["path"] = table["path"].map(absolute)
     gone = [f"row {i + 2}: {p}" for i, p in enumerate(table["path"]) if not Path(p).is_file()]
-    if "clean" in table.columns:
-        has = table["clean"].str.strip() != ""
-        table.loc[has, "clean"] = table.loc[has, "clean"].map(absolute)
-        gone += [f"row {i + 2}: {p} (clean)" for i, p in table.loc[has, "clean"].items()
+    for extra in (e for e in EXTRAS if e in table.columns):
+        has = table[extra].str.strip() != ""
+        table.loc[has, extra] = table.loc[has, extra].map(absolute)
+        gone += [f"row {i + 2}: {p} ({extra})" for i, p in table.loc[has, extra].items()
                  if not Path(p).is_file()]
     if gone:
         more = f" and {len(gone) - 5} more" if len(gone) > 5 else ""
@@ -159,21 +163,22 @@ def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_vol
     """Slice every volume of ``csv`` into ``out_dir`` (atomically); return the manifest."""
     table = read_table(csv, test_fraction, seed)
     domains = sorted(table["domain"].unique())
-    rows, store = [], {s: {"image": [], "mask": [], "clean": []} for s in SPLITS}
+    rows, store = [], {s: {"image": [], "mask": [], **{e: [] for e in EXTRAS}} for s in SPLITS}
     for rec in tqdm(table.itertuples(), total=len(table), desc="slicing volumes", disable=not progress):
         slices, ys = volume_slices(rec.path, per_volume=per_volume, min_fraction=min_fraction)
         if not len(ys):
             raise DataError(f"{rec.path}: no coronal slice holds enough brain; check the volume "
                             "(is it skull-stripped and registered to MNI?).")
-        clean_path = getattr(rec, "clean", "") or ""
-        clean = volume_slices(clean_path, ys=ys)[0] if clean_path else None
+        extra = {e: (volume_slices(getattr(rec, e), ys=ys)[0] if getattr(rec, e, "") else None) for e in EXTRAS}
+        clean = extra["clean"]
         # the mask comes from the clean truth when there is one (same anatomy in every scanner)
         masks = np.stack([brain_mask(s, MASK_THRESHOLD) for s in (clean if clean is not None else slices)])
         part = store[rec.split]
         start = sum(len(a) for a in part["image"])
         part["image"].append(resize_slices(slices, image_size))
         part["mask"].append(resize_slices(masks.astype(np.float32), image_size) > 0.5)
-        part["clean"].append(None if clean is None else resize_slices(clean, image_size))
+        for e, s in extra.items():
+            part[e].append(None if s is None else resize_slices(s, image_size))
         for i, y in enumerate(ys):
             rows.append(dict(split=rec.split, index=start + i,
                              slice_id=f"{rec.subject}_{rec.domain}_y{y:03d}", domain=rec.domain,
@@ -187,8 +192,9 @@ def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_vol
                 continue
             np.save(tmp / f"{split}.npy", np.concatenate(part["image"]).astype(np.float16))
             np.save(tmp / f"{split}_mask.npy", np.concatenate(part["mask"]))
-            if all(c is not None for c in part["clean"]):
-                np.save(tmp / f"{split}_clean.npy", np.concatenate(part["clean"]).astype(np.float16))
+            for e in EXTRAS:
+                if all(c is not None for c in part[e]):
+                    np.save(tmp / f"{split}_{e}.npy", np.concatenate(part[e]).astype(np.float16))
         manifest.to_csv(tmp / "manifest.csv", index=False)
         info = dict(domains=domains, image_size=image_size, per_volume=per_volume,
                     min_fraction=min_fraction, test_fraction=test_fraction, seed=seed,
@@ -199,13 +205,16 @@ def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_vol
 
 @dataclass
 class Slices:
-    """One split of a sliced data set. ``images``/``clean`` are float16 memory maps."""
+    """One split of a sliced data set. ``images``/``clean``/``rescan`` are float16 memory maps;
+    ``clean`` (ground truth) and ``rescan`` (the same acquisition with fresh nuisance) exist only
+    for the built-in simulated test split."""
 
     images: np.ndarray
     masks: np.ndarray
     clean: np.ndarray | None
     manifest: pd.DataFrame
     domains: list[str]
+    rescan: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -230,11 +239,11 @@ def load_slices(slice_dir: str | Path, split: str) -> Slices:
     manifest = manifest[manifest["split"] == split].sort_values("index").reset_index(drop=True)
     if manifest.empty:
         raise DataError(f"{slice_dir}: the data set has no {split!r} slices.")
-    clean_file = slice_dir / f"{split}_clean.npy"
+    extra = {e: slice_dir / f"{split}_{e}.npy" for e in EXTRAS}
+    extra = {e: np.load(f, mmap_mode="r") if f.exists() else None for e, f in extra.items()}
     return Slices(images=np.load(slice_dir / f"{split}.npy", mmap_mode="r"),
                   masks=np.load(slice_dir / f"{split}_mask.npy", mmap_mode="r"),
-                  clean=np.load(clean_file, mmap_mode="r") if clean_file.exists() else None,
-                  manifest=manifest, domains=list(info["domains"]))
+                  manifest=manifest, domains=list(info["domains"]), **extra)
 
 
 def counts_table(manifest: pd.DataFrame) -> pd.DataFrame:

@@ -86,3 +86,42 @@ def ssim_components(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None
     if (area == 0).any():
         raise ValueError("an image's mask is empty inside the 5 px border: nothing to score")
     return {k: (v * region).reshape(shape[0], -1).sum(1) / area for k, v in maps.items()}
+
+
+def sharpness(image: np.ndarray, mask: np.ndarray | None = None, relative: bool = False) -> float:
+    """Mean gradient magnitude (Sobel, per pixel) over ``mask``; with ``relative``, divided by the
+    intensity standard deviation over the mask, so that a global change of contrast (a gain, an
+    offset) leaves it unchanged and only the resolution (and the noise) moves it."""
+    from scipy.ndimage import sobel
+
+    img = np.asarray(image, np.float64)
+    grad = np.hypot(sobel(img, 0), sobel(img, 1)) / 8  # Sobel's kernel sums to 8 times the slope
+    value = _masked_mean(grad, mask)
+    if relative:
+        sd = float(img.std() if mask is None else img[np.asarray(mask, bool)].std())
+        value = value / sd if sd > 0 else 0.0
+    return value
+
+
+def blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    """(…, H, W) images smoothed by a Gaussian of ``sigma`` pixels in the image plane."""
+    from scipy.ndimage import gaussian_filter
+
+    images = np.asarray(images, np.float32)
+    if sigma <= 0:
+        return images.copy()
+    return gaussian_filter(images, sigma=(0,) * (images.ndim - 2) + (sigma, sigma))
+
+
+BLUR_GRID = tuple(np.round(np.arange(0, 4.01, 0.125), 3))  # candidate sigmas (pixels) of the blur control
+
+
+def effective_blur(inputs: np.ndarray, outputs: np.ndarray, masks: np.ndarray,
+                   grid: tuple[float, ...] = BLUR_GRID) -> float:
+    """The Gaussian sigma (pixels) that brings ``inputs`` to the effective resolution of
+    ``outputs``: the sigma whose blurred inputs have the median relative sharpness (gradient
+    over contrast, in the mask) closest to that of the outputs. 0 when the outputs are at least
+    as sharp as the inputs. Used to build the blur control of an agreement score."""
+    target = np.median([sharpness(o, m, relative=True) for o, m in zip(outputs, masks)])
+    found = [np.median([sharpness(x, m, relative=True) for x, m in zip(blur(inputs, s), masks)]) for s in grid]
+    return float(grid[int(np.argmin(np.abs(np.asarray(found) - target)))])

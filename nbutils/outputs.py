@@ -49,9 +49,9 @@ def _model_outputs(model, images, train: Slices, targets: range, seed: int, desc
 
 
 def _histogram_outputs(images, masks, train: Slices, targets: range) -> Outputs:
-    match = lambda q: np.stack([baselines.histogram_match(img, m, q) for img, m in zip(images, masks)])
-    to = [match(baselines.reference_quantiles(*train.domain(b))) for b in targets]
-    return Outputs(match(baselines.reference_quantiles(train.images, train.masks)), _stack(to, images))
+    to = baselines.to_every_scanner(images, masks, train) if len(targets) else _stack([], images)
+    pooled = baselines.reference_quantiles(train.images, train.masks)
+    return Outputs(baselines.match_all(images, masks, pooled), to)
 
 
 def method_outputs(run: Run, split: Slices, split_name: str, train: Slices, targets: bool = True,

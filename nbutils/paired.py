@@ -1,9 +1,28 @@
-"""Scoring against ground truth on the simulated traveling subjects (DESIGN §6, beyond the thesis).
+"""The yardstick: scoring translations on traveling subjects, each score beside its ceiling
+and its control.
 
-In the built-in TEST split every held-out anatomy is rendered by every simulated
-scanner, and each scanner's clean rendering is kept. A translation of the source
-image (scanner a) towards scanner b can therefore be compared with b's clean truth of
-the same anatomy, which no real multi-site study can offer.
+In a traveling-subject split the same anatomy is seen by several scanners. A translation of
+the source slice (scanner a) towards scanner b is scored inside the brain mask (SSIM, PSNR,
+MAE) against two references of the same anatomy:
+
+* **target scan** — what scanner b actually acquired, as real traveling-subject studies score
+  harmonization. For a == b the target scan would be the input itself, so the *rescan* (the
+  same anatomy on b again, fresh nuisance) takes its place;
+* **clean truth** — b's clean rendering (its contrast curve only), which only the built-in
+  simulated set has.
+
+Neither can be reached exactly, so each has a ceiling, listed as a pseudo-method:
+
+* ``RESCAN_CEILING`` — b's scan against b's rescan: what a perfect translator, whose output
+  is just another acquisition on b, scores against the target scan;
+* ``SCAN_CEILING`` — b's own scan against b's clean truth: what that perfect translator
+  scores against the clean truth.
+
+Scanner-free outputs are scored by *agreement*: the outputs of one anatomy from two scanners
+should be the same image. Blurring alone raises agreement (it removes noise and artefacts),
+so every agreement has a **blur control** beside it: the inputs smoothed to the outputs'
+effective resolution (:func:`nbutils.metrics.effective_blur`). A harmonizer whose agreement
+does not beat its blur control has not harmonized.
 """
 from __future__ import annotations
 
@@ -20,88 +39,177 @@ from .data import Slices
 # method(image, mask, target_domain_index) -> translated image
 Method = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
+TARGET_SCAN, CLEAN_TRUTH = "target scan", "clean truth"
+REFERENCES = (TARGET_SCAN, CLEAN_TRUTH)
+RESCAN_CEILING = "ceiling: b rescanned"
+SCAN_CEILING = "ceiling: b's own scan"
+CEILINGS = {TARGET_SCAN: RESCAN_CEILING, CLEAN_TRUTH: SCAN_CEILING}
+ORACLE = "global-remap oracle"
+MEASURES = ("ssim", "psnr", "mae")
+HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "mae": False}
+
 
 def traveling_pairs(test: Slices) -> pd.DataFrame:
-    """Every (source row, target row) pair showing the same anatomy and slice in two scanners
-    (including a == b, the nuisance floor). Columns: src, dst, source, target."""
-    if test.clean is None:
-        raise ValueError("this split has no clean truth: paired scoring needs the built-in "
-                         "simulated traveling-subject test split (notebook 01 with data_csv='').")
+    """Every (source row, target row) pair showing the same anatomy and slice in two scanners,
+    a == b included (then src == dst). Columns: src, dst, source, target."""
     m = test.manifest.reset_index(drop=True).assign(row=lambda d: d.index)
     pairs = m.merge(m, on=["subject", "slice_index"], suffixes=("_src", "_dst"))
+    if not (pairs["domain_src"] != pairs["domain_dst"]).any():
+        raise ValueError("no anatomy of this split is seen by two scanners: paired scoring needs traveling "
+                         "subjects (the built-in simulated test split, or a CSV whose subjects were scanned "
+                         "on several scanners).")
     return pd.DataFrame({"src": pairs["row_src"], "dst": pairs["row_dst"],
-                         "source": pairs["domain_src"], "target": pairs["domain_dst"]})
+                         "source": pairs["domain_src"], "target": pairs["domain_dst"]}).reset_index(drop=True)
 
 
-ORACLE = "global-remap oracle"
+def _score(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    return dict(ssim=metrics.ssim(out, ref, mask), psnr=metrics.psnr(out, ref, mask), mae=metrics.mae(out, ref, mask))
 
 
-def score_translations(test: Slices, methods: dict[str, Method], oracle: bool = True,
-                       progress: bool = True) -> pd.DataFrame:
-    """SSIM / PSNR / MAE inside the brain mask of each method's a→b output against b's clean truth.
-
-    With ``oracle`` a reference method is added that *cheats*: it histogram-matches the
-    source to the very truth it is scored against, the best any global intensity remap
-    could do. What it leaves is the spatial part of the scanners (resolution, bias
-    field, noise, artefact). Returns one row per (method, pair)."""
-    if oracle:
-        methods = {**methods, ORACLE: None}
-    pairs = traveling_pairs(test)
-    rows = []
-    for p in tqdm(pairs.itertuples(), total=len(pairs), desc="scoring pairs", disable=not progress):
-        src = np.asarray(test.images[p.src], np.float32)
-        mask = np.asarray(test.masks[p.dst], bool)
-        truth = np.asarray(test.clean[p.dst], np.float32)
-        target = test.domains.index(p.target)
-        for name, method in methods.items():
-            if method is None:  # the oracle
-                out = histogram_match(src, np.asarray(test.masks[p.src], bool),
-                                      reference_quantiles(truth, mask))
-            else:
-                out = method(src, np.asarray(test.masks[p.src], bool), target)
-            rows.append(dict(method=name, source=p.source, target=p.target, **_against_truth(out, truth, mask)))
-    return pd.DataFrame(rows)
+def _references(test: Slices, src: int, dst: int) -> dict[str, np.ndarray]:
+    """The references a translation of row ``src`` towards row ``dst``'s scanner is scored against."""
+    refs = {}
+    scan = test.images if src != dst else test.rescan
+    if scan is not None:
+        refs[TARGET_SCAN] = np.asarray(scan[dst], np.float32)
+    if test.clean is not None:
+        refs[CLEAN_TRUTH] = np.asarray(test.clean[dst], np.float32)
+    return refs
 
 
-def _against_truth(out: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    return dict(ssim=metrics.ssim(out, truth, mask), psnr=metrics.psnr(out, truth, mask), mae=metrics.mae(out, truth, mask))
-
-
-def score_outputs(test: Slices, to_target: dict[str, np.ndarray], progress: bool = True) -> pd.DataFrame:
-    """As :func:`score_translations`, for outputs computed beforehand: ``to_target[method]`` is a
-    (K, N, H, W) array, the translation of every test slice to every scanner."""
+def score_outputs(test: Slices, to_target: dict[str, np.ndarray], ceilings: bool = True,
+                  progress: bool = True) -> pd.DataFrame:
+    """Score outputs computed beforehand: ``to_target[method]`` is a (K, N, H, W) array, the
+    translation of every test slice to every scanner. One row per (method, pair, reference):
+    method, source, target, reference, ssim, psnr, mae; with ``ceilings``, the two ceilings
+    as pseudo-methods (each scored against its own reference only)."""
     pairs = traveling_pairs(test)
     rows = []
     for p in tqdm(pairs.itertuples(), total=len(pairs), desc="scoring pairs", disable=not progress):
         mask = np.asarray(test.masks[p.dst], bool)
-        truth = np.asarray(test.clean[p.dst], np.float32)
+        refs = _references(test, p.src, p.dst)
         b = test.domains.index(p.target)
+        key = dict(source=p.source, target=p.target)
         for name, out in to_target.items():
-            rows.append(dict(method=name, source=p.source, target=p.target,
-                             **_against_truth(np.asarray(out[b][p.src], np.float32), truth, mask)))
+            o = np.asarray(out[b][p.src], np.float32)
+            rows += [dict(method=name, **key, reference=r, **_score(o, ref, mask)) for r, ref in refs.items()]
+        if ceilings:
+            scan = np.asarray(test.images[p.dst], np.float32)
+            if test.rescan is not None:
+                rows.append(dict(method=RESCAN_CEILING, **key, reference=TARGET_SCAN,
+                                 **_score(scan, np.asarray(test.rescan[p.dst], np.float32), mask)))
+            if test.clean is not None:
+                rows.append(dict(method=SCAN_CEILING, **key, reference=CLEAN_TRUTH,
+                                 **_score(scan, np.asarray(test.clean[p.dst], np.float32), mask)))
     return pd.DataFrame(rows)
 
 
-def pair_matrix(scores: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
-    """Mean ``metric`` of ``method`` as a source x target matrix."""
-    sub = scores[scores["method"] == method]
-    return sub.pivot_table(index="source", columns="target", values=metric, aggfunc="mean")
+def translate_all(test: Slices, methods: dict[str, Method]) -> dict[str, np.ndarray]:
+    """Apply per-image ``methods`` to every test slice and every target: {method: (K, N, H, W)}."""
+    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
+    return {name: np.stack([np.stack([f(x, m, b) for x, m in zip(images, masks)])
+                            for b in range(len(test.domains))])
+            for name, f in methods.items()}
 
 
-def scanner_free_scores(test: Slices, outputs: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+def oracle_outputs(test: Slices) -> np.ndarray:
+    """The global-remap oracle, (K, N, H, W): each slice histogram-matched to the very clean truth
+    of its anatomy on the target scanner, the best any global intensity remap could do against
+    the clean truth. It *cheats* (it reads the truth); what it leaves is the scanners' spatial part."""
+    if test.clean is None:
+        raise ValueError("the global-remap oracle needs the clean truth (the built-in simulated test split)")
+    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
+    out = np.repeat(images[None], len(test.domains), axis=0)
+    for p in traveling_pairs(test).itertuples():
+        truth, mask = np.asarray(test.clean[p.dst], np.float32), masks[p.dst]
+        out[test.domains.index(p.target), p.src] = histogram_match(images[p.src], masks[p.src],
+                                                                   reference_quantiles(truth, mask))
+    return out
+
+
+def summary(scores: pd.DataFrame, cross: bool = True) -> pd.DataFrame:
+    """Mean of each measure per method (rows, in order of appearance) and reference (column
+    groups); ``cross`` keeps only pairs of two different scanners."""
+    if cross:
+        scores = scores[scores["source"] != scores["target"]]
+    table = scores.pivot_table(index="method", columns="reference", values=list(MEASURES), aggfunc="mean", sort=False)
+    table = table.reindex(columns=[(m, r) for m in MEASURES for r in REFERENCES if (m, r) in table.columns])
+    return table.reindex(list(dict.fromkeys(scores["method"])))
+
+
+def flat(table: pd.DataFrame) -> pd.DataFrame:
+    """A (measure, reference) column table with flat 'measure vs reference' names, method as a column."""
+    out = table.copy()
+    out.columns = [f"{m} vs {r}" for m, r in out.columns]
+    return out.rename_axis("method").reset_index()
+
+
+def numbers(table: pd.DataFrame, prefix: str = "", strip: str = "") -> dict[str, float]:
+    """A :func:`summary` table as flat ``metrics.json`` keys
+    ``<prefix><method>_<measure>_vs_<reference>`` (``strip`` removed from the method's start)."""
+    out = {}
+    for method, row in table.iterrows():
+        slug = method.removeprefix(strip).strip()
+        for ch, new in ((" ", "_"), ("-", "_"), ("'", ""), (":", "")):
+            slug = slug.replace(ch, new)
+        out |= {f"{prefix}{slug}_{measure}_vs_{ref.replace(' ', '_')}": v
+                for (measure, ref), v in row.items() if pd.notna(v)}
+    return out
+
+
+def pair_matrix(scores: pd.DataFrame, measure: str, reference: str) -> pd.DataFrame:
+    """Mean ``measure`` against ``reference``: methods (rows, ceilings included) x 'source → target'
+    (columns, same-scanner pairs included)."""
+    sub = scores[scores["reference"] == reference].assign(pair=lambda d: d["source"] + " → " + d["target"])
+    mat = sub.pivot_table(index="method", columns="pair", values=measure, aggfunc="mean", sort=False)
+    return mat.reindex(list(dict.fromkeys(sub["method"])))
+
+
+# --------------------------------------------------------------------------- scanner-free
+def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray | None = None
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """How scanner-free the scanner-free ``outputs`` (one per test slice) are, on the traveling
-    subjects: for every pair of scanners seeing the same anatomy, SSIM between the two inputs
-    and between the two outputs (they should agree); and for every slice, the SSIM structure
-    component between input and output (the anatomy should survive). Both in the brain mask."""
+    subjects: for every pair of scanners seeing the same anatomy, SSIM between the two inputs,
+    between the two outputs and (given ``control``, e.g. the blurred inputs of
+    :func:`blur_control`) between the two control images; and for every slice, the SSIM
+    structure component between input and output (the anatomy should survive). Brain mask."""
     pairs = traveling_pairs(test)
     pairs = pairs[pairs["source"] < pairs["target"]]
     rows = []
     for p in pairs.itertuples():
         mask = np.asarray(test.masks[p.src], bool)
-        rows.append(dict(source=p.source, target=p.target,
-                         inputs=metrics.ssim(test.images[p.src], test.images[p.dst], mask),
-                         outputs=metrics.ssim(outputs[p.src], outputs[p.dst], mask)))
+        row = dict(source=p.source, target=p.target,
+                   inputs=metrics.ssim(test.images[p.src], test.images[p.dst], mask),
+                   outputs=metrics.ssim(outputs[p.src], outputs[p.dst], mask))
+        if control is not None:
+            row["blur_control"] = metrics.ssim(control[p.src], control[p.dst], mask)
+        rows.append(row)
     structure = [dict(domain=test.manifest["domain"].iloc[i],
                       structure=metrics.ssim_components(test.images[i], outputs[i], test.masks[i])["structure"])
                  for i in range(len(test))]
     return pd.DataFrame(rows), pd.DataFrame(structure)
+
+
+def blur_control(test: Slices, outputs: np.ndarray) -> tuple[float, np.ndarray]:
+    """(sigma, the inputs blurred by sigma): the inputs brought to the effective resolution of
+    ``outputs``, the control every agreement of those outputs must beat."""
+    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
+    sigma = metrics.effective_blur(images, np.asarray(outputs, np.float32), masks)
+    return sigma, metrics.blur(images, sigma)
+
+
+def agreement_table(test: Slices, scanner_free: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Scanner-free agreement of each method beside its controls: one row per method with the
+    inputs' agreement, its blur control (and sigma), the outputs' agreement, whether it beats
+    both, and the structure SSIM input vs output."""
+    rows = []
+    for method, out in scanner_free.items():
+        sigma, control = blur_control(test, out)
+        agree, structure = scanner_free_scores(test, out, control)
+        rows.append(dict(method=method, n_pairs=len(agree), inputs=agree["inputs"].mean(),
+                         blur_sigma_px=sigma, blur_control=agree["blur_control"].mean(),
+                         outputs=agree["outputs"].mean(),
+                         beats_inputs_and_blur=bool(agree["outputs"].mean() > max(agree["inputs"].mean(),
+                                                                                 agree["blur_control"].mean())),
+                         structure=structure["structure"].mean()))
+    return pd.DataFrame(rows)

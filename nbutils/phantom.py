@@ -12,10 +12,15 @@ scanners imitate kinds of acquisition; they are not models of real devices.
 * TRAINING split: every scanner sees its own anatomies (unpaired, like real sites).
 * TEST split: the same held-out anatomies rendered by every scanner (a simulated
   traveling-subject study), plus each scanner's *clean* rendering of them (its contrast
-  curve only, no resolution loss, bias, noise or artefact) as ground truth.
+  curve only, no resolution loss, bias, noise or artefact) as ground truth, and a *rescan*:
+  the same anatomy on the same scanner with fresh per-image nuisance (the ceiling of
+  scoring a translation against the target's observed scan).
+* PAIRED split (optional): some training anatomies rendered by every scanner, the data a
+  *paired* translator would need. Only the supervised upper bound reads it; the unpaired
+  methods (GMM-DRIT, DRIT++) never see it.
 
 Volumes are written as skull-stripped int16 NIfTI in FSL's MNI orientation (x flipped)
-with a CSV ``path,domain,subject,split,clean``, so notebook 01 slices them through the
+with a CSV ``path,domain,subject,split,clean,rescan``, so notebook 01 slices them through the
 same code path as real data.
 """
 from __future__ import annotations
@@ -212,42 +217,52 @@ def _save(vol: np.ndarray, y0: int, path: Path) -> None:
 
 
 def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int = 0,
-          progress: bool = True) -> Path:
+          n_paired: int = 0, progress: bool = True) -> Path:
     """Write the simulated set to ``out_dir`` (atomically) and return its CSV.
 
     ``n_train`` anatomies per scanner (unpaired) and ``n_test`` anatomies rendered by
-    every scanner with their clean truths. The same arguments give the same files; a
-    folder already holding them (same spec) is reused.
+    every scanner with their clean truths and a rescan; the first ``n_paired`` training
+    anatomies of each scanner are also rendered by every scanner (split ``paired``). The
+    same arguments give the same files; a folder already holding them (same spec) is reused.
     """
     out_dir = Path(out_dir)
-    spec = dict(code=CODE_HASH, n_train=n_train, n_test=n_test, slab=slab, seed=seed,
+    if n_paired > n_train:
+        raise ValueError(f"n_paired ({n_paired}) cannot exceed n_train ({n_train}): the paired split "
+                         "re-renders training anatomies")
+    spec = dict(code=CODE_HASH, n_train=n_train, n_test=n_test, slab=slab, seed=seed, n_paired=n_paired,
                 scanners=[asdict(s) for s in SCANNERS])
     csv = out_dir / "volumes.csv"
     if csv.exists() and (out_dir / "spec.json").exists():
         if json.loads((out_dir / "spec.json").read_text()) == json.loads(json.dumps(spec)):
             return csv
     tpl = load_template()
-    jobs = [("train", k, i) for k in range(len(SCANNERS)) for i in range(n_train)]
+    k_all = range(len(SCANNERS))
+    jobs = [("train", k, i) for k in k_all for i in range(n_train)]
     jobs += [("test", None, j) for j in range(n_test)]
+    jobs += [("paired", k, i) for k in k_all for i in range(n_paired)]
     rows = []
     with atomic_path(out_dir) as tmp:
-        for sub in ("train", "test", "clean"):
+        for sub in ("train", "test", "clean", "rescan", "paired"):
             (tmp / sub).mkdir(parents=True)
         for split, k, i in tqdm(jobs, desc="simulating scanners", disable=not progress):
-            t1, mask, y0 = pseudo_subject(tpl, slab, np.random.default_rng([seed, int(split == "test"), k or 0, i]))
-            scanners = [k] if split == "train" else range(len(SCANNERS))
-            subject = f"{SCANNERS[k].name}-s{i:03d}" if split == "train" else f"trav-{i:03d}"
-            for kk in scanners:
+            test = split == "test"
+            # a paired anatomy is training anatomy (k, i) itself: the same random draw
+            t1, mask, y0 = pseudo_subject(tpl, slab, np.random.default_rng([seed, int(test), k or 0, i]))
+            subject = {"train": f"{SCANNERS[k or 0].name}-s{i:03d}", "test": f"trav-{i:03d}",
+                       "paired": f"pair-{SCANNERS[k or 0].name}-s{i:03d}"}[split]
+            for kk in ([k] if split == "train" else k_all):
                 s = SCANNERS[kk]
-                name = f"{subject}_{s.name}.nii.gz" if split == "test" else f"{subject}.nii.gz"
-                _save(render(t1, mask, tpl.knots, s, np.random.default_rng([seed, 2, kk, i, int(split == "test")])),
-                      y0, tmp / split / name)
-                clean = ""
-                if split == "test":
+                name = f"{subject}.nii.gz" if split == "train" else f"{subject}_{s.name}.nii.gz"
+                nuisance = [seed, 2, kk, i, int(test)] if split != "paired" else [seed, 3, kk, k, i]
+                _save(render(t1, mask, tpl.knots, s, np.random.default_rng(nuisance)), y0, tmp / split / name)
+                clean = rescan = ""
+                if test:
                     _save(render(t1, mask, tpl.knots, s, None), y0, tmp / "clean" / name)
-                    clean = f"clean/{name}"
+                    _save(render(t1, mask, tpl.knots, s, np.random.default_rng([seed, 4, kk, i])), y0,
+                          tmp / "rescan" / name)
+                    clean, rescan = f"clean/{name}", f"rescan/{name}"
                 rows.append(dict(path=f"{split}/{name}", domain=s.name, subject=subject,
-                                 split=split, clean=clean))
+                                 split=split, clean=clean, rescan=rescan))
         pd.DataFrame(rows).to_csv(tmp / "volumes.csv", index=False)
         (tmp / "spec.json").write_text(json.dumps(spec, indent=2))
         (tmp / "README.txt").write_text(

@@ -197,3 +197,28 @@ def score_boxes(df: pd.DataFrame, value: str, x: str, hue: str, title: str):
     else:
         pfig = px.box(df, x=x, y=value, color=hue, title=title, template="plotly_white", points=False)
     return fig, pfig
+
+
+def pair_heatmaps(matrices: dict[str, pd.DataFrame], title: str, higher_is_better: bool = True, fmt: str = ".2f"):
+    """One heatmap per reference, stacked: rows are methods (ceilings last, below a line),
+    columns are 'source → target' pairs; every cell annotated. Greener is better."""
+    fig, axes = plt.subplots(len(matrices), 1, squeeze=False,
+                             figsize=(1.0 + 0.62 * max(m.shape[1] for m in matrices.values()),
+                                      1.2 + sum(0.42 * m.shape[0] + 0.9 for m in matrices.values())))
+    cmap = "RdYlGn" if higher_is_better else "RdYlGn_r"
+    for ax, (name, mat) in zip(axes[:, 0], matrices.items()):
+        values = mat.to_numpy(float)
+        finite = values[np.isfinite(values)]
+        ax.imshow(values, cmap=cmap, aspect="auto", vmin=finite.min(), vmax=finite.max())
+        ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(mat.shape[0]), mat.index, fontsize=7)
+        ax.set_title(name, fontsize=9)
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=6)
+        ceilings = [i for i, m in enumerate(mat.index) if str(m).startswith("ceiling")]
+        if ceilings:
+            ax.axhline(min(ceilings) - 0.5, color="k", lw=1.2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -61,48 +61,45 @@ def to_scanner(harm: Harmonizer, images: np.ndarray, codes: pd.DataFrame, refs: 
     return harm.to_scanner(images, int(codes.code[b]), reference=refs[b])
 
 
-def methods(harm: Harmonizer, codes: pd.DataFrame, refs: dict[int, np.ndarray], seed: int = 0) -> dict:
-    """The model's two domain-to-domain modes as ``paired`` methods (image, mask, target) -> image."""
-    def guided(img, _mask, b):
-        return to_scanner(harm, img, codes, refs, b)[0]
+def model_outputs(harm: Harmonizer, images: np.ndarray, codes: pd.DataFrame, refs: dict[int, np.ndarray],
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """The model's two domain-to-domain modes on every image and target: {mode: (K, N, H, W)}."""
+    k = len(codes)
 
-    def sampled(img, _mask, b):
+    def sampled(b):
         comp = codes.component[b]
-        return harm.to_scanner(img, int(codes.code[b]), component=None if pd.isna(comp) else int(comp), seed=seed)[0]
+        return harm.to_scanner(images, int(codes.code[b]), component=None if pd.isna(comp) else int(comp), seed=seed)
 
-    return {"reference-guided": guided, "sampled": sampled}
+    return {"reference-guided": np.stack([to_scanner(harm, images, codes, refs, b) for b in range(k)]),
+            "sampled": np.stack([sampled(b) for b in range(k)])}
 
 
 def headline(test: Slices, train_set: Slices, model: drit.Translator, label: str, seed: int = 0):
-    """Scores on the traveling subjects (simulated): domain-to-domain vs clean truth (with the
-    identity and histogram-matching baselines), scanner-free agreement and structure."""
+    """Scores on the traveling subjects (simulated), each beside its ceiling and control:
+    domain-to-domain against the target's observed scan and its clean truth (with the identity
+    and histogram-matching baselines and both ceilings), scanner-free agreement beside the
+    inputs' and the blur control's, and the structure kept."""
     harm = Harmonizer(model)
     codes = scanner_codes(model, train_set)
     refs = references(train_set, seed=seed)
-    quantiles = {b: baselines.reference_quantiles(train_set.images[train_set.labels == b],
-                                                  train_set.masks[train_set.labels == b])
-                 for b in range(len(train_set.domains))}
-    meths = {f"{label} {k}": f for k, f in methods(harm, codes, refs, seed).items()}
-    meths |= {"identity": baselines.identity,
-              "histogram matching": lambda img, mask, b: baselines.histogram_match(img, mask, quantiles[b])}
-    scores = paired.score_translations(test, meths, oracle=False)
-    cross = scores[scores["source"] != scores["target"]]
-    d2d = cross.groupby("method", sort=False)[["ssim", "psnr", "mae"]].mean()
-    sf = harm.scanner_free(np.asarray(test.images, np.float32), seed=seed)
-    agree, structure = paired.scanner_free_scores(test, sf)
-    return dict(scores=scores, d2d=d2d, codes=codes, scanner_free=sf, agreement=agree, structure=structure)
+    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
+    outs = {f"{label} {mode}": o for mode, o in model_outputs(harm, images, codes, refs, seed).items()}
+    outs["identity"] = np.broadcast_to(images, (len(train_set.domains), *images.shape))
+    outs["histogram matching"] = baselines.to_every_scanner(images, masks, train_set)
+    scores = paired.score_outputs(test, outs, progress=False)
+    sf = harm.scanner_free(images, seed=seed)
+    agreement = paired.agreement_table(test, {label: sf})
+    return dict(scores=scores, d2d=paired.summary(scores), codes=codes, scanner_free=sf, agreement=agreement)
 
 
 def summary(result: dict, label: str) -> dict:
-    """Headline numbers for ``metrics.json``."""
-    d2d, agree = result["d2d"], result["agreement"]
-    out = {}
-    for method, row in d2d.iterrows():
-        key = (method[len(label):] if method.startswith(label) else method).strip().replace(" ", "_").replace("-", "_")
-        for m in ("ssim", "psnr", "mae"):
-            out[f"d2d_{key}_{m}"] = row[m]
-    out |= {"sf_agreement_outputs_ssim": agree["outputs"].mean(), "sf_agreement_inputs_ssim": agree["inputs"].mean(),
-            "sf_structure_ssim": result["structure"]["structure"].mean()}
+    """Headline numbers for ``metrics.json``: every (method, measure, reference) of the
+    domain-to-domain table, ceilings included, and the scanner-free agreement with its controls."""
+    out = paired.numbers(result["d2d"], prefix="d2d_", strip=label)
+    a = result["agreement"].iloc[0]
+    out |= {"sf_agreement_outputs_ssim": a["outputs"], "sf_agreement_inputs_ssim": a["inputs"],
+            "sf_agreement_blur_control_ssim": a["blur_control"], "sf_blur_sigma_px": a["blur_sigma_px"],
+            "sf_structure_ssim": a["structure"]}
     return out
 
 
@@ -118,3 +115,39 @@ def translation_grid(test: Slices, model: drit.Translator, codes: pd.DataFrame, 
     sources = [test.domains[test.labels[r]] for r in rows]
     idx = np.arange(len(rows))
     return plots.translation_montage(images, sf, to, idx, sources, test.domains, title)
+
+
+def record_headline(run: Run, result: dict, label: str, key: str, steps: int) -> dict:
+    """Save the headline tables of notebooks 03/04 (domain-to-domain with both references and
+    ceilings; scanner-free agreement with its controls), add the numbers to ``metrics.json``
+    under ``key`` and return them."""
+    plots.save_table(paired.flat(result["d2d"]).round(4), key + "_domain_to_domain", run.figures,
+                     note="Cross-scanner translations (a ≠ b) against the target's observed scan (a == b: its "
+                          "rescan) and its clean truth, brain mask; ceilings: b rescanned, b's own scan; "
+                          + plots.SIMULATED + ".")
+    plots.save_table(result["agreement"].round(4), key + "_scanner_free_agreement", run.figures,
+                     note="SSIM between scanner-free outputs of the same anatomy from two scanners, beside the "
+                          "inputs' agreement and the blur control (inputs blurred to the outputs' effective "
+                          "resolution), brain mask; " + plots.SIMULATED + ".")
+    headline = summary(result, label) | {"steps": steps}
+    run.record(key, headline)
+    return headline
+
+
+def verdict(result: dict, label: str) -> str:
+    """One paragraph: the model against the baselines and the ceilings, and the scanner-free
+    agreement against its controls."""
+    d = result["d2d"]
+    ssim = lambda m, r: d.loc[m, ("ssim", r)]
+    guided = f"{label} reference-guided"
+    lines = []
+    for ref, ceiling in paired.CEILINGS.items():
+        lines.append(f"SSIM vs {ref} (a ≠ b): {label} {ssim(guided, ref):.3f}, histogram matching "
+                     f"{ssim('histogram matching', ref):.3f}, identity {ssim('identity', ref):.3f}, "
+                     f"ceiling {ssim(ceiling, ref):.3f}")
+    a = result["agreement"].iloc[0]
+    beats = "beats" if a["beats_inputs_and_blur"] else "does NOT beat"
+    lines.append(f"scanner-free agreement: outputs {a['outputs']:.3f}, inputs {a['inputs']:.3f}, blur control "
+                 f"{a['blur_control']:.3f} (σ {a['blur_sigma_px']:.2f} px): {beats} both; structure kept "
+                 f"{a['structure']:.3f}")
+    return "\n".join(lines)

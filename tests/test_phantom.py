@@ -11,7 +11,7 @@ from nbutils import baselines, data, metrics, phantom
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("sim")
-    csv = phantom.build(root / "a", n_train=2, n_test=2, slab=2, seed=5, progress=False)
+    csv = phantom.build(root / "a", n_train=2, n_test=2, slab=2, seed=5, n_paired=1, progress=False)
     return root, csv
 
 
@@ -24,10 +24,12 @@ def test_layout_and_csv(built):
     _, csv = built
     table = pd.read_csv(csv, keep_default_na=False)
     k = len(phantom.SCANNERS)
-    assert len(table) == 2 * k + 2 * k
+    assert len(table) == 2 * k + 2 * k + 1 * k * k
     assert set(table.domain) == {s.name for s in phantom.SCANNERS}
-    train, test = table[table.split == "train"], table[table.split == "test"]
-    assert (train.clean == "").all() and (test.clean != "").all()
+    train, test, pairs = (table[table.split == s] for s in ("train", "test", "paired"))
+    assert (train.clean == "").all() and (test.clean != "").all() and (test.rescan != "").all()
+    assert (train.rescan == "").all() and (pairs.clean == "").all()
+    assert (pairs.groupby("subject").domain.nunique() == k).all() and pairs.subject.nunique() == k
     # training anatomies are per scanner (unpaired); each test anatomy is seen by every scanner
     assert train.groupby("subject").domain.nunique().max() == 1
     assert (test.groupby("subject").domain.nunique() == k).all()
@@ -38,8 +40,8 @@ def test_layout_and_csv(built):
 
 def test_same_seed_same_files_other_seed_other_files(built):
     root, csv = built
-    again = phantom.build(root / "b", n_train=2, n_test=2, slab=2, seed=5, progress=False)
-    other = phantom.build(root / "c", n_train=2, n_test=2, slab=2, seed=6, progress=False)
+    again = phantom.build(root / "b", n_train=2, n_test=2, slab=2, seed=5, n_paired=1, progress=False)
+    other = phantom.build(root / "c", n_train=2, n_test=2, slab=2, seed=6, n_paired=1, progress=False)
     assert digest(csv.parent) == digest(again.parent)
     assert digest(csv.parent) != digest(other.parent)
 
@@ -47,10 +49,13 @@ def test_same_seed_same_files_other_seed_other_files(built):
 def test_existing_set_is_reused_only_with_the_same_spec(built):
     _, csv = built
     stamp = csv.stat().st_mtime_ns
-    phantom.build(csv.parent, n_train=2, n_test=2, slab=2, seed=5, progress=False)
+    phantom.build(csv.parent, n_train=2, n_test=2, slab=2, seed=5, n_paired=1, progress=False)
     assert csv.stat().st_mtime_ns == stamp
     phantom.build(csv.parent, n_train=1, n_test=2, slab=2, seed=5, progress=False)
     assert len(pd.read_csv(csv)) == 1 * 4 + 2 * 4
+    with pytest.raises(ValueError, match="n_paired"):
+        phantom.build(csv.parent, n_train=1, n_test=2, slab=2, seed=5, n_paired=2, progress=False)
+    phantom.build(csv.parent, n_train=2, n_test=2, slab=2, seed=5, n_paired=1, progress=False)  # as the fixture
 
 
 def test_clean_truth_is_the_contrast_curve_alone():
@@ -70,6 +75,10 @@ def test_scanners_keep_a_spatial_part_no_global_remap_removes(built, tmp_path):
     _, csv = built
     data.slice_dataset(csv, tmp_path / "s", image_size=96, per_volume=0, progress=False)
     test = data.load_slices(tmp_path / "s", "test")
+    assert test.rescan is not None and test.rescan.shape == test.images.shape
+    assert data.load_slices(tmp_path / "s", "train").rescan is None
+    pairs = data.load_slices(tmp_path / "s", "paired")
+    assert pairs.clean is None and set(pairs.manifest.domain) == {s.name for s in phantom.SCANNERS}
     per_scanner = {}
     for row in test.manifest.itertuples():
         img, truth = np.asarray(test.images[row.index], np.float32), np.asarray(test.clean[row.index], np.float32)
@@ -79,3 +88,19 @@ def test_scanners_keep_a_spatial_part_no_global_remap_removes(built, tmp_path):
     worst = {d: np.mean(v) for d, v in per_scanner.items()}
     assert all(v < 0.99 for d, v in worst.items() if d != "sim-A"), worst
     assert min(worst.values()) < 0.95, worst
+
+
+def test_rescan_is_the_same_anatomy_with_fresh_nuisance_and_paired_reuses_training_anatomy(built):
+    _, csv = built
+    root = csv.parent
+    table = pd.read_csv(csv, keep_default_na=False)
+    load = lambda rel: np.asarray(nib.load(str(root / rel)).dataobj, np.float32)
+    row = table[table.split == "test"].iloc[0]
+    scan, rescan = load(row.path), load(row.rescan)
+    assert ((scan > 0) == (rescan > 0)).mean() > 0.99  # same anatomy (same brain mask)
+    assert not np.allclose(scan, rescan)  # other noise, bias strength, contrast jitter
+    # the paired split re-renders training anatomy (k, i): same brain, other acquisition
+    train = table[table.split == "train"].iloc[0]
+    pair = table[(table.split == "paired") & (table.subject == f"pair-{train.subject}") & (table.domain == train.domain)]
+    a, b = load(train.path), load(pair.path.iloc[0])
+    assert ((a > 0) == (b > 0)).mean() > 0.99 and not np.allclose(a, b)

@@ -1,0 +1,166 @@
+"""The yardstick (nbutils.paired, nbutils.metrics' blur control, nbutils.supervised) on toy
+traveling subjects where the right answer is known."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from nbutils import metrics, paired, supervised
+from nbutils.data import Slices
+
+SIZE = 32
+
+
+def anatomy(rng):
+    """A smooth random 'brain': a disc with a textured interior (values in about [0.2, 0.8])."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    disc = (yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2 < (SIZE * 0.42) ** 2
+    texture = gaussian_filter(rng.normal(0, 1, (SIZE, SIZE)), 1.5)
+    return (0.5 + 0.3 * texture / texture.std()).clip(0.05, 0.95) * disc, disc
+
+
+GAINS = (1.0, 0.7, 0.5)  # scanner b's contrast curve: x ** (1 / gain)... kept simple: a power law
+
+
+def scan(clean, disc, b, rng, noise=0.03):
+    """Scanner b: its contrast curve (the clean truth), plus blur and noise (the nuisance)."""
+    return np.clip(gaussian_filter(clean, 0.6 * b) + rng.normal(0, noise, clean.shape), 0, 1) * disc
+
+
+def traveling(n=6, k=3, seed=0) -> Slices:
+    """n anatomies, each seen by k toy scanners; clean truth and an independent rescan kept."""
+    rng = np.random.default_rng(seed)
+    images, masks, clean, rescan, rows = [], [], [], [], []
+    for s in range(n):
+        base, disc = anatomy(rng)
+        for b in range(k):
+            truth = base ** GAINS[b] * disc
+            images.append(scan(truth, disc, b, rng))
+            rescan.append(scan(truth, disc, b, rng))
+            clean.append(truth)
+            masks.append(disc)
+            rows.append(dict(subject=f"t{s}", slice_index=0, domain=f"s{b}", domain_index=b))
+    f = lambda a: np.array(a, np.float32)
+    return Slices(f(images), np.array(masks), f(clean), pd.DataFrame(rows), [f"s{b}" for b in range(k)], f(rescan))
+
+
+def test_pairs_include_same_scanner_and_need_traveling_subjects():
+    test = traveling(n=2, k=3)
+    pairs = paired.traveling_pairs(test)
+    assert len(pairs) == 2 * 3 * 3 and (pairs.src == pairs.dst).sum() == 6
+    lonely = Slices(test.images[:2], test.masks[:2], None,
+                    pd.DataFrame(dict(subject=["a", "b"], slice_index=0, domain=["s0", "s1"], domain_index=[0, 1])),
+                    ["s0", "s1"])
+    with pytest.raises(ValueError, match="traveling subjects"):
+        paired.traveling_pairs(lonely)
+
+
+def test_identity_on_same_scanner_pairs_scores_the_rescan_ceiling_exactly():
+    test = traveling()
+    k = len(test.domains)
+    images = np.asarray(test.images)
+    scores = paired.score_outputs(test, {"identity": np.broadcast_to(images, (k, *images.shape))}, progress=False)
+    same = scores[(scores.source == scores.target) & (scores.reference == paired.TARGET_SCAN)]
+    ident = same[same.method == "identity"].reset_index(drop=True)
+    ceiling = same[same.method == paired.RESCAN_CEILING].reset_index(drop=True)
+    np.testing.assert_allclose(ident[["ssim", "psnr", "mae"]], ceiling[["ssim", "psnr", "mae"]])
+    # each ceiling is scored against its own reference only
+    assert set(scores[scores.method == paired.RESCAN_CEILING].reference) == {paired.TARGET_SCAN}
+    assert set(scores[scores.method == paired.SCAN_CEILING].reference) == {paired.CLEAN_TRUTH}
+
+
+def test_a_perfect_translator_reaches_both_ceilings_and_the_truth_beats_them():
+    """Output = another acquisition of the target (what a perfect translator makes): on average it
+    scores what the ceilings say. Output = the clean truth: SSIM 1 against the truth."""
+    test = traveling(n=10, seed=1)
+    k, n = len(test.domains), len(test.images)
+    pairs = paired.traveling_pairs(test)
+    rng = np.random.default_rng(7)
+    third = np.zeros((k, n, SIZE, SIZE), np.float32)
+    truth = np.zeros_like(third)
+    for p in pairs.itertuples():
+        b = test.domains.index(p.target)
+        third[b, p.src] = scan(test.clean[p.dst], test.masks[p.dst], b, rng)
+        truth[b, p.src] = test.clean[p.dst]
+    scores = paired.score_outputs(test, {"another scan": third, "truth": truth}, progress=False)
+    table = paired.summary(scores)
+    assert table.loc["another scan", ("ssim", "target scan")] == pytest.approx(
+        table.loc[paired.RESCAN_CEILING, ("ssim", "target scan")], abs=0.01)
+    assert table.loc["another scan", ("ssim", "clean truth")] == pytest.approx(
+        table.loc[paired.SCAN_CEILING, ("ssim", "clean truth")], abs=0.01)
+    assert table.loc["truth", ("ssim", "clean truth")] == pytest.approx(1.0)
+    assert table.loc["truth", ("ssim", "clean truth")] > table.loc[paired.SCAN_CEILING, ("ssim", "clean truth")]
+
+
+def test_pair_matrix_has_every_pair_and_a_row_per_ceiling():
+    test = traveling(n=3)
+    k = len(test.domains)
+    images = np.asarray(test.images)
+    scores = paired.score_outputs(test, {"identity": np.broadcast_to(images, (k, *images.shape))}, progress=False)
+    mat = paired.pair_matrix(scores, "ssim", paired.TARGET_SCAN)
+    assert list(mat.index) == ["identity", paired.RESCAN_CEILING] and mat.shape[1] == k * k
+    assert (mat.loc["identity", "s0 → s0"]) == pytest.approx(mat.loc[paired.RESCAN_CEILING, "s0 → s0"])
+    assert mat.loc["identity", "s0 → s2"] < mat.loc[paired.RESCAN_CEILING, "s0 → s2"]
+
+
+def test_oracle_matches_the_truth_histogram():
+    test = traveling(n=3)
+    oracle = paired.oracle_outputs(test)
+    scores = paired.score_outputs(test, {"oracle": oracle, "identity": np.broadcast_to(test.images, oracle.shape)},
+                                  progress=False)
+    table = paired.summary(scores)
+    assert table.loc["oracle", ("mae", "clean truth")] < table.loc["identity", ("mae", "clean truth")]
+
+
+def test_effective_blur_recovers_a_known_sigma_whatever_the_contrast():
+    rng = np.random.default_rng(3)
+    imgs, masks = zip(*(anatomy(rng) for _ in range(8)))
+    imgs, masks = np.array(imgs, np.float32), np.array(masks)
+    for sigma in (0.0, 1.0, 2.0):
+        outputs = 0.6 * metrics.blur(imgs, sigma) + 0.2  # another contrast, and a known blur
+        assert metrics.effective_blur(imgs, outputs, masks) == pytest.approx(sigma, abs=0.26)
+
+
+def test_sharpness_falls_with_blur_and_ignores_gain():
+    img, mask = anatomy(np.random.default_rng(0))
+    assert metrics.sharpness(metrics.blur(img, 2), mask) < metrics.sharpness(img, mask)
+    assert metrics.sharpness(3 * img, mask, relative=True) == pytest.approx(metrics.sharpness(img, mask, relative=True))
+    ramp = np.tile(np.arange(16, dtype=float), (16, 1))  # slope 1 per pixel
+    inner = np.zeros(ramp.shape, bool)
+    inner[2:-2, 2:-2] = True  # Sobel's edges are reflected: score the inside
+    assert metrics.sharpness(ramp, inner) == pytest.approx(1.0)
+
+
+def test_blur_control_agrees_better_than_noisy_inputs_and_exposes_a_blurring_harmonizer():
+    test = traveling(n=6)
+    images = np.asarray(test.images)
+    only_blur = metrics.blur(images, 1.5)  # a 'harmonizer' that only smooths
+    # a real harmonizer: every scanner's slice of an anatomy becomes the same (scanner s0's truth)
+    first = {s: i for i, s in reversed(list(enumerate(test.manifest.subject)))}
+    same = np.stack([test.clean[first[s]] for s in test.manifest.subject])
+    table = paired.agreement_table(test, {"only blur": only_blur, "harmonizer": same}).set_index("method")
+    assert (table["blur_control"] > table["inputs"]).all()
+    assert table.loc["only blur", "blur_sigma_px"] == pytest.approx(1.5, abs=0.26)
+    assert not table.loc["only blur", "beats_inputs_and_blur"]
+    assert table.loc["harmonizer", "beats_inputs_and_blur"]
+    assert table.loc["harmonizer", "outputs"] == pytest.approx(1.0)
+
+
+def test_paired_translator_learns_a_known_mapping(tmp_path):
+    """Toy scanners that differ by a contrast curve only: 300 iterations of the U-Net must bring
+    the translation far closer to the target scan than the untouched input."""
+    rng = np.random.default_rng(0)
+    images, rows = [], []
+    for s in range(12):
+        base, disc = anatomy(rng)
+        for b in range(3):
+            images.append(base ** GAINS[b] * disc)
+            rows.append(dict(subject=f"p{s}", slice_index=0, domain=f"s{b}", domain_index=b))
+    images = np.array(images, np.float32)
+    pairs = Slices(images, images > 0, None, pd.DataFrame(rows), ["s0", "s1", "s2"])
+    model, history = supervised.train_paired(pairs, tmp_path / "u.pt", width=8, steps=300, batch_size=8, every=300)
+    assert history.l1.tail(20).mean() < 0.5 * history.l1.head(5).mean()
+    out = supervised.to_target(model, images[:3], [0, 1, 2])  # anatomy p0 seen by s0, s1, s2
+    assert out.shape == (3, 3, SIZE, SIZE)
+    err = np.abs(out[2, 0] - images[2]).mean()  # s0 -> s2 against s2's image of the same anatomy
+    assert err < 0.5 * np.abs(images[0] - images[2]).mean()
