@@ -81,7 +81,7 @@ PROFILES: dict[str, Profile] = {
                      sim_paired_subjects=12,
                      gmvae_width=8, gmvae_steps=600, gmvae_batch=64, checkpoint_every=200,
                      drit_width=8, drit_res=2, drit_steps=1200, drit_batch=4, drit_lr=2e-4,
-                     clf_steps=250, eval_pairs=5000, paired_width=16, paired_steps=800),
+                     clf_steps=250, eval_pairs=5000, paired_width=8, paired_steps=1200),
     "paper": Profile("paper", image_size=182, slices_per_volume=3, min_brain_fraction=0.6,
                      test_fraction=0.2, sim_train_subjects=240, sim_test_subjects=40, sim_slab=3,
                      sim_paired_subjects=60,

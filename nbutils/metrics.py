@@ -88,19 +88,12 @@ def ssim_components(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None
     return {k: (v * region).reshape(shape[0], -1).sum(1) / area for k, v in maps.items()}
 
 
-def sharpness(image: np.ndarray, mask: np.ndarray | None = None, relative: bool = False) -> float:
-    """Mean gradient magnitude (Sobel, per pixel) over ``mask``; with ``relative``, divided by the
-    intensity standard deviation over the mask, so that a global change of contrast (a gain, an
-    offset) leaves it unchanged and only the resolution (and the noise) moves it."""
+def sharpness(image: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean gradient magnitude (Sobel, in intensity per pixel) over ``mask``."""
     from scipy.ndimage import sobel
 
     img = np.asarray(image, np.float64)
-    grad = np.hypot(sobel(img, 0), sobel(img, 1)) / 8  # Sobel's kernel sums to 8 times the slope
-    value = _masked_mean(grad, mask)
-    if relative:
-        sd = float(img.std() if mask is None else img[np.asarray(mask, bool)].std())
-        value = value / sd if sd > 0 else 0.0
-    return value
+    return _masked_mean(np.hypot(sobel(img, 0), sobel(img, 1)) / 8, mask)  # Sobel's kernel: 8 x the slope
 
 
 def blur(images: np.ndarray, sigma: float) -> np.ndarray:
@@ -113,15 +106,41 @@ def blur(images: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(images, sigma=(0,) * (images.ndim - 2) + (sigma, sigma))
 
 
-BLUR_GRID = tuple(np.round(np.arange(0, 4.01, 0.125), 3))  # candidate sigmas (pixels) of the blur control
+BLUR_GRID = tuple(np.round(np.arange(0, 6.01, 0.125), 3))  # candidate sigmas (pixels) of the blur control
 
 
 def effective_blur(inputs: np.ndarray, outputs: np.ndarray, masks: np.ndarray,
                    grid: tuple[float, ...] = BLUR_GRID) -> float:
-    """The Gaussian sigma (pixels) that brings ``inputs`` to the effective resolution of
-    ``outputs``: the sigma whose blurred inputs have the median relative sharpness (gradient
-    over contrast, in the mask) closest to that of the outputs. 0 when the outputs are at least
-    as sharp as the inputs. Used to build the blur control of an agreement score."""
-    target = np.median([sharpness(o, m, relative=True) for o, m in zip(outputs, masks)])
-    found = [np.median([sharpness(x, m, relative=True) for x, m in zip(blur(inputs, s), masks)]) for s in grid]
-    return float(grid[int(np.argmin(np.abs(np.asarray(found) - target)))])
+    """The Gaussian sigma (pixels) that brings ``inputs`` to the effective resolution of ``outputs``.
+
+    For a candidate sigma the inputs are blurred, then histogram-matched to their own outputs
+    inside the mask, so that a change of contrast (even a non-linear one) does not pass for a
+    change of resolution; sharpness (:func:`sharpness`) is compared inside the mask eroded by
+    2 px, away from the brain/background edge. Sharpness falls with sigma, so a bisection over
+    ``grid`` finds the sigma whose median sharpness is closest to the outputs' (0 when the
+    outputs are at least as sharp as the inputs). Input noise counts as sharpness, so outputs
+    that denoise get a larger sigma: the control errs on the strong side."""
+    from scipy.ndimage import binary_erosion
+
+    from .baselines import histogram_match, reference_quantiles
+
+    masks = np.asarray(masks, bool)
+    inner = [e if (e := binary_erosion(m, iterations=2)).any() else m for m in masks]
+    refs = [reference_quantiles(o, m, 256) for o, m in zip(outputs, masks)]
+    target = np.median([sharpness(o, m) for o, m in zip(outputs, inner)])
+
+    def gap(i: int) -> float:
+        matched = [histogram_match(x, m, q) for x, m, q in zip(blur(inputs, grid[i]), masks, refs)]
+        return float(np.median([sharpness(x, m) for x, m in zip(matched, inner)]) - target)
+
+    lo, hi = 0, len(grid) - 1  # gap(lo) >= 0 >= gap(hi) unless the outputs are outside the grid's range
+    g_lo, g_hi = gap(lo), gap(hi)
+    if g_lo <= 0:
+        return float(grid[lo])
+    if g_hi >= 0:
+        return float(grid[hi])
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        g = gap(mid)
+        lo, g_lo, hi, g_hi = (mid, g, hi, g_hi) if g > 0 else (lo, g_lo, mid, g)
+    return float(grid[lo] if abs(g_lo) <= abs(g_hi) else grid[hi])

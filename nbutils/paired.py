@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .baselines import histogram_match, reference_quantiles
 from .data import Slices
+from .stats import bootstrap_diff
 
 # method(image, mask, target_domain_index) -> translated image
 Method = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
@@ -49,15 +50,21 @@ MEASURES = ("ssim", "psnr", "mae")
 HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "mae": False}
 
 
+def has_traveling(test: Slices) -> bool:
+    """Whether some anatomy of ``test`` is seen by two scanners (what paired scoring needs)."""
+    m = test.manifest
+    return bool((m.groupby(["subject", "slice_index"])["domain"].nunique() > 1).any())
+
+
 def traveling_pairs(test: Slices) -> pd.DataFrame:
     """Every (source row, target row) pair showing the same anatomy and slice in two scanners,
     a == b included (then src == dst). Columns: src, dst, source, target."""
-    m = test.manifest.reset_index(drop=True).assign(row=lambda d: d.index)
-    pairs = m.merge(m, on=["subject", "slice_index"], suffixes=("_src", "_dst"))
-    if not (pairs["domain_src"] != pairs["domain_dst"]).any():
+    if not has_traveling(test):
         raise ValueError("no anatomy of this split is seen by two scanners: paired scoring needs traveling "
                          "subjects (the built-in simulated test split, or a CSV whose subjects were scanned "
                          "on several scanners).")
+    m = test.manifest.reset_index(drop=True).assign(row=lambda d: d.index)
+    pairs = m.merge(m, on=["subject", "slice_index"], suffixes=("_src", "_dst"))
     return pd.DataFrame({"src": pairs["row_src"], "dst": pairs["row_dst"],
                          "source": pairs["domain_src"], "target": pairs["domain_dst"]}).reset_index(drop=True)
 
@@ -175,10 +182,11 @@ def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray |
     structure component between input and output (the anatomy should survive). Brain mask."""
     pairs = traveling_pairs(test)
     pairs = pairs[pairs["source"] < pairs["target"]]
+    anatomy = test.manifest["subject"].astype(str) + "/" + test.manifest["slice_index"].astype(str)
     rows = []
     for p in pairs.itertuples():
         mask = np.asarray(test.masks[p.src], bool)
-        row = dict(source=p.source, target=p.target,
+        row = dict(anatomy=anatomy.iloc[p.src], source=p.source, target=p.target,
                    inputs=metrics.ssim(test.images[p.src], test.images[p.dst], mask),
                    outputs=metrics.ssim(outputs[p.src], outputs[p.dst], mask))
         if control is not None:
@@ -190,26 +198,37 @@ def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray |
     return pd.DataFrame(rows), pd.DataFrame(structure)
 
 
-def blur_control(test: Slices, outputs: np.ndarray) -> tuple[float, np.ndarray]:
-    """(sigma, the inputs blurred by sigma): the inputs brought to the effective resolution of
-    ``outputs``, the control every agreement of those outputs must beat."""
+def blur_control(test: Slices, outputs: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """({scanner: sigma}, the inputs blurred by their scanner's sigma): the inputs brought to the
+    effective resolution of ``outputs``, one sigma per source scanner (scanners differ in native
+    resolution); the control every agreement of those outputs must beat."""
     images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
-    sigma = metrics.effective_blur(images, np.asarray(outputs, np.float32), masks)
-    return sigma, metrics.blur(images, sigma)
+    outputs = np.asarray(outputs, np.float32)
+    control, sigmas = np.empty_like(images), {}
+    for b, name in enumerate(test.domains):
+        rows = np.flatnonzero(test.labels == b)
+        if len(rows):
+            sigmas[name] = metrics.effective_blur(images[rows], outputs[rows], masks[rows])
+            control[rows] = metrics.blur(images[rows], sigmas[name])
+    return sigmas, control
 
 
-def agreement_table(test: Slices, scanner_free: dict[str, np.ndarray]) -> pd.DataFrame:
+def agreement_table(test: Slices, scanner_free: dict[str, np.ndarray], seed: int = 0) -> pd.DataFrame:
     """Scanner-free agreement of each method beside its controls: one row per method with the
-    inputs' agreement, its blur control (and sigma), the outputs' agreement, whether it beats
-    both, and the structure SSIM input vs output."""
+    inputs' agreement, its blur control (and the sigma per scanner, pixels), the outputs'
+    agreement, the margin of the outputs over the stronger control with its 95 % bootstrap CI
+    (anatomies resampled: their scanner pairs are not independent), whether that CI lies above 0
+    (``beats_inputs_and_blur``), and the structure SSIM input vs output."""
     rows = []
     for method, out in scanner_free.items():
-        sigma, control = blur_control(test, out)
+        sigmas, control = blur_control(test, out)
         agree, structure = scanner_free_scores(test, out, control)
-        rows.append(dict(method=method, n_pairs=len(agree), inputs=agree["inputs"].mean(),
-                         blur_sigma_px=sigma, blur_control=agree["blur_control"].mean(),
-                         outputs=agree["outputs"].mean(),
-                         beats_inputs_and_blur=bool(agree["outputs"].mean() > max(agree["inputs"].mean(),
-                                                                                 agree["blur_control"].mean())),
-                         structure=structure["structure"].mean()))
+        per = agree.groupby("anatomy")[["inputs", "blur_control", "outputs"]].mean()
+        stronger = "blur_control" if per["blur_control"].mean() >= per["inputs"].mean() else "inputs"
+        d, lo, hi = bootstrap_diff(per["outputs"], per[stronger], paired=True, seed=seed)
+        rows.append(dict(method=method, n_pairs=len(agree), n_anatomies=len(per), inputs=per["inputs"].mean(),
+                         blur_control=per["blur_control"].mean(),
+                         blur_sigma_px=" / ".join(f"{v:g}" for v in sigmas.values()),
+                         outputs=per["outputs"].mean(), margin=d, margin_ci_low=lo, margin_ci_high=hi,
+                         beats_inputs_and_blur=bool(lo > 0), structure=structure["structure"].mean()))
     return pd.DataFrame(rows)

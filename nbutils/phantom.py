@@ -217,26 +217,28 @@ def _save(vol: np.ndarray, y0: int, path: Path) -> None:
 
 
 def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int = 0,
-          n_paired: int = 0, progress: bool = True) -> Path:
+          n_paired: int = 0, scanners: tuple[SimScanner, ...] = SCANNERS, progress: bool = True) -> Path:
     """Write the simulated set to ``out_dir`` (atomically) and return its CSV.
 
     ``n_train`` anatomies per scanner (unpaired) and ``n_test`` anatomies rendered by
     every scanner with their clean truths and a rescan; the first ``n_paired`` training
     anatomies of each scanner are also rendered by every scanner (split ``paired``). The
     same arguments give the same files; a folder already holding them (same spec) is reused.
+    ``scanners`` replaces the four built-in simulated scanners (e.g. to test on scanners the
+    project was not developed on).
     """
     out_dir = Path(out_dir)
     if n_paired > n_train:
         raise ValueError(f"n_paired ({n_paired}) cannot exceed n_train ({n_train}): the paired split "
                          "re-renders training anatomies")
     spec = dict(code=CODE_HASH, n_train=n_train, n_test=n_test, slab=slab, seed=seed, n_paired=n_paired,
-                scanners=[asdict(s) for s in SCANNERS])
+                scanners=[asdict(s) for s in scanners])
     csv = out_dir / "volumes.csv"
     if csv.exists() and (out_dir / "spec.json").exists():
         if json.loads((out_dir / "spec.json").read_text()) == json.loads(json.dumps(spec)):
             return csv
     tpl = load_template()
-    k_all = range(len(SCANNERS))
+    k_all = range(len(scanners))
     jobs = [("train", k, i) for k in k_all for i in range(n_train)]
     jobs += [("test", None, j) for j in range(n_test)]
     jobs += [("paired", k, i) for k in k_all for i in range(n_paired)]
@@ -248,10 +250,10 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
             test = split == "test"
             # a paired anatomy is training anatomy (k, i) itself: the same random draw
             t1, mask, y0 = pseudo_subject(tpl, slab, np.random.default_rng([seed, int(test), k or 0, i]))
-            subject = {"train": f"{SCANNERS[k or 0].name}-s{i:03d}", "test": f"trav-{i:03d}",
-                       "paired": f"pair-{SCANNERS[k or 0].name}-s{i:03d}"}[split]
+            subject = {"train": f"{scanners[k or 0].name}-s{i:03d}", "test": f"trav-{i:03d}",
+                       "paired": f"pair-{scanners[k or 0].name}-s{i:03d}"}[split]
             for kk in ([k] if split == "train" else k_all):
-                s = SCANNERS[kk]
+                s = scanners[kk]
                 name = f"{subject}.nii.gz" if split == "train" else f"{subject}_{s.name}.nii.gz"
                 nuisance = [seed, 2, kk, i, int(test)] if split != "paired" else [seed, 3, kk, k, i]
                 _save(render(t1, mask, tpl.knots, s, np.random.default_rng(nuisance)), y0, tmp / split / name)

@@ -36,6 +36,8 @@ MEASURES = [
     ("PSNR vs clean truth, a → b (dB)", "09_beyond", "vs truth PSNR", True, "not measurable"),
     ("scanner-free consistency SSIM", "09_beyond", "sf consistency SSIM", True, "not measurable"),
     ("scanner-free consistency SSIM, blur control", "09_beyond", "sf blur control SSIM", True, "not measurable"),
+    ("scanner-free consistency, margin over the stronger control", "09_beyond", "sf margin over controls", True,
+     "not measurable"),
     ("residual scanner acc., frozen raw classifier", "09_beyond", "residual acc frozen", False, "not measurable"),
     ("residual scanner acc., retrained classifier", "09_beyond", "residual acc retrained", False, "not measurable"),
 ]
@@ -43,7 +45,7 @@ REFERENCE = {"E3 luminance": "real vs real", "E4 luminance": "before (inputs)", 
              "E5 KID": "floor (real vs real)", "E7 mean pairwise W1": "before (identity)",
              "vs target scan SSIM": RESCAN_CEILING, "vs target scan PSNR": RESCAN_CEILING,
              "vs truth SSIM": SCAN_CEILING, "vs truth PSNR": SCAN_CEILING,
-             "sf consistency SSIM": "inputs", "sf blur control SSIM": "inputs"}
+             "sf consistency SSIM": "sf consistency SSIM inputs", "sf blur control SSIM": "sf consistency SSIM inputs"}
 
 
 def results_table(metrics: dict) -> pd.DataFrame:
@@ -60,7 +62,7 @@ def results_table(metrics: dict) -> pd.DataFrame:
             name = "before (identity)" if (prefix.startswith("E7") and m == "identity") else m
             row[m] = values.get(f"{prefix} {name}")
         ref = REFERENCE.get(prefix)
-        row["reference"] = values.get(f"{prefix} {ref}") if ref else None
+        row["reference"] = values.get(ref if prefix.startswith("sf ") else f"{prefix} {ref}") if ref else None
         if prefix.startswith("residual"):
             row["reference"] = values.get("residual_chance")
         row["thesis GMM-DRIT / DRIT++ (real data)"] = thesis

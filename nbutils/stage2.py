@@ -99,7 +99,8 @@ def summary(result: dict, label: str) -> dict:
     a = result["agreement"].iloc[0]
     out |= {"sf_agreement_outputs_ssim": a["outputs"], "sf_agreement_inputs_ssim": a["inputs"],
             "sf_agreement_blur_control_ssim": a["blur_control"], "sf_blur_sigma_px": a["blur_sigma_px"],
-            "sf_structure_ssim": a["structure"]}
+            "sf_agreement_margin": a["margin"], "sf_agreement_margin_ci_low": a["margin_ci_low"],
+            "sf_beats_inputs_and_blur": a["beats_inputs_and_blur"], "sf_structure_ssim": a["structure"]}
     return out
 
 
@@ -135,19 +136,21 @@ def record_headline(run: Run, result: dict, label: str, key: str, steps: int) ->
 
 
 def verdict(result: dict, label: str) -> str:
-    """One paragraph: the model against the baselines and the ceilings, and the scanner-free
-    agreement against its controls."""
+    """One paragraph: the model against the baselines and the ceilings (for each reference the
+    data have), and the scanner-free agreement against its controls."""
     d = result["d2d"]
-    ssim = lambda m, r: d.loc[m, ("ssim", r)]
     guided = f"{label} reference-guided"
     lines = []
     for ref, ceiling in paired.CEILINGS.items():
-        lines.append(f"SSIM vs {ref} (a ≠ b): {label} {ssim(guided, ref):.3f}, histogram matching "
-                     f"{ssim('histogram matching', ref):.3f}, identity {ssim('identity', ref):.3f}, "
-                     f"ceiling {ssim(ceiling, ref):.3f}")
+        if ("ssim", ref) not in d.columns:
+            continue
+        ssim = lambda m: f"{d.loc[m, ('ssim', ref)]:.3f}" if m in d.index else "n/a"
+        lines.append(f"SSIM vs {ref} (a ≠ b): {label} {ssim(guided)}, histogram matching "
+                     f"{ssim('histogram matching')}, identity {ssim('identity')}, ceiling {ssim(ceiling)}")
     a = result["agreement"].iloc[0]
     beats = "beats" if a["beats_inputs_and_blur"] else "does NOT beat"
     lines.append(f"scanner-free agreement: outputs {a['outputs']:.3f}, inputs {a['inputs']:.3f}, blur control "
-                 f"{a['blur_control']:.3f} (σ {a['blur_sigma_px']:.2f} px): {beats} both; structure kept "
-                 f"{a['structure']:.3f}")
+                 f"{a['blur_control']:.3f} (σ per scanner {a['blur_sigma_px']} px): {beats} both (margin "
+                 f"{a['margin']:+.3f}, 95 % CI {a['margin_ci_low']:+.3f} … {a['margin_ci_high']:+.3f}); "
+                 f"structure kept {a['structure']:.3f}")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from torch import nn
 
 from .data import Slices
 
-LABEL = "paired supervision (upper bound)"
+LABEL = "paired supervision (upper bound; not available to unpaired methods)"
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -28,39 +28,50 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class PairedUNet(nn.Module):
-    """Two-level U-Net on (N, 1, H, W) images in [0, 1], their source scanner and the target
-    scanner (indices); any image size (padded to a multiple of 4 and cropped back). Predicts a
-    residual on the input. Both labels are given: a small receptive field cannot infer the
-    source scanner from a slice's global statistics, and the bound should not be held back by it."""
+    """Three-level U-Net on (N, 1, H, W) images in [0, 1], their source scanner and the target
+    scanner (indices); any image size (padded to a multiple of 8 and cropped back). Predicts a
+    residual on the input. The labels and two coordinate channels (x, y in [-1, 1]) enter as
+    extra input channels: the scanners' coil bias fields are fixed shapes in the field of view,
+    which a translator can only undo if it knows where it is; and a small receptive field cannot
+    infer the source scanner from a slice's global statistics, so it is given (the bound should
+    not be held back by either)."""
 
     def __init__(self, k: int, width: int = 16):
         super().__init__()
         self.k, self.width = k, width
-        self.enc0, self.enc1 = _block(1 + 2 * k, width), _block(width, 2 * width)
-        self.mid = _block(2 * width, 4 * width)
-        self.dec1, self.dec0 = _block(6 * width, 2 * width), _block(3 * width, width)
-        self.out = nn.Conv2d(width, 1, 1)
+        w = (width, 2 * width, 4 * width, 8 * width)
+        self.enc = nn.ModuleList([_block(3 + 2 * k, w[0]), _block(w[0], w[1]), _block(w[1], w[2])])
+        self.mid = _block(w[2], w[3])
+        self.dec = nn.ModuleList([_block(w[3] + w[2], w[2]), _block(w[2] + w[1], w[1]), _block(w[1] + w[0], w[0])])
+        self.out = nn.Conv2d(w[0], 1, 1)
 
     def forward(self, x: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = -h % 4, -w % 4
-        xp = F.pad(x, (0, pw, 0, ph))
-        code = torch.cat([F.one_hot(source, self.k), F.one_hot(target, self.k)], 1).float()
-        code = code[:, :, None, None].expand(-1, -1, *xp.shape[-2:])
-        e0 = self.enc0(torch.cat([xp, code], 1))
-        e1 = self.enc1(F.avg_pool2d(e0, 2))
-        m = self.mid(F.avg_pool2d(e1, 2))
-        d1 = self.dec1(torch.cat([F.interpolate(m, scale_factor=2.0), e1], 1))
-        d0 = self.dec0(torch.cat([F.interpolate(d1, scale_factor=2.0), e0], 1))
-        return (xp + self.out(d0))[..., :h, :w]
+        xp = F.pad(x, (0, -w % 8, 0, -h % 8))
+        n, _, hp, wp = xp.shape
+        code = torch.cat([F.one_hot(source, self.k), F.one_hot(target, self.k)], 1).to(x.dtype)
+        ys = torch.linspace(-1, 1, hp, device=x.device, dtype=x.dtype)[:, None].expand(hp, wp)
+        xs = torch.linspace(-1, 1, wp, device=x.device, dtype=x.dtype)[None, :].expand(hp, wp)
+        h_ = torch.cat([xp, torch.stack([xs, ys]).expand(n, -1, -1, -1),
+                        code[:, :, None, None].expand(-1, -1, hp, wp)], 1)
+        skips = []
+        for i, block in enumerate(self.enc):
+            h_ = block(h_ if i == 0 else F.avg_pool2d(h_, 2))
+            skips.append(h_)
+        h_ = self.mid(F.avg_pool2d(h_, 2))
+        for block, skip in zip(self.dec, reversed(skips)):
+            h_ = block(torch.cat([F.interpolate(h_, scale_factor=2.0), skip], 1))
+        return (xp + self.out(h_))[..., :h, :w]
 
 
-def pairs_of(paired: Slices) -> pd.DataFrame:
-    """Rows of the paired split grouped by anatomy: one row per (subject, slice) with one
-    column per scanner holding that scanner's row (only anatomies every scanner saw)."""
+def pairs_of(paired: Slices) -> np.ndarray:
+    """Rows of the paired split by anatomy: an (anatomies, K) array whose column b holds the row
+    of scanner b's slice of that anatomy, -1 where scanner b did not see it; only anatomies seen
+    by at least two scanners are kept."""
     m = paired.manifest.reset_index(drop=True).assign(row=lambda d: d.index)
     table = m.pivot_table(index=["subject", "slice_index"], columns="domain_index", values="row", aggfunc="first")
-    return table.dropna().astype(int).reset_index(drop=True)
+    table = table.reindex(columns=range(len(paired.domains))).fillna(-1).astype(int).to_numpy()
+    return table[(table >= 0).sum(1) >= 2]
 
 
 class PairedTask:
@@ -81,7 +92,7 @@ class PairedTask:
         return dict(l1=float(loss.detach()))
 
     def meta(self) -> dict:
-        return dict(kind="paired-unet", k=self.k, width=self.width, lr=self.lr)
+        return dict(kind="paired-unet", levels=3, coords=True, k=self.k, width=self.width, lr=self.lr)
 
 
 def train_paired(paired: Slices, checkpoint, *, width: int = 16, steps: int = 600, batch_size: int = 16,
@@ -90,19 +101,19 @@ def train_paired(paired: Slices, checkpoint, *, width: int = 16, steps: int = 60
     scanner saw); returns (model, history)."""
     from .train import fit, pick_device
 
-    table = pairs_of(paired)
-    if table.empty:
-        raise ValueError("the paired split holds no anatomy seen by every scanner: build the simulated set "
+    rows = pairs_of(paired)
+    if not len(rows):
+        raise ValueError("the paired split holds no anatomy seen by two scanners: build the simulated set "
                          "with n_paired > 0 (profile sim_paired_subjects)")
     k = len(paired.domains)
     device = pick_device() if device is None else torch.device(device)
     task = PairedTask(k, width, device=device)
-    rows = table.to_numpy()
+    seen = [np.flatnonzero(r >= 0) for r in rows]
 
     def batch(i):
         rng = np.random.default_rng((seed, i))
         anat = rng.integers(0, len(rows), batch_size)
-        a, b = rng.integers(0, k, batch_size), rng.integers(0, k, batch_size)
+        a, b = np.array([rng.choice(seen[j], 2) for j in anat]).T  # two scanners that saw it (may be equal)
         load = lambda r: torch.from_numpy(np.asarray(paired.images[r], np.float32)).unsqueeze(1).to(device)
         label = lambda v: torch.from_numpy(v).long().to(device)
         return load(rows[anat, a]), load(rows[anat, b]), label(a), label(b)
@@ -117,7 +128,7 @@ def to_target(model: PairedUNet, images: np.ndarray, sources: np.ndarray, batch_
     scanner: (K, N, H, W), clipped to [0, 1]."""
     device = next(model.parameters()).device
     out = np.empty((model.k, *np.shape(images)), np.float32)
-    sources = torch.as_tensor(np.asarray(sources), dtype=torch.long, device=device)
+    sources = torch.as_tensor(np.array(sources), dtype=torch.long, device=device)
     for b in range(model.k):
         for i in range(0, len(images), batch_size):
             x = torch.from_numpy(np.asarray(images[i:i + batch_size], np.float32)).unsqueeze(1).to(device)

@@ -32,3 +32,14 @@ def test_torch_is_pinned_everywhere():
     assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
     assert "torch==2.13.0" in (ROOT / "environment.yml").read_text()
     assert 'torch==2.13.0' in (ROOT / "Makefile").read_text()
+
+
+def test_scikit_image_is_pinned_to_the_installed_minor_version():
+    """The yardstick's numbers (SSIM, histogram-matching baselines) move between scikit-image
+    minor versions: the pin must name one minor version, and it must be the one installed."""
+    import skimage
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    bound = dict(normalise(s) for s in project["dependencies"])["scikit-image"]
+    assert re.fullmatch(r"~=\d+\.\d+\.\d+", bound), bound
+    assert skimage.__version__.startswith(bound[2:].rsplit(".", 1)[0] + ".")

@@ -96,9 +96,15 @@ def test_results_table_and_readme_section(tmp_path):
 
     metrics = {"05_ssim": {"E2 structure GMM-DRIT": 0.9, "E2 structure DRIT++": 0.5, "E2 structure identity": 1.0,
                            "E4 luminance GMM-DRIT": 0.99, "E4 luminance before (inputs)": 0.97},
-               "09_beyond": {"residual acc frozen GMM-DRIT": 0.3, "residual_chance": 0.25}}
+               "09_beyond": {"residual acc frozen GMM-DRIT": 0.3, "residual_chance": 0.25,
+                             "vs target scan SSIM GMM-DRIT": 0.8, "vs target scan SSIM ceiling: b rescanned": 0.98,
+                             f"vs target scan SSIM {report.SUPERVISED}": 0.9,
+                             "sf blur control SSIM DRIT++": 0.85, "sf consistency SSIM inputs": 0.84}}
     table = report.results_table(metrics).set_index("measure")
-    assert len(table) == 3  # only measures that were recorded
+    assert len(table) == 6  # only measures that were recorded (the inputs key shows the consistency row)
+    scan = table.loc["SSIM vs target scan, a → b"]
+    assert scan["GMM-DRIT"] == 0.8 and scan["reference"] == 0.98 and scan[report.SUPERVISED] == 0.9
+    assert table.loc["scanner-free consistency SSIM, blur control", "reference"] == 0.84
     e2 = table.loc["E2 structure SSIM, input vs scanner-free"]
     assert e2["GMM-DRIT"] == 0.9 and e2["DRIT++"] == 0.5 and pd.isna(e2["histogram matching"])
     assert table.loc["E4 cross-scanner luminance SSIM after", "reference"] == 0.97
