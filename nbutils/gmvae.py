@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nets import level_stats
+from .nets import level_stats, soft_histogram
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,12 @@ class GMVAEConfig:
     w_rec: float = 0.7
     w_gauss: float = 2.0
     w_categ: float = 1.0
+    # BCE is summed over pixels and scaled to an image of this many pixels, so that the thesis's
+    # weights (set for 182 x 182 slices) keep their balance at any size; 0 = the plain sum
+    rec_pixels: int = 0
+    # KL(batch mean of q(y|x) || Uniform(K)): keeps every component in use (not in the thesis)
+    w_marginal: float = 0.0
+    histogram_bins: int = 0  # > 0: the encoder also reads a soft intensity histogram of the image
     init_temp: float = 1.0  # Gumbel-softmax temperature, annealed per epoch as in the GMVAE code
     min_temp: float = 0.5
     temp_decay: float = 0.013862944  # per epoch: temp = max(min, init * exp(-decay * epoch))
@@ -56,6 +62,9 @@ class GMVAEConfig:
 
     def temperature(self, epoch: float) -> float:
         return max(self.min_temp, self.init_temp * math.exp(-self.temp_decay * epoch))
+
+
+OPTIONAL = ("rec_pixels", "w_marginal", "histogram_bins")  # departures from the thesis, off by default
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -103,7 +112,8 @@ class GMVAE(nn.Module):
         # --- inference network: a conv trunk and its pooling (see Trunk), then the q(y|x) and
         # q(z|x,y) heads
         self.trunk = Trunk(chans, L, cfg.pooling)
-        self.features = nn.Sequential(nn.Linear(self.trunk.out_features, 256), nn.LeakyReLU(0.2, inplace=True))
+        self.features = nn.Sequential(nn.Linear(self.trunk.out_features + cfg.histogram_bins, 256),
+                                      nn.LeakyReLU(0.2, inplace=True))
         self.qy = nn.Linear(256, cfg.k)
         self.qz = nn.Sequential(nn.Linear(256 + cfg.k, 256), nn.LeakyReLU(0.2, inplace=True),
                                 nn.Linear(256, 2 * cfg.gaussian_size))
@@ -126,7 +136,10 @@ class GMVAE(nn.Module):
     def infer(self, x: torch.Tensor, temperature: float = 1.0, hard: bool = False) -> dict:
         """q(y|x) and q(z|x,y): logits, probabilities, a Gumbel-softmax y and z ~ q(z|x,y)."""
         self._check(x)
-        h = self.features(self.trunk(x))
+        f = self.trunk(x)
+        if self.cfg.histogram_bins:
+            f = torch.cat([f, soft_histogram(x.float() * 2 - 1, self.cfg.histogram_bins) * 8], 1)
+        h = self.features(f)
         logits = self.qy(h).float()
         y = F.gumbel_softmax(logits, tau=temperature, hard=hard) if self.training else \
             F.one_hot(logits.argmax(1), self.cfg.k).float()
@@ -152,13 +165,18 @@ class GMVAE(nn.Module):
         q = self.infer(x, temperature)
         logits_x = self.decode(q["z"]).float()
         rec = F.binary_cross_entropy_with_logits(logits_x, x.float(), reduction="none").flatten(1).sum(1)
+        if self.cfg.rec_pixels:
+            rec = rec * (self.cfg.rec_pixels / (x.shape[-2] * x.shape[-1]))
         pmu, plogvar = self.prior(q["y"])
         gauss = (_log_normal(q["z"], q["mu"], q["logvar"]) - _log_normal(q["z"], pmu, plogvar)).sum(1)
         log_q = q["logits"].log_softmax(1)
         categ = (q["prob"] * log_q).sum(1) + math.log(self.cfg.k)  # KL(q(y|x) || U(K)) >= 0
         c = self.cfg
         parts = dict(rec=c.w_rec * rec.mean(), gauss=c.w_gauss * gauss.mean(), categ=c.w_categ * categ.mean())
-        total = parts["rec"] + parts["gauss"] + parts["categ"]
+        if c.w_marginal:
+            usage = q["prob"].mean(0)
+            parts["marginal"] = c.w_marginal * ((usage * (usage + 1e-8).log()).sum() + math.log(c.k))
+        total = sum(parts.values())
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
@@ -225,7 +243,11 @@ class GMVAETask:
         return dict(loss=float(total.detach()), **parts, temperature=self.temperature(it))
 
     def meta(self) -> dict:
-        return dict(kind="gmvae", config=dataclasses.asdict(self.cfg), batch_size=self.batch_size, lr=self.lr)
+        config = dataclasses.asdict(self.cfg)
+        for key in OPTIONAL:  # left out when off, so checkpoints written before these options still load
+            if not config[key]:
+                del config[key]
+        return dict(kind="gmvae", config=config, batch_size=self.batch_size, lr=self.lr)
 
 
 def train_gmvae(images, k: int, checkpoint, *, width: int = 16, steps: int = 1000, batch_size: int = 64,
@@ -272,3 +294,42 @@ def encode_all(model: GMVAE, images, batch_size: int = 256) -> dict[str, "np.nda
         out["prob"].append(q["prob"].cpu().numpy())
         out["mean"].append(q["mu"].cpu().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def diagnostics(model: GMVAE, images, labels, seed: int = 0, batch_size: int = 256) -> dict:
+    """Is the posterior collapsed? On (N, H, W) [0, 1] ``images`` with scanner ``labels``:
+
+    - ``active_units``: latent dimensions whose posterior mean varies across images
+      (variance > 0.01, Burda et al.'s criterion), and ``mean_variance`` per dimension;
+    - ``kl_per_dim``: mean KL(q(z_d|x,y) || p(z_d|y)) per dimension at y = argmax q(y|x) (nats),
+      and ``informative_units``, the dimensions carrying more than 0.1 nats (scale-free, unlike
+      the variance criterion, which a learned narrow prior can satisfy without information);
+    - ``occupancy``: the share of images whose argmax q(y|x) is each component;
+    - ``probe_mean`` / ``probe_sample``: cross-validated linear-probe accuracy of the scanner from
+      the posterior mean and from one posterior sample (stage 2 is fed one of the two)."""
+    import numpy as np
+
+    from .clustering import linear_probe
+
+    model.eval()
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    mus, samples, kls, comps = [], [], [], []
+    for s in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.asarray(images[s: s + batch_size], dtype=np.float32)).unsqueeze(1).to(device)
+        q = model.infer(x)
+        pmu, plogvar = model.prior(q["y"])
+        kl = 0.5 * (plogvar - q["logvar"] + (q["logvar"].exp() + (q["mu"] - pmu) ** 2) / plogvar.exp() - 1)
+        eps = torch.randn(q["mu"].shape, generator=g, device=device)
+        mus.append(q["mu"].cpu().numpy())
+        samples.append((q["mu"] + eps * (0.5 * q["logvar"]).exp()).cpu().numpy())
+        kls.append(kl.cpu().numpy())
+        comps.append(q["prob"].argmax(1).cpu().numpy())
+    mu, sample, kl, comp = (np.concatenate(v) for v in (mus, samples, kls, comps))
+    var = mu.var(0)
+    labels = np.asarray(labels)
+    return dict(active_units=int((var > 0.01).sum()), mean_variance=var, kl_per_dim=kl.mean(0),
+                informative_units=int((kl.mean(0) > 0.1).sum()),
+                occupancy=np.bincount(comp, minlength=model.cfg.k) / len(comp),
+                probe_mean=linear_probe(mu, labels, seed=seed), probe_sample=linear_probe(sample, labels, seed=seed))

@@ -222,3 +222,18 @@ def pair_heatmaps(matrices: dict[str, pd.DataFrame], title: str, higher_is_bette
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def collapse_diagnostics(kl_per_dim: np.ndarray, occupancy: np.ndarray, title: str):
+    """Two bar charts: the KL each latent dimension carries (sorted) and each component's share."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3), gridspec_kw=dict(width_ratios=[2, 1]))
+    kl = np.sort(np.asarray(kl_per_dim))[::-1]
+    a.bar(np.arange(len(kl)), kl, color="tab:blue")
+    a.set(xlabel="latent dimension (sorted)", ylabel="KL (nats)", title=f"KL per dimension, total {kl.sum():.1f} nats")
+    b.bar(np.arange(len(occupancy)), occupancy, color="tab:orange")
+    b.axhline(1 / len(occupancy), color="k", lw=1, ls="--", label="uniform")
+    b.set(xlabel="component", ylabel="share of training slices", title="component occupancy", xticks=range(len(occupancy)))
+    b.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

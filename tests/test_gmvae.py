@@ -112,3 +112,48 @@ def test_digits_are_clustered_well_above_chance(tmp_path):
     assert table.loc["ACC", "value"] > 2.5 * table.loc["ACC", "chance_p95"]
     assert table.loc["NMI", "value"] > 0.2 > table.loc["NMI", "chance_p95"]
 
+
+
+def test_reconstruction_is_scaled_to_the_reference_image_size():
+    x = torch.rand(4, 1, 16, 16)
+    plain, scaled = small(), small(rec_pixels=182 * 182)
+    torch.manual_seed(1)
+    a = plain.loss(x, 1.0)[1]["rec"]
+    torch.manual_seed(1)
+    b = scaled.loss(x, 1.0)[1]["rec"]
+    assert b == pytest.approx(a * 182 * 182 / (16 * 16), rel=1e-5)
+
+
+def test_marginal_term_is_zero_for_balanced_usage_and_log_k_for_one_component(monkeypatch):
+    k = 4
+    model = small(k=k, w_marginal=2.0)
+    monkeypatch.setattr(model.qy, "forward", lambda h: torch.eye(k)[torch.arange(len(h)) % k] * 50)
+    assert model.loss(torch.rand(8, 1, 16, 16), 1.0)[1]["marginal"] == pytest.approx(0, abs=1e-4)
+    monkeypatch.setattr(model.qy, "forward", lambda h: torch.eye(k)[[1] * len(h)] * 50)
+    assert model.loss(torch.rand(8, 1, 16, 16), 1.0)[1]["marginal"] == pytest.approx(2 * math.log(k), rel=1e-4)
+    assert "marginal" not in small(k=k).loss(torch.rand(8, 1, 16, 16), 1.0)[1]  # the thesis's loss: no such term
+
+
+def test_diagnostics_on_a_posterior_known_to_use_one_dimension(monkeypatch):
+    """A posterior whose mean moves only in dimension 0 (with the image's brightness, which gives
+    its label) and whose variance is large: 1 active unit, the mean carries the label, a sample
+    much less; all images in component 0."""
+    model = small(k=3)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    images = (np.ones((120, 16, 16)) * (0.2 + 0.3 * labels)[:, None, None] + rng.normal(0, 0.01, (120, 16, 16)))
+    images = images.astype(np.float32)
+
+    def infer(x, temperature=1.0, hard=False):
+        n = len(x)
+        mu = torch.zeros(n, 8)
+        mu[:, 0] = x.mean((1, 2, 3)) * 3
+        logvar = torch.full((n, 8), math.log(4.0))
+        logits = torch.tensor([[5.0, 0, 0]]).expand(n, 3)
+        return dict(logits=logits, prob=logits.softmax(1), y=torch.eye(3)[[0] * n], mu=mu, logvar=logvar, z=mu)
+
+    monkeypatch.setattr(model, "infer", infer)
+    d = gmvae.diagnostics(model, images, labels)
+    assert d["active_units"] == 1 and d["kl_per_dim"].shape == (8,)
+    np.testing.assert_allclose(d["occupancy"], [1, 0, 0])
+    assert d["probe_mean"] > 0.95 and d["probe_sample"] < d["probe_mean"] - 0.2
