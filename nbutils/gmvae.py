@@ -46,6 +46,7 @@ class GMVAEConfig:
     # KL(batch mean of q(y|x) || Uniform(K)): keeps every component in use (not in the thesis)
     w_marginal: float = 0.0
     histogram_bins: int = 0  # > 0: the encoder also reads a soft intensity histogram of the image
+    qy_histogram_only: bool = False  # q(y|x) reads only the histogram (needs histogram_bins > 0)
     init_temp: float = 1.0  # Gumbel-softmax temperature, annealed per epoch as in the GMVAE code
     min_temp: float = 0.5
     temp_decay: float = 0.013862944  # per epoch: temp = max(min, init * exp(-decay * epoch))
@@ -64,7 +65,7 @@ class GMVAEConfig:
         return max(self.min_temp, self.init_temp * math.exp(-self.temp_decay * epoch))
 
 
-OPTIONAL = ("rec_pixels", "w_marginal", "histogram_bins")  # departures from the thesis, off by default
+OPTIONAL = ("rec_pixels", "w_marginal", "histogram_bins", "qy_histogram_only")  # departures from the thesis, off by default
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -115,6 +116,8 @@ class GMVAE(nn.Module):
         self.features = nn.Sequential(nn.Linear(self.trunk.out_features + cfg.histogram_bins, 256),
                                       nn.LeakyReLU(0.2, inplace=True))
         self.qy = nn.Linear(256, cfg.k)
+        if cfg.qy_histogram_only:
+            self.qy = nn.Sequential(nn.Linear(cfg.histogram_bins, 64), nn.LeakyReLU(0.2), nn.Linear(64, cfg.k))
         self.qz = nn.Sequential(nn.Linear(256 + cfg.k, 256), nn.LeakyReLU(0.2, inplace=True),
                                 nn.Linear(256, 2 * cfg.gaussian_size))
         # --- generative network: learned p(z|y) and the decoder p(x|z)
@@ -138,9 +141,10 @@ class GMVAE(nn.Module):
         self._check(x)
         f = self.trunk(x)
         if self.cfg.histogram_bins:
-            f = torch.cat([f, soft_histogram(x.float() * 2 - 1, self.cfg.histogram_bins) * 8], 1)
+            hist = soft_histogram(x.float() * 2 - 1, self.cfg.histogram_bins) * 8
+            f = torch.cat([f, hist], 1)
         h = self.features(f)
-        logits = self.qy(h).float()
+        logits = self.qy(hist if self.cfg.qy_histogram_only else h).float()
         y = F.gumbel_softmax(logits, tau=temperature, hard=hard) if self.training else \
             F.one_hot(logits.argmax(1), self.cfg.k).float()
         mu, logvar = self.qz(torch.cat([h, y.to(h.dtype)], 1)).float().chunk(2, 1)

@@ -157,3 +157,14 @@ def test_diagnostics_on_a_posterior_known_to_use_one_dimension(monkeypatch):
     assert d["active_units"] == 1 and d["kl_per_dim"].shape == (8,)
     np.testing.assert_allclose(d["occupancy"], [1, 0, 0])
     assert d["probe_mean"] > 0.95 and d["probe_sample"] < d["probe_mean"] - 0.2
+
+
+def test_qy_from_the_histogram_only_ignores_where_intensities_are():
+    """With ``qy_histogram_only`` q(y|x) sees the intensity distribution and nothing else: shuffling
+    an image's pixels leaves it unchanged; the default q(y|x) (conv features) changes."""
+    x = torch.rand(3, 1, 16, 16)
+    shuffled = x.flatten(2)[:, :, torch.randperm(256)].view_as(x)
+    hist_only = small(histogram_bins=16, qy_histogram_only=True).eval()
+    assert torch.allclose(hist_only.infer(x)["prob"], hist_only.infer(shuffled)["prob"], atol=1e-5)
+    default = small(histogram_bins=16).eval()
+    assert not torch.allclose(default.infer(x)["prob"], default.infer(shuffled)["prob"], atol=1e-5)
