@@ -41,3 +41,11 @@ def to_every_scanner(images: np.ndarray, masks: np.ndarray, train) -> np.ndarray
     ``train`` is a :class:`~nbutils.data.Slices` (its ``domain(b)`` gives scanner b's slices)."""
     return np.stack([match_all(images, masks, reference_quantiles(*train.domain(b)))
                      for b in range(len(train.domains))])
+
+
+def to_every_scanner_outputs(images: np.ndarray, masks: np.ndarray, train) -> dict[str, np.ndarray]:
+    """The two baselines of a domain-to-domain table, {method: (K, N, H, W)}: identity (the
+    input for every target) and histogram matching to each scanner's training histogram."""
+    images = np.asarray(images, np.float32)
+    return {"identity": np.broadcast_to(images, (len(train.domains), *images.shape)),
+            "histogram matching": to_every_scanner(images, masks, train)}

@@ -113,7 +113,7 @@ class DRITTask:
 
     def meta(self) -> dict:
         m = self.modules
-        gm = dataclasses.asdict(m.attribute.gmvae.cfg) if self.cfg.variant == "gmm-drit" else None
+        gm = m.attribute.gmvae.cfg.to_dict() if self.cfg.variant == "gmm-drit" else None
         return dict(kind="drit", config=dataclasses.asdict(self.cfg), gmvae=gm)
 
     def step(self, batch: dict, it: int, ctx) -> dict[str, float]:

@@ -51,6 +51,11 @@ class GMVAEConfig:
     min_temp: float = 0.5
     temp_decay: float = 0.013862944  # per epoch: temp = max(min, init * exp(-decay * epoch))
 
+    def to_dict(self) -> dict:
+        """The config as saved in checkpoints' meta; the optional departures are left out when off,
+        so checkpoints written before they existed still match (and load)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in OPTIONAL or v}
+
     @classmethod
     def from_dict(cls, raw: dict) -> "GMVAEConfig":
         """The config saved in a checkpoint's meta (JSON-like: the shape comes back as a list)."""
@@ -247,11 +252,7 @@ class GMVAETask:
         return dict(loss=float(total.detach()), **parts, temperature=self.temperature(it))
 
     def meta(self) -> dict:
-        config = dataclasses.asdict(self.cfg)
-        for key in OPTIONAL:  # left out when off, so checkpoints written before these options still load
-            if not config[key]:
-                del config[key]
-        return dict(kind="gmvae", config=config, batch_size=self.batch_size, lr=self.lr)
+        return dict(kind="gmvae", config=self.cfg.to_dict(), batch_size=self.batch_size, lr=self.lr)
 
 
 def train_gmvae(images, k: int, checkpoint, *, width: int = 16, steps: int = 1000, batch_size: int = 64,
@@ -286,17 +287,18 @@ def from_checkpoint(path, device: torch.device | str = "cpu") -> GMVAE:
 
 @torch.no_grad()
 def encode_all(model: GMVAE, images, batch_size: int = 256) -> dict[str, "np.ndarray"]:
-    """q(y|x) and the attribute mean for every image of a (N, H, W) [0, 1] array."""
+    """q(y|x), the attribute mean and its log-variance (of q(z|x,y) at y = argmax q(y|x)) for
+    every image of a (N, H, W) [0, 1] array."""
     import numpy as np
 
     model.eval()
     device = next(model.parameters()).device
-    out = {"prob": [], "mean": []}
+    out = {"prob": [], "mean": [], "logvar": []}
     for s in range(0, len(images), batch_size):
         x = torch.from_numpy(np.asarray(images[s: s + batch_size], dtype=np.float32)).unsqueeze(1)
         q = model.infer(x.to(device))
-        out["prob"].append(q["prob"].cpu().numpy())
-        out["mean"].append(q["mu"].cpu().numpy())
+        for key, name in (("prob", "prob"), ("mean", "mu"), ("logvar", "logvar")):
+            out[key].append(q[name].cpu().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -316,21 +318,15 @@ def diagnostics(model: GMVAE, images, labels, seed: int = 0, batch_size: int = 2
 
     from .clustering import linear_probe
 
-    model.eval()
+    codes = encode_all(model, images, batch_size)
     device = next(model.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
-    mus, samples, kls, comps = [], [], [], []
-    for s in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.asarray(images[s: s + batch_size], dtype=np.float32)).unsqueeze(1).to(device)
-        q = model.infer(x)
-        pmu, plogvar = model.prior(q["y"])
-        kl = 0.5 * (plogvar - q["logvar"] + (q["logvar"].exp() + (q["mu"] - pmu) ** 2) / plogvar.exp() - 1)
-        eps = torch.randn(q["mu"].shape, generator=g, device=device)
-        mus.append(q["mu"].cpu().numpy())
-        samples.append((q["mu"] + eps * (0.5 * q["logvar"]).exp()).cpu().numpy())
-        kls.append(kl.cpu().numpy())
-        comps.append(q["prob"].argmax(1).cpu().numpy())
-    mu, sample, kl, comp = (np.concatenate(v) for v in (mus, samples, kls, comps))
+    m, logvar = (torch.from_numpy(codes[k]).to(device) for k in ("mean", "logvar"))
+    comp = codes["prob"].argmax(1)
+    pmu, plogvar = model.prior(F.one_hot(torch.from_numpy(comp).to(device), model.cfg.k))
+    kl = (0.5 * (plogvar - logvar + (logvar.exp() + (m - pmu) ** 2) / plogvar.exp() - 1)).cpu().numpy()
+    eps = torch.randn(m.shape, generator=torch.Generator(device=device).manual_seed(seed), device=device)
+    sample = (m + eps * (0.5 * logvar).exp()).cpu().numpy()
+    mu = codes["mean"]
     var = mu.var(0)
     labels = np.asarray(labels)
     return dict(active_units=int((var > 0.01).sum()), mean_variance=var, kl_per_dim=kl.mean(0),

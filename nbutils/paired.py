@@ -26,8 +26,6 @@ does not beat its blur control has not harmonized.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -36,9 +34,6 @@ from . import metrics
 from .baselines import histogram_match, reference_quantiles
 from .data import Slices
 from .stats import bootstrap_diff
-
-# method(image, mask, target_domain_index) -> translated image
-Method = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 TARGET_SCAN, CLEAN_TRUTH = "target scan", "clean truth"
 REFERENCES = (TARGET_SCAN, CLEAN_TRUTH)
@@ -109,14 +104,6 @@ def score_outputs(test: Slices, to_target: dict[str, np.ndarray], ceilings: bool
                 rows.append(dict(method=SCAN_CEILING, **key, reference=CLEAN_TRUTH,
                                  **_score(scan, np.asarray(test.clean[p.dst], np.float32), mask)))
     return pd.DataFrame(rows)
-
-
-def translate_all(test: Slices, methods: dict[str, Method]) -> dict[str, np.ndarray]:
-    """Apply per-image ``methods`` to every test slice and every target: {method: (K, N, H, W)}."""
-    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
-    return {name: np.stack([np.stack([f(x, m, b) for x, m in zip(images, masks)])
-                            for b in range(len(test.domains))])
-            for name, f in methods.items()}
 
 
 def oracle_outputs(test: Slices) -> np.ndarray:

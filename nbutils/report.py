@@ -41,11 +41,15 @@ MEASURES = [
     ("residual scanner acc., frozen raw classifier", "09_beyond", "residual acc frozen", False, "not measurable"),
     ("residual scanner acc., retrained classifier", "09_beyond", "residual acc retrained", False, "not measurable"),
 ]
-REFERENCE = {"E3 luminance": "real vs real", "E4 luminance": "before (inputs)", "E5 FID": "floor (real vs real)",
-             "E5 KID": "floor (real vs real)", "E7 mean pairwise W1": "before (identity)",
-             "vs target scan SSIM": RESCAN_CEILING, "vs target scan PSNR": RESCAN_CEILING,
-             "vs truth SSIM": SCAN_CEILING, "vs truth PSNR": SCAN_CEILING,
-             "sf consistency SSIM": "sf consistency SSIM inputs", "sf blur control SSIM": "sf consistency SSIM inputs"}
+# measure key prefix -> the metrics.json key of its reference
+REFERENCE = {"E3 luminance": "E3 luminance real vs real", "E4 luminance": "E4 luminance before (inputs)",
+             "E5 FID": "E5 FID floor (real vs real)", "E5 KID": "E5 KID floor (real vs real)",
+             "E7 mean pairwise W1": "E7 mean pairwise W1 before (identity)",
+             "vs target scan SSIM": f"vs target scan SSIM {RESCAN_CEILING}",
+             "vs target scan PSNR": f"vs target scan PSNR {RESCAN_CEILING}",
+             "vs truth SSIM": f"vs truth SSIM {SCAN_CEILING}", "vs truth PSNR": f"vs truth PSNR {SCAN_CEILING}",
+             "sf consistency SSIM": "sf consistency SSIM inputs", "sf blur control SSIM": "sf consistency SSIM inputs",
+             "residual acc frozen": "residual_chance", "residual acc retrained": "residual_chance"}
 
 
 def results_table(metrics: dict) -> pd.DataFrame:
@@ -61,10 +65,7 @@ def results_table(metrics: dict) -> pd.DataFrame:
         for m in COLUMNS:
             name = "before (identity)" if (prefix.startswith("E7") and m == "identity") else m
             row[m] = values.get(f"{prefix} {name}")
-        ref = REFERENCE.get(prefix)
-        row["reference"] = values.get(ref if prefix.startswith("sf ") else f"{prefix} {ref}") if ref else None
-        if prefix.startswith("residual"):
-            row["reference"] = values.get("residual_chance")
+        row["reference"] = values.get(REFERENCE.get(prefix, ""))
         row["thesis GMM-DRIT / DRIT++ (real data)"] = thesis
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -84,8 +84,7 @@ def headline(test: Slices, train_set: Slices, model: drit.Translator, label: str
     refs = references(train_set, seed=seed)
     images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
     outs = {f"{label} {mode}": o for mode, o in model_outputs(harm, images, codes, refs, seed).items()}
-    outs["identity"] = np.broadcast_to(images, (len(train_set.domains), *images.shape))
-    outs["histogram matching"] = baselines.to_every_scanner(images, masks, train_set)
+    outs |= baselines.to_every_scanner_outputs(images, masks, train_set)
     scores = paired.score_outputs(test, outs, progress=False)
     sf = harm.scanner_free(images, seed=seed)
     agreement = paired.agreement_table(test, {label: sf})

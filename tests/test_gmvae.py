@@ -168,3 +168,13 @@ def test_qy_from_the_histogram_only_ignores_where_intensities_are():
     assert torch.allclose(hist_only.infer(x)["prob"], hist_only.infer(shuffled)["prob"], atol=1e-5)
     default = small(histogram_bins=16).eval()
     assert not torch.allclose(default.infer(x)["prob"], default.infer(shuffled)["prob"], atol=1e-5)
+
+
+def test_config_dict_leaves_out_options_that_are_off_and_round_trips():
+    """Checkpoints (stage 1 and stage 2 both embed this dict) written before the optional
+    departures existed must still match a default config."""
+    cfg = gmvae.GMVAEConfig(image_shape=(16, 16), k=3)
+    assert not set(gmvae.OPTIONAL) & set(cfg.to_dict())
+    assert gmvae.GMVAEConfig.from_dict(cfg.to_dict()) == cfg
+    on = gmvae.GMVAEConfig(image_shape=(16, 16), k=3, w_marginal=2.0)
+    assert on.to_dict()["w_marginal"] == 2.0 and gmvae.GMVAEConfig.from_dict(on.to_dict()) == on
