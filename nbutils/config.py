@@ -58,6 +58,7 @@ class Profile:
     # stage 2: GMM-DRIT and DRIT++ (loss weights in drit.DRITConfig)
     drit_width: int  # base channels of E^c, G and the discriminators
     drit_res: int  # residual blocks in E^c and in G
+    drit_down: int  # stride-2 stages of E^c (DRIT: 2); see README, "Stage 2"
     drit_steps: int  # training iterations (each: two batches, all four updates)
     drit_batch: int  # images per domain batch (DRIT++'s code: 2; any size works)
     drit_lr: float
@@ -74,19 +75,19 @@ PROFILES: dict[str, Profile] = {
                      test_fraction=0.25, sim_train_subjects=6, sim_test_subjects=3, sim_slab=2,
                      sim_paired_subjects=2,
                      gmvae_width=4, gmvae_steps=40, gmvae_batch=16, checkpoint_every=20,
-                     drit_width=4, drit_res=1, drit_steps=20, drit_batch=4, drit_lr=2e-4,
+                     drit_width=4, drit_res=1, drit_down=1, drit_steps=20, drit_batch=4, drit_lr=2e-4,
                      clf_steps=30, eval_pairs=300, paired_width=4, paired_steps=20),
     "quick": Profile("quick", image_size=64, slices_per_volume=4, min_brain_fraction=0.6,
                      test_fraction=0.2, sim_train_subjects=80, sim_test_subjects=16, sim_slab=3,
                      sim_paired_subjects=12,
                      gmvae_width=8, gmvae_steps=600, gmvae_batch=64, checkpoint_every=200,
-                     drit_width=8, drit_res=2, drit_steps=1200, drit_batch=4, drit_lr=2e-4,
+                     drit_width=8, drit_res=2, drit_down=1, drit_steps=1200, drit_batch=4, drit_lr=2e-4,
                      clf_steps=250, eval_pairs=5000, paired_width=8, paired_steps=1200),
     "paper": Profile("paper", image_size=182, slices_per_volume=3, min_brain_fraction=0.6,
                      test_fraction=0.2, sim_train_subjects=240, sim_test_subjects=40, sim_slab=3,
                      sim_paired_subjects=60,
                      gmvae_width=32, gmvae_steps=20000, gmvae_batch=64, checkpoint_every=1000,
-                     drit_width=64, drit_res=3, drit_steps=100000, drit_batch=2, drit_lr=1e-4,
+                     drit_width=64, drit_res=3, drit_down=2, drit_steps=100000, drit_batch=2, drit_lr=1e-4,
                      clf_steps=3000, eval_pairs=5000, paired_width=32, paired_steps=10000),
 }
 

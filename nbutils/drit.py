@@ -37,15 +37,21 @@ class DRITConfig:
     variant: str = "gmm-drit"  # or "drit++"
     width: int = 16
     n_res: int = 2
+    down: int = 2  # stride-2 stages of E^c (and up-sampling stages of G); DRIT's is 2
     attr: int = 64  # attribute size (GMM-DRIT: the GM-VAE's gaussian size)
     known_labels: bool = False  # GMM-DRIT only: condition on the true scanner instead of the inferred one
     lr: float = 1e-4
     w_adv: float = 1.0
-    w_cls: float = 1.0
+    w_cls: float = 10.0  # G's scanner-classification term (DRIT++'s multi-domain lambda_cls_G)
     w_content: float = 1.0
     w_self: float = 10.0
     w_cc: float = 10.0
     w_kl: float = 0.01  # DRIT++ only
+    # DRIT++'s latent regression: a random attribute code must be recoverable from G's output
+    w_latent: float = 10.0
+    w_zc: float = 0.01  # DRIT++'s L2 penalty on z^c
+    zc_noise: float = 0.0  # std of Gaussian noise added to z^c before G in training (DRIT++: 1; README, "Stage 2")
+    dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
 
     def __post_init__(self):
         if self.variant not in ("gmm-drit", "drit++"):
@@ -59,8 +65,8 @@ class Translator(nn.Module):
         super().__init__()
         self.cfg = cfg
         w, k = cfg.width, cfg.k
-        self.content = ContentEncoder(w, cfg.n_res)
-        self.generator = Generator(w, cfg.attr, k, cfg.n_res)
+        self.content = ContentEncoder(w, cfg.n_res, cfg.down)
+        self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down)
         self.ds1, self.ds2 = ScannerDiscriminator(w, k), ScannerDiscriminator(w, k)
         self.dc = ContentDiscriminator(self.content.channels, k)
         if cfg.variant == "gmm-drit":
@@ -74,14 +80,17 @@ class Translator(nn.Module):
             self.attribute = GaussianAttributeEncoder(w, cfg.attr)
 
     # ---------------------------------------------------------------- codes
-    def attributes(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = True):
+    def attributes(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = False):
         """(z^a, c, kl) for images in [-1, 1]; ``labels`` are the known scanners (DRIT++, or
-        GMM-DRIT with ``known_labels``)."""
+        GMM-DRIT with ``known_labels``). ``sample``: DRIT++ draws z^a from its posterior (the
+        reparameterisation its KL term needs); GMM-DRIT always takes the frozen posterior's mean,
+        in training as at inference (with a collapsed posterior a sample carries much less of the
+        scanner than the mean, so training on samples taught G to ignore z^a)."""
         onehot = None if labels is None else F.one_hot(labels, self.cfg.k).float()
         if self.cfg.variant == "gmm-drit":
             q = self.attribute.encode((x + 1) / 2)
             c = onehot if self.cfg.known_labels and onehot is not None else q["c"]
-            return (q["sample"] if sample else q["mean"]), c, x.new_zeros(())
+            return q["mean"], c, x.new_zeros(())
         mu, logvar = self.attribute(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
         kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1).mean()
@@ -91,6 +100,29 @@ class Translator(nn.Module):
 
     def translate(self, x: torch.Tensor, za: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self.generator(self.content(x), za, c, x.shape[-2:])
+
+    def random_code(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z^a, c) for a random target per sample: GMM-DRIT draws z^a from the GM-VAE's prior
+        component of a random scanner code, DRIT++ from N(0, I) with a random scanner label."""
+        y = F.one_hot(torch.randint(self.cfg.k, (n,), device=device), self.cfg.k).float()
+        if self.cfg.variant == "gmm-drit":
+            mu, logvar = self.attribute.gmvae.prior(y)
+            return mu + torch.randn_like(mu) * (0.5 * logvar).exp(), y
+        return torch.randn(n, self.cfg.attr, device=device), y
+
+    def latent_regression(self, x_r: torch.Tensor, z_r: torch.Tensor) -> torch.Tensor:
+        """DRIT++'s latent regression: L1 between E^a's attribute mean of G's output ``x_r`` and
+        the random code z_r it was made with (for GMM-DRIT through the frozen GM-VAE).
+
+        Tried for GMM-DRIT and dropped: cross-entropy of the GM-VAE's q(y|x_r) against the target
+        component. q(y|x) reads only appearance features, and G learned to game them: within 1,200
+        iterations the self-reconstruction L1 rose to 0.94 and the translations lost the anatomy
+        (SSIM vs target scan 0.34)."""
+        if self.cfg.variant == "gmm-drit":
+            mean = self.attribute.encode((x_r + 1) / 2)["mean"]
+        else:
+            mean = self.attribute(x_r)[0]
+        return F.l1_loss(mean.float(), z_r.float())
 
     def scanner_free_code(self, n: int, device, generator: torch.Generator | None = None):
         za = torch.randn(n, self.cfg.attr, generator=generator, device=device)
@@ -112,9 +144,12 @@ class DRITTask:
                            "ds2": adam(m.ds2.parameters()), "gen": adam(gen_params)}
 
     def meta(self) -> dict:
-        m = self.modules
-        gm = m.attribute.gmvae.cfg.to_dict() if self.cfg.variant == "gmm-drit" else None
-        return dict(kind="drit", config=dataclasses.asdict(self.cfg), gmvae=gm)
+        return self.meta_of(self.modules)
+
+    @staticmethod
+    def meta_of(m: Translator) -> dict:
+        gm = m.attribute.gmvae.cfg.to_dict() if m.cfg.variant == "gmm-drit" else None
+        return dict(kind="drit", config=dataclasses.asdict(m.cfg), gmvae=gm)
 
     def step(self, batch: dict, it: int, ctx) -> dict[str, float]:
         m, cfg = self.modules, self.cfg
@@ -124,25 +159,30 @@ class DRITTask:
         n = len(xa)
         with ctx.autocast():
             # (1) encode (both batches in one pass)
-            zc_a, zc_b = m.content(torch.cat([xa, xb])).split(n)
-            za_a, c_a, kl_a = m.attributes(xa, batch.get("la"))
-            za_b, c_b, kl_b = m.attributes(xb, batch.get("lb"))
-            # (2) translate: cross-domain, scanner-free, and (for step 3) self-reconstruction,
-            # in one generator pass: ab, ba, sf_a, sf_b, aa, bb
-            zr, c_sf = m.scanner_free_code(2 * n, xa.device)
-            out = m.generator(torch.cat([zc_a, zc_b, zc_a, zc_b, zc_a, zc_b]),
-                              torch.cat([za_b, za_a, zr, za_a, za_b]),
-                              torch.cat([c_b, c_a, c_sf, c_a, c_b]), shape)
-            x_ab, x_ba, sf_a, sf_b, x_aa, x_bb = out.split(n)
+            zc = m.content(torch.cat([xa, xb]))
+            sampled = cfg.variant == "drit++"
+            za_a, c_a, kl_a = m.attributes(xa, batch.get("la"), sample=sampled)
+            za_b, c_b, kl_b = m.attributes(xb, batch.get("lb"), sample=sampled)
+            # (2) translate: cross-domain, scanner-free, self-reconstruction (for step 3) and a
+            # random target (for the latent regression), in one generator pass:
+            # ab, ba, sf_a, sf_b, aa, bb, r_a
+            zs, c_sf = m.scanner_free_code(2 * n, xa.device)
+            z_r, c_r = m.random_code(n, xa.device)
+            zc_g = zc + cfg.zc_noise * torch.randn_like(zc) if cfg.zc_noise else zc
+            zc_ga, zc_gb = zc_g.split(n)
+            out = m.generator(torch.cat([zc_ga, zc_gb, zc_ga, zc_gb, zc_ga, zc_gb, zc_ga]),
+                              torch.cat([za_b, za_a, zs, za_a, za_b, z_r]),
+                              torch.cat([c_b, c_a, c_sf, c_a, c_b, c_r]), shape)
+            x_ab, x_ba, sf_a, sf_b, x_aa, x_bb, x_r = out.split(n)
             sf = torch.cat([sf_a, sf_b])
         real, c_real = torch.cat([xa, xb]), torch.cat([c_a, c_b])
 
         # (4a) discriminators, on detached codes and images
         with ctx.autocast():
-            loss_dc = losses.bce(m.dc(torch.cat([zc_a, zc_b]).detach()), c_real)
-        ctx.update(loss_dc, "dc")
+            loss_dc = losses.bce(m.dc(zc.detach()), c_real)
+        ctx.update(loss_dc, "dc", clip=cfg.dc_clip)
         with ctx.autocast():
-            loss_ds1 = losses.discriminator(m.ds1, real, torch.cat([x_ab, x_ba]).detach(), c_real)
+            loss_ds1 = losses.discriminator(m.ds1, real, torch.cat([x_ab, x_ba, x_r]).detach(), c_real)
         ctx.update(loss_ds1, "ds1")
         with ctx.autocast():
             loss_ds2 = losses.discriminator(m.ds2, real, sf.detach(), c_real)
@@ -153,9 +193,10 @@ class DRITTask:
             d.requires_grad_(False)
         with ctx.autocast():
             fake = torch.cat([x_ab, x_ba])
-            adv1, cls1 = losses.generator(m.ds1, fake, torch.cat([c_b, c_a]))
+            adv1, cls1 = losses.generator(m.ds1, torch.cat([fake, x_r]), torch.cat([c_b, c_a, c_r]))
             adv2, cls2 = losses.generator(m.ds2, sf, torch.zeros_like(c_real))
-            content = losses.bce(m.dc(torch.cat([zc_a, zc_b])), torch.full_like(c_real, 0.5))
+            content = losses.bce(m.dc(zc), torch.full_like(c_real, 0.5))
+            latent = m.latent_regression(x_r, z_r)
             self_rec = F.l1_loss(x_aa, xa) + F.l1_loss(x_bb, xb)
             # (3) re-encode the translations: the content of x_ab is a's anatomy, the attribute of
             # x_ba is a's look; translate back
@@ -165,13 +206,16 @@ class DRITTask:
             x_aba, x_bab = back.split(n)
             cc = F.l1_loss(x_aba, xa) + F.l1_loss(x_bab, xb)
             kl = kl_a + kl_b
+            zc_l2 = zc.float().square().mean()
             total = (cfg.w_adv * (adv1 + adv2) + cfg.w_cls * (cls1 + cls2) + cfg.w_content * content
-                     + cfg.w_self * self_rec + cfg.w_cc * cc + cfg.w_kl * kl)
+                     + cfg.w_self * self_rec + cfg.w_cc * cc + cfg.w_kl * kl + cfg.w_latent * latent
+                     + cfg.w_zc * zc_l2)
         ctx.update(total, "gen")
         for d in (m.dc, m.ds1, m.ds2):
             d.requires_grad_(True)
         out = dict(D_c=loss_dc, D_s1=loss_ds1, D_s2=loss_ds2, G_adv1=adv1, G_cls1=cls1, G_adv2=adv2,
-                   G_cls2=cls2, content_adv=content, self_rec=self_rec, cross_cycle=cc, kl=kl, total=total)
+                   G_cls2=cls2, content_adv=content, self_rec=self_rec, cross_cycle=cc, latent=latent, kl=kl,
+                   zc_l2=zc_l2, total=total)
         return {k: float(v.detach()) for k, v in out.items()}
 
 
@@ -199,17 +243,36 @@ class PairSampler:
 
 
 def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | None = None, steps: int = 1000,
-               batch_size: int = 8, every: int = 200, seed: int = 0, device=None):
+               batch_size: int = 8, every: int = 200, seed: int = 0, device=None, snapshots: bool = False):
     """Train (or resume, or load when finished) GMM-DRIT or DRIT++ on (N, H, W) [0, 1] images
     with their known scanner labels (used by DRIT++, and by GMM-DRIT only with ``known_labels``).
-    Returns the :class:`Translator` in eval mode and the loss history."""
+    Returns the :class:`Translator` in eval mode and the loss history. ``snapshots``: keep the
+    weights every ``every`` iterations (see :func:`snapshot_models`)."""
     from .train import fit, pick_device
 
     device = pick_device() if device is None else torch.device(device)
     task = DRITTask(cfg, None if gmvae is None else gmvae.to(device), device)
     sampler = PairSampler(images, labels, batch_size, seed, device)
-    history = fit(task, sampler, steps, checkpoint, every=every, seed=seed, device=device, desc=cfg.variant)
+    history = fit(task, sampler, steps, checkpoint, every=every, seed=seed, device=device, desc=cfg.variant,
+                  snapshots=snapshots)
     return task.modules.eval(), history
+
+
+def snapshot_models(checkpoint, model: Translator) -> list[tuple[int, float, Translator]]:
+    """(step, training seconds, model) for every snapshot kept beside ``checkpoint`` by the same
+    settings as ``model`` (others are skipped), each a copy of ``model`` with those weights."""
+    import copy
+
+    from .train import load_snapshots
+
+    meta = DRITTask.meta_of(model)
+    out = []
+    for snap in load_snapshots(checkpoint, next(model.parameters()).device):
+        if snap["meta"] == meta:
+            m = copy.deepcopy(model)
+            m.load_state_dict(snap["modules"])
+            out.append((snap["step"], snap["seconds"], m.eval()))
+    return out
 
 
 def from_checkpoint(path, device="cpu") -> Translator:

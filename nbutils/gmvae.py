@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nets import level_stats, soft_histogram
+from .nets import band_powers, level_stats, soft_histogram
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,17 @@ class GMVAEConfig:
     rec_pixels: int = 0
     # KL(batch mean of q(y|x) || Uniform(K)): keeps every component in use (not in the thesis)
     w_marginal: float = 0.0
-    histogram_bins: int = 0  # > 0: the encoder also reads a soft intensity histogram of the image
-    qy_histogram_only: bool = False  # q(y|x) reads only the histogram (needs histogram_bins > 0)
+    # appearance features (see ``appearance``): a soft intensity histogram of the image and its
+    # directional power spectrum in frequency bands; the encoder reads them beside its trunk
+    histogram_bins: int = 0
+    spectrum_bands: int = 0
+    # > 0: each component also generates the image's appearance features,
+    # p(a(x) | y) = N(m_y, diag s_y^2), weighted by this (see ``appearance``)
+    w_appearance: float = 0.0
+    # what the inference network reads: "image" (its conv trunk, plus the appearance features
+    # when configured), "appearance-qy" (q(y|x) reads only the appearance features) or
+    # "appearance" (q(y|x) and q(z|x,y) read only the appearance features: no conv trunk)
+    encoder_input: str = "image"
     init_temp: float = 1.0  # Gumbel-softmax temperature, annealed per epoch as in the GMVAE code
     min_temp: float = 0.5
     temp_decay: float = 0.013862944  # per epoch: temp = max(min, init * exp(-decay * epoch))
@@ -54,7 +63,8 @@ class GMVAEConfig:
     def to_dict(self) -> dict:
         """The config as saved in checkpoints' meta; the optional departures are left out when off,
         so checkpoints written before they existed still match (and load)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in OPTIONAL or v}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if not ((k in OPTIONAL and not v) or (k == "encoder_input" and v == "image"))}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "GMVAEConfig":
@@ -70,7 +80,27 @@ class GMVAEConfig:
         return max(self.min_temp, self.init_temp * math.exp(-self.temp_decay * epoch))
 
 
-OPTIONAL = ("rec_pixels", "w_marginal", "histogram_bins", "qy_histogram_only")  # departures from the thesis, off by default
+OPTIONAL = ("rec_pixels", "w_marginal", "histogram_bins", "spectrum_bands", "w_appearance")  # departures from the thesis, off by default
+
+# Named stage-1 settings (``train_gmvae(..., **PRESETS[name])``):
+# - "thesis": the thesis's GM-VAE as written (BCE summed over the image's own pixels);
+# - "appearance": our departures, chosen by measurement on two simulated multi-scanner sets
+#   (README, "Stage 1"): BCE scaled to 182 x 182 pixels so the thesis's weights keep their balance
+#   at any size (at 182 px it *is* the thesis's loss); a batch-marginal term that keeps every
+#   component in use; appearance features (foreground intensity histogram, directional power
+#   spectrum) that q(y|x) reads and that each component also generates.
+PRESETS = {
+    "thesis": {},
+    "appearance": dict(rec_pixels=182 * 182, w_marginal=20.0, histogram_bins=32, spectrum_bands=4,
+                       encoder_input="appearance-qy", w_appearance=1.0),
+}
+
+
+def preset(name: str) -> dict:
+    """The GMVAEConfig overrides of the stage-1 setting ``name`` (see ``PRESETS``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown stage-1 setting {name!r}: choose one of {sorted(PRESETS)}")
+    return dict(PRESETS[name])
 
 
 def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -117,18 +147,31 @@ class GMVAE(nn.Module):
         chans = [min(w * 2 ** i, 8 * w) for i in range(L + 1)]  # chans[i]: channels at 1/2^i size
         # --- inference network: a conv trunk and its pooling (see Trunk), then the q(y|x) and
         # q(z|x,y) heads
-        self.trunk = Trunk(chans, L, cfg.pooling)
-        self.features = nn.Sequential(nn.Linear(self.trunk.out_features + cfg.histogram_bins, 256),
-                                      nn.LeakyReLU(0.2, inplace=True))
+        if cfg.encoder_input not in ("image", "appearance-qy", "appearance"):
+            raise ValueError(f"encoder_input must be 'image', 'appearance-qy' or 'appearance', got {cfg.encoder_input!r}")
+        n_app = cfg.histogram_bins + 3 * cfg.spectrum_bands
+        if cfg.encoder_input != "image" and not n_app:
+            raise ValueError(f"encoder_input={cfg.encoder_input!r} needs histogram_bins > 0 or spectrum_bands > 0")
+        # appearance features are standardised with batch statistics (running ones once frozen)
+        self.app_norm = nn.BatchNorm1d(n_app, affine=False) if n_app else None
+        if cfg.w_appearance and not n_app:
+            raise ValueError("w_appearance > 0 needs histogram_bins > 0 or spectrum_bands > 0")
+        self.trunk = Trunk(chans, L, cfg.pooling) if cfg.encoder_input != "appearance" else None
+        n_in = n_app + (self.trunk.out_features if self.trunk is not None else 0)
+        self.features = nn.Sequential(nn.Linear(n_in, 256), nn.LeakyReLU(0.2, inplace=True))
         self.qy = nn.Linear(256, cfg.k)
-        if cfg.qy_histogram_only:
-            self.qy = nn.Sequential(nn.Linear(cfg.histogram_bins, 64), nn.LeakyReLU(0.2), nn.Linear(64, cfg.k))
+        if cfg.encoder_input == "appearance-qy":
+            self.qy = nn.Sequential(nn.Linear(n_app, 64), nn.LeakyReLU(0.2), nn.Linear(64, cfg.k))
         self.qz = nn.Sequential(nn.Linear(256 + cfg.k, 256), nn.LeakyReLU(0.2, inplace=True),
                                 nn.Linear(256, 2 * cfg.gaussian_size))
         # --- generative network: learned p(z|y) and the decoder p(x|z)
         self.prior_mu = nn.Linear(cfg.k, cfg.gaussian_size, bias=False)
         self.prior_logvar = nn.Linear(cfg.k, cfg.gaussian_size, bias=False)
         nn.init.zeros_(self.prior_logvar.weight)  # start every component at unit variance
+        if cfg.w_appearance:  # p(a|y): per-component means (random, to break symmetry) and log-variances
+            self.app_mu, self.app_logvar = nn.Linear(cfg.k, n_app, bias=False), nn.Linear(cfg.k, n_app, bias=False)
+            nn.init.normal_(self.app_mu.weight)
+            nn.init.zeros_(self.app_logvar.weight)
         self.grid = tuple(math.ceil(s / 2 ** L) for s in cfg.image_shape)
         self.dec_in = nn.Linear(cfg.gaussian_size, chans[L] * self.grid[0] * self.grid[1])
         up = [nn.Sequential(nn.ConvTranspose2d(chans[i + 1], chans[i], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True))
@@ -144,18 +187,29 @@ class GMVAE(nn.Module):
     def infer(self, x: torch.Tensor, temperature: float = 1.0, hard: bool = False) -> dict:
         """q(y|x) and q(z|x,y): logits, probabilities, a Gumbel-softmax y and z ~ q(z|x,y)."""
         self._check(x)
-        f = self.trunk(x)
-        if self.cfg.histogram_bins:
-            hist = soft_histogram(x.float() * 2 - 1, self.cfg.histogram_bins) * 8
-            f = torch.cat([f, hist], 1)
-        h = self.features(f)
-        logits = self.qy(hist if self.cfg.qy_histogram_only else h).float()
+        app = self.appearance(x)
+        f = [self.trunk(x)] if self.trunk is not None else []
+        if app is not None:
+            f.append(app.to(x.dtype))
+        h = self.features(torch.cat(f, 1))
+        logits = self.qy(app if self.cfg.encoder_input == "appearance-qy" else h).float()
         y = F.gumbel_softmax(logits, tau=temperature, hard=hard) if self.training else \
             F.one_hot(logits.argmax(1), self.cfg.k).float()
         mu, logvar = self.qz(torch.cat([h, y.to(h.dtype)], 1)).float().chunk(2, 1)
         logvar = logvar.clamp(-12.0, 8.0)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        return dict(logits=logits, prob=logits.softmax(1), y=y, mu=mu, logvar=logvar, z=z)
+        return dict(logits=logits, prob=logits.softmax(1), y=y, mu=mu, logvar=logvar, z=z, app=app)
+
+    def appearance(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The standardised appearance features of images in [0, 1] (None when configured off):
+        what a scanner changes (intensity distribution; resolution, noise and artefacts as a
+        directional spectrum) summarised without the anatomy's layout."""
+        parts = []
+        if self.cfg.histogram_bins:
+            parts.append(soft_histogram(x.float() * 2 - 1, self.cfg.histogram_bins))
+        if self.cfg.spectrum_bands:
+            parts.append(band_powers(x[:, 0], self.cfg.spectrum_bands))
+        return self.app_norm(torch.cat(parts, 1)) if parts else None
 
     def prior(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(z|y) for (relaxed) one-hot ``y``."""
@@ -182,6 +236,11 @@ class GMVAE(nn.Module):
         categ = (q["prob"] * log_q).sum(1) + math.log(self.cfg.k)  # KL(q(y|x) || U(K)) >= 0
         c = self.cfg
         parts = dict(rec=c.w_rec * rec.mean(), gauss=c.w_gauss * gauss.mean(), categ=c.w_categ * categ.mean())
+        if c.w_appearance:  # - E_q(y|x) log p(a(x) | y), the expectation taken exactly over the K components
+            eye = torch.eye(c.k, device=x.device)
+            m, lv = self.app_mu(eye), self.app_logvar(eye).clamp(-8.0, 4.0)  # (K, A)
+            loglik = _log_normal(q["app"].float()[:, None], m, lv).sum(2)  # (N, K)
+            parts["appearance"] = -c.w_appearance * (q["prob"] * loglik).sum(1).mean()
         if c.w_marginal:
             usage = q["prob"].mean(0)
             parts["marginal"] = c.w_marginal * ((usage * (usage + 1e-8).log()).sum() + math.log(c.k))

@@ -121,6 +121,23 @@ def loss_curves(history: pd.DataFrame, title: str, columns: list[str] | None = N
     return fig
 
 
+def learning_curve(curve: pd.DataFrame, title: str, columns: list[str] | None = None):
+    """Scores of training snapshots against iterations (bottom axis) and training minutes
+    (top axis), one panel per score."""
+    columns = columns or [c for c in curve.columns if c not in ("step", "seconds")]
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.0 * len(columns), 2.8), squeeze=False)
+    for ax, col in zip(axes[0], columns):
+        ax.plot(curve["step"], curve[col], "o-", color="tab:blue")
+        ax.set(title=col, xlabel="iteration")
+        top = ax.secondary_xaxis("top", functions=(
+            lambda s: np.interp(s, curve["step"], curve["seconds"] / 60),
+            lambda m: np.interp(m, curve["seconds"] / 60, curve["step"])))
+        top.set_xlabel("training minutes", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def attribute_pca(codes: np.ndarray, colourings: dict[str, list[str]], title: str):
     """2-D PCA of attribute codes, one panel per colouring (e.g. by scanner, by component);
     returns a matplotlib figure, a plotly figure and the explained variance ratios."""

@@ -2,32 +2,40 @@
 profile, the translation grid, and the headline scores on the simulated traveling subjects."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 
-from . import baselines, drit, gmvae, paired, plots
-from .config import Run
+from . import baselines, drit, gmvae, paired, plots, usage
+from .config import Run, read_metrics
 from .data import Slices
 from .harmonize import Harmonizer
+from .train import snapshot_folder
+
+
+def checkpoint_path(run: Run, variant: str, known_labels: bool = False):
+    """Where the run keeps the stage-2 checkpoint of ``variant``."""
+    return run.checkpoints / (variant.replace("+", "p") + ("-known" if known_labels else "") + ".pt")
 
 
 def train_variant(run: Run, train_set: Slices, variant: str, known_labels: bool = False, retrain: bool = False):
     """Train (or load) ``variant`` with the profile's settings; returns (model, history)."""
     p = run.profile
-    name = variant.replace("+", "p") + ("-known" if known_labels else "")
-    checkpoint = run.checkpoints / f"{name}.pt"
-    if retrain and checkpoint.exists():
-        checkpoint.unlink()
+    checkpoint = checkpoint_path(run, variant, known_labels)
+    if retrain:
+        checkpoint.unlink(missing_ok=True)
+        shutil.rmtree(snapshot_folder(checkpoint), ignore_errors=True)
     gm = None
     k = len(train_set.domains)
     if variant == "gmm-drit":
         gm = gmvae.from_checkpoint(run.require(run.checkpoints / "gmvae.pt", "02_gmvae_pretraining"))
         k = gm.cfg.k
     cfg = drit.DRITConfig(image_shape=tuple(train_set.images.shape[1:]), k=k, variant=variant,
-                          width=p.drit_width, n_res=p.drit_res, lr=p.drit_lr, known_labels=known_labels,
+                          width=p.drit_width, n_res=p.drit_res, down=p.drit_down, lr=p.drit_lr, known_labels=known_labels,
                           attr=gm.cfg.gaussian_size if gm else 64)
     return drit.train_drit(train_set.images, train_set.labels, cfg, checkpoint, gmvae=gm, steps=p.drit_steps,
-                           batch_size=p.drit_batch, every=p.checkpoint_every, seed=run.seed)
+                           batch_size=p.drit_batch, every=p.checkpoint_every, seed=run.seed, snapshots=True)
 
 
 def scanner_codes(model: drit.Translator, train_set: Slices) -> pd.DataFrame:
@@ -88,7 +96,8 @@ def headline(test: Slices, train_set: Slices, model: drit.Translator, label: str
     scores = paired.score_outputs(test, outs, progress=False)
     sf = harm.scanner_free(images, seed=seed)
     agreement = paired.agreement_table(test, {label: sf})
-    return dict(scores=scores, d2d=paired.summary(scores), codes=codes, scanner_free=sf, agreement=agreement)
+    return dict(scores=scores, d2d=paired.summary(scores), codes=codes, scanner_free=sf, agreement=agreement,
+                guided=outs[f"{label} reference-guided"])
 
 
 def summary(result: dict, label: str) -> dict:
@@ -153,3 +162,48 @@ def verdict(result: dict, label: str) -> str:
                  f"{a['margin']:+.3f}, 95 % CI {a['margin_ci_low']:+.3f} … {a['margin_ci_high']:+.3f}); "
                  f"structure kept {a['structure']:.3f}")
     return "\n".join(lines)
+
+
+def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: Slices, label: str,
+                   seed: int = 0) -> pd.DataFrame:
+    """The paired scores of every training snapshot of ``model`` (notebooks 03/04): SSIM of the
+    reference-guided translations (a ≠ b) against the target's scan and its clean truth, the
+    target sensitivity, and the scanner-free outputs' agreement; against iterations and training
+    seconds. Simulated traveling subjects."""
+    images = np.asarray(test.images, np.float32)
+    refs = references(train_set, seed=seed)
+
+    def evaluate(m):
+        harm = Harmonizer(m)
+        codes = scanner_codes(m, train_set)
+        outs = np.stack([to_scanner(harm, images, codes, refs, b) for b in range(len(codes))])
+        d = paired.summary(paired.score_outputs(test, {label: outs}, ceilings=False, progress=False))
+        agree, structure = paired.scanner_free_scores(test, harm.scanner_free(images, seed=seed))
+        row = {f"ssim vs {ref}": d.loc[label, ("ssim", ref)] for ref in paired.CEILINGS if ("ssim", ref) in d.columns}
+        return row | dict(target_sensitivity=usage.target_sensitivity(outs, test)["ratio"],
+                          sf_agreement=float(agree["outputs"].mean()),
+                          sf_structure=float(structure["structure"].mean()))
+
+    return usage.learning_curve(drit.snapshot_models(checkpoint, model), evaluate)
+
+
+def diagnose(run: Run, model: drit.Translator, test: Slices, train_set: Slices, result: dict, label: str,
+             key: str) -> tuple[dict, pd.DataFrame, object]:
+    """Does the model use what it should (notebooks 03/04)? The diagnostics of
+    :mod:`nbutils.usage` on the reference-guided translations of :func:`headline`, and the
+    learning curve over the training snapshots; both saved (table, figure) and added to
+    ``metrics.json`` under ``key``. Returns (diagnostics, curve, figure)."""
+    diag = usage.report(model, test, result["guided"])
+    curve = learning_curve(checkpoint_path(run, model.cfg.variant, model.cfg.known_labels), model, test, train_set,
+                           label)
+    plots.save_table(curve.round(4), key + "_learning_curve", run.figures,
+                     note="Scores of training snapshots on the traveling subjects (" + plots.SIMULATED + ").")
+    fig = plots.learning_curve(curve, f"{label} learning curve: " + plots.SIMULATED)
+    plots.save_figure(fig, key + "_learning_curve", run.figures)
+    last = curve.iloc[-1]
+    prev = curve.iloc[-2] if len(curve) > 1 else last
+    trend = {f"curve_{c.replace(' ', '_')}_last_gain": float(last[c] - prev[c])
+             for c in curve.columns if c not in ("step", "seconds")}
+    metrics = read_metrics(run.dir).get(key, {})
+    run.record(key, metrics | diag | trend | {"train_seconds": float(last["seconds"])})
+    return diag, curve, fig

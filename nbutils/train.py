@@ -46,11 +46,15 @@ class Context:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=torch.float16)
 
-    def update(self, loss: torch.Tensor, name: str) -> None:
-        """Backward ``loss`` and step optimizer ``name`` (gradients zeroed first)."""
+    def update(self, loss: torch.Tensor, name: str, clip: float = 0.0) -> None:
+        """Backward ``loss`` and step optimizer ``name`` (gradients zeroed first; their norm
+        clipped to ``clip`` when > 0)."""
         opt, scaler = self.optimizers[name], self.scalers[name]
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
         scaler.step(opt)
         scaler.update()
 
@@ -92,12 +96,14 @@ def images_to_tensor(images: np.ndarray, idx: np.ndarray, device: torch.device) 
 
 def fit(task: Task, batches: Callable[[int], object], steps: int, checkpoint: str | Path,
         every: int = 200, seed: int = 0, device: torch.device | None = None,
-        desc: str = "training") -> pd.DataFrame:
+        desc: str = "training", snapshots: bool = False) -> pd.DataFrame:
     """Train ``task`` until iteration ``steps``, resuming from ``checkpoint`` if it exists.
 
     ``batches(i)`` returns the batch of iteration ``i`` on ``device``. Returns the loss
-    history (one row per iteration). A checkpoint written for other networks (another
-    ``task.meta()``) is refused rather than silently mixed in.
+    history (one row per iteration, with ``seconds``: training time so far). A checkpoint
+    written for other networks (another ``task.meta()``) is refused rather than silently mixed
+    in. ``snapshots``: also keep the weights of every ``every``-th iteration (for a learning
+    curve) in the folder ``<checkpoint>.snapshots/``; see :func:`load_snapshots`.
     """
     from tqdm.auto import tqdm
 
@@ -108,20 +114,39 @@ def fit(task: Task, batches: Callable[[int], object], steps: int, checkpoint: st
     if checkpoint.exists():
         start, history = _load(checkpoint, task, ctx)
     start_time = time.perf_counter()
+    before = history[-1].get("seconds", 0.0) if history else 0.0
     with tqdm(total=steps, initial=min(start, steps), desc=desc, unit="it") as bar:
         for it in range(start, steps):
             torch.manual_seed(seed * 1_000_003 + it)  # every random draw of iteration it
             losses = task.step(batches(it), it, ctx)
-            history.append(dict(step=it + 1, **losses))
+            history.append(dict(step=it + 1, **losses, seconds=before + time.perf_counter() - start_time))
             bar.update(1)
             if (it + 1) % 10 == 0 or it + 1 == steps:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]})
             if (it + 1) % every == 0 or it + 1 == steps:
                 _save(checkpoint, task, ctx, it + 1, history)
+                if snapshots:
+                    folder = snapshot_folder(checkpoint)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(folder / f"step_{it + 1:07d}.pt") as tmp:
+                        torch.save(dict(step=it + 1, seconds=history[-1]["seconds"], meta=task.meta(),
+                                        modules=task.modules.state_dict()), tmp)
     if steps > start:
         rate = (steps - start) / (time.perf_counter() - start_time)
         print(f"{desc}: iterations {start}->{steps} at {rate:.2f} it/s on {device}")
     return pd.DataFrame(history)
+
+
+def snapshot_folder(checkpoint: str | Path) -> Path:
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + ".snapshots")
+
+
+def load_snapshots(checkpoint: str | Path, device: torch.device | str = "cpu") -> list[dict]:
+    """The snapshots :func:`fit` kept beside ``checkpoint``, by step: dicts with ``step``,
+    ``seconds`` (training time), ``meta`` and ``modules`` (the weights)."""
+    files = sorted(snapshot_folder(checkpoint).glob("step_*.pt"))
+    return [torch.load(f, map_location=device, weights_only=False) for f in files]
 
 
 def _save(path: Path, task: Task, ctx: Context, step: int, history: list) -> None:

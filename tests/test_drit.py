@@ -114,3 +114,21 @@ def test_soft_histogram_sees_brightness_and_ignores_background():
     y[1, :, 2:14, 2:14] = 0.5
     assert torch.allclose(soft_histogram(y, 16)[1], h[1], atol=1e-3)
     assert h[:, 0].max() < 1e-3
+
+
+def test_band_powers_see_blur_along_one_axis_and_noise():
+    """Blur along the second axis removes its high frequencies only; noise adds high frequencies."""
+    from scipy.ndimage import gaussian_filter1d
+
+    from nbutils.nets import band_powers
+
+    rng = np.random.default_rng(0)
+    window = np.outer(np.hanning(32), np.hanning(32))  # an object on an empty background, like a brain
+    base = gaussian_filter1d(gaussian_filter1d(rng.normal(0, 1, (32, 32)), 0.7, 0), 0.7, 1) * window
+    blurred = gaussian_filter1d(base, 2.0, axis=1)
+    noisy = base + rng.normal(0, 0.5, base.shape) * window
+    p = band_powers(torch.tensor(np.stack([base, blurred, noisy]), dtype=torch.float32), bands=4)
+    along_first, along_second = p[:, 9], p[:, 10]  # the highest band: (first axis, second axis, diagonal)
+    assert along_second[1] < along_second[0] - 2 and abs(float(along_first[1] - along_first[0])) < 1.5
+    assert along_first[2] > along_first[0] and along_second[2] > along_second[0] and p[2, 11] > p[0, 11] + 2
+    assert p.shape == (3, 12)

@@ -160,11 +160,11 @@ def test_diagnostics_on_a_posterior_known_to_use_one_dimension(monkeypatch):
 
 
 def test_qy_from_the_histogram_only_ignores_where_intensities_are():
-    """With ``qy_histogram_only`` q(y|x) sees the intensity distribution and nothing else: shuffling
+    """With ``encoder_input='appearance-qy'`` q(y|x) sees the intensity distribution and nothing else: shuffling
     an image's pixels leaves it unchanged; the default q(y|x) (conv features) changes."""
     x = torch.rand(3, 1, 16, 16)
     shuffled = x.flatten(2)[:, :, torch.randperm(256)].view_as(x)
-    hist_only = small(histogram_bins=16, qy_histogram_only=True).eval()
+    hist_only = small(histogram_bins=16, encoder_input="appearance-qy").eval()
     assert torch.allclose(hist_only.infer(x)["prob"], hist_only.infer(shuffled)["prob"], atol=1e-5)
     default = small(histogram_bins=16).eval()
     assert not torch.allclose(default.infer(x)["prob"], default.infer(shuffled)["prob"], atol=1e-5)
@@ -178,3 +178,68 @@ def test_config_dict_leaves_out_options_that_are_off_and_round_trips():
     assert gmvae.GMVAEConfig.from_dict(cfg.to_dict()) == cfg
     on = gmvae.GMVAEConfig(image_shape=(16, 16), k=3, w_marginal=2.0)
     assert on.to_dict()["w_marginal"] == 2.0 and gmvae.GMVAEConfig.from_dict(on.to_dict()) == on
+
+
+def toy_scanners(n_per=120, size=24, seed=0):
+    """Three toy 'scanners' imaging random 'anatomies' (an ellipse of random size, position and
+    texture, half of them with a dark hole): scanner 0 sharp with a linear contrast, 1 blurred with
+    a brightened curve, 2 noisy with a darkened one. Anatomy varies far more than appearance."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    images, labels = [], []
+    for s in range(3):
+        for _ in range(n_per):
+            cy, cx, ry, rx = rng.uniform(0.35, 0.65, 2).tolist() + rng.uniform(0.15, 0.42, 2).tolist()
+            inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+            tissue = (0.55 + 0.25 * gaussian_filter(rng.normal(0, 1, (size, size)), 1.2) * 3).clip(0.2, 1)
+            if rng.random() < 0.5:
+                tissue = np.where(((yy - cy) / (ry / 2)) ** 2 + ((xx - cx) / (rx / 2)) ** 2 < 1, 0.25, tissue)
+            img = tissue * inside
+            if s == 1:
+                img = gaussian_filter(img ** 0.6, 1.0) * inside
+            elif s == 2:
+                img = (img ** 1.6 + rng.normal(0, 0.06, img.shape)) * inside
+            images.append(img.clip(0, 1))
+            labels.append(s)
+    return np.array(images, np.float32), np.array(labels)
+
+
+def test_the_appearance_preset_follows_toy_scanners_where_the_thesis_form_does_not(tmp_path):
+    """A toy where the answer is known (three scanners, anatomy varying far more than appearance).
+
+    Measured: the thesis's form puts every image in one component (ACC 1/3, NMI 0); the
+    appearance preset reaches ACC ~0.66-0.70 (NMI ~0.4) at 300 iterations. A diagonal Gaussian
+    mixture fitted by scikit-learn to the same appearance features reaches 0.93: the objects'
+    dark hole (half of them) is a bimodal *anatomical* trait that the mixture partly follows."""
+    images, labels = toy_scanners()
+    acc = {}
+    for name in ("thesis", "appearance"):
+        model, _ = gmvae.train_gmvae(images, 3, tmp_path / f"{name}.pt", width=4, steps=300, batch_size=64,
+                                     every=10**9, gaussian_size=16, **gmvae.preset(name))
+        table = clustering.scores(labels, gmvae.encode_all(model, images)["prob"].argmax(1), permutations=20)
+        print(name, table)
+        acc[name] = table.loc["ACC", "value"]
+        if name == "appearance":
+            assert table.loc["NMI", "value"] > 0.25 > table.loc["NMI", "chance_p95"]
+    assert acc["appearance"] > 0.6 and acc["appearance"] > acc["thesis"] + 0.2
+    with pytest.raises(ValueError, match="unknown stage-1 setting"):
+        gmvae.preset("magic")
+
+
+def test_appearance_term_is_the_expected_gaussian_log_likelihood():
+    """-E_q(y|x) log N(a(x); m_y, s_y^2), summed over features, averaged over the batch."""
+    model = small(histogram_bins=8, w_appearance=2.0).train()
+    x = torch.rand(5, 1, 16, 16)
+    torch.manual_seed(3)
+    parts = model.loss(x, 1.0)[1]
+    torch.manual_seed(3)
+    q = model.infer(x, 1.0)
+    eye = torch.eye(3)
+    m, lv = model.app_mu(eye), model.app_logvar(eye)
+    a = q["app"][:, None]
+    loglik = (-0.5 * (math.log(2 * math.pi) + lv + (a - m) ** 2 / lv.exp())).sum(2)
+    assert parts["appearance"] == pytest.approx(float(-2.0 * (q["prob"] * loglik).sum(1).mean()), rel=1e-4)
+    with pytest.raises(ValueError, match="w_appearance"):
+        small(w_appearance=1.0)

@@ -1,0 +1,97 @@
+"""Does a stage-2 model use what it should? Diagnostics of notebooks 03/04.
+
+- **target sensitivity**: how much the translation of one image changes when only its target
+  changes, divided by how much the same anatomy really differs between those scanners (the
+  traveling subjects). 0: the generator ignores its target; about 1: it moves as far as the
+  scanners really differ.
+- **code probes**: a cross-validated linear probe that reads the scanner from the content map
+  z^c (each channel's spatial mean and spread, and its 4 x 4 average-pooled map, so that both a
+  channel's gain and offset and a coarse spatial pattern are visible) and from the attribute
+  code z^a that G is fed. z^c should not carry the scanner (chance), z^a should.
+- **discriminator accuracy**: how often D_c (on z^c) and the scanner heads of D_s1 / D_s2 (on
+  real images) name the code each image was trained with. D_c near chance with a probe near 1
+  means D_c cannot see what carries the scanner.
+- **learning curve**: the paired scores at each training snapshot, against iterations and
+  training seconds.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .clustering import linear_probe
+from .data import Slices
+from .drit import Translator
+
+
+def target_sensitivity(outputs: np.ndarray, test: Slices) -> dict[str, float]:
+    """``outputs`` (K, N, H, W): each test image translated to each of the K targets.
+
+    ``change`` = mean |out_b − out_b'| over images and target pairs; ``gap`` = mean |x_b − x_b'|
+    over the same anatomy seen by scanners b and b' (brain mask, both); ``ratio`` = change / gap."""
+    from .paired import traveling_pairs
+
+    masks = np.asarray(test.masks, bool)
+    k = outputs.shape[0]
+    change = np.mean([np.abs(outputs[b] - outputs[c])[masks].mean() for b, c in itertools.combinations(range(k), 2)])
+    pairs = traveling_pairs(test)
+    pairs = pairs[pairs.source < pairs.target]
+    images = np.asarray(test.images, np.float32)
+    gap = np.mean([np.abs(images[s] - images[d])[masks[s] | masks[d]].mean() for s, d in zip(pairs.src, pairs.dst)])
+    return dict(change=float(change), gap=float(gap), ratio=float(change / gap))
+
+
+def _batches(images: np.ndarray, model: Translator, size: int = 64):
+    device = next(model.parameters()).device
+    for s in range(0, len(images), size):
+        yield torch.from_numpy(np.asarray(images[s: s + size], np.float32)).unsqueeze(1).to(device) * 2 - 1
+
+
+@torch.no_grad()
+def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per image: z^c summarised (each channel's mean and std, then its 4 x 4 average-pooled
+    map), the z^a G is fed (the posterior mean, as at inference), the training code c, and the
+    argmax of D_c, D_s1, D_s2."""
+    model.eval()
+    out = {k: [] for k in ("zc", "za", "c", "dc", "ds1", "ds2")}
+    labels = torch.from_numpy(np.array(labels, dtype=np.int64))
+    start = 0
+    for x in _batches(images, model):
+        lab = labels[start: start + len(x)].to(x.device)
+        start += len(x)
+        zc = model.content(x)
+        za, c, _ = model.attributes(x, lab, sample=False)
+        f = zc.float().flatten(2)
+        grid = torch.nn.functional.adaptive_avg_pool2d(zc.float(), 4).flatten(1)
+        out["zc"].append(torch.cat([f.mean(2), f.std(2), grid], 1))
+        out["za"].append(za.float())
+        out["c"].append(c.argmax(1))
+        out["dc"].append(model.dc(zc).argmax(1))
+        out["ds1"].append(model.ds1(x)[1].argmax(1))
+        out["ds2"].append(model.ds2(x)[1].argmax(1))
+    return {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
+
+
+def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, float]:
+    """All diagnostics on the test split: target sensitivity of ``outputs`` (K, N, H, W), the
+    probes from z^c and z^a against the scanner labels, the discriminators' accuracy against
+    the codes the images were trained with, and chance (the largest scanner's share)."""
+    labels = np.asarray(test.labels)
+    c = codes(model, test.images, labels)
+    sens = target_sensitivity(outputs, test)
+    return dict(target_change=sens["change"], scanner_gap=sens["gap"], target_sensitivity=sens["ratio"],
+                probe_zc=linear_probe(c["zc"], labels), probe_za=linear_probe(c["za"], labels),
+                chance=float(np.bincount(labels).max() / len(labels)),
+                dc_accuracy=float((c["dc"] == c["c"]).mean()), ds1_accuracy=float((c["ds1"] == c["c"]).mean()),
+                ds2_accuracy=float((c["ds2"] == c["c"]).mean()))
+
+
+def learning_curve(snapshots: list, evaluate) -> pd.DataFrame:
+    """``evaluate(model) -> dict`` at each (step, seconds, model) snapshot; one row each."""
+    rows = []
+    for step, seconds, model in snapshots:
+        rows.append(dict(step=step, seconds=seconds, **evaluate(model)))
+    return pd.DataFrame(rows)
