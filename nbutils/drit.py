@@ -5,12 +5,14 @@ Each iteration takes two unpaired batches x_a, x_b and follows the thesis's four
 1. encode: z^c = E^c(x); (z^a, c) = E^a(x) (GMM-DRIT: the frozen GM-VAE, c = its inferred
    one-hot code; DRIT++: a unimodal Gaussian encoder trained jointly, c = the known label);
 2. translate: x_ab = G(z^c_a, z^a_b, c_b), x_ba = G(z^c_b, z^a_a, c_a); scanner-free
-   x_a^sf = G(z^c_a, z ~ N(0, I), 0) (and for b);
+   x_a^sf = G(z^c_a, z ~ N(0, I), 0) (and for b); and, for DRIT++'s latent regression, toward a
+   random target r: x_r = G(z^c_a, z_r, c_r) (GMM-DRIT: z_r ~ p(z|y=r); DRIT++: N(0, I));
 3. re-encode the translations for the cross-cycle x_aba = G(E^c(x_ab), E^a(x_ba), c_a) (and bab);
    self-reconstructions x_aa = G(z^c_a, z^a_a, c_a);
-4. update D_c (scanner of z^c), D_s^1 (real vs cross-domain translations), D_s^2 (real vs
-   scanner-free), then E^c and G (and DRIT++'s E^a) on the adversarial, classification, content,
-   self-reconstruction L1 and cross-cycle L1 losses.
+4. update D_c (scanner of z^c; gradient norm clipped), D_s^1 (real vs cross-domain and
+   random-target translations), D_s^2 (real vs scanner-free), then E^c and G (and DRIT++'s E^a) on
+   the adversarial, classification, content, self-reconstruction L1, cross-cycle L1, latent
+   regression L1 (E^a(x_r) ≈ z_r) and z^c L2 losses.
 
 The discriminators are updated on detached fakes, and the generator's losses are computed with
 fresh discriminator passes after their step: no graph is reused across an optimizer step.
