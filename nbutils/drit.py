@@ -108,8 +108,7 @@ class Translator(nn.Module):
         component of a random scanner code, DRIT++ from N(0, I) with a random scanner label."""
         y = F.one_hot(torch.randint(self.cfg.k, (n,), device=device), self.cfg.k).float()
         if self.cfg.variant == "gmm-drit":
-            mu, logvar = self.attribute.gmvae.prior(y)
-            return mu + torch.randn_like(mu) * (0.5 * logvar).exp(), y
+            return self.attribute.draw(y), y
         return torch.randn(n, self.cfg.attr, device=device), y
 
     def latent_regression(self, x_r: torch.Tensor, z_r: torch.Tensor) -> torch.Tensor:

@@ -284,9 +284,13 @@ class AttributeEncoder(nn.Module):
         if not 0 <= k < self.k:
             raise ValueError(f"component {k} does not exist: the GM-VAE has {self.k} (0..{self.k - 1})")
         device = self.gmvae.prior_mu.weight.device
-        y = F.one_hot(torch.full((n,), k, device=device), self.k).float()
+        return self.draw(F.one_hot(torch.full((n,), k, device=device), self.k).float(), generator)
+
+    @torch.no_grad()
+    def draw(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ p(z|y) for one-hot components ``y`` (N, K), one draw per row."""
         mu, logvar = self.gmvae.prior(y)
-        eps = torch.randn(mu.shape, generator=generator, device=device)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device)
         return mu + eps * (0.5 * logvar).exp()
 
 

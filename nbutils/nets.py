@@ -8,6 +8,8 @@ code built InstanceNorm layers in its discriminators and never applied them).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -130,19 +132,27 @@ def band_powers(x: torch.Tensor, bands: int = 4) -> torch.Tensor:
     is visible in a histogram; the anatomy's layout changes it little (it sits mostly below
     1/16 cycle/px). Differentiable; computed in float32."""
     x = x.float().flatten(0, -3)
-    power = torch.fft.rfft2(x).abs().square()
-    fy = torch.fft.fftfreq(x.shape[-2], device=x.device).abs()[:, None]
-    fx = torch.fft.rfftfreq(x.shape[-1], device=x.device)[None, :]
+    power = torch.fft.rfft2(x).abs().square().flatten(1)
+    weights = _band_weights(x.shape[-2], x.shape[-1], bands, str(x.device))
+    total = power.sum(1, keepdim=True) + 1e-12
+    return (power @ weights / total + 1e-12).log()
+
+
+@functools.lru_cache(maxsize=16)
+def _band_weights(h: int, w: int, bands: int, device: str) -> torch.Tensor:
+    """(h * (w // 2 + 1), 3 * bands) averaging weights of :func:`band_powers`' frequency masks
+    (each column: 1 / its size on its mask), built once per image shape."""
+    fy = torch.fft.fftfreq(h).abs()[:, None]
+    fx = torch.fft.rfftfreq(w)[None, :]
     edges = torch.linspace(1 / 16, 0.5, bands + 1).tolist()
     edges[-1] = 0.51  # include Nyquist
     low = 1 / 16
-    total = power.flatten(1).sum(1) + 1e-12
-    out = []
+    masks = []
     for lo, hi in zip(edges[:-1], edges[1:]):
-        for m in ((fy >= lo) & (fy < hi) & (fx < low), (fx >= lo) & (fx < hi) & (fy < low),
-                  (fy >= lo) & (fy < hi) & (fx >= lo) & (fx < hi)):
-            out.append((power[:, m].mean(1) / total + 1e-12).log())
-    return torch.stack(out, 1)
+        masks += [(fy >= lo) & (fy < hi) & (fx < low), (fx >= lo) & (fx < hi) & (fy < low),
+                  (fy >= lo) & (fy < hi) & (fx >= lo) & (fx < hi)]
+    m = torch.stack(masks).flatten(1).float()
+    return (m / m.sum(1, keepdim=True)).T.contiguous().to(device)
 
 
 class ScannerDiscriminator(nn.Module):

@@ -69,6 +69,11 @@ def to_scanner(harm: Harmonizer, images: np.ndarray, codes: pd.DataFrame, refs: 
     return harm.to_scanner(images, int(codes.code[b]), reference=refs[b])
 
 
+def guided(harm: Harmonizer, images: np.ndarray, codes: pd.DataFrame, refs: dict[int, np.ndarray]) -> np.ndarray:
+    """``images`` translated to every scanner, reference-guided: (K, N, H, W)."""
+    return np.stack([to_scanner(harm, images, codes, refs, b) for b in range(len(codes))])
+
+
 def model_outputs(harm: Harmonizer, images: np.ndarray, codes: pd.DataFrame, refs: dict[int, np.ndarray],
                   seed: int = 0) -> dict[str, np.ndarray]:
     """The model's two domain-to-domain modes on every image and target: {mode: (K, N, H, W)}."""
@@ -78,7 +83,7 @@ def model_outputs(harm: Harmonizer, images: np.ndarray, codes: pd.DataFrame, ref
         comp = codes.component[b]
         return harm.to_scanner(images, int(codes.code[b]), component=None if pd.isna(comp) else int(comp), seed=seed)
 
-    return {"reference-guided": np.stack([to_scanner(harm, images, codes, refs, b) for b in range(k)]),
+    return {"reference-guided": guided(harm, images, codes, refs),
             "sampled": np.stack([sampled(b) for b in range(k)])}
 
 
@@ -120,7 +125,7 @@ def translation_grid(test: Slices, model: drit.Translator, codes: pd.DataFrame, 
     rows = plots.anatomy_rows(test.manifest, anatomy)
     images = np.asarray(test.images[rows], np.float32)
     sf = harm.scanner_free(images, seed)
-    to = [to_scanner(harm, images, codes, refs, b) for b in range(len(test.domains))]
+    to = guided(harm, images, codes, refs)
     sources = [test.domains[test.labels[r]] for r in rows]
     idx = np.arange(len(rows))
     return plots.translation_montage(images, sf, to, idx, sources, test.domains, title)
@@ -176,7 +181,7 @@ def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: 
     def evaluate(m):
         harm = Harmonizer(m)
         codes = scanner_codes(m, train_set)
-        outs = np.stack([to_scanner(harm, images, codes, refs, b) for b in range(len(codes))])
+        outs = guided(harm, images, codes, refs)
         d = paired.summary(paired.score_outputs(test, {label: outs}, ceilings=False, progress=False))
         agree, structure = paired.scanner_free_scores(test, harm.scanner_free(images, seed=seed))
         row = {f"ssim vs {ref}": d.loc[label, ("ssim", ref)] for ref in paired.CEILINGS if ("ssim", ref) in d.columns}
@@ -184,7 +189,8 @@ def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: 
                           sf_agreement=float(agree["outputs"].mean()),
                           sf_structure=float(structure["structure"].mean()))
 
-    return usage.learning_curve(drit.snapshot_models(checkpoint, model), evaluate)
+    return pd.DataFrame([dict(step=step, seconds=seconds, **evaluate(m))
+                         for step, seconds, m in drit.snapshot_models(checkpoint, model)])
 
 
 def diagnose(run: Run, model: drit.Translator, test: Slices, train_set: Slices, result: dict, label: str,

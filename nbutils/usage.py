@@ -11,15 +11,14 @@
 - **discriminator accuracy**: how often D_c (on z^c) and the scanner heads of D_s1 / D_s2 (on
   real images) name the code each image was trained with. D_c near chance with a probe near 1
   means D_c cannot see what carries the scanner.
-- **learning curve**: the paired scores at each training snapshot, against iterations and
-  training seconds.
+
+The learning curve (paired scores at each training snapshot) is :func:`nbutils.stage2.learning_curve`.
 """
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .clustering import linear_probe
@@ -87,11 +86,3 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
                 chance=float(np.bincount(labels).max() / len(labels)),
                 dc_accuracy=float((c["dc"] == c["c"]).mean()), ds1_accuracy=float((c["ds1"] == c["c"]).mean()),
                 ds2_accuracy=float((c["ds2"] == c["c"]).mean()))
-
-
-def learning_curve(snapshots: list, evaluate) -> pd.DataFrame:
-    """``evaluate(model) -> dict`` at each (step, seconds, model) snapshot; one row each."""
-    rows = []
-    for step, seconds, model in snapshots:
-        rows.append(dict(step=step, seconds=seconds, **evaluate(model)))
-    return pd.DataFrame(rows)
