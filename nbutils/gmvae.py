@@ -20,6 +20,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -211,6 +212,30 @@ class GMVAE(nn.Module):
             parts.append(band_powers(x[:, 0], self.cfg.spectrum_bands))
         return self.app_norm(torch.cat(parts, 1)) if parts else None
 
+    @torch.no_grad()
+    def init_appearance(self, x: torch.Tensor, seed: int = 0) -> None:
+        """Start p(a|y) at a k-means partition of the appearance features of the images ``x``
+        (N, 1, H, W): each component's mean at a centroid, its variance that of its cluster,
+        as a Gaussian mixture fitted by EM is usually started (scikit-learn's default). Without
+        it the random means start far from the data and components can merge for good."""
+        from sklearn.cluster import KMeans
+
+        if not self.cfg.w_appearance:
+            raise ValueError("init_appearance needs w_appearance > 0 (no p(a|y) to start)")
+        norm, was_training = self.app_norm, self.training
+        norm.reset_running_stats()  # standardise with these images' statistics, kept as the running ones
+        momentum, norm.momentum = norm.momentum, None
+        norm.train()
+        a = self.appearance(x).float().cpu().numpy()
+        norm.momentum = momentum
+        self.train(was_training)
+        km = KMeans(self.cfg.k, n_init=10, random_state=seed).fit(a)
+        var = np.stack([a[km.labels_ == j].var(0) if (km.labels_ == j).sum() > 1 else a.var(0)
+                        for j in range(self.cfg.k)])
+        dev = self.app_mu.weight.device
+        self.app_mu.weight.copy_(torch.as_tensor(km.cluster_centers_.T, dtype=torch.float32, device=dev))
+        self.app_logvar.weight.copy_(torch.as_tensor(np.log(var + 1e-3).T, dtype=torch.float32, device=dev))
+
     def prior(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p(z|y) for (relaxed) one-hot ``y``."""
         y = y.float()
@@ -319,17 +344,26 @@ class GMVAETask:
 
 
 def train_gmvae(images, k: int, checkpoint, *, width: int = 16, steps: int = 1000, batch_size: int = 64,
-                lr: float = 1e-3, every: int = 200, seed: int = 0, device=None, **config):
+                lr: float = 1e-3, every: int = 200, seed: int = 0, device=None, init: str = "kmeans",
+                init_images: int = 2048, **config):
     """Train (or resume, or load when finished) a GM-VAE on a (N, H, W) [0, 1] image array.
 
     Returns the model in eval mode and the loss history. ``config`` overrides other
-    :class:`GMVAEConfig` fields (the loss weights default to the thesis's).
+    :class:`GMVAEConfig` fields (the loss weights default to the thesis's). With appearance
+    features generated (``w_appearance > 0``), ``init="kmeans"`` starts their mixture at a k-means
+    partition of ``init_images`` training images (``"random"``: random means).
     """
+    if init not in ("kmeans", "random"):
+        raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
     from .train import EpochSampler, fit, images_to_tensor, pick_device
 
     device = pick_device() if device is None else torch.device(device)
     cfg = GMVAEConfig(image_shape=tuple(images.shape[1:]), k=k, width=width, **config)
+    torch.manual_seed(seed)  # the initial weights are a function of the seed too
     task = GMVAETask(cfg, len(images), batch_size, lr, device)
+    if cfg.w_appearance and init == "kmeans":  # (a resumed or finished run loads its own weights over this)
+        pick = np.random.default_rng(seed).permutation(len(images))[:init_images]
+        task.modules.init_appearance(images_to_tensor(images, np.sort(pick), device), seed)
     sampler = EpochSampler(len(images), batch_size, seed)
     history = fit(task, lambda i: images_to_tensor(images, sampler(i), device), steps, checkpoint,
                   every=every, seed=seed, device=device, desc="GM-VAE")

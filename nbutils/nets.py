@@ -65,18 +65,23 @@ class ModulatedResBlock(nn.Module):
 
 
 class ContentEncoder(nn.Module):
-    """E^c: image -> content map z^c of shape (w * 2^down, H / 2^down, W / 2^down) (DRIT: down = 2)."""
+    """E^c: image -> content map z^c of shape (w * 2^down, H / 2^down, W / 2^down) (DRIT: down = 2).
 
-    def __init__(self, width: int = 16, n_res: int = 2, down: int = 2):
+    ``norm=True`` instance-normalises the map (no affine): every channel of every image has mean
+    0 and spread 1, so the content cannot carry a scanner's global gain and offset, which the
+    generator's residual skips would otherwise pass to its output untouched."""
+
+    def __init__(self, width: int = 16, n_res: int = 2, down: int = 2, norm: bool = False):
         super().__init__()
         w = width
-        self.factor = 2 ** down
+        self.factor, self.norm = 2 ** down, norm
         self.net = nn.Sequential(_conv(1, w, 5, 1), *[_conv(w * 2 ** i, w * 2 ** (i + 1), 4, 2) for i in range(down)],
                                  *[ResBlock(w * self.factor) for _ in range(n_res)])
         self.channels = w * self.factor
 
     def forward(self, x):
-        return self.net(pad_to_multiple(x, self.factor))
+        zc = self.net(pad_to_multiple(x, self.factor))
+        return F.instance_norm(zc) if self.norm else zc
 
 
 class Generator(nn.Module):

@@ -35,6 +35,18 @@ def test_any_image_size_round_trips_through_content_and_generator(shape):
     assert cls.shape == (2, 3) and adv.shape[0] == 2
 
 
+def test_a_normalised_content_map_has_no_channel_gain_or_offset():
+    """``norm=True``: every channel of every image's z^c has mean 0 and spread 1, so an image
+    and the same image with another gain and offset cannot differ in those statistics."""
+    torch.manual_seed(0)
+    enc = nets.ContentEncoder(4, 1, down=1, norm=True)
+    zc = enc(torch.rand(3, 1, 20, 20) * 2 - 1).flatten(2)
+    assert torch.allclose(zc.mean(2), torch.zeros(3, 8), atol=1e-5)
+    assert torch.allclose(zc.var(2, unbiased=False), torch.ones(3, 8), atol=1e-2)
+    task = make_task(content_norm=True)
+    assert task.modules.content.norm and not make_task().modules.content.norm
+
+
 def test_discriminators_really_apply_instance_norm():
     calls = []
     d = nets.ScannerDiscriminator(4, 3)

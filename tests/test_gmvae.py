@@ -243,3 +243,23 @@ def test_appearance_term_is_the_expected_gaussian_log_likelihood():
     assert parts["appearance"] == pytest.approx(float(-2.0 * (q["prob"] * loglik).sum(1).mean()), rel=1e-4)
     with pytest.raises(ValueError, match="w_appearance"):
         small(w_appearance=1.0)
+
+
+def test_appearance_mixture_starts_at_a_kmeans_partition():
+    """Three groups of images that differ only in brightness: after ``init_appearance`` each
+    component's p(a|y) is centred on one group, so the most likely component of every image
+    names its group (up to relabelling), and the variances are those of the groups."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(3), 40)
+    x = torch.from_numpy((0.2 + 0.3 * groups[:, None, None] + rng.normal(0, 0.03, (120, 16, 16))).clip(0, 1))
+    model = small(histogram_bins=8, w_appearance=1.0)
+    model.init_appearance(x[:, None].float())
+    a = model.eval().appearance(x[:, None].float()).float()  # standardised by the statistics kept
+    eye = torch.eye(3)
+    loglik = gmvae._log_normal(a[:, None], model.app_mu(eye), model.app_logvar(eye)).sum(2)
+    best = loglik.argmax(1).numpy()
+    assert len(set(best)) == 3 and all(len(set(best[groups == g])) == 1 for g in range(3))
+    with pytest.raises(ValueError, match="w_appearance"):
+        small(histogram_bins=8).init_appearance(x[:, None].float())
+    with pytest.raises(ValueError, match="init must be"):
+        gmvae.train_gmvae(x.numpy(), 3, "unused.pt", init="em")
