@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .methods import IDENTITY
 from .paired import CLEAN_TRUTH, RESCAN_CEILING, SCAN_CEILING, TARGET_SCAN
 
 # reference rows recorded beside the methods
@@ -58,7 +59,7 @@ E5_FID = Measure("E5 FID (classifier features)", "06_fid_kid", "E5 FID", False, 
                  FLOOR)
 E5_KID = Measure("E5 KID (classifier features)", "06_fid_kid", "E5 KID", False, "0.000578 / 0.013435", FLOOR)
 E7 = Measure("E7 mean pairwise W1 between scanners", "08_intensities", "E7 mean pairwise W1", False, "figure only",
-             "identity")
+             IDENTITY.name)
 SCAN_SSIM = Measure("SSIM vs target scan, a → b", "09_beyond", "vs target scan SSIM", True, "not measurable",
                     RESCAN_CEILING)
 SCAN_PSNR = Measure("PSNR vs target scan, a → b (dB)", "09_beyond", "vs target scan PSNR", True, "not measurable",

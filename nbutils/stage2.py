@@ -35,7 +35,7 @@ def train_variant(run: Run, train_set: Slices, method: methods.Method, known_lab
         shutil.rmtree(snapshot_folder(checkpoint), ignore_errors=True)
     gm = None
     k = len(train_set.domains)
-    if method.variant == "gmm-drit":
+    if method == methods.GMM_DRIT:
         gm = gmvae.from_checkpoint(run.require(run.checkpoints / "gmvae.pt", "02_gmvae_pretraining"))
         k = gm.cfg.k
     cfg = drit.DRITConfig(image_shape=tuple(train_set.images.shape[1:]), k=k, variant=method.variant,
