@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= quick
 RUN_DIR ?=
+DATA ?=
+RUN ?=
 SEED ?= 0
 STAMP := $(VENV)/.installed
 
@@ -18,9 +20,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[dev]"
 	touch $(STAMP)
 
-## run every notebook in order with papermill (PROFILE=smoke|quick|paper, RUN_DIR=..., SEED=...)
+## run every notebook in order with papermill (PROFILE=smoke|quick|paper, DATA=your.csv, RUN=name, RUN_DIR=..., SEED=...)
 run: $(STAMP)
-	$(PY) -m nbutils.pipeline --profile $(PROFILE) --seed $(SEED) $(if $(RUN_DIR),--run-dir $(RUN_DIR))
+	$(PY) -m nbutils.pipeline --profile $(PROFILE) --seed $(SEED) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
+		$(if $(DATA),--data "$(DATA)") $(if $(RUN),--run "$(RUN)")
 
 ## unit tests, then every notebook executed by nbmake with the smoke profile
 test: $(STAMP)

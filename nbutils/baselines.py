@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .methods import HISTOGRAM, IDENTITY
+
 
 def identity(image: np.ndarray, *_, **__) -> np.ndarray:
     return np.asarray(image, np.float32)
@@ -47,5 +49,5 @@ def to_every_scanner_outputs(images: np.ndarray, masks: np.ndarray, train) -> di
     """The two baselines of a domain-to-domain table, {method: (K, N, H, W)}: identity (the
     input for every target) and histogram matching to each scanner's training histogram."""
     images = np.asarray(images, np.float32)
-    return {"identity": np.broadcast_to(images, (len(train.domains), *images.shape)),
-            "histogram matching": to_every_scanner(images, masks, train)}
+    return {IDENTITY.name: np.broadcast_to(images, (len(train.domains), *images.shape)),
+            HISTOGRAM.name: to_every_scanner(images, masks, train)}

@@ -1,6 +1,6 @@
 """Profiles and run folders: the one place where every knob gets its value.
 
-A *profile* fills every setting a notebook does not set itself (DESIGN §3):
+A *profile* fills every setting a notebook does not set itself (docs/design.md, "Profiles"):
 
 ========  ====================  ==========================================
 profile   for                   budget
@@ -45,7 +45,7 @@ class Profile:
     slices_per_volume: int  # evenly spaced coronal slices kept per volume (0 = all)
     min_brain_fraction: float  # keep slices whose brain area >= this x the volume's largest
     test_fraction: float  # subject-level test share when the CSV has no split column
-    # built-in simulated traveling-subject set (DESIGN §4)
+    # built-in simulated traveling-subject set (docs/design.md, "Data")
     sim_train_subjects: int  # distinct anatomies per simulated scanner (unpaired)
     sim_test_subjects: int  # held-out anatomies rendered by every scanner
     sim_slab: int  # contiguous 1 mm coronal slices per simulated volume
@@ -122,10 +122,16 @@ class Run:
         return self.dir / "metrics.json"
 
     @property
+    def is_default(self) -> bool:
+        """The run ``make run`` makes on the built-in data: ``data/runs/quick`` or ``data/runs/paper``."""
+        return self.profile.name != "smoke" and self.dir == default_run_dir(self.profile.name).resolve()
+
+    @property
     def figures(self) -> Path:
-        """Where this run's figures go: ``figures/``, except for smoke runs (CI) which keep
-        theirs in the run folder so that a test run never overwrites a real run's figures."""
-        return self.dir / "figures" if self.profile.name == "smoke" else FIGURES
+        """Where this run's figures and tables go: ``<run>/figures/``, so that no run overwrites
+        another's. The default run (:attr:`is_default`) writes the repository's ``figures/``,
+        the figures and tables the README cites."""
+        return FIGURES if self.is_default else self.dir / "figures"
 
     def require(self, path: Path, notebook: str) -> Path:
         """``path`` if it exists, else a clear error naming the notebook that makes it."""
@@ -146,12 +152,17 @@ class Run:
 def setup(profile: str = "", run_dir: str = "", seed: int = 0) -> Run:
     """Resolve a notebook's parameters into a :class:`Run`, seed every RNG, make the folder."""
     prof = get_profile(profile)
-    path = resolve(run_dir) if run_dir else DATA / "runs" / prof.name
+    path = resolve(run_dir) if run_dir else default_run_dir(prof.name)
     path.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     run = Run(prof, int(seed), path.resolve())
     run.figures.mkdir(parents=True, exist_ok=True)
     return run
+
+
+def default_run_dir(name: str) -> Path:
+    """``data/runs/<name>``: a profile's default run folder, or a named run's (``make run RUN=name``)."""
+    return DATA / "runs" / name
 
 
 def resolve(path: str | Path) -> Path:

@@ -246,6 +246,11 @@ def load_slices(slice_dir: str | Path, split: str) -> Slices:
                   manifest=manifest, domains=list(info["domains"]), **extra)
 
 
+def for_run(run, split: str) -> Slices:
+    """One split of the run's sliced data set; a clear error naming notebook 01 when it is missing."""
+    return load_slices(run.require(run.slices / "manifest.csv", "01_data_slicing").parent, split)
+
+
 def counts_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """Slices and volumes per domain and split (rows: domains, plus a total)."""
     vols = manifest.groupby(["domain", "split"])["source"].nunique().unstack(fill_value=0)

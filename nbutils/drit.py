@@ -1,4 +1,4 @@
-"""Stage 2: GMM-DRIT and the DRIT++ baseline as one training task (thesis §4, DESIGN §5).
+"""Stage 2: GMM-DRIT and the DRIT++ baseline as one training task (thesis §4; docs/design.md, "Method decisions").
 
 Each iteration takes two unpaired batches x_a, x_b and follows the thesis's four steps:
 

@@ -1,4 +1,4 @@
-"""The thesis's evaluations E2-E5 and E7 as tables of per-unit scores (DESIGN §6), computed
+"""The thesis's evaluations E2-E5 and E7 as tables of per-unit scores (docs/design.md, "Evaluation"), computed
 from cached method outputs (:mod:`nbutils.outputs`). Every function returns a long
 DataFrame with a ``method`` column and a unit id, ready for :func:`nbutils.stats.compare`.
 
@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 
 from .data import Slices
+from .measures import BEFORE, FLOOR, REAL_VS_REAL
+from .methods import IDENTITY
 from .metrics import ssim_components
 from .outputs import Outputs
-
-REAL = "real vs real"
 
 
 def _component(a: np.ndarray, b: np.ndarray, masks: np.ndarray, name: str, chunk: int = 256) -> np.ndarray:
@@ -61,7 +61,7 @@ def e3_luminance(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed: in
     p = e3_pairs(test.labels, m, seed)
     real, mask = images[p.real], masks[p.real]
     name = np.asarray(test.domains)[p.target]
-    rows = [pd.DataFrame(dict(method=REAL, pair=p.pair, target=name,
+    rows = [pd.DataFrame(dict(method=REAL_VS_REAL, pair=p.pair, target=name,
                               luminance=_component(real, images[p.real2], mask, "luminance")))]
     for meth, o in outs.items():
         fake = o.to_target[p.target, p.source]
@@ -81,10 +81,10 @@ def e4_cross_scanner(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed
     i, j = i[keep][:m], j[keep][:m]
     images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
     mask = masks[i] & masks[j]
-    rows = [pd.DataFrame(dict(method="before (inputs)", pair=np.arange(len(i)),
+    rows = [pd.DataFrame(dict(method=BEFORE, pair=np.arange(len(i)),
                               luminance=_component(images[i], images[j], mask, "luminance")))]
     for meth, o in outs.items():
-        if meth == "identity":
+        if meth == IDENTITY.name:
             continue  # identical to 'before'
         rows.append(pd.DataFrame(dict(method=meth, pair=np.arange(len(i)),
                                       luminance=_component(o.scanner_free[i], o.scanner_free[j], mask, "luminance"))))
@@ -111,6 +111,23 @@ def fid_kid(features: torch.nn.Module, real: np.ndarray, fake: np.ndarray, subse
         metric.update(torch.from_numpy(np.asarray(fake, np.float32)).unsqueeze(1), real=False)
     kid_mean, kid_sd = kid.compute()
     return dict(fid=float(fid.compute()), kid=float(kid_mean), kid_sd=float(kid_sd), n_real=len(real), n_fake=len(fake))
+
+
+def e5_table(features: torch.nn.Module, train: Slices, test: Slices, outs: dict[str, Outputs],
+             seed: int = 0) -> pd.DataFrame:
+    """E5 per target scanner b and method: FID and KID between the real training slices of b and
+    every test slice of another scanner translated to b, beside the split-half floor of the real
+    set (method :data:`~nbutils.measures.FLOOR`); ``enough samples`` says whether both sets hold at
+    least twice the feature dimension (below it FID's covariance is poorly estimated)."""
+    rows = []
+    for b, name in enumerate(test.domains):
+        real = np.asarray(train.domain(b)[0])
+        others = test.labels != b
+        rows.append(dict(target=name, method=FLOOR, **fid_kid(features, *split_half(real, seed=seed), seed=seed)))
+        rows += [dict(target=name, method=method, **fid_kid(features, real, o.to_target[b][others], seed=seed))
+                 for method, o in outs.items()]
+    table = pd.DataFrame(rows)
+    return table.assign(**{"enough samples": table[["n_real", "n_fake"]].min(1) >= 2 * features.num_features})
 
 
 def split_half(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -15,9 +15,9 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from . import stage2
+from . import methods
 from .data import Slices
-from .drit import Translator
+from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
 
 INTERPOLATE = "between two components"
@@ -25,17 +25,20 @@ SCANNER_FREE = "scanner-free"
 
 
 class Explorer:
-    def __init__(self, model: Translator, train: Slices, test: Slices, seed: int = 0):
+    def __init__(self, harm: Harmonizer, train: Slices, test: Slices, seed: int = 0):
         from sklearn.decomposition import PCA
 
-        self.model, self.train, self.test, self.seed = model.eval(), train, test, seed
-        self.harm = Harmonizer(model)
-        self.codes = stage2.scanner_codes(model, train)
-        self.refs = stage2.references(train, seed=seed)
-        self.domains = list(train.domains)
+        self.harm, self.model, self.train, self.test, self.seed = harm, harm.model, train, test, seed
+        self.domains = harm.domains
         self.train_codes = self.attribute_codes(np.asarray(train.images, np.float32), train.labels)
         self.pca = PCA(2).fit(self.train_codes)
         self.train_xy = self.pca.transform(self.train_codes)
+
+    @classmethod
+    def from_run(cls, run, method: str | methods.Method = methods.GMM_DRIT) -> Explorer:
+        """The explorer of the run's trained ``method`` (name or slug) on its held-out slices."""
+        harm = Harmonizer.from_run(run, method)
+        return cls(harm, slices_for_run(run, "train"), slices_for_run(run, "test"), seed=run.seed)
 
     @property
     def gmm(self) -> bool:
@@ -69,7 +72,7 @@ class Explorer:
         if mode == SCANNER_FREE:
             return self.harm.scanner_free(img, seed)[0]
         if mode in self.domains:
-            return stage2.to_scanner(self.harm, img, self.codes, self.refs, self.domains.index(mode))[0]
+            return self.harm.to_domain(img, self.domains.index(mode))[0]
         if mode == INTERPOLATE and self.gmm:
             i, j = components
             k = self.model.cfg.k

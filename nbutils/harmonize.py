@@ -6,22 +6,72 @@
   the target scanner, c = the target's one-hot code;
 - **domain-to-domain, sampled**: z^a drawn from the target's GM-VAE component p(z|y=k)
   (GMM-DRIT) or from N(0, I) (DRIT++), c = the target's one-hot code.
+
+A :class:`Harmonizer` given the training slices (``Harmonizer(model, train)``, or
+:meth:`Harmonizer.from_run` for a run's checkpoint) also knows the scanners by name: their codes
+(:func:`scanner_codes`) and reference slices (:func:`references`), so that every caller translates
+to scanner ``b`` the same way (:meth:`Harmonizer.to_domain`).
 """
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from . import drit, gmvae, methods
+from .data import Slices
+from .data import for_run as slices_for_run
 from .drit import Translator
 
 
+def scanner_codes(model: Translator, train: Slices) -> pd.DataFrame:
+    """For each scanner: the code c to condition G on and the GM-VAE component to sample z^a
+    from. With known labels (and for DRIT++) the code is the scanner itself; with inferred
+    codes (GMM-DRIT) it is the component most of that scanner's training slices fall in."""
+    rows = []
+    comps = None
+    if model.cfg.variant == "gmm-drit":
+        comps = gmvae.encode_all(model.attribute.gmvae, train.images)["prob"].argmax(1)
+    for b, name in enumerate(train.domains):
+        comp = int(np.bincount(comps[train.labels == b], minlength=model.cfg.k).argmax()) if comps is not None else None
+        code = b if (model.cfg.variant == "drit++" or model.cfg.known_labels) else comp
+        rows.append(dict(scanner=name, code=code, component=comp))
+    return pd.DataFrame(rows)
+
+
+def references(train: Slices, n: int = 16, seed: int = 0) -> dict[int, np.ndarray]:
+    """``n`` random training slices of each scanner, for reference-guided translation."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for b in range(len(train.domains)):
+        rows = np.flatnonzero(train.labels == b)
+        out[b] = np.asarray(train.images[np.sort(rng.choice(rows, min(n, len(rows)), replace=False))], np.float32)
+    return out
+
+
 class Harmonizer:
-    def __init__(self, model: Translator, batch_size: int = 32):
+    """A trained stage-2 model as a harmonizer. Given the training slices ``train`` it also knows
+    the scanners by name (:attr:`domains`), their codes and reference slices (drawn with ``seed``)."""
+
+    def __init__(self, model: Translator, train: Slices | None = None, *, seed: int = 0, batch_size: int = 32):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.batch_size = batch_size
         self.k, self.attr = model.cfg.k, model.cfg.attr
+        self.domains = list(train.domains) if train is not None else []
+        self.codes = scanner_codes(model, train) if train is not None else None
+        self.references = references(train, seed=seed) if train is not None else {}
+
+    @classmethod
+    def from_run(cls, run, method: str | methods.Method = methods.GMM_DRIT, checkpoint=None,
+                 known_labels: bool = False) -> Harmonizer:
+        """The run's trained ``method`` (default ``<run>/checkpoints/<method's checkpoint>``, else the
+        file ``checkpoint``), with the run's training slices and seed."""
+        method = methods.get(method)
+        path = checkpoint or run.checkpoints / method.checkpoint(known_labels)
+        model = drit.from_checkpoint(run.require(path, method.notebook))
+        return cls(model, slices_for_run(run, "train"), seed=run.seed)
 
     def _check(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, np.float32)
@@ -77,6 +127,33 @@ class Harmonizer:
             za = torch.randn(1, self.attr, generator=torch.Generator().manual_seed(seed)).to(self.device)
         return self._run(images, za, c)
 
+    def _domain(self, b: int) -> int:
+        if self.codes is None:
+            raise ValueError("this Harmonizer does not know the scanners: build it with the training slices, "
+                             "Harmonizer(model, train), or with Harmonizer.from_run(run, method)")
+        if not 0 <= b < len(self.domains):
+            raise ValueError(f"scanner {b} does not exist: the model was trained on {self.domains}")
+        return int(self.codes.code[b])
+
+    def to_domain(self, images: np.ndarray, b: int, reference: np.ndarray | None = None) -> np.ndarray:
+        """``images`` translated to training scanner ``b`` (an index of :attr:`domains`) with its code,
+        guided by ``reference`` slices of it (default: the run's reference slices of ``b``)."""
+        code = self._domain(b)
+        return self.to_scanner(images, code, reference=self.references[b] if reference is None else reference)
+
+    def to_every_domain(self, images: np.ndarray) -> np.ndarray:
+        """``images`` translated to every training scanner, reference-guided: (K, N, H, W)."""
+        images = self._check(images)
+        out = [self.to_domain(images, b) for b in range(len(self.domains))]
+        return np.stack(out) if out else np.zeros((0, *images.shape), np.float32)
+
+    def sampled_to_domain(self, images: np.ndarray, b: int, seed: int = 0) -> np.ndarray:
+        """``images`` translated to training scanner ``b``, z^a sampled (GMM-DRIT: from the GM-VAE
+        component of ``b``; DRIT++: from N(0, I)) with a fixed seed."""
+        code = self._domain(b)
+        comp = self.codes.component[b]
+        return self.to_scanner(images, code, component=None if pd.isna(comp) else int(comp), seed=seed)
+
 
 def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free", target: int | None = None,
                      reference: np.ndarray | None = None, seed: int = 0, progress: bool = True):
@@ -84,8 +161,9 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     and header: coronal slices -> model size -> harmonized in batches -> 182 x 182 -> volume
     -> back onto the input's grid and orientation -> intensities in the input's range.
 
-    ``mode`` is ``"scanner-free"`` or ``"to-scanner"`` (then ``target`` is the model's scanner
-    code, and ``reference`` optional slices of the target). Voxels outside the brain keep
+    ``mode`` is ``"scanner-free"`` or ``"to-scanner"`` (then ``target`` is one of the training
+    scanners of ``harm``, an index of ``harm.domains``, and ``reference`` optional slices of it;
+    default: its training reference slices). Voxels outside the brain keep
     their input values. The output is written atomically as float32."""
     from pathlib import Path
 
@@ -102,7 +180,7 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     if mode not in ("scanner-free", "to-scanner"):
         raise ValueError(f"mode must be 'scanner-free' or 'to-scanner', got {mode!r}")
     if mode == "to-scanner" and target is None:
-        raise ValueError("mode 'to-scanner' needs a target scanner code")
+        raise ValueError("mode 'to-scanner' needs a target scanner")
     canon = load_volume(path)  # checks the file (clear errors); canonical RAS, float32
     original = nib.load(str(path))
     data = canon.get_fdata(dtype=np.float32)
@@ -119,7 +197,7 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
         slices = np.stack([resize(coronal_slice(vol, y), size, order=1, anti_aliasing=True, preserve_range=True)
                            for y in chunk]).astype(np.float32)
         done = harm.scanner_free(slices, seed) if mode == "scanner-free" else \
-            harm.to_scanner(slices, target, reference=reference, seed=seed)
+            harm.to_domain(slices, target, reference=reference)
         for y, s in zip(chunk, done):
             out[:, y, :] = coronal_to_volume(resize(s, (182, 182), order=1, preserve_range=True))
     # back from the MNI grid onto the (canonical) input grid, then the input's orientation

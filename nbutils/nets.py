@@ -1,5 +1,5 @@
 """Stage-2 networks: content encoder E^c, generator G, scanner discriminators D_s and the content
-discriminator D_c (thesis §3; DESIGN §5), plus the unimodal attribute encoder of DRIT++.
+discriminator D_c (thesis §3; docs/design.md, "Method decisions"), plus the unimodal attribute encoder of DRIT++.
 
 Images are in [-1, 1] (tanh). Any image size: inputs are padded (with the background value -1)
 to a multiple of the down-sampling factor and outputs cropped back (182 -> 184 -> 182).

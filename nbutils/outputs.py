@@ -9,25 +9,25 @@ For a split (test or train) and each method, two arrays:
   reference-guided by training slices of the target; histogram matching: matched to the
   target's training histogram; identity: the input).
 
-The cache lives in ``<run>/outputs/`` and is rebuilt when a model checkpoint is newer than it.
+The cache lives in ``<run>/outputs/``. Each cached file records what it was computed from (the
+model's checkpoint, every file of the run's slices and the seed, by size and modification time) and
+is recomputed when any of them changed: retraining a model or slicing the data again.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import baselines, drit, stage2
+from . import baselines, methods
 from .config import Run
 from .data import Slices
+from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
 from .io import atomic_path
-
-# method -> (checkpoint, notebook that makes it); the models first
-MODELS = {"GMM-DRIT": ("gmm-drit.pt", "03_gmmdrit_training"), "DRIT++": ("dritpp.pt", "04_dritpp_baseline")}
-BASELINES = ("histogram matching", "identity")
-METHODS = (*MODELS, *BASELINES)
 
 
 @dataclass
@@ -40,11 +40,8 @@ def _stack(frames: list[np.ndarray], images: np.ndarray) -> np.ndarray:
     return np.stack(frames) if frames else np.zeros((0, *images.shape), np.float32)
 
 
-def _model_outputs(model, images, train: Slices, targets: range, seed: int, desc: str) -> Outputs:
-    harm = Harmonizer(model)
-    codes, refs = stage2.scanner_codes(model, train), stage2.references(train, seed=seed)
-    to = [stage2.to_scanner(harm, images, codes, refs, b)
-          for b in tqdm(targets, desc=f"{desc}: to each scanner", leave=False)]
+def _model_outputs(harm: Harmonizer, images, targets: range, seed: int, desc: str) -> Outputs:
+    to = [harm.to_domain(images, b) for b in tqdm(targets, desc=f"{desc}: to each scanner", leave=False)]
     return Outputs(harm.scanner_free(images, seed=seed), _stack(to, images))
 
 
@@ -54,46 +51,59 @@ def _histogram_outputs(images, masks, train: Slices, targets: range) -> Outputs:
     return Outputs(baselines.match_all(images, masks, pooled), to)
 
 
+def inputs_stamp(run: Run, method: methods.Method) -> str:
+    """What ``method``'s outputs are computed from, as a string that changes when any of it
+    changes: the seed, and the size and modification time of every file of the run's slices and
+    (models) of the checkpoint."""
+    files = sorted(p for p in run.slices.iterdir() if p.is_file()) if run.slices.is_dir() else []
+    if method.is_model:
+        files.append(run.checkpoints / method.checkpoint())
+    stat = {str(f.relative_to(run.dir)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
+    return json.dumps(dict(seed=run.seed, files=stat), sort_keys=True)
+
+
+def _cached(cache: Path, stamp: str, targets: bool) -> Outputs | None:
+    if not cache.exists():
+        return None
+    with np.load(cache) as z:
+        if "inputs" not in z or str(z["inputs"]) != stamp or (targets and z["to_target"].shape[0] == 0):
+            return None
+        return Outputs(z["scanner_free"].astype(np.float32), z["to_target"].astype(np.float32))
+
+
 def method_outputs(run: Run, split: Slices, split_name: str, train: Slices, targets: bool = True,
-                   seed: int = 0, progress: bool = True) -> dict[str, Outputs]:
-    """``{method: Outputs}`` for every method of :data:`METHODS`, from the cache when it is up to date."""
+                   progress: bool = True) -> dict[str, Outputs]:
+    """``{method name: Outputs}`` for every method of :data:`nbutils.methods.COMPARED`, from the
+    cache when it is up to date."""
     images = np.asarray(split.images, np.float32)
     masks = np.asarray(split.masks, bool)
     folder = run.dir / "outputs"
     folder.mkdir(exist_ok=True)
-    k = len(train.domains)
-    wanted = range(k if targets else 0)
+    wanted = range(len(train.domains) if targets else 0)
     out = {}
-    for method in tqdm(METHODS, desc=f"harmonizing the {split_name} split", disable=not progress):
-        if method == "identity":
-            out[method] = Outputs(images, np.broadcast_to(images, (len(wanted), *images.shape)))
+    for method in tqdm(methods.COMPARED, desc=f"harmonizing the {split_name} split", disable=not progress):
+        if method == methods.IDENTITY:
+            out[method.name] = Outputs(images, np.broadcast_to(images, (len(wanted), *images.shape)))
             continue
-        cache = folder / f"{split_name}_{method.replace(' ', '-').replace('+', 'p').lower()}.npz"
-        source = run.checkpoints / MODELS[method][0] if method in MODELS else None
-        if method in MODELS:
-            run.require(source, MODELS[method][1])
-        fresh = cache.exists() and (source is None or cache.stat().st_mtime > source.stat().st_mtime)
-        if fresh:
-            with np.load(cache) as z:
-                if z["to_target"].shape[0] > 0 or not targets:
-                    out[method] = Outputs(z["scanner_free"].astype(np.float32), z["to_target"].astype(np.float32))
-                    continue
-        if method in MODELS:
-            result = _model_outputs(drit.from_checkpoint(source), images, train, wanted, seed, method)
-        else:
-            result = _histogram_outputs(images, masks, train, wanted)
-        with atomic_path(cache) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, scanner_free=result.scanner_free.astype(np.float16),
-                         to_target=result.to_target.astype(np.float16))
-        out[method] = result
+        cache = folder / f"{split_name}_{method.slug}.npz"
+        if method.is_model:
+            run.require(run.checkpoints / method.checkpoint(), method.notebook)
+        stamp = inputs_stamp(run, method)
+        result = _cached(cache, stamp, targets)
+        if result is None:
+            if method.is_model:
+                result = _model_outputs(Harmonizer.from_run(run, method), images, wanted, run.seed, method.name)
+            else:
+                result = _histogram_outputs(images, masks, train, wanted)
+            with atomic_path(cache) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, scanner_free=result.scanner_free.astype(np.float16),
+                             to_target=result.to_target.astype(np.float16), inputs=np.array(stamp))
+        out[method.name] = result
     return out
 
 
 def evaluation_data(run: Run, targets: bool = True, progress: bool = True):
     """What notebooks 05-09 start from: (train split, test split, ``{method: Outputs}`` of the test split)."""
-    from .data import load_slices
-
-    slices = run.require(run.slices / "manifest.csv", "01_data_slicing").parent
-    train, test = load_slices(slices, "train"), load_slices(slices, "test")
-    return train, test, method_outputs(run, test, "test", train, targets, run.seed, progress)
+    train, test = slices_for_run(run, "train"), slices_for_run(run, "test")
+    return train, test, method_outputs(run, test, "test", train, targets, progress)

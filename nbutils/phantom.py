@@ -1,4 +1,4 @@
-"""The built-in simulated multi-scanner data set (no download; DESIGN §4).
+"""The built-in simulated multi-scanner data set (no download; docs/design.md, "Data").
 
 Anatomy comes from the ICBM152 2009a T1 template that ships inside nilearn. A
 *pseudo-subject* is a slab of ``slab`` contiguous 1 mm coronal slices at a random

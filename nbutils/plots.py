@@ -1,4 +1,4 @@
-"""Figures and tables: one helper saves each under a stable name (DESIGN §7).
+"""Figures and tables: one helper saves each under a stable name (docs/design.md, "House style").
 
 Static figures are PNG through matplotlib (no browser needed); interactive ones HTML
 through plotly with ``include_plotlyjs='directory'`` so they open offline. Tables are

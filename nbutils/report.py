@@ -13,60 +13,27 @@ import sys
 
 import pandas as pd
 
+from . import measures, methods
 from .config import ROOT, read_metrics, resolve
 from .io import atomic_write_text
-from .outputs import METHODS
-from .paired import RESCAN_CEILING, SCAN_CEILING
 from .plots import markdown_table
-from .supervised import LABEL as SUPERVISED
 
-COLUMNS = (*METHODS, SUPERVISED)
-
-# (label, metrics.json section, key prefix, higher is better, the thesis's GMM-DRIT / DRIT++)
-MEASURES = [
-    ("E2 structure SSIM, input vs scanner-free", "05_ssim", "E2 structure", True, "0.96–0.97 / 0.21–0.32"),
-    ("E3 luminance SSIM, translated vs real target", "05_ssim", "E3 luminance", True, "0.95–0.99 / 0.92–0.98"),
-    ("E4 cross-scanner luminance SSIM after", "05_ssim", "E4 luminance", True, "0.99 / 0.99 (0.97 before)"),
-    ("E5 FID (classifier features)", "06_fid_kid", "E5 FID", False, "0.7611 / 11.71 (its own features)"),
-    ("E5 KID (classifier features)", "06_fid_kid", "E5 KID", False, "0.000578 / 0.013435"),
-    ("E7 mean pairwise W1 between scanners", "08_intensities", "E7 mean pairwise W1", False, "figure only"),
-    ("SSIM vs target scan, a → b", "09_beyond", "vs target scan SSIM", True, "not measurable"),
-    ("PSNR vs target scan, a → b (dB)", "09_beyond", "vs target scan PSNR", True, "not measurable"),
-    ("SSIM vs clean truth, a → b", "09_beyond", "vs truth SSIM", True, "not measurable"),
-    ("PSNR vs clean truth, a → b (dB)", "09_beyond", "vs truth PSNR", True, "not measurable"),
-    ("scanner-free consistency SSIM", "09_beyond", "sf consistency SSIM", True, "not measurable"),
-    ("scanner-free consistency SSIM, blur control", "09_beyond", "sf blur control SSIM", True, "not measurable"),
-    ("scanner-free consistency, margin over the stronger control", "09_beyond", "sf margin over controls", True,
-     "not measurable"),
-    ("residual scanner acc., frozen raw classifier", "09_beyond", "residual acc frozen", False, "not measurable"),
-    ("residual scanner acc., retrained classifier", "09_beyond", "residual acc retrained", False, "not measurable"),
-]
-# measure key prefix -> the metrics.json key of its reference
-REFERENCE = {"E3 luminance": "E3 luminance real vs real", "E4 luminance": "E4 luminance before (inputs)",
-             "E5 FID": "E5 FID floor (real vs real)", "E5 KID": "E5 KID floor (real vs real)",
-             "E7 mean pairwise W1": "E7 mean pairwise W1 before (identity)",
-             "vs target scan SSIM": f"vs target scan SSIM {RESCAN_CEILING}",
-             "vs target scan PSNR": f"vs target scan PSNR {RESCAN_CEILING}",
-             "vs truth SSIM": f"vs truth SSIM {SCAN_CEILING}", "vs truth PSNR": f"vs truth PSNR {SCAN_CEILING}",
-             "sf consistency SSIM": "sf consistency SSIM inputs", "sf blur control SSIM": "sf consistency SSIM inputs",
-             "residual acc frozen": "residual_chance", "residual acc retrained": "residual_chance"}
+SUPERVISED = methods.SUPERVISED.name
+COLUMNS = tuple(m.name for m in (*methods.COMPARED, methods.SUPERVISED))
 
 
 def results_table(metrics: dict) -> pd.DataFrame:
-    """One row per measure: each method's value (the paired-supervision bound last, where it was
-    measured), the reference (ceiling, floor, real vs real, before or chance) where there is one,
-    which direction is better, and the thesis's numbers."""
+    """One row per measure of :data:`nbutils.measures.TABLE` that was recorded: each method's value
+    (the paired-supervision bound last, where it was measured), the reference (ceiling, floor, real
+    vs real, before or chance) where there is one, which direction is better, and the thesis's numbers."""
     rows = []
-    for label, section, prefix, higher, thesis in MEASURES:
-        values = metrics.get(section, {})
-        if not any(k.startswith(prefix + " ") for k in values):
+    for measure in measures.TABLE:
+        if not measure.recorded(metrics):
             continue
-        row = {"measure": label, "better": "higher" if higher else "lower"}
-        for m in COLUMNS:
-            name = "before (identity)" if (prefix.startswith("E7") and m == "identity") else m
-            row[m] = values.get(f"{prefix} {name}")
-        row["reference"] = values.get(REFERENCE.get(prefix, ""))
-        row["thesis GMM-DRIT / DRIT++ (real data)"] = thesis
+        row = {"measure": measure.label, "better": "higher" if measure.higher else "lower"}
+        row |= {name: measure.read(metrics, name) for name in COLUMNS}
+        row["reference"] = measure.read(metrics, measure.reference) if measure.reference else None
+        row["thesis GMM-DRIT / DRIT++ (real data)"] = measure.thesis
         rows.append(row)
     table = pd.DataFrame(rows)
     if SUPERVISED in table and table[SUPERVISED].isna().all():
@@ -79,10 +46,11 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 def readme_section(metrics: dict, run_dir) -> str:
     table = results_table(metrics)
-    steps = {k: metrics.get(k, {}).get("steps") for k in ("02_gmvae", "03_gmmdrit", "04_dritpp")}
+    steps = {k: metrics.get(k, {}).get("steps") for k in ("02_gmvae", *(m.section for m in methods.MODELS))}
     return (f"{START}\n"
             f"Generated by `python -m nbutils.report --readme` from `{run_dir}/metrics.json` "
-            f"(GM-VAE {steps['02_gmvae']} iterations, GMM-DRIT {steps['03_gmmdrit']}, DRIT++ {steps['04_dritpp']}). "
+            f"(GM-VAE {steps['02_gmvae']} iterations, "
+            + ", ".join(f"{m.name} {steps[m.section]}" for m in methods.MODELS) + "). "
             "**Simulated data**: sim-A … sim-D are simulated scanners, not real devices. "
             "`reference` is the real-vs-real value (E3), the value before harmonization (E4, E7), the "
             "split-half floor (E5), the ceiling (vs target scan: b rescanned; vs clean truth: b's own scan), "

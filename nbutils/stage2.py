@@ -1,5 +1,11 @@
-"""What notebooks 03 (GMM-DRIT) and 04 (DRIT++) share: build and train the model from the run's
-profile, the translation grid, and the headline scores on the simulated traveling subjects."""
+"""What notebooks 03 (GMM-DRIT) and 04 (DRIT++) share, in the order of their sections:
+:class:`Experiment` trains (or loads) one stage-2 model with the run's profile, draws its
+translation grid, scores it on the traveling subjects beside the ceilings and controls, and
+diagnoses whether it uses what it should. Each notebook only names its method and tells the story.
+
+Data without traveling subjects (no anatomy seen by two scanners, e.g. IXI) cannot be scored
+against a target scan: then the scores, the target sensitivity and the learning curve are left
+out, with a message, and the rest runs."""
 from __future__ import annotations
 
 import shutil
@@ -7,101 +13,56 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from . import baselines, drit, gmvae, paired, plots, usage
+from . import baselines, drit, gmvae, methods, paired, plots, usage
 from .config import Run, read_metrics
 from .data import Slices
+from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
-from .train import snapshot_folder
+from .train import pick_device, snapshot_folder
+
+LOSSES = ["D_s1", "D_s2", "D_c", "G_adv1", "G_cls1", "G_cls2", "self_rec", "cross_cycle", "latent"]
+NO_TRAVELING = ("no anatomy of the test split is seen by two scanners (no traveling subjects): "
+                "the scores against a target scan, the target sensitivity and the learning curve are left out")
 
 
-def checkpoint_path(run: Run, variant: str, known_labels: bool = False):
-    """Where the run keeps the stage-2 checkpoint of ``variant``."""
-    return run.checkpoints / (variant.replace("+", "p") + ("-known" if known_labels else "") + ".pt")
-
-
-def train_variant(run: Run, train_set: Slices, variant: str, known_labels: bool = False, retrain: bool = False):
-    """Train (or load) ``variant`` with the profile's settings; returns (model, history)."""
+def train_variant(run: Run, train_set: Slices, method: methods.Method, known_labels: bool = False,
+                  retrain: bool = False):
+    """Train (or load) ``method`` with the profile's settings; returns (model, history)."""
     p = run.profile
-    checkpoint = checkpoint_path(run, variant, known_labels)
+    checkpoint = run.checkpoints / method.checkpoint(known_labels)
     if retrain:
         checkpoint.unlink(missing_ok=True)
         shutil.rmtree(snapshot_folder(checkpoint), ignore_errors=True)
     gm = None
     k = len(train_set.domains)
-    if variant == "gmm-drit":
+    if method == methods.GMM_DRIT:
         gm = gmvae.from_checkpoint(run.require(run.checkpoints / "gmvae.pt", "02_gmvae_pretraining"))
         k = gm.cfg.k
-    cfg = drit.DRITConfig(image_shape=tuple(train_set.images.shape[1:]), k=k, variant=variant,
+    cfg = drit.DRITConfig(image_shape=tuple(train_set.images.shape[1:]), k=k, variant=method.variant,
                           width=p.drit_width, n_res=p.drit_res, down=p.drit_down, lr=p.drit_lr, known_labels=known_labels,
                           attr=gm.cfg.gaussian_size if gm else 64)
     return drit.train_drit(train_set.images, train_set.labels, cfg, checkpoint, gmvae=gm, steps=p.drit_steps,
                            batch_size=p.drit_batch, every=p.checkpoint_every, seed=run.seed, snapshots=True)
 
 
-def scanner_codes(model: drit.Translator, train_set: Slices) -> pd.DataFrame:
-    """For each scanner: the code c to condition G on and the GM-VAE component to sample z^a
-    from. With known labels (and for DRIT++) the code is the scanner itself; with inferred
-    codes (GMM-DRIT) it is the component most of that scanner's training slices fall in."""
-    rows = []
-    comps = None
-    if model.cfg.variant == "gmm-drit":
-        comps = gmvae.encode_all(model.attribute.gmvae, train_set.images)["prob"].argmax(1)
-    for b, name in enumerate(train_set.domains):
-        comp = int(np.bincount(comps[train_set.labels == b], minlength=model.cfg.k).argmax()) if comps is not None else None
-        code = b if (model.cfg.variant == "drit++" or model.cfg.known_labels) else comp
-        rows.append(dict(scanner=name, code=code, component=comp))
-    return pd.DataFrame(rows)
-
-
-def references(train_set: Slices, n: int = 16, seed: int = 0) -> dict[int, np.ndarray]:
-    """``n`` random training slices of each scanner, for reference-guided translation."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for b in range(len(train_set.domains)):
-        rows = np.flatnonzero(train_set.labels == b)
-        out[b] = np.asarray(train_set.images[np.sort(rng.choice(rows, min(n, len(rows)), replace=False))], np.float32)
-    return out
-
-
-def to_scanner(harm: Harmonizer, images: np.ndarray, codes: pd.DataFrame, refs: dict[int, np.ndarray],
-               b: int) -> np.ndarray:
-    """``images`` translated to scanner ``b``, guided by its reference slices, with its code."""
-    return harm.to_scanner(images, int(codes.code[b]), reference=refs[b])
-
-
-def guided(harm: Harmonizer, images: np.ndarray, codes: pd.DataFrame, refs: dict[int, np.ndarray]) -> np.ndarray:
-    """``images`` translated to every scanner, reference-guided: (K, N, H, W)."""
-    return np.stack([to_scanner(harm, images, codes, refs, b) for b in range(len(codes))])
-
-
-def model_outputs(harm: Harmonizer, images: np.ndarray, codes: pd.DataFrame, refs: dict[int, np.ndarray],
-                  seed: int = 0) -> dict[str, np.ndarray]:
+def model_outputs(harm: Harmonizer, images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     """The model's two domain-to-domain modes on every image and target: {mode: (K, N, H, W)}."""
-    k = len(codes)
-
-    def sampled(b):
-        comp = codes.component[b]
-        return harm.to_scanner(images, int(codes.code[b]), component=None if pd.isna(comp) else int(comp), seed=seed)
-
-    return {"reference-guided": guided(harm, images, codes, refs),
-            "sampled": np.stack([sampled(b) for b in range(k)])}
+    return {"reference-guided": harm.to_every_domain(images),
+            "sampled": np.stack([harm.sampled_to_domain(images, b, seed) for b in range(len(harm.domains))])}
 
 
-def headline(test: Slices, train_set: Slices, model: drit.Translator, label: str, seed: int = 0):
-    """Scores on the traveling subjects (simulated), each beside its ceiling and control:
-    domain-to-domain against the target's observed scan and its clean truth (with the identity
-    and histogram-matching baselines and both ceilings), scanner-free agreement beside the
-    inputs' and the blur control's, and the structure kept."""
-    harm = Harmonizer(model)
-    codes = scanner_codes(model, train_set)
-    refs = references(train_set, seed=seed)
+def headline(test: Slices, train_set: Slices, harm: Harmonizer, label: str, seed: int = 0) -> dict:
+    """Scores on the traveling subjects, each beside its ceiling and control: domain-to-domain
+    against the target's observed scan and its clean truth (with the identity and
+    histogram-matching baselines and both ceilings), scanner-free agreement beside the inputs'
+    and the blur control's, and the structure kept."""
     images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
-    outs = {f"{label} {mode}": o for mode, o in model_outputs(harm, images, codes, refs, seed).items()}
+    outs = {f"{label} {mode}": o for mode, o in model_outputs(harm, images, seed).items()}
     outs |= baselines.to_every_scanner_outputs(images, masks, train_set)
     scores = paired.score_outputs(test, outs, progress=False)
     sf = harm.scanner_free(images, seed=seed)
     agreement = paired.agreement_table(test, {label: sf})
-    return dict(scores=scores, d2d=paired.summary(scores), codes=codes, scanner_free=sf, agreement=agreement,
+    return dict(scores=scores, d2d=paired.summary(scores), codes=harm.codes, scanner_free=sf, agreement=agreement,
                 guided=outs[f"{label} reference-guided"])
 
 
@@ -115,37 +76,6 @@ def summary(result: dict, label: str) -> dict:
             "sf_agreement_margin": a["margin"], "sf_agreement_margin_ci_low": a["margin_ci_low"],
             "sf_beats_inputs_and_blur": a["beats_inputs_and_blur"], "sf_structure_ssim": a["structure"]}
     return out
-
-
-def translation_grid(test: Slices, model: drit.Translator, codes: pd.DataFrame, refs, title: str,
-                     anatomy: int = 0, seed: int = 0):
-    """One traveling-subject anatomy: rows are source scanners; columns the input, the
-    scanner-free output and the reference-guided translation to each scanner."""
-    harm = Harmonizer(model)
-    rows = plots.anatomy_rows(test.manifest, anatomy)
-    images = np.asarray(test.images[rows], np.float32)
-    sf = harm.scanner_free(images, seed)
-    to = guided(harm, images, codes, refs)
-    sources = [test.domains[test.labels[r]] for r in rows]
-    idx = np.arange(len(rows))
-    return plots.translation_montage(images, sf, to, idx, sources, test.domains, title)
-
-
-def record_headline(run: Run, result: dict, label: str, key: str, steps: int) -> dict:
-    """Save the headline tables of notebooks 03/04 (domain-to-domain with both references and
-    ceilings; scanner-free agreement with its controls), add the numbers to ``metrics.json``
-    under ``key`` and return them."""
-    plots.save_table(paired.flat(result["d2d"]).round(4), key + "_domain_to_domain", run.figures,
-                     note="Cross-scanner translations (a ≠ b) against the target's observed scan (a == b: its "
-                          "rescan) and its clean truth, brain mask; ceilings: b rescanned, b's own scan; "
-                          + plots.SIMULATED + ".")
-    plots.save_table(result["agreement"].round(4), key + "_scanner_free_agreement", run.figures,
-                     note="SSIM between scanner-free outputs of the same anatomy from two scanners, beside the "
-                          "inputs' agreement and the blur control (inputs blurred to the outputs' effective "
-                          "resolution), brain mask; " + plots.SIMULATED + ".")
-    headline = summary(result, label) | {"steps": steps}
-    run.record(key, headline)
-    return headline
 
 
 def verdict(result: dict, label: str) -> str:
@@ -174,14 +104,12 @@ def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: 
     """The paired scores of every training snapshot of ``model`` (notebooks 03/04): SSIM of the
     reference-guided translations (a ≠ b) against the target's scan and its clean truth, the
     target sensitivity, and the scanner-free outputs' agreement; against iterations and training
-    seconds. Simulated traveling subjects."""
+    seconds. Traveling subjects."""
     images = np.asarray(test.images, np.float32)
-    refs = references(train_set, seed=seed)
 
     def evaluate(m):
-        harm = Harmonizer(m)
-        codes = scanner_codes(m, train_set)
-        outs = guided(harm, images, codes, refs)
+        harm = Harmonizer(m, train_set, seed=seed)
+        outs = harm.to_every_domain(images)
         d = paired.summary(paired.score_outputs(test, {label: outs}, ceilings=False, progress=False))
         agree, structure = paired.scanner_free_scores(test, harm.scanner_free(images, seed=seed))
         row = {f"ssim vs {ref}": d.loc[label, ("ssim", ref)] for ref in paired.CEILINGS if ("ssim", ref) in d.columns}
@@ -193,23 +121,87 @@ def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: 
                          for step, seconds, m in drit.snapshot_models(checkpoint, model)])
 
 
-def diagnose(run: Run, model: drit.Translator, test: Slices, train_set: Slices, result: dict, label: str,
-             key: str) -> tuple[dict, pd.DataFrame, object]:
-    """Does the model use what it should (notebooks 03/04)? The diagnostics of
-    :mod:`nbutils.usage` on the reference-guided translations of :func:`headline`, and the
-    learning curve over the training snapshots; both saved (table, figure) and added to
-    ``metrics.json`` under ``key``. Returns (diagnostics, curve, figure)."""
-    diag = usage.report(model, test, result["guided"])
-    curve = learning_curve(checkpoint_path(run, model.cfg.variant, model.cfg.known_labels), model, test, train_set,
-                           label)
-    plots.save_table(curve.round(4), key + "_learning_curve", run.figures,
-                     note="Scores of training snapshots on the traveling subjects (" + plots.SIMULATED + ").")
-    fig = plots.learning_curve(curve, f"{label} learning curve: " + plots.SIMULATED)
-    plots.save_figure(fig, key + "_learning_curve", run.figures)
-    last = curve.iloc[-1]
-    prev = curve.iloc[-2] if len(curve) > 1 else last
-    trend = {f"curve_{c.replace(' ', '_')}_last_gain": float(last[c] - prev[c])
-             for c in curve.columns if c not in ("step", "seconds")}
-    metrics = read_metrics(run.dir).get(key, {})
-    run.record(key, metrics | diag | trend | {"train_seconds": float(last["seconds"])})
-    return diag, curve, fig
+class Experiment:
+    """One stage-2 model of a run, as notebooks 03 (GMM-DRIT) and 04 (DRIT++) use it. Figures and
+    tables are saved to the run's figures folder, headline numbers to ``metrics.json``, both under
+    :attr:`key` (the method's section; ``_known_labels`` for the ablation)."""
+
+    def __init__(self, run: Run, method: str | methods.Method, known_labels: bool = False):
+        self.run, self.method, self.known_labels = run, methods.get(method), known_labels
+        self.label = self.method.name
+        self.key = self.method.section + ("_known_labels" if known_labels else "")
+        self.train_set, self.test_set = slices_for_run(run, "train"), slices_for_run(run, "test")
+        self.traveling = paired.has_traveling(self.test_set)
+        self.model = self.harmonizer = self.history = self.result = None
+
+    def __str__(self) -> str:
+        p = self.run.profile
+        return (f"profile {p.name}: {len(self.train_set)} training slices, {p.drit_steps} iterations of batch "
+                f"{p.drit_batch} x 2, width {p.drit_width}, device {pick_device()}")
+
+    def train(self, retrain: bool = False):
+        """Train (or load) the model; save its loss curves. Returns the figure."""
+        self.model, self.history = train_variant(self.run, self.train_set, self.method, self.known_labels, retrain)
+        self.harmonizer = Harmonizer(self.model, self.train_set, seed=self.run.seed)
+        fig = plots.loss_curves(self.history, f"{self.label} training losses: " + plots.SIMULATED, LOSSES)
+        plots.save_figure(fig, self.key + "_losses", self.run.figures)
+        return fig
+
+    def translation_grid(self, anatomy: int = 0):
+        """One test anatomy: rows are source scanners; columns the input, the scanner-free output and
+        the reference-guided translation to each scanner. Saved; returns the figure."""
+        test, harm = self.test_set, self.harmonizer
+        rows = plots.anatomy_rows(test.manifest, anatomy)
+        images = np.asarray(test.images[rows], np.float32)
+        sources = [test.domains[test.labels[r]] for r in rows]
+        fig = plots.translation_montage(images, harm.scanner_free(images, self.run.seed), harm.to_every_domain(images),
+                                        np.arange(len(rows)), sources, test.domains,
+                                        f"{self.label}: " + plots.SIMULATED)
+        plots.save_figure(fig, self.key + "_translations", self.run.figures)
+        return fig
+
+    def score(self) -> pd.DataFrame | str:
+        """:func:`headline` scores, saved (tables) and recorded; the domain-to-domain table, or why
+        there is none."""
+        run = self.run
+        headline_ = {"steps": int(self.history["step"].max())}
+        if self.traveling:
+            self.result = headline(self.test_set, self.train_set, self.harmonizer, self.label, seed=run.seed)
+            plots.save_table(paired.flat(self.result["d2d"]).round(4), self.key + "_domain_to_domain", run.figures,
+                             note="Cross-scanner translations (a ≠ b) against the target's observed scan (a == b: its "
+                                  "rescan) and its clean truth, brain mask; ceilings: b rescanned, b's own scan; "
+                                  + plots.SIMULATED + ".")
+            plots.save_table(self.result["agreement"].round(4), self.key + "_scanner_free_agreement", run.figures,
+                             note="SSIM between scanner-free outputs of the same anatomy from two scanners, beside the "
+                                  "inputs' agreement and the blur control (inputs blurred to the outputs' effective "
+                                  "resolution), brain mask; " + plots.SIMULATED + ".")
+            headline_ |= summary(self.result, self.label)
+        run.record(self.key, headline_)
+        return paired.flat(self.result["d2d"]).round(3) if self.traveling else NO_TRAVELING
+
+    def verdict(self) -> str:
+        return verdict(self.result, self.label) if self.traveling else NO_TRAVELING
+
+    def diagnose(self) -> tuple[dict, pd.DataFrame | None, object]:
+        """Does the model use what it should? The diagnostics of :mod:`nbutils.usage` on the
+        reference-guided translations and, with traveling subjects, the learning curve over the
+        training snapshots; saved (table, figure) and added to ``metrics.json``. Returns
+        (diagnostics, curve, figure); curve and figure are None without traveling subjects."""
+        run, test, model = self.run, self.test_set, self.model
+        guided = self.result["guided"] if self.traveling else self.harmonizer.to_every_domain(test.images)
+        diag = usage.report(model, test, guided)
+        curve = fig = None
+        trend = {"train_seconds": float(self.history["seconds"].max())}
+        if self.traveling:
+            checkpoint = run.checkpoints / self.method.checkpoint(self.known_labels)
+            curve = learning_curve(checkpoint, model, test, self.train_set, self.label, seed=run.seed)
+            plots.save_table(curve.round(4), self.key + "_learning_curve", run.figures,
+                             note="Scores of training snapshots on the traveling subjects (" + plots.SIMULATED + ").")
+            fig = plots.learning_curve(curve, f"{self.label} learning curve: " + plots.SIMULATED)
+            plots.save_figure(fig, self.key + "_learning_curve", run.figures)
+            last = curve.iloc[-1]
+            prev = curve.iloc[-2] if len(curve) > 1 else last
+            trend |= {f"curve_{c.replace(' ', '_')}_last_gain": float(last[c] - prev[c])
+                      for c in curve.columns if c not in ("step", "seconds")}
+        run.record(self.key, read_metrics(run.dir).get(self.key, {}) | diag | trend)
+        return diag, curve, fig

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Slices
-
-LABEL = "paired supervision (upper bound; not available to unpaired methods)"
+from .methods import SUPERVISED
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -141,14 +140,13 @@ def for_run(run) -> PairedUNet | None:
     """The run's paired translator, trained once on the run's ``paired`` split with the profile's
     settings and then loaded from ``<run>/checkpoints/paired-unet.pt``; None (with a message) when
     the data set has no paired split (real data without traveling subjects in training)."""
-    from .data import load_slices
+    from .data import for_run as slices_for_run
 
-    slices = run.require(run.slices / "manifest.csv", "01_data_slicing").parent
-    manifest = pd.read_csv(slices / "manifest.csv", usecols=["split"])
+    manifest = pd.read_csv(run.require(run.slices / "manifest.csv", "01_data_slicing"), usecols=["split"])
     if not (manifest["split"] == "paired").any():
         print("this data set has no paired split: no supervised upper bound")
         return None
     p = run.profile
-    model, _ = train_paired(load_slices(slices, "paired"), run.checkpoints / "paired-unet.pt", width=p.paired_width,
+    model, _ = train_paired(slices_for_run(run, "paired"), run.checkpoints / SUPERVISED.checkpoint(), width=p.paired_width,
                             steps=p.paired_steps, every=p.checkpoint_every, seed=run.seed)
     return model

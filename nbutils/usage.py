@@ -30,12 +30,15 @@ def target_sensitivity(outputs: np.ndarray, test: Slices) -> dict[str, float]:
     """``outputs`` (K, N, H, W): each test image translated to each of the K targets.
 
     ``change`` = mean |out_b − out_b'| over images and target pairs; ``gap`` = mean |x_b − x_b'|
-    over the same anatomy seen by scanners b and b' (brain mask, both); ``ratio`` = change / gap."""
-    from .paired import traveling_pairs
+    over the same anatomy seen by scanners b and b' (brain mask, both); ``ratio`` = change / gap.
+    Without traveling subjects there is no gap to compare with: ``gap`` and ``ratio`` are NaN."""
+    from .paired import has_traveling, traveling_pairs
 
     masks = np.asarray(test.masks, bool)
     k = outputs.shape[0]
     change = np.mean([np.abs(outputs[b] - outputs[c])[masks].mean() for b, c in itertools.combinations(range(k), 2)])
+    if not has_traveling(test):
+        return dict(change=float(change), gap=float("nan"), ratio=float("nan"))
     pairs = traveling_pairs(test)
     pairs = pairs[pairs.source < pairs.target]
     images = np.asarray(test.images, np.float32)

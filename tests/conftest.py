@@ -47,3 +47,23 @@ def small_csv(tmp_path: Path, write_volume):
     csv = tmp_path / "volumes.csv"
     csv.write_text("\n".join(lines) + "\n")
     return csv
+
+
+def site_csv(folder: Path, train: int = 3, test: int = 2, traveling: bool = True) -> Path:
+    """A user's CSV ``path,domain,subject,split`` of synthetic NIfTI volumes from two sites that
+    differ in contrast (a gamma curve): ``train`` subjects per site, and ``test`` held-out subjects,
+    scanned at both sites when ``traveling`` (a traveling-subject study), else each at one site."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["path,domain,subject,split"]
+    for site, gamma in (("siteA", 0.7), ("siteB", 1.4)):
+        subjects = [(f"{site}-{s}", "train", s) for s in range(train)]
+        subjects += [(f"trav-{s}" if traveling else f"{site}-t{s}", "test", 10 + s) for s in range(test)]
+        for subject, split, seed in subjects:
+            img = blob_volume(seed)
+            data = (np.asarray(img.dataobj) / 700.0).clip(0, 1) ** gamma * 1000
+            name = f"{subject}_{site}.nii"  # uncompressed: fast to write
+            nib.save(nib.Nifti1Image(data.astype(np.int16), img.affine), str(folder / name))
+            lines.append(f"{name},{site},{subject},{split}")
+    csv = folder / "my-site.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    return csv

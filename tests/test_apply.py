@@ -84,7 +84,7 @@ def test_explorer_draws_every_mode_headless(model):
 
     test = scanners(n_per=4, size=24)
     test.manifest = test.manifest.assign(subject=[f"sub{i % 4}" for i in range(len(test))], slice_index=90)
-    ex = explorer.Explorer(model, test, test)
+    ex = explorer.Explorer(Harmonizer(model, test), test, test)
     assert ex.modes() == ["scanner-free", "s0", "s1", "s2", explorer.INTERPOLATE]
     for mode in ex.modes():
         fig = ex.figure(1, mode, t=0.3, components=(0, 2))

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nbutils import classifier, evaluations
+from nbutils import classifier, evaluations, measures
 from nbutils.data import Slices
 from nbutils.outputs import Outputs
 
@@ -53,7 +53,7 @@ def test_e3_uses_the_same_pairs_for_every_method_and_real_targets_only():
     assert (test.labels[p.real] == p.target).all() and (test.labels[p.real2] == p.target).all()
     assert (p.real != p.real2).all() and (test.labels[p.source] != p.target).all()
     df = evaluations.e3_luminance(test, outputs(test), m=300)
-    assert set(df["method"]) == {evaluations.REAL, "perfect", "identity"}
+    assert set(df["method"]) == {measures.REAL_VS_REAL, "perfect", "identity"}
     assert (df.groupby("method").size() == 300).all()
     assert df["luminance"].between(-1, 1).all()
 
@@ -89,36 +89,3 @@ def test_e7_wasserstein_drops_to_zero_when_scanners_share_one_appearance():
     w = table.set_index("method")["mean_pairwise_wasserstein"]
     assert w["identity"] > 0.05 and w["perfect"] < 0.02
     assert set(values["identity"]) == set(test.domains)
-
-
-def test_results_table_and_readme_section(tmp_path):
-    from nbutils import report
-
-    metrics = {"05_ssim": {"E2 structure GMM-DRIT": 0.9, "E2 structure DRIT++": 0.5, "E2 structure identity": 1.0,
-                           "E4 luminance GMM-DRIT": 0.99, "E4 luminance before (inputs)": 0.97},
-               "09_beyond": {"residual acc frozen GMM-DRIT": 0.3, "residual_chance": 0.25,
-                             "vs target scan SSIM GMM-DRIT": 0.8, "vs target scan SSIM ceiling: b rescanned": 0.98,
-                             f"vs target scan SSIM {report.SUPERVISED}": 0.9,
-                             "sf blur control SSIM DRIT++": 0.85, "sf consistency SSIM inputs": 0.84}}
-    table = report.results_table(metrics).set_index("measure")
-    assert len(table) == 6  # only measures that were recorded (the inputs key shows the consistency row)
-    scan = table.loc["SSIM vs target scan, a → b"]
-    assert scan["GMM-DRIT"] == 0.8 and scan["reference"] == 0.98 and scan[report.SUPERVISED] == 0.9
-    assert table.loc["scanner-free consistency SSIM, blur control", "reference"] == 0.84
-    e2 = table.loc["E2 structure SSIM, input vs scanner-free"]
-    assert e2["GMM-DRIT"] == 0.9 and e2["DRIT++"] == 0.5 and pd.isna(e2["histogram matching"])
-    assert table.loc["E4 cross-scanner luminance SSIM after", "reference"] == 0.97
-    assert table.loc["residual scanner acc., frozen raw classifier", "reference"] == 0.25
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nafter\n")
-    report.write_readme(metrics, "data/runs/x", readme)
-    text = readme.read_text()
-    assert "old" not in text and "0.900" in text and "Simulated data" in text and text.endswith("after\n")
-    with pytest.raises(ValueError, match="block"):
-        report.write_readme(metrics, "x", _plain(tmp_path))
-
-
-def _plain(tmp_path):
-    p = tmp_path / "plain.md"
-    p.write_text("no markers\n")
-    return p

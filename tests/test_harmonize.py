@@ -62,3 +62,23 @@ def test_volume_errors(harm, tmp_path):
     with pytest.raises(DataError, match="bad.nii.gz"):
         harmonize_volume(harm, tmp_path / "bad.nii.gz", tmp_path / "y.nii.gz")
     assert not (tmp_path / "y.nii.gz").exists()
+
+
+def test_given_the_training_slices_it_translates_to_each_scanner_by_its_code_and_references(harm):
+    from test_evaluations import scanners
+
+    train = scanners(n_per=5, k=3, size=32)
+    named = Harmonizer(harm.model, train, seed=0)
+    images = np.asarray(train.images[:4])
+    assert named.domains == ["s0", "s1", "s2"] and len(named.codes) == 3
+    for b in range(3):  # the references of scanner b are training slices of b
+        own = np.asarray(train.images)[train.labels == b]
+        assert len(named.references[b]) == 5 and all((own == r).all(axis=(1, 2)).any() for r in named.references[b])
+    every = named.to_every_domain(images)
+    assert every.shape == (3, 4, 32, 32)
+    code = int(named.codes.code[2])  # GMM-DRIT: the component most of s2's training slices fall in
+    np.testing.assert_array_equal(every[2], named.to_scanner(images, code, reference=named.references[2]))
+    with pytest.raises(ValueError, match="scanner 3 does not exist"):
+        named.to_domain(images, 3)
+    with pytest.raises(ValueError, match="does not know the scanners"):
+        harm.to_domain(images, 0)

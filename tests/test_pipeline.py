@@ -1,0 +1,145 @@
+"""`make run DATA=your.csv`: the whole pipeline, notebooks 01-11, on a CSV of synthetic NIfTI volumes
+of two sites (smoke profile), and what it leaves: a run folder with its own figures, a
+``metrics.json`` the results table reads completely, and caches that follow their inputs."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import site_csv
+
+from nbutils import config, measures, methods, outputs, pipeline, plots, report
+
+NOTEBOOKS = sorted(p.name for p in config.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def listing(folder):
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} if folder.is_dir() else {}
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    """One pipeline run on a traveling-subject CSV (the test subjects were scanned at both sites)."""
+    folder = tmp_path_factory.mktemp("my-data")
+    csv = site_csv(folder / "volumes")
+    before = listing(config.FIGURES)
+    assert pipeline.main(["--profile", "smoke", "--data", str(csv), "--run-dir", str(folder / "run")]) == 0
+    return folder / "run", before
+
+
+def test_one_command_runs_every_notebook_on_your_csv_into_its_run_folder(csv_run):
+    run_dir, figures_before = csv_run
+    assert sorted(p.name for p in (run_dir / "notebooks").iterdir()) == NOTEBOOKS
+    info = json.loads((run_dir / "slices" / "info.json").read_text())
+    assert info["domains"] == ["siteA", "siteB"] and info["source_csv"].endswith("my-site.csv")
+    assert {m.checkpoint() for m in methods.MODELS} | {"gmvae.pt"} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"01_data", "02_gmvae", "03_gmmdrit", "04_dritpp", "05_ssim", "06_fid_kid", "08_intensities",
+            "09_beyond"} <= set(metrics)
+    # the run's figures stay in the run; the repository's figures/ (the default run's) is untouched
+    figures = {p.name for p in (run_dir / "figures").iterdir()}
+    assert {"01_histograms.png", "03_gmmdrit_translations.png", "07_e6_dritpp_anatomy0.png",
+            "09_table_yardstick.csv"} <= figures
+    assert listing(config.FIGURES) == figures_before
+
+
+def test_results_table_reads_every_headline_number_a_run_records(csv_run, tmp_path):
+    metrics = json.loads((csv_run[0] / "metrics.json").read_text())
+    table = report.results_table(metrics).set_index("measure")
+    # a CSV without clean truth has no 'vs clean truth' rows; every other measure is there
+    assert list(table.index) == [m.label for m in measures.TABLE if m not in (measures.TRUTH_SSIM, measures.TRUTH_PSNR)]
+    for m in measures.TABLE:
+        if m.label not in table.index:
+            continue
+        values = table.loc[m.label, [c.name for c in methods.COMPARED]]
+        missing = [c for c, v in values.items() if v is None or np.isnan(v)]
+        assert missing == ([methods.IDENTITY.name] if m is measures.E4 else []), (m.label, missing)
+        if m.reference and m.reference != measures.RESCAN_CEILING:  # no rescan column in this CSV
+            assert np.isfinite(table.loc[m.label, "reference"]), m.label
+    # every number the evaluation notebooks record is read by the table, or is a known extra
+    read = {m.key(c) for m in measures.TABLE for c in (*report.COLUMNS, m.reference)}
+    extras = {"pairs", "feature_net_accuracy", *(measures.E4.key(f"blur control of {m.name}") for m in methods.MODELS)}
+    recorded = {k for s in {m.section for m in measures.TABLE} for k in metrics[s]}
+    assert recorded - read - extras == set()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nafter\n")
+    report.write_readme(metrics, "data/runs/my-site", readme)
+    text = readme.read_text()
+    first = table.loc[measures.E2.label, methods.GMM_DRIT.name]
+    assert "\nold\n" not in text and f"| {first:.3f} |" in text and text.endswith(f"{report.END}\nafter\n")
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="block"):
+        report.write_readme(metrics, "x", readme)
+
+
+def test_cached_outputs_are_recomputed_when_their_inputs_change(csv_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(csv_run[0], copy)  # copies keep their modification times
+    run = config.setup("smoke", str(copy))
+    caches = copy / "outputs"
+    stamps = listing(caches)
+    _, test, first = outputs.evaluation_data(run, progress=False)
+    assert listing(caches) == stamps  # up to date: read, not recomputed
+
+    with open(copy / "slices" / "test.npy", "r+b") as f:  # the slices rebuilt: other images, same shape
+        images = np.load(f)
+        f.seek(0)
+        np.save(f, (1 - images.astype(np.float32)).astype(np.float16))
+    _, test, second = outputs.evaluation_data(run, progress=False)
+    assert all(listing(caches)[name] > stamps[name] for name in stamps if name.startswith("test_"))  # not train_
+    hist = methods.HISTOGRAM.name
+    assert not np.allclose(first[hist].scanner_free, second[hist].scanner_free)
+    np.testing.assert_array_equal(second[methods.IDENTITY.name].scanner_free, np.asarray(test.images, np.float32))
+
+    stamps = listing(caches)
+    checkpoint = copy / "checkpoints" / methods.DRITPP.checkpoint()
+    os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))  # retrained
+    outputs.evaluation_data(run, progress=False)
+    changed = {name for name, t in listing(caches).items() if t != stamps[name]}
+    assert changed == {f"test_{methods.DRITPP.slug}.npz"}
+
+
+def test_each_run_keeps_its_figures_and_only_the_default_run_writes_figures(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "DATA", tmp_path / "data")
+    monkeypatch.setattr(config, "FIGURES", tmp_path / "figures")
+    default, smoke = config.setup("quick"), config.setup("smoke")
+    mine = config.setup("quick", str(tmp_path / "data" / "runs" / "my-site"))
+    assert default.figures == tmp_path / "figures" and default.is_default
+    assert mine.figures == mine.dir / "figures" and smoke.figures == smoke.dir / "figures"
+    import matplotlib.pyplot as plt
+
+    for run in (default, mine, smoke):
+        fig = plt.figure()
+        plots.save_figure(fig, "01_histograms", run.figures)
+        plt.close(fig)
+    assert all((run.figures / "01_histograms.png").exists() for run in (default, mine, smoke))
+
+
+def test_a_run_on_your_data_is_named_after_the_csv_unless_named(tmp_path):
+    runs = config.DATA / "runs"
+    assert pipeline.run_folder("quick") == ""  # the built-in data's default run
+    assert pipeline.run_folder("quick", data="x/ixi.csv") == str(runs / "ixi")
+    assert pipeline.run_folder("quick", data="x/ixi.csv", name="guys") == str(runs / "guys")
+    assert pipeline.run_folder("quick", data="x/ixi.csv", run_dir="/tmp/r") == "/tmp/r"
+    for bad in ("quick", "smoke", "../up", "a/b"):
+        with pytest.raises(ValueError, match="run name"):
+            pipeline.run_folder("quick", data="x/ixi.csv", name=bad)
+    with pytest.raises(ValueError, match="not both"):
+        pipeline.run_folder("quick", name="a", run_dir="b")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing csv", "no such CSV"),
+    ("missing column", "missing column"),
+    ("missing file", "do not exist"),
+])
+def test_a_bad_csv_stops_before_any_notebook_runs(case, message, tmp_path, capsys, write_volume):
+    csv = tmp_path / "bad.csv"
+    if case == "missing column":
+        csv.write_text("path\na.nii\n")
+    elif case == "missing file":
+        csv.write_text("path,domain\nnowhere.nii,siteA\nnowhere2.nii,siteA\n")
+    run_dir = tmp_path / "run"
+    assert pipeline.main(["--profile", "smoke", "--data", str(csv), "--run-dir", str(run_dir)]) == 2
+    assert message in capsys.readouterr().err and not run_dir.exists()
