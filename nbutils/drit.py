@@ -54,7 +54,7 @@ class DRITConfig:
     w_zc: float = 0.01  # DRIT++'s L2 penalty on z^c
     zc_noise: float = 0.0  # std of Gaussian noise added to z^c before G in training (DRIT++: 1; README, "Stage 2")
     dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
-    content_norm: bool = False  # instance-normalise z^c (see nets.ContentEncoder; README, "Stage 2")
+    content_norm: bool = False  # instance-normalise z^c (nets.ContentEncoder); tried, off: README, "Stage 2"
 
     def __post_init__(self):
         if self.variant not in ("gmm-drit", "drit++"):
