@@ -54,7 +54,7 @@ class DRITConfig:
     w_zc: float = 0.01  # DRIT++'s L2 penalty on z^c
     zc_noise: float = 0.0  # std of Gaussian noise added to z^c before G in training (DRIT++: 1; README, "Stage 2")
     dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
-    content_norm: bool = False  # instance-normalise z^c (nets.ContentEncoder); tried, off: README, "Stage 2"
+    content_norm: bool = True  # instance-normalise z^c (nets.ContentEncoder; README, "Stage 2")
 
     def __post_init__(self):
         if self.variant not in ("gmm-drit", "drit++"):
@@ -286,6 +286,7 @@ def from_checkpoint(path, device="cpu") -> Translator:
     if state["meta"].get("kind") != "drit":
         raise ValueError(f"{path} is not a GMM-DRIT / DRIT++ checkpoint (it holds {state['meta'].get('kind')!r})")
     raw = dict(state["meta"]["config"], image_shape=tuple(state["meta"]["config"]["image_shape"]))
+    raw.setdefault("content_norm", False)  # written before the option existed
     gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None
     model = Translator(DRITConfig(**raw), gm).to(device)
     model.load_state_dict(state["modules"])
