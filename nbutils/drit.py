@@ -55,6 +55,9 @@ class DRITConfig:
     zc_noise: float = 0.0  # std of Gaussian noise added to z^c before G in training (DRIT++: 1; README, "Stage 2")
     dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
     content_norm: bool = True  # instance-normalise z^c (nets.ContentEncoder; README, "Stage 2")
+    # > 0: the scanner-free outputs must keep their input's content, L1(E^c(G(z^c, z, 0)), z^c)
+    # (not in the thesis; an option under test, off)
+    w_sf_content: float = 0.0
 
     def __post_init__(self):
         if self.variant not in ("gmm-drit", "drit++"):
@@ -209,15 +212,16 @@ class DRITTask:
             cc = F.l1_loss(x_aba, xa) + F.l1_loss(x_bab, xb)
             kl = kl_a + kl_b
             zc_l2 = zc.float().square().mean()
+            sf_content = F.l1_loss(m.content(sf), zc.detach()) if cfg.w_sf_content else zc_l2.new_zeros(())
             total = (cfg.w_adv * (adv1 + adv2) + cfg.w_cls * (cls1 + cls2) + cfg.w_content * content
                      + cfg.w_self * self_rec + cfg.w_cc * cc + cfg.w_kl * kl + cfg.w_latent * latent
-                     + cfg.w_zc * zc_l2)
+                     + cfg.w_zc * zc_l2 + cfg.w_sf_content * sf_content)
         ctx.update(total, "gen")
         for d in (m.dc, m.ds1, m.ds2):
             d.requires_grad_(True)
         out = dict(D_c=loss_dc, D_s1=loss_ds1, D_s2=loss_ds2, G_adv1=adv1, G_cls1=cls1, G_adv2=adv2,
                    G_cls2=cls2, content_adv=content, self_rec=self_rec, cross_cycle=cc, latent=latent, kl=kl,
-                   zc_l2=zc_l2, total=total)
+                   zc_l2=zc_l2, sf_content=sf_content, total=total)
         return {k: float(v.detach()) for k, v in out.items()}
 
 
