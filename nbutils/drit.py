@@ -55,9 +55,9 @@ class DRITConfig:
     zc_noise: float = 0.0  # std of Gaussian noise added to z^c before G in training (DRIT++: 1; README, "Stage 2")
     dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
     content_norm: bool = True  # instance-normalise z^c (nets.ContentEncoder; README, "Stage 2")
-    # > 0: the scanner-free outputs must keep their input's content, L1(E^c(G(z^c, z, 0)), z^c)
-    # (not in the thesis; an option under test, off)
-    w_sf_content: float = 0.0
+    # the scanner-free outputs must keep their input's content, L1(E^c(G(z^c, z, 0)), z^c): without
+    # it nothing but D_s2 constrains that branch (not in the thesis; README, "Stage 2")
+    w_sf_content: float = 10.0
 
     def __post_init__(self):
         if self.variant not in ("gmm-drit", "drit++"):
@@ -290,7 +290,8 @@ def from_checkpoint(path, device="cpu") -> Translator:
     if state["meta"].get("kind") != "drit":
         raise ValueError(f"{path} is not a GMM-DRIT / DRIT++ checkpoint (it holds {state['meta'].get('kind')!r})")
     raw = dict(state["meta"]["config"], image_shape=tuple(state["meta"]["config"]["image_shape"]))
-    raw.setdefault("content_norm", False)  # written before the option existed
+    raw.setdefault("content_norm", False)  # written before these options existed
+    raw.setdefault("w_sf_content", 0.0)
     gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None
     model = Translator(DRITConfig(**raw), gm).to(device)
     model.load_state_dict(state["modules"])

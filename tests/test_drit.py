@@ -57,11 +57,11 @@ def test_discriminators_really_apply_instance_norm():
     assert len(calls) == len(norms)
 
 
-def test_scanner_free_content_term_is_the_l1_between_content_maps_and_off_by_default():
+def test_scanner_free_content_term_is_the_l1_between_content_maps():
     """``w_sf_content``: L1(E^c(scanner-free output), z^c), reported as ``sf_content``; 0 when off."""
     batch = sampler()(0)
     ctx = lambda t: train.Context(torch.device("cpu"), t.optimizers)
-    off = make_task()
+    off = make_task(w_sf_content=0.0)
     assert off.step(batch, 0, ctx(off))["sf_content"] == 0.0
     on = make_task(w_sf_content=1.0)
     torch.manual_seed(5)
