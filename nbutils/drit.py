@@ -207,12 +207,15 @@ class DRITTask:
             # x_ba is a's look; translate back
             za_ba, _, _ = m.attributes(x_ba, batch.get("la"))
             za_ab, _, _ = m.attributes(x_ab, batch.get("lb"))
-            back = m.generator(m.content(fake), torch.cat([za_ba, za_ab]), torch.cat([c_a, c_b]), shape)
+            # one E^c pass re-encodes the cross translations and, when they must keep their
+            # input's content, the scanner-free outputs
+            zc_back = m.content(torch.cat([fake, sf]) if cfg.w_sf_content else fake)
+            back = m.generator(zc_back[: 2 * n], torch.cat([za_ba, za_ab]), torch.cat([c_a, c_b]), shape)
             x_aba, x_bab = back.split(n)
             cc = F.l1_loss(x_aba, xa) + F.l1_loss(x_bab, xb)
             kl = kl_a + kl_b
-            zc_l2 = zc.float().square().mean()
-            sf_content = F.l1_loss(m.content(sf), zc.detach()) if cfg.w_sf_content else zc_l2.new_zeros(())
+            zc_l2 = zc.float().square().mean()  # constant (about 1) when content_norm is on
+            sf_content = F.l1_loss(zc_back[2 * n:], zc.detach()) if cfg.w_sf_content else zc_l2.new_zeros(())
             total = (cfg.w_adv * (adv1 + adv2) + cfg.w_cls * (cls1 + cls2) + cfg.w_content * content
                      + cfg.w_self * self_rec + cfg.w_cc * cc + cfg.w_kl * kl + cfg.w_latent * latent
                      + cfg.w_zc * zc_l2 + cfg.w_sf_content * sf_content)

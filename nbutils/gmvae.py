@@ -216,8 +216,8 @@ class GMVAE(nn.Module):
     def init_appearance(self, x: torch.Tensor, seed: int = 0) -> None:
         """Start p(a|y) at a k-means partition of the appearance features of the images ``x``
         (N, 1, H, W): each component's mean at a centroid, its variance that of its cluster,
-        as a Gaussian mixture fitted by EM is usually started (scikit-learn's default). Without
-        it the random means start far from the data and components can merge for good."""
+        as a Gaussian mixture fitted by EM is usually started (scikit-learn's default). From
+        random means the mixture settled in worse partitions (README, "Stage 1")."""
         from sklearn.cluster import KMeans
 
         if not self.cfg.w_appearance:
@@ -363,7 +363,7 @@ def train_gmvae(images, k: int, checkpoint, *, width: int = 16, steps: int = 100
     task = GMVAETask(cfg, len(images), batch_size, lr, device)
     if cfg.w_appearance and init == "kmeans":  # (a resumed or finished run loads its own weights over this)
         pick = np.random.default_rng(seed).permutation(len(images))[:init_images]
-        task.modules.init_appearance(images_to_tensor(images, np.sort(pick), device), seed)
+        task.modules.init_appearance(images_to_tensor(images, pick, device), seed)  # (rows read in order)
     sampler = EpochSampler(len(images), batch_size, seed)
     history = fit(task, lambda i: images_to_tensor(images, sampler(i), device), steps, checkpoint,
                   every=every, seed=seed, device=device, desc="GM-VAE")
