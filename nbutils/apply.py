@@ -101,15 +101,22 @@ def load_volume_header(path) -> tuple[tuple, np.ndarray]:
     return tuple(img.shape), img.affine
 
 
-def builtin_test_volumes(manifest: pd.DataFrame, max_subjects: int = 0) -> pd.DataFrame:
+def builtin_test_volumes(manifest: pd.DataFrame, max_subjects: int = 0, csv: str | Path | None = None) -> pd.DataFrame:
     """The test-split volumes of a run (path, subject, domain), every scanner's rendering of
-    the first ``max_subjects`` held-out anatomies (0: all)."""
+    the first ``max_subjects`` held-out anatomies (0: all); with the data set's ``csv``, also
+    each volume's ``clean`` truth where the CSV names one."""
     test = manifest[manifest["split"] == "test"][["source", "subject", "domain"]].drop_duplicates()
     subjects = sorted(test["subject"].unique())
     if max_subjects:
         subjects = subjects[:max_subjects]
     test = test[test["subject"].isin(subjects)].sort_values(["subject", "domain"])
-    return test.rename(columns={"source": "path"}).reset_index(drop=True)
+    test = test.rename(columns={"source": "path"}).reset_index(drop=True)
+    if csv is not None and Path(csv).is_file():
+        table = read_paths(csv)
+        if "clean" in table.columns:
+            clean = dict(zip(table["path"], table["clean"].str.strip()))
+            test["clean"] = [clean.get(p, "") for p in test["path"]]
+    return test
 
 
 def matched_slices(a: str | Path, b: str | Path, n: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -119,34 +126,52 @@ def matched_slices(a: str | Path, b: str | Path, n: int = 0) -> tuple[np.ndarray
     return sa, sb
 
 
-def volume_ssim(a: str | Path, b: str | Path, size: int = 0) -> float:
-    """Mean SSIM of two volumes over their matched coronal brain slices, inside ``a``'s brain;
-    with ``size``, both are first taken down to ``size`` x ``size`` and back (the resolution a
-    model of that size works at: the control for how much of an agreement is only blur)."""
-    from skimage.transform import resize
-
-    from .data import MASK_THRESHOLD
+def _mean_ssim(a: np.ndarray, b: np.ndarray, masks: np.ndarray) -> float:
     from .metrics import ssim
 
-    sa, sb = matched_slices(a, b)
-    mask = sa > MASK_THRESHOLD
-    if size:
-        sa, sb = (np.stack([resize(x, sa.shape[1:], order=1) for x in resize_slices(s, size)]) for s in (sa, sb))
-    return float(np.mean([ssim(x, y, m) for x, y, m in zip(sa, sb, mask)]))
+    return float(np.mean([ssim(x, y, m) for x, y, m in zip(a, b, masks)]))
 
 
-def agreement(volumes: pd.DataFrame, outputs: list[str], size: int = 0) -> pd.DataFrame:
-    """For every pair of scanners seeing the same anatomy: SSIM between the two input volumes,
-    between the inputs at the model's resolution ``size`` (blur only, the control) and between
-    their two harmonized outputs (the traveling subjects of the built-in set)."""
-    v = volumes.assign(output=outputs)
-    rows = []
-    for subject, g in v.groupby("subject"):
-        g = g.reset_index(drop=True)
-        for i in range(len(g)):
-            for j in range(i + 1, len(g)):
-                rows.append(dict(subject=subject, a=g.domain[i], b=g.domain[j],
-                                 inputs=volume_ssim(g.path[i], g.path[j]),
-                                 inputs_at_model_size=volume_ssim(g.path[i], g.path[j], size),
-                                 outputs=volume_ssim(g.output[i], g.output[j])))
-    return pd.DataFrame(rows)
+def agreement(volumes: pd.DataFrame, outputs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Do the harmonized volumes of one anatomy agree across scanners (the traveling subjects of
+    the built-in set)? Each volume is read at 1 mm on the coronal brain slices of its anatomy
+    (those of the subject's first volume), inside that volume's brain.
+
+    Returns (pairs, volumes). ``pairs``: for every two scanners seeing the same anatomy, SSIM
+    between the two inputs, between their **blur control** (each input blurred to the effective
+    resolution of its own output, :func:`nbutils.metrics.effective_blur`: blurring alone makes
+    scans agree, so outputs must beat this) and between the two outputs. ``volumes``: each
+    volume's blur sigma (pixels) and sharpness (mean gradient magnitude inside the brain, eroded
+    by 2 px) of input, output and, where the table has a ``clean`` column, the clean truth."""
+    from scipy.ndimage import binary_erosion
+
+    from .data import MASK_THRESHOLD
+    from .metrics import blur, effective_blur, sharpness
+
+    v = volumes.assign(output=outputs).reset_index(drop=True)
+    pairs, rows = [], []
+    for subject, g in v.groupby("subject", sort=False):
+        _, ys = volume_slices(g.path.iloc[0])
+        read = lambda path: volume_slices(path, ys=ys)[0].astype(np.float32)
+        seen = {}
+        for r in g.itertuples():
+            x, y = read(r.path), read(r.output)
+            mask = x > MASK_THRESHOLD
+            sigma = effective_blur(x, y, mask)
+            inner = np.stack([binary_erosion(m, iterations=2) for m in mask])
+            sharp = lambda s: float(np.mean([sharpness(a, m) for a, m in zip(s, inner)]))
+            row = dict(subject=subject, domain=r.domain, blur_sigma_px=sigma,
+                       sharpness_input=sharp(x), sharpness_output=sharp(y))
+            clean = getattr(r, "clean", "")
+            if isinstance(clean, str) and clean:
+                row["sharpness_clean"] = sharp(read(clean))
+                row["output_to_clean_sharpness"] = row["sharpness_output"] / row["sharpness_clean"]
+            rows.append(row)
+            seen[r.domain] = (x, y, blur(x, sigma), mask)
+        names = list(seen)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                (xa, ya, ca, ma), (xb, yb, cb, _) = seen[a], seen[b]
+                pairs.append(dict(subject=subject, a=a, b=b, inputs=_mean_ssim(xa, xb, ma),
+                                  blur_control=_mean_ssim(ca, cb, ma), outputs=_mean_ssim(ya, yb, ma)))
+    return pd.DataFrame(pairs), pd.DataFrame(rows)

@@ -3,6 +3,8 @@
     python -m nbutils.bench data     # loading 10,000 slices from the slice store
     python -m nbutils.bench stage2   # seconds per GMM-DRIT / DRIT++ iteration and GFLOP/s
                                      # at each profile's size, beside measured matmul/conv peaks
+    python -m nbutils.bench volume   # seconds and memory peak per harmonized 182 x 218 x 182
+                                     # volume (quick profile's model; CPU, and CUDA when present)
     python -m nbutils.bench digits   # the GM-VAE on scikit-learn's digits at the thesis's weights
                                      # and at the GMVAE code's: clustering ACC per seed after a
                                      # fixed wall-clock budget (--seconds)
@@ -72,8 +74,8 @@ def peaks(repeat: int = 5) -> dict:
 
 
 def bench_stage2(profiles=("smoke", "quick", "paper"), repeat: int = 3, peak: float | None = None) -> list[dict]:
-    """Seconds per training iteration of both variants at each profile's image size, batch and
-    width, with FLOPs counted by ``torch.utils.flop_counter`` over one iteration; with ``peak``
+    """Seconds per training iteration of both variants at each profile's training size (its crops,
+    or whole slices), batch and width, with FLOPs counted by ``torch.utils.flop_counter`` over one iteration; with ``peak``
     (GFLOP/s, e.g. the measured conv forward + backward peak) also the share of it reached."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -84,25 +86,72 @@ def bench_stage2(profiles=("smoke", "quick", "paper"), repeat: int = 3, peak: fl
     rows = []
     for name in profiles:
         p = PROFILES[name]
-        shape = (p.image_size, p.image_size)
-        images = np.random.default_rng(0).random((64, *shape)).astype(np.float16)
         for variant in ("gmm-drit", "drit++"):
             torch.manual_seed(0)
-            gm = gmvae.GMVAE(gmvae.GMVAEConfig(image_shape=shape, k=4, width=p.gmvae_width, **gmvae.preset("appearance"))) if variant == "gmm-drit" else None
-            cfg = drit.DRITConfig(image_shape=shape, k=4, variant=variant, width=p.drit_width, n_res=p.drit_res, down=p.drit_down)
-            task = drit.DRITTask(cfg, gm)
-            sampler = drit.PairSampler(images, np.arange(64) % 4, p.drit_batch)
+            task = drit.DRITTask(*_stage2_config(p, variant))
+            images = np.random.default_rng(0).random((64, p.image_size, p.image_size)).astype(np.float16)
+            sampler = drit.PairSampler(images, np.arange(64) % 4, p.drit_batch, crop=p.crop,
+                                       masks=np.ones(images.shape, bool), view=p.view)
             ctx = train.Context(torch.device("cpu"), task.optimizers)
             with FlopCounterMode(display=False) as counter:
                 task.step(sampler(0), 0, ctx)
             seconds = _timed(lambda: task.step(sampler(1), 1, ctx), repeat)
             gflop = counter.get_total_flops() / 1e9
-            rows.append(dict(profile=name, variant=variant, size=p.image_size, batch=p.drit_batch,
+            rows.append(dict(profile=name, variant=variant, size=p.crop or p.image_size, batch=p.drit_batch,
                              width=p.drit_width, s_per_it=round(seconds, 3), GFLOP_per_it=round(gflop, 2),
                              GFLOP_per_s=round(gflop / seconds, 1),
                              min_for_profile_steps=round(seconds * p.drit_steps / 60, 1)))
             if peak:
                 rows[-1]["pct_of_conv_peak"] = round(100 * gflop / seconds / peak, 1)
+    return rows
+
+
+def _stage2_config(p, variant: str):
+    """(DRITConfig, untrained GM-VAE or None) of profile ``p``, as notebooks 02-04 build them."""
+    from . import drit, gmvae
+
+    slices = (p.image_size, p.image_size)
+    gm = gmvae.GMVAE(gmvae.GMVAEConfig(image_shape=(p.view, p.view) if p.view else slices, k=4, width=p.gmvae_width,
+                                       **gmvae.preset("appearance"))) if variant == "gmm-drit" else None
+    cfg = drit.DRITConfig(image_shape=(p.crop, p.crop) if p.crop else slices, slice_shape=slices if p.crop else None,
+                          view=p.view, k=4, variant=variant, width=p.drit_width, n_res=p.drit_res, down=p.drit_down)
+    return cfg, gm
+
+
+def bench_volume(profile: str = "quick", repeat: int = 2) -> list[dict]:
+    """Seconds to harmonize one 182 x 218 x 182 volume (nilearn's MNI template, every coronal slice
+    with brain) with the profile's stage-2 model (untrained weights: the time does not depend on
+    them), scanner-free (toward a scanner costs the same plus encoding the reference slices once),
+    on the CPU and on CUDA when present; and the process's resident-memory peak so far (the
+    first row includes loading the template)."""
+    import resource
+
+    import nibabel as nib
+    import torch
+
+    from . import drit
+    from .config import PROFILES
+    from .harmonize import Harmonizer, harmonize_volume
+    from .phantom import load_template
+    from .volumes import MNI_AFFINE
+
+    p = PROFILES[profile]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tpl = load_template()
+        src = Path(tmp) / "template.nii.gz"
+        nib.save(nib.Nifti1Image(np.where(tpl.mask, tpl.t1, 0).astype(np.float32), MNI_AFFINE), str(src))
+        brain_slices = int((tpl.mask.sum(axis=(0, 2)) > 0).sum())
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for device in devices:
+            torch.manual_seed(0)
+            model = drit.Translator(*_stage2_config(p, "gmm-drit")).to(device).eval()
+            harm = Harmonizer(model)
+            run = lambda: harmonize_volume(harm, src, Path(tmp) / "out.nii.gz", "scanner-free", seed=0, progress=False)
+            seconds = _timed(run, repeat)
+            rows.append(dict(profile=profile, device=device, slices=brain_slices, size=p.image_size,
+                             s_per_volume=round(seconds, 2), ms_per_slice=round(1000 * seconds / brain_slices, 1),
+                             peak_rss_MB=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
     return rows
 
 
@@ -153,12 +202,14 @@ def bench_digits(seconds: float = 60.0, seeds=(0, 1, 2), batch_size: int = 64, w
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["data", "stage2", "digits"])
+    ap.add_argument("what", choices=["data", "stage2", "volume", "digits"])
     ap.add_argument("--profiles", nargs="*", default=["smoke", "quick", "paper"])
     ap.add_argument("--seconds", type=float, default=60.0, help="digits: training wall time per seed and setting")
     args = ap.parse_args(argv)
     if args.what == "data":
         print(pd.DataFrame(bench_data()).to_string(index=False))
+    elif args.what == "volume":
+        print(pd.DataFrame(bench_volume()).to_string(index=False))
     elif args.what == "digits":
         table = pd.DataFrame(bench_digits(args.seconds))
         print(table.to_string(index=False))

@@ -6,8 +6,8 @@ A *profile* fills every setting a notebook does not set itself (docs/design.md, 
 profile   for                   budget
 ========  ====================  ==========================================
 smoke     nbmake in CI          tiny images, a few iterations, ≤ ~60 s
-quick     ``make run`` on a CPU  64 px slices, whole pipeline ≤ 30 min
-paper     a GPU                 182 px, the thesis's hyper-parameters
+quick     ``make run`` on a CPU  1 mm slices (182 px): 64 px crops, 64 px views for E^a; ≤ 30 min
+paper     a GPU                 182 px whole slices, the thesis's hyper-parameters
 ========  ====================  ==========================================
 
 Notebooks call :func:`setup` with their papermill parameters. An empty
@@ -41,6 +41,8 @@ class Profile:
 
     name: str
     image_size: int  # slices are stored at image_size x image_size (182 = native MNI 1 mm)
+    crop: int  # stage 2 trains on random crop x crop windows of the slices (0 = whole slices)
+    view: int  # the attribute encoders (GM-VAE, DRIT++'s E^a) read whole slices down-sampled to this (0 = as they are)
     # slicing of real or simulated volumes
     slices_per_volume: int  # evenly spaced coronal slices kept per volume (0 = all)
     min_brain_fraction: float  # keep slices whose brain area >= this x the volume's largest
@@ -71,19 +73,19 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", image_size=32, slices_per_volume=2, min_brain_fraction=0.6,
+    "smoke": Profile("smoke", image_size=48, crop=32, view=32, slices_per_volume=2, min_brain_fraction=0.6,
                      test_fraction=0.25, sim_train_subjects=6, sim_test_subjects=3, sim_slab=2,
                      sim_paired_subjects=2,
                      gmvae_width=4, gmvae_steps=40, gmvae_batch=16, checkpoint_every=20,
                      drit_width=4, drit_res=1, drit_down=1, drit_steps=20, drit_batch=4, drit_lr=2e-4,
                      clf_steps=30, eval_pairs=300, paired_width=4, paired_steps=20),
-    "quick": Profile("quick", image_size=64, slices_per_volume=4, min_brain_fraction=0.6,
+    "quick": Profile("quick", image_size=182, crop=64, view=64, slices_per_volume=4, min_brain_fraction=0.6,
                      test_fraction=0.2, sim_train_subjects=80, sim_test_subjects=16, sim_slab=3,
                      sim_paired_subjects=12,
                      gmvae_width=8, gmvae_steps=600, gmvae_batch=64, checkpoint_every=200,
                      drit_width=8, drit_res=2, drit_down=1, drit_steps=1200, drit_batch=4, drit_lr=2e-4,
                      clf_steps=250, eval_pairs=5000, paired_width=8, paired_steps=1200),
-    "paper": Profile("paper", image_size=182, slices_per_volume=3, min_brain_fraction=0.6,
+    "paper": Profile("paper", image_size=182, crop=0, view=0, slices_per_volume=3, min_brain_fraction=0.6,
                      test_fraction=0.2, sim_train_subjects=240, sim_test_subjects=40, sim_slab=3,
                      sim_paired_subjects=60,
                      gmvae_width=32, gmvae_steps=20000, gmvae_batch=64, checkpoint_every=1000,

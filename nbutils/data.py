@@ -215,6 +215,7 @@ class Slices:
     manifest: pd.DataFrame
     domains: list[str]
     rescan: np.ndarray | None = None
+    source_csv: str = ""  # the CSV of volumes the slices were cut from
 
     @property
     def labels(self) -> np.ndarray:
@@ -243,7 +244,7 @@ def load_slices(slice_dir: str | Path, split: str) -> Slices:
     extra = {e: np.load(f, mmap_mode="r") if f.exists() else None for e, f in extra.items()}
     return Slices(images=np.load(slice_dir / f"{split}.npy", mmap_mode="r"),
                   masks=np.load(slice_dir / f"{split}_mask.npy", mmap_mode="r"),
-                  manifest=manifest, domains=list(info["domains"]), **extra)
+                  manifest=manifest, domains=list(info["domains"]), source_csv=info.get("source_csv", ""), **extra)
 
 
 def for_run(run, split: str) -> Slices:

@@ -28,13 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import losses
+from . import crops
 from .gmvae import AttributeEncoder, GMVAE
 from .nets import ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator
 
 
 @dataclass(frozen=True)
 class DRITConfig:
-    image_shape: tuple[int, int]
+    image_shape: tuple[int, int]  # what it trains on: whole slices, or random windows of them
     k: int
     variant: str = "gmm-drit"  # or "drit++"
     width: int = 16
@@ -58,6 +59,16 @@ class DRITConfig:
     # the scanner-free outputs must keep their input's content, L1(E^c(G(z^c, z, 0)), z^c): without
     # it nothing but D_s2 constrains that branch (not in the thesis; README, "Stage 2")
     w_sf_content: float = 10.0
+    # the slices it harmonizes (fully convolutionally) when it trains on windows of them; None = image_shape
+    slice_shape: tuple[int, int] | None = None
+    # > 0: the attribute encoder reads whole slices as view x view views (nbutils.crops.view; the
+    # GM-VAE reads its own training size); needed when training on windows (README, "Native resolution")
+    view: int = 0
+
+    @property
+    def slices(self) -> tuple[int, int]:
+        """The size of the slices this model harmonizes."""
+        return tuple(self.slice_shape or self.image_shape)
 
     def __post_init__(self):
         if self.variant not in ("gmm-drit", "drit++"):
@@ -87,7 +98,7 @@ class Translator(nn.Module):
 
     # ---------------------------------------------------------------- codes
     def attributes(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = False):
-        """(z^a, c, kl) for images in [-1, 1]; ``labels`` are the known scanners (DRIT++, or
+        """(z^a, c, kl) for whole slices (or their views) in [-1, 1]; ``labels`` are the known scanners (DRIT++, or
         GMM-DRIT with ``known_labels``). ``sample``: DRIT++ draws z^a from its posterior (the
         reparameterisation its KL term needs); GMM-DRIT always takes the frozen posterior's mean,
         in training as at inference (with a collapsed posterior a sample carries much less of the
@@ -97,7 +108,7 @@ class Translator(nn.Module):
             q = self.attribute.encode((x + 1) / 2)
             c = onehot if self.cfg.known_labels and onehot is not None else q["c"]
             return q["mean"], c, x.new_zeros(())
-        mu, logvar = self.attribute(x)
+        mu, logvar = self.attribute(crops.view(x, self.cfg.view) if self.cfg.view else x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
         kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1).mean()
         if onehot is None:
@@ -166,8 +177,10 @@ class DRITTask:
             # (1) encode (both batches in one pass)
             zc = m.content(torch.cat([xa, xb]))
             sampled = cfg.variant == "drit++"
-            za_a, c_a, kl_a = m.attributes(xa, batch.get("la"), sample=sampled)
-            za_b, c_b, kl_b = m.attributes(xb, batch.get("lb"), sample=sampled)
+            # E^a reads whole slices: the batch's own, or the views of the slices its crops come from
+            windows = "va" in batch
+            za_a, c_a, kl_a = m.attributes(batch.get("va", xa), batch.get("la"), sample=sampled)
+            za_b, c_b, kl_b = m.attributes(batch.get("vb", xb), batch.get("lb"), sample=sampled)
             # (2) translate: cross-domain, scanner-free, self-reconstruction (for step 3) and a
             # random target (for the latent regression), in one generator pass:
             # ab, ba, sf_a, sf_b, aa, bb, r_a
@@ -201,12 +214,17 @@ class DRITTask:
             adv1, cls1 = losses.generator(m.ds1, torch.cat([fake, x_r]), torch.cat([c_b, c_a, c_r]))
             adv2, cls2 = losses.generator(m.ds2, sf, torch.zeros_like(c_real))
             content = losses.bce(m.dc(zc), torch.full_like(c_real, 0.5))
-            latent = m.latent_regression(x_r, z_r)
+            # E^a cannot read a window of G's output as a whole slice: on windows, no latent
+            # regression, and the cross-cycle takes the codes the translations were made with
+            latent = zc.new_zeros(()) if windows else m.latent_regression(x_r, z_r)
             self_rec = F.l1_loss(x_aa, xa) + F.l1_loss(x_bb, xb)
             # (3) re-encode the translations: the content of x_ab is a's anatomy, the attribute of
             # x_ba is a's look; translate back
-            za_ba, _, _ = m.attributes(x_ba, batch.get("la"))
-            za_ab, _, _ = m.attributes(x_ab, batch.get("lb"))
+            if windows:
+                za_ba, za_ab = za_a, za_b
+            else:
+                za_ba, _, _ = m.attributes(x_ba, batch.get("la"))
+                za_ab, _, _ = m.attributes(x_ab, batch.get("lb"))
             # one E^c pass re-encodes the cross translations and, when they must keep their
             # input's content, the scanner-free outputs
             zc_back = m.content(torch.cat([fake, sf]) if cfg.w_sf_content else fake)
@@ -229,39 +247,53 @@ class DRITTask:
 
 
 class PairSampler:
-    """Two unpaired batches per iteration, a pure function of (seed, iteration)."""
+    """Two unpaired batches per iteration, a pure function of (seed, iteration); with ``crop`` > 0,
+    random ``crop`` windows centred on the brain ``masks`` (:func:`nbutils.crops.random_crops`)."""
 
-    def __init__(self, images, labels: np.ndarray, batch_size: int, seed: int = 0, device="cpu"):
+    def __init__(self, images, labels: np.ndarray, batch_size: int, seed: int = 0, device="cpu",
+                 crop: int = 0, masks=None, view: int = 0):
         from .train import EpochSampler
 
+        if crop and (masks is None or not view):
+            raise ValueError("training on crops needs the brain masks (crops are centred on the brain) "
+                             "and the size of the attribute encoder's whole-slice view")
         self.images, self.labels, self.device = images, np.asarray(labels), torch.device(device)
+        self.crop, self.masks, self.seed = crop, masks, seed
+        self.views = torch.from_numpy(crops.views(images, view)).unsqueeze(1) * 2 - 1 if crop else None
         self.a = EpochSampler(len(images), batch_size, seed)
         self.b = EpochSampler(len(images), batch_size, seed + 7919)
 
-    def _batch(self, idx):
-        from .train import images_to_tensor
-
+    def _batch(self, idx, rng, side: str) -> dict:
         idx = np.sort(idx)
-        x = images_to_tensor(self.images, idx, self.device) * 2 - 1
-        return x, torch.from_numpy(self.labels[idx]).long().to(self.device)
+        x = torch.from_numpy(crops.random_crops(self.images, self.masks, idx, self.crop, rng)).unsqueeze(1)
+        out = {f"x{side}": x.to(self.device) * 2 - 1, f"l{side}": torch.from_numpy(self.labels[idx]).long().to(self.device)}
+        if self.views is not None:  # the whole slices the crops come from, as E^a reads them
+            out[f"v{side}"] = self.views[idx].to(self.device)
+        return out
 
     def __call__(self, it: int) -> dict:
-        xa, la = self._batch(self.a(it))
-        xb, lb = self._batch(self.b(it))
-        return dict(xa=xa, la=la, xb=xb, lb=lb)
+        rng = np.random.default_rng((self.seed, it))
+        return {**self._batch(self.a(it), rng, "a"), **self._batch(self.b(it), rng, "b")}
 
 
 def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | None = None, steps: int = 1000,
-               batch_size: int = 8, every: int = 200, seed: int = 0, device=None, snapshots: bool = False):
+               batch_size: int = 8, every: int = 200, seed: int = 0, device=None, snapshots: bool = False,
+               masks=None):
     """Train (or resume, or load when finished) GMM-DRIT or DRIT++ on (N, H, W) [0, 1] images
     with their known scanner labels (used by DRIT++, and by GMM-DRIT only with ``known_labels``).
+    When ``cfg.image_shape`` is smaller than the images, on random windows of that size centred
+    on the brain ``masks``.
     Returns the :class:`Translator` in eval mode and the loss history. ``snapshots``: keep the
     weights every ``every`` iterations (see :func:`snapshot_models`)."""
     from .train import fit, pick_device
 
     device = pick_device() if device is None else torch.device(device)
     task = DRITTask(cfg, None if gmvae is None else gmvae.to(device), device)
-    sampler = PairSampler(images, labels, batch_size, seed, device)
+    if cfg.slices != tuple(images.shape[1:]):
+        raise ValueError(f"the model is set up for {cfg.slices} slices, the images are {tuple(images.shape[1:])}")
+    crop = cfg.image_shape[0] if tuple(cfg.image_shape) != cfg.slices else 0
+    view = gmvae.cfg.image_shape[0] if gmvae is not None else cfg.view
+    sampler = PairSampler(images, labels, batch_size, seed, device, crop=crop, masks=masks, view=view)
     history = fit(task, sampler, steps, checkpoint, every=every, seed=seed, device=device, desc=cfg.variant,
                   snapshots=snapshots)
     return task.modules.eval(), history
@@ -293,6 +325,8 @@ def from_checkpoint(path, device="cpu") -> Translator:
     if state["meta"].get("kind") != "drit":
         raise ValueError(f"{path} is not a GMM-DRIT / DRIT++ checkpoint (it holds {state['meta'].get('kind')!r})")
     raw = dict(state["meta"]["config"], image_shape=tuple(state["meta"]["config"]["image_shape"]))
+    if raw.get("slice_shape"):
+        raw["slice_shape"] = tuple(raw["slice_shape"])
     raw.setdefault("content_norm", False)  # written before these options existed
     raw.setdefault("w_sf_content", 0.0)
     gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None

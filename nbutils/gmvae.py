@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import crops
 from .nets import band_powers, level_stats, soft_histogram
 
 
@@ -186,7 +187,11 @@ class GMVAE(nn.Module):
                              f"{self.cfg.image_shape[1]}), got {tuple(x.shape)}")
 
     def infer(self, x: torch.Tensor, temperature: float = 1.0, hard: bool = False) -> dict:
-        """q(y|x) and q(z|x,y): logits, probabilities, a Gumbel-softmax y and z ~ q(z|x,y)."""
+        """q(y|x) and q(z|x,y): logits, probabilities, a Gumbel-softmax y and z ~ q(z|x,y).
+        Slices larger than the model's square input are read as their view (:func:`nbutils.crops.view`)."""
+        h, w = self.cfg.image_shape
+        if h == w and x.ndim == 4 and x.shape[-2] > h and x.shape[-1] > w:
+            x = crops.view(x, h)
         self._check(x)
         app = self.appearance(x)
         f = [self.trunk(x)] if self.trunk is not None else []
@@ -345,8 +350,10 @@ class GMVAETask:
 
 def train_gmvae(images, k: int, checkpoint, *, width: int = 16, steps: int = 1000, batch_size: int = 64,
                 lr: float = 1e-3, every: int = 200, seed: int = 0, device=None, init: str = "kmeans",
-                init_images: int = 2048, **config):
-    """Train (or resume, or load when finished) a GM-VAE on a (N, H, W) [0, 1] image array.
+                init_images: int = 2048, view: int = 0, **config):
+    """Train (or resume, or load when finished) a GM-VAE on a (N, H, W) [0, 1] image array
+    (``view`` > 0: on the slices' ``view`` x ``view`` views, :func:`nbutils.crops.view`; the model
+    then reads any larger slice the same way).
 
     Returns the model in eval mode and the loss history. ``config`` overrides other
     :class:`GMVAEConfig` fields (the loss weights default to the thesis's). With appearance
@@ -358,6 +365,8 @@ def train_gmvae(images, k: int, checkpoint, *, width: int = 16, steps: int = 100
     from .train import EpochSampler, fit, images_to_tensor, pick_device
 
     device = pick_device() if device is None else torch.device(device)
+    if view and tuple(images.shape[1:]) != (view, view):
+        images = crops.views(images, view)
     cfg = GMVAEConfig(image_shape=tuple(images.shape[1:]), k=k, width=width, **config)
     torch.manual_seed(seed)  # the initial weights are a function of the seed too
     task = GMVAETask(cfg, len(images), batch_size, lr, device)

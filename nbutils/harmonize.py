@@ -77,10 +77,10 @@ class Harmonizer:
         images = np.asarray(images, np.float32)
         if images.ndim == 2:
             images = images[None]
-        shape = tuple(self.model.cfg.image_shape)
+        shape = self.model.cfg.slices
         if images.ndim != 3 or images.shape[1:] != shape:
             raise ValueError(f"expected slices of shape (N, {shape[0]}, {shape[1]}) in [0, 1] "
-                             f"(the model's training size), got {images.shape}")
+                             f"(the size of the model's training slices), got {images.shape}")
         return images
 
     @torch.no_grad()
@@ -93,7 +93,7 @@ class Harmonizer:
             y = self.model.translate(x, za.expand(n, -1) if len(za) == 1 else za[s: s + n],
                                      c.expand(n, -1) if len(c) == 1 else c[s: s + n])
             out.append(((y + 1) / 2).clamp(0, 1)[:, 0].cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, *self.model.cfg.image_shape), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, *self.model.cfg.slices), np.float32)
 
     def with_code(self, images: np.ndarray, za: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Translate with any attribute code ``za`` (attr,) and scanner code ``c`` (K,), e.g. a
@@ -172,7 +172,7 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     from skimage.transform import resize
     from tqdm.auto import tqdm
 
-    from .data import MASK_THRESHOLD
+    from .data import MASK_THRESHOLD, resize_slices
     from .io import atomic_path
     from .volumes import (MNI_AFFINE, MNI_SHAPE, DataError, coronal_slice, coronal_to_volume, load_volume,
                           normalisation_range, to_mni_grid)
@@ -190,16 +190,15 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     ys = np.flatnonzero((vol > MASK_THRESHOLD).sum(axis=(0, 2)) > 0)
     if not len(ys):
         raise DataError(f"{path}: no brain found on the MNI grid; is it skull-stripped and registered?")
-    size = tuple(harm.model.cfg.image_shape)
+    size = harm.model.cfg.slices
     out = vol.copy()
     for start in tqdm(range(0, len(ys), harm.batch_size), desc=f"harmonizing {Path(path).name}", disable=not progress):
         chunk = ys[start: start + harm.batch_size]
-        slices = np.stack([resize(coronal_slice(vol, y), size, order=1, anti_aliasing=True, preserve_range=True)
-                           for y in chunk]).astype(np.float32)
+        slices = resize_slices(np.stack([coronal_slice(vol, y) for y in chunk]), size[0])
         done = harm.scanner_free(slices, seed) if mode == "scanner-free" else \
             harm.to_domain(slices, target, reference=reference)
         for y, s in zip(chunk, done):
-            out[:, y, :] = coronal_to_volume(resize(s, (182, 182), order=1, preserve_range=True))
+            out[:, y, :] = coronal_to_volume(s if s.shape == (182, 182) else resize(s, (182, 182), order=1, preserve_range=True))
     # back from the MNI grid onto the (canonical) input grid, then the input's orientation
     vox = np.linalg.inv(MNI_AFFINE) @ canon.affine  # input voxel -> MNI voxel
     back = ndimage.affine_transform(out, vox[:3, :3], vox[:3, 3], output_shape=data.shape, order=1)

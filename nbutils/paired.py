@@ -166,7 +166,10 @@ def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray |
     subjects: for every pair of scanners seeing the same anatomy, SSIM between the two inputs,
     between the two outputs and (given ``control``, e.g. the blurred inputs of
     :func:`blur_control`) between the two control images; and for every slice, the SSIM
-    structure component between input and output (the anatomy should survive). Brain mask."""
+    structure component between input and output (the anatomy should survive), beside the same
+    between input and control and, when the data have one, between input and clean truth: at
+    1 mm the input's noise is local structure too, so an output that removes it cannot reach 1,
+    and the clean truth shows how far a perfect harmonizer would get. Brain mask."""
     pairs = traveling_pairs(test)
     pairs = pairs[pairs["source"] < pairs["target"]]
     anatomy = test.manifest["subject"].astype(str) + "/" + test.manifest["slice_index"].astype(str)
@@ -179,9 +182,15 @@ def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray |
         if control is not None:
             row["blur_control"] = metrics.ssim(control[p.src], control[p.dst], mask)
         rows.append(row)
-    structure = [dict(domain=test.manifest["domain"].iloc[i],
-                      structure=metrics.ssim_components(test.images[i], outputs[i], test.masks[i])["structure"])
-                 for i in range(len(test))]
+    part = lambda a, b, i: metrics.ssim_components(a, b, test.masks[i])["structure"]
+    structure = []
+    for i in range(len(test)):
+        row = dict(domain=test.manifest["domain"].iloc[i], structure=part(test.images[i], outputs[i], i))
+        if control is not None:  # what blurring alone keeps of the input's local structure
+            row["structure_blur_control"] = part(test.images[i], control[i], i)
+        if test.clean is not None:  # what a perfect harmonizer (the clean truth) keeps of it
+            row["structure_clean_truth"] = part(test.images[i], test.clean[i], i)
+        structure.append(row)
     return pd.DataFrame(rows), pd.DataFrame(structure)
 
 
@@ -205,7 +214,8 @@ def agreement_table(test: Slices, scanner_free: dict[str, np.ndarray], seed: int
     inputs' agreement, its blur control (and the sigma per scanner, pixels), the outputs'
     agreement, the margin of the outputs over the stronger control with its 95 % bootstrap CI
     (anatomies resampled: their scanner pairs are not independent), whether that CI lies above 0
-    (``beats_inputs_and_blur``), and the structure SSIM input vs output."""
+    (``beats_inputs_and_blur``), and the structure SSIM input vs output beside input vs blur control
+    and input vs clean truth (:func:`scanner_free_scores`)."""
     rows = []
     for method, out in scanner_free.items():
         sigmas, control = blur_control(test, out)
@@ -217,5 +227,7 @@ def agreement_table(test: Slices, scanner_free: dict[str, np.ndarray], seed: int
                          blur_control=per["blur_control"].mean(),
                          blur_sigma_px=" / ".join(f"{v:g}" for v in sigmas.values()),
                          outputs=per["outputs"].mean(), margin=d, margin_ci_low=lo, margin_ci_high=hi,
-                         beats_inputs_and_blur=bool(lo > 0), structure=structure["structure"].mean()))
+                         beats_inputs_and_blur=bool(lo > 0), structure=structure["structure"].mean(),
+                         structure_blur_control=structure["structure_blur_control"].mean(),
+                         structure_clean_truth=structure.get("structure_clean_truth", pd.Series(dtype=float)).mean()))
     return pd.DataFrame(rows)

@@ -38,11 +38,14 @@ def train_variant(run: Run, train_set: Slices, method: methods.Method, known_lab
     if method == methods.GMM_DRIT:
         gm = gmvae.from_checkpoint(run.require(run.checkpoints / "gmvae.pt", "02_gmvae_pretraining"))
         k = gm.cfg.k
-    cfg = drit.DRITConfig(image_shape=tuple(train_set.images.shape[1:]), k=k, variant=method.variant,
-                          width=p.drit_width, n_res=p.drit_res, down=p.drit_down, lr=p.drit_lr, known_labels=known_labels,
+    slices = tuple(train_set.images.shape[1:])
+    cfg = drit.DRITConfig(image_shape=(p.crop, p.crop) if p.crop else slices, slice_shape=slices if p.crop else None,
+                          k=k, variant=method.variant, width=p.drit_width, n_res=p.drit_res, down=p.drit_down,
+                          view=p.view, lr=p.drit_lr, known_labels=known_labels,
                           attr=gm.cfg.gaussian_size if gm else 64)
     return drit.train_drit(train_set.images, train_set.labels, cfg, checkpoint, gmvae=gm, steps=p.drit_steps,
-                           batch_size=p.drit_batch, every=p.checkpoint_every, seed=run.seed, snapshots=True)
+                           batch_size=p.drit_batch, every=p.checkpoint_every, seed=run.seed, snapshots=True,
+                           masks=train_set.masks)
 
 
 def model_outputs(harm: Harmonizer, images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
@@ -74,7 +77,9 @@ def summary(result: dict, label: str) -> dict:
     out |= {"sf_agreement_outputs_ssim": a["outputs"], "sf_agreement_inputs_ssim": a["inputs"],
             "sf_agreement_blur_control_ssim": a["blur_control"], "sf_blur_sigma_px": a["blur_sigma_px"],
             "sf_agreement_margin": a["margin"], "sf_agreement_margin_ci_low": a["margin_ci_low"],
-            "sf_beats_inputs_and_blur": a["beats_inputs_and_blur"], "sf_structure_ssim": a["structure"]}
+            "sf_beats_inputs_and_blur": a["beats_inputs_and_blur"], "sf_structure_ssim": a["structure"],
+            "sf_structure_blur_control_ssim": a["structure_blur_control"],
+            "sf_structure_clean_truth_ssim": a["structure_clean_truth"]}
     return out
 
 
@@ -95,7 +100,8 @@ def verdict(result: dict, label: str) -> str:
     lines.append(f"scanner-free agreement: outputs {a['outputs']:.3f}, inputs {a['inputs']:.3f}, blur control "
                  f"{a['blur_control']:.3f} (σ per scanner {a['blur_sigma_px']} px): {beats} both (margin "
                  f"{a['margin']:+.3f}, 95 % CI {a['margin_ci_low']:+.3f} … {a['margin_ci_high']:+.3f}); "
-                 f"structure kept {a['structure']:.3f}")
+                 f"structure kept {a['structure']:.3f} (blur control {a['structure_blur_control']:.3f}, "
+                 f"clean truth {a['structure_clean_truth']:.3f})")
     return "\n".join(lines)
 
 

@@ -44,15 +44,21 @@ class PairedUNet(nn.Module):
         self.dec = nn.ModuleList([_block(w[3] + w[2], w[2]), _block(w[2] + w[1], w[1]), _block(w[1] + w[0], w[0])])
         self.out = nn.Conv2d(w[0], 1, 1)
 
-    def forward(self, x: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
+                origin: torch.Tensor | None = None, full: tuple[int, int] | None = None) -> torch.Tensor:
+        """``x`` whole slices, or windows of ``full``-sized slices at ``origin`` (N, 2) (row, column):
+        the coordinate channels are always those of the whole slice."""
         h, w = x.shape[-2:]
         xp = F.pad(x, (0, -w % 8, 0, -h % 8))
         n, _, hp, wp = xp.shape
         code = torch.cat([F.one_hot(source, self.k), F.one_hot(target, self.k)], 1).to(x.dtype)
-        ys = torch.linspace(-1, 1, hp, device=x.device, dtype=x.dtype)[:, None].expand(hp, wp)
-        xs = torch.linspace(-1, 1, wp, device=x.device, dtype=x.dtype)[None, :].expand(hp, wp)
-        h_ = torch.cat([xp, torch.stack([xs, ys]).expand(n, -1, -1, -1),
-                        code[:, :, None, None].expand(-1, -1, hp, wp)], 1)
+        fh, fw = full or (h, w)
+        fh, fw = fh + -fh % 8, fw + -fw % 8
+        o = x.new_zeros(n, 2) if origin is None else origin.to(x.device, x.dtype)
+        ys = (torch.arange(hp, device=x.device, dtype=x.dtype)[None] + o[:, :1]) / (fh - 1) * 2 - 1
+        xs = (torch.arange(wp, device=x.device, dtype=x.dtype)[None] + o[:, 1:]) / (fw - 1) * 2 - 1
+        grid = torch.stack([xs[:, None, :].expand(n, hp, wp), ys[:, :, None].expand(n, hp, wp)], 1)
+        h_ = torch.cat([xp, grid, code[:, :, None, None].expand(-1, -1, hp, wp)], 1)
         skips = []
         for i, block in enumerate(self.enc):
             h_ = block(h_ if i == 0 else F.avg_pool2d(h_, 2))
@@ -83,10 +89,10 @@ class PairedTask:
         self.optimizers = {"unet": torch.optim.Adam(self.modules.parameters(), lr=lr)}
 
     def step(self, batch, it: int, ctx) -> dict[str, float]:
-        x, y, a, b = batch
+        x, y, a, b, origin, full = batch
         self.modules.train()
         with ctx.autocast():
-            loss = F.l1_loss(self.modules(x, a, b).float(), y)
+            loss = F.l1_loss(self.modules(x, a, b, origin, full).float(), y)
         ctx.update(loss, "unet")
         return dict(l1=float(loss.detach()))
 
@@ -95,9 +101,11 @@ class PairedTask:
 
 
 def train_paired(paired: Slices, checkpoint, *, width: int = 16, steps: int = 600, batch_size: int = 16,
-                 every: int = 200, seed: int = 0, device=None) -> tuple[PairedUNet, pd.DataFrame]:
+                 every: int = 200, seed: int = 0, device=None, crop: int = 0) -> tuple[PairedUNet, pd.DataFrame]:
     """Train (or load) the paired translator on ``paired`` (a split whose anatomies every
-    scanner saw); returns (model, history)."""
+    scanner saw); returns (model, history). ``crop`` > 0: on random ``crop`` windows centred on the
+    brain, the same window of both scans."""
+    from .crops import crop_starts, take
     from .train import fit, pick_device
 
     rows = pairs_of(paired)
@@ -113,9 +121,17 @@ def train_paired(paired: Slices, checkpoint, *, width: int = 16, steps: int = 60
         rng = np.random.default_rng((seed, i))
         anat = rng.integers(0, len(rows), batch_size)
         a, b = np.array([rng.choice(seen[j], 2) for j in anat]).T  # two scanners that saw it (may be equal)
-        load = lambda r: torch.from_numpy(np.asarray(paired.images[r], np.float32)).unsqueeze(1).to(device)
+        src, dst = rows[anat, a], rows[anat, b]
+        full = tuple(paired.images.shape[1:])
+        starts = crop_starts(paired.masks[src], crop, rng) if crop else np.zeros((len(src), 2), int)
+
+        def load(r):
+            x = take(paired.images[r], starts, crop) if crop else np.asarray(paired.images[r], np.float32)
+            return torch.from_numpy(x).unsqueeze(1).to(device)
+
         label = lambda v: torch.from_numpy(v).long().to(device)
-        return load(rows[anat, a]), load(rows[anat, b]), label(a), label(b)
+        origin = torch.from_numpy(starts).float().to(device) if crop else None
+        return load(src), load(dst), label(a), label(b), origin, full
 
     history = fit(task, batch, steps, checkpoint, every=every, seed=seed, device=device, desc="paired translator")
     return task.modules.eval(), history
@@ -148,5 +164,5 @@ def for_run(run) -> PairedUNet | None:
         return None
     p = run.profile
     model, _ = train_paired(slices_for_run(run, "paired"), run.checkpoints / SUPERVISED.checkpoint(), width=p.paired_width,
-                            steps=p.paired_steps, every=p.checkpoint_every, seed=run.seed)
+                            steps=p.paired_steps, every=p.checkpoint_every, seed=run.seed, crop=p.crop)
     return model

@@ -71,10 +71,13 @@ def test_harmonize_all_keeps_shape_and_affine(model, write_volume, tmp_path):
     assert done.same_shape.all() and done.same_affine.all() and len(done) == 2
     assert all(nib.load(p).shape == blob_volume().shape for p in done.output)
     # one anatomy from two 'scanners': agreement before / after is measured on matched slices
-    table = pd.DataFrame(dict(path=[str(v) for v in vols], subject="x", domain=["s0", "s1"]))
-    agree = apply.agreement(table, list(done.output))
-    assert len(agree) == 1 and 0 < agree.inputs[0] <= 1 and 0 < agree.outputs[0] <= 1
-    assert "inputs_at_model_size" in agree
+    table = pd.DataFrame(dict(path=[str(v) for v in vols], subject="x", domain=["s0", "s1"], clean=str(vols[0])))
+    agree, sharp = apply.agreement(table, list(done.output))
+    assert len(agree) == 1 and 0 < agree.inputs[0] <= 1 and 0 < agree.outputs[0] <= 1 and 0 < agree.blur_control[0] <= 1
+    assert len(sharp) == 2 and (sharp.blur_sigma_px >= 0).all()
+    # volume a is its own clean truth here: its input/clean sharpness ratio is exactly 1
+    assert sharp.sharpness_input[0] == pytest.approx(sharp.sharpness_clean[0])
+    assert np.allclose(sharp.output_to_clean_sharpness, sharp.sharpness_output / sharp.sharpness_clean)
 
 
 def test_explorer_draws_every_mode_headless(model):

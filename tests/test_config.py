@@ -17,7 +17,9 @@ def test_profile_comes_from_parameter_then_environment_then_quick(monkeypatch):
 
 def test_profiles_budgets_are_ordered():
     s, q, p = (config.PROFILES[n] for n in ("smoke", "quick", "paper"))
-    assert s.image_size < q.image_size < p.image_size == 182
+    assert s.image_size < q.image_size == p.image_size == 182  # quick works at 1 mm too, on crops
+    assert 0 < s.crop < s.image_size and 0 < q.crop < q.image_size and p.crop == 0
+    assert q.view == q.crop and p.view == 0
     assert s.sim_train_subjects < q.sim_train_subjects < p.sim_train_subjects
 
 

@@ -7,7 +7,7 @@ import nbutils
 LAYERS = [  # in the order of docs/design.md's table
     {"io", "config", "methods", "plots", "metrics", "baselines"},
     {"volumes", "data", "phantom", "ixi"},
-    {"train", "clustering", "nets", "gmvae"},
+    {"train", "clustering", "nets", "crops", "gmvae"},
     {"losses", "drit"},
     {"harmonize", "apply", "explorer"},
     {"stats", "paired", "measures", "usage", "stage2", "supervised", "classifier",

@@ -1,0 +1,62 @@
+"""Crops and views: native-resolution slices for the translator, whole-slice views for E^a.
+
+The ``quick`` profile keeps slices at their native 1 mm (182 x 182). Stage 2's content encoder
+and generator train on random ``crop`` x ``crop`` windows of them (:func:`random_crops`, centred
+on a brain pixel: a window of background teaches nothing) and, being fully convolutional,
+harmonize whole slices. A scanner's identity is a property of the whole slice (its contrast
+curve across every tissue, its bias field), so the attribute encoders (the GM-VAE and DRIT++'s
+E^a) read a *view*: the whole slice down-sampled to ``view`` x ``view`` (:func:`view`), in
+training as at inference (README, "Native resolution").
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def crop_starts(masks: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, 2) top-left corners of ``size`` x ``size`` windows of the (N, H, W) ``masks``' images,
+    each centred on a random mask pixel (anywhere, for an empty mask) and shifted to fit."""
+    masks = np.asarray(masks, bool)
+    n, h, w = masks.shape
+    if size > min(h, w):
+        raise ValueError(f"crops of {size} px do not fit in {h} x {w} slices")
+    out = np.empty((n, 2), int)
+    for i, m in enumerate(masks):
+        on = np.flatnonzero(m)
+        centre = on[rng.integers(len(on))] if len(on) else rng.integers(h * w)
+        cy, cx = divmod(int(centre), w)
+        out[i] = (min(max(cy - size // 2, 0), h - size), min(max(cx - size // 2, 0), w - size))
+    return out
+
+
+def take(images: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray:
+    """The windows of (N, H, W) ``images`` at ``starts`` (N, 2), as float32 (N, size, size)."""
+    return np.stack([np.asarray(im[y: y + size, x: x + size], np.float32)
+                     for im, (y, x) in zip(images, starts)])
+
+
+def random_crops(images: np.ndarray, masks: np.ndarray, idx: np.ndarray, size: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Rows ``idx`` of ``images`` cut to random ``size`` windows on the brain (float32; no crop
+    when ``size`` is 0 or the slices' own size)."""
+    idx = np.sort(idx)
+    if not size or images.shape[-1] == size == images.shape[-2]:
+        return np.asarray(images[idx], np.float32)
+    return take(images[idx], crop_starts(masks[idx], size, rng), size)
+
+
+def view(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 1, H, W) whole slices as the attribute encoders read them: anti-aliased bilinear
+    down-sampling to ``size`` x ``size`` (unchanged when already that size)."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def views(images: np.ndarray, size: int, batch_size: int = 256) -> np.ndarray:
+    """:func:`view` of a (N, H, W) image array (e.g. a memory map), as float32 (N, size, size)."""
+    out = [view(torch.from_numpy(np.asarray(images[s: s + batch_size], np.float32)).unsqueeze(1), size)[:, 0].numpy()
+           for s in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, size, size), np.float32)

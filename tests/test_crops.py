@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from nbutils import crops, drit, gmvae, supervised
+
+
+def test_crops_are_centred_on_the_brain_and_fit_in_the_slice():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((50, 40, 40), bool)
+    masks[:, 30:34, 2:6] = True  # a small brain near a corner: crops must shift to fit
+    starts = crops.crop_starts(masks, 16, rng)
+    assert ((starts >= 0) & (starts <= 40 - 16)).all()
+    for (y, x) in starts:  # every window holds brain, and near the corner it is pushed inside
+        assert masks[0, y: y + 16, x: x + 16].any()
+    # centre rows 30..33 -> starts 22..25, clamped to 40 - 16 = 24; centre columns 2..5 -> clamped to 0
+    assert set(starts[:, 0]) == {22, 23, 24} and (starts[:, 1] == 0).all()
+    images = rng.random((50, 40, 40)).astype(np.float16)
+    cut = crops.random_crops(images, masks, np.arange(5), 16, np.random.default_rng(1))
+    again = crops.take(images[:5], crops.crop_starts(masks[:5], 16, np.random.default_rng(1)), 16)
+    assert cut.shape == (5, 16, 16) and cut.dtype == np.float32 and np.array_equal(cut, again)
+    assert crops.random_crops(images, masks, np.array([3, 1]), 0, rng).shape == (2, 40, 40)  # 0: whole slices
+    with pytest.raises(ValueError, match="do not fit"):
+        crops.crop_starts(masks, 41, rng)
+
+
+def test_a_view_is_the_whole_slice_down_sampled_without_aliasing():
+    x = torch.zeros(1, 1, 64, 64)
+    x[..., ::2, :] = 1.0  # a one-pixel stripe pattern: aliasing would keep it, anti-aliasing averages it
+    v = crops.view(x, 16)
+    assert v.shape == (1, 1, 16, 16)
+    assert torch.allclose(v, torch.full_like(v, 0.5), atol=0.05)
+    assert crops.view(v, 16) is v
+    flat = crops.views(np.full((3, 64, 64), 0.3, np.float16), 16)
+    assert flat.shape == (3, 16, 16) and np.allclose(flat, 0.3, atol=1e-3)
+
+
+def test_the_gm_vae_reads_a_larger_slice_as_its_view():
+    torch.manual_seed(0)
+    model = gmvae.GMVAE(gmvae.GMVAEConfig(image_shape=(16, 16), k=3, gaussian_size=8, width=4)).eval()
+    big = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(model.infer(big)["mu"], model.infer(crops.view(big, 16))["mu"])
+    with pytest.raises(ValueError, match="expected images"):
+        model.infer(torch.rand(2, 1, 16, 12))
+
+
+@pytest.mark.parametrize("variant", ["gmm-drit", "drit++"])
+def test_stage_two_trains_on_crops_and_harmonizes_whole_slices(variant):
+    """Trained on 16 px windows of 32 px slices, E^a reading 16 px views of the whole slices:
+    a step runs on windows (the batch carries the views), and the model translates whole slices."""
+    from nbutils.harmonize import Harmonizer
+
+    torch.manual_seed(0)
+    gm = gmvae.GMVAE(gmvae.GMVAEConfig(image_shape=(16, 16), k=3, gaussian_size=8, width=4)).eval()
+    cfg = drit.DRITConfig(image_shape=(16, 16), slice_shape=(32, 32), view=16, k=3, variant=variant, width=4,
+                          attr=8, n_res=1)
+    task = drit.DRITTask(cfg, gm if variant == "gmm-drit" else None)
+    images = np.random.default_rng(0).random((12, 32, 32)).astype(np.float16)
+    masks = np.ones(images.shape, bool)
+    sampler = drit.PairSampler(images, np.arange(12) % 3, 3, seed=1, crop=16, masks=masks, view=16)
+    batch = sampler(0)
+    assert batch["xa"].shape == (3, 1, 16, 16) and batch["va"].shape == (3, 1, 16, 16)
+    from nbutils import train
+    losses = task.step(batch, 0, train.Context(torch.device("cpu"), task.optimizers))
+    assert np.isfinite(list(losses.values())).all() and losses["latent"] == 0.0
+    harm = Harmonizer(task.modules.eval())
+    out = harm.scanner_free(np.asarray(images[:2], np.float32))
+    assert out.shape == (2, 32, 32)
+    with pytest.raises(ValueError, match="size of the model's training slices"):
+        harm.scanner_free(np.zeros((1, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="masks"):
+        drit.PairSampler(images, np.arange(12) % 3, 3, crop=16)
+
+
+def test_the_paired_translator_sees_whole_slice_coordinates_in_a_window():
+    """A window at ``origin`` gets the coordinate channels of that part of the whole slice, so a
+    translator trained on windows knows where it is (bias fields are fixed shapes in the field)."""
+    torch.manual_seed(0)
+    net = supervised.PairedUNet(k=2, width=4).eval()
+    x = torch.rand(1, 1, 32, 32)
+    src, dst = torch.tensor([0]), torch.tensor([1])
+    with torch.no_grad():
+        whole = net(x, src, dst)
+        window = net(x[..., 8:24, 16:32], src, dst, origin=torch.tensor([[8.0, 16.0]]), full=(32, 32))
+        elsewhere = net(x[..., 8:24, 16:32], src, dst, origin=torch.tensor([[0.0, 0.0]]), full=(32, 32))
+    inner = (slice(4, 12), slice(4, 12))  # away from the window's border (zero padding differs there)
+    assert torch.allclose(window[0, 0][inner], whole[0, 0, 8:24, 16:32][inner], atol=1e-4)
+    assert not torch.allclose(window, elsewhere, atol=1e-4)
