@@ -45,11 +45,13 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
     return float(10 * np.log10(data_range**2 / mse)) if mse > 0 else float("inf")
 
 
-def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE) -> dict[str, np.ndarray]:
+def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE,
+              parts: tuple[str, ...] = ("luminance", "contrast", "structure", "ssim")) -> dict[str, np.ndarray]:
     """Wang's SSIM split into its luminance, contrast and structure maps (C3 = C2 / 2), whose
     product is the SSIM map; the same Gaussian window (sigma 1.5, truncated at 3.5 sigma,
     reflected edges) and population statistics as scikit-image. ``a`` and ``b`` are two
-    images or two stacks (..., H, W) of them (filtered over the last two axes only)."""
+    images or two stacks (..., H, W) of them (filtered over the last two axes only). Only the
+    maps named in ``parts`` are computed (luminance alone needs two of the five filterings)."""
     from scipy.ndimage import gaussian_filter
 
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -58,24 +60,28 @@ def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE) -> d
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     c3 = c2 / 2
     mu_a, mu_b = blur(a), blur(b)
-    var_a = np.maximum(blur(a * a) - mu_a ** 2, 0)
-    var_b = np.maximum(blur(b * b) - mu_b ** 2, 0)
-    cov = blur(a * b) - mu_a * mu_b
-    sd = np.sqrt(var_a * var_b)
-    maps = {"luminance": (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1),
-            "contrast": (2 * sd + c2) / (var_a + var_b + c2),
-            "structure": (cov + c3) / (sd + c3)}
-    maps["ssim"] = maps["luminance"] * maps["contrast"] * maps["structure"]
-    return maps
+    maps = {}
+    if {"luminance", "ssim"} & set(parts):
+        maps["luminance"] = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
+    if {"contrast", "structure", "ssim"} & set(parts):
+        var_a = np.maximum(blur(a * a) - mu_a ** 2, 0)
+        var_b = np.maximum(blur(b * b) - mu_b ** 2, 0)
+        cov = blur(a * b) - mu_a * mu_b
+        sd = np.sqrt(var_a * var_b)
+        maps["contrast"] = (2 * sd + c2) / (var_a + var_b + c2)
+        maps["structure"] = (cov + c3) / (sd + c3)
+    if "ssim" in parts:
+        maps["ssim"] = maps["luminance"] * maps["contrast"] * maps["structure"]
+    return {k: v for k, v in maps.items() if k in parts}
 
 
 def ssim_components(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
-                    data_range: float = DATA_RANGE) -> dict[str, float | np.ndarray]:
-    """Mean luminance, contrast, structure and full SSIM over ``mask`` minus the 5 px border.
-
-    For two images, floats; for two (N, H, W) stacks (and an (N, H, W) or (H, W) mask),
-    arrays of N per-image means."""
-    maps = ssim_maps(a, b, data_range)
+                    data_range: float = DATA_RANGE,
+                    parts: tuple[str, ...] = ("luminance", "contrast", "structure", "ssim")) -> dict[str, float | np.ndarray]:
+    """Mean luminance, contrast, structure and full SSIM (those in ``parts``) over ``mask`` minus
+    the 5 px border. For two images, floats; for two (N, H, W) stacks (and an (N, H, W) or
+    (H, W) mask), arrays of N per-image means."""
+    maps = ssim_maps(a, b, data_range, parts)
     shape = np.shape(a)
     inner = np.zeros(shape[-2:], bool)
     inner[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD] = True
@@ -110,7 +116,7 @@ BLUR_GRID = tuple(np.round(np.arange(0, 6.01, 0.125), 3))  # candidate sigmas (p
 
 
 def effective_blur(inputs: np.ndarray, outputs: np.ndarray, masks: np.ndarray,
-                   grid: tuple[float, ...] = BLUR_GRID) -> float:
+                   grid: tuple[float, ...] = BLUR_GRID, max_images: int = 48) -> float:
     """The Gaussian sigma (pixels) that brings ``inputs`` to the effective resolution of ``outputs``.
 
     For a candidate sigma the inputs are blurred, then histogram-matched to their own outputs
@@ -119,11 +125,15 @@ def effective_blur(inputs: np.ndarray, outputs: np.ndarray, masks: np.ndarray,
     2 px, away from the brain/background edge. Sharpness falls with sigma, so a bisection over
     ``grid`` finds the sigma whose median sharpness is closest to the outputs' (0 when the
     outputs are at least as sharp as the inputs). Input noise counts as sharpness, so outputs
-    that denoise get a larger sigma: the control errs on the strong side."""
+    that denoise get a larger sigma: the control errs on the strong side. Measured on at most
+    ``max_images`` evenly spaced images."""
     from scipy.ndimage import binary_erosion
 
     from .baselines import histogram_match, reference_quantiles
 
+    if len(inputs) > max_images:  # the median sharpness of an even spread of slices is enough
+        pick = np.round(np.linspace(0, len(inputs) - 1, max_images)).astype(int)
+        inputs, outputs, masks = (np.asarray(a)[pick] for a in (inputs, outputs, masks))
     masks = np.asarray(masks, bool)
     inner = [e if (e := binary_erosion(m, iterations=2)).any() else m for m in masks]
     refs = [reference_quantiles(o, m, 256) for o, m in zip(outputs, masks)]

@@ -118,14 +118,26 @@ def level_stats(levels, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.cat(stats, 1)
 
 
-def soft_histogram(x: torch.Tensor, bins: int = 32) -> torch.Tensor:
+def soft_histogram(x: torch.Tensor, bins: int = 32, fine: int = 1024) -> torch.Tensor:
     """Differentiable intensity histogram of the foreground (> background -1) of images in
-    [-1, 1]: Gaussian kernels on ``bins`` centres, normalised by the foreground area."""
+    [-1, 1]: Gaussian kernels on ``bins`` centres, normalised by the foreground area.
+
+    When no gradient is needed (a classifier's or an encoder's input), the same kernels are
+    applied to a ``fine``-bin histogram of the pixels instead of to every pixel: equal up to
+    intensities quantised to 2 / ``fine`` (a 40th of the kernels' width), and about bins x
+    cheaper on whole 1 mm slices."""
     centres = torch.linspace(-1, 1, bins, device=x.device, dtype=x.dtype)
     v = x.flatten(1)
     fg = torch.sigmoid((v + 0.95) * 400)
-    w = torch.exp(-0.5 * ((v[:, :, None] - centres) * (bins / 2)) ** 2) * fg[:, :, None]
-    return w.sum(1) / (fg.sum(1, keepdim=True) + 1e-3)
+    kernel = lambda u: torch.exp(-0.5 * ((u - centres) * (bins / 2)) ** 2)
+    if torch.is_grad_enabled() and x.requires_grad:
+        w = kernel(v[:, :, None]) * fg[:, :, None]
+        return w.sum(1) / (fg.sum(1, keepdim=True) + 1e-3)
+    vf, fgf = v.float(), fg.float()
+    idx = ((vf.clamp(-1, 1) + 1) * (fine / 2)).long().clamp(max=fine - 1)
+    counts = torch.zeros(len(v), fine, device=x.device).scatter_add_(1, idx, fgf)
+    mids = (torch.arange(fine, device=x.device, dtype=torch.float32) + 0.5) * (2 / fine) - 1
+    return ((counts @ kernel(mids[:, None].to(x.dtype)).float()) / (fgf.sum(1, keepdim=True) + 1e-3)).to(x.dtype)
 
 
 def band_powers(x: torch.Tensor, bands: int = 4) -> torch.Tensor:

@@ -182,7 +182,7 @@ def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray |
         if control is not None:
             row["blur_control"] = metrics.ssim(control[p.src], control[p.dst], mask)
         rows.append(row)
-    part = lambda a, b, i: metrics.ssim_components(a, b, test.masks[i])["structure"]
+    part = lambda a, b, i: metrics.ssim_components(a, b, test.masks[i], parts=("structure",))["structure"]
     structure = []
     for i in range(len(test)):
         row = dict(domain=test.manifest["domain"].iloc[i], structure=part(test.images[i], outputs[i], i))
