@@ -92,6 +92,15 @@ def test_explorer_draws_every_mode_headless(model):
     for mode in ex.modes():
         fig = ex.figure(1, mode, t=0.3, components=(0, 2))
         assert len(fig.data) == 3 + 3 + 1  # three images, three scanners' codes, this slice
+    # the panels are PNGs of the very arrays: input and output in gray, 0 -> black, 1 -> white
+    import base64
+    import io
+
+    from PIL import Image
+    fig = ex.figure(1, "s0")
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(fig.data[1].source.split(",", 1)[1]))))
+    assert shown.shape == (24, 24, 3)
+    assert np.abs(shown[..., 0] / 255.0 - ex.output(1, "s0")).max() <= 1 / 255 + 1e-6
     a = ex.output(1, explorer.INTERPOLATE, t=0.0, components=(0, 2))
     b = ex.output(1, explorer.INTERPOLATE, t=1.0, components=(0, 2))
     assert not np.allclose(a, b)  # the attribute moves the output
