@@ -159,6 +159,12 @@ def setup(profile: str = "", run_dir: str = "", seed: int = 0) -> Run:
     seed_everything(seed)
     run = Run(prof, int(seed), path.resolve())
     run.figures.mkdir(parents=True, exist_ok=True)
+    info = run.slices / "info.json"
+    source = json.loads(info.read_text()).get("source_csv", "") if info.is_file() else ""
+    if source:  # label this run's figures by where its volumes came from
+        from .plots import describe_data
+
+        describe_data(source)
     return run
 
 

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from . import methods
+from . import methods, plots
 from .data import Slices
 from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
@@ -106,7 +106,7 @@ class Explorer:
         fig.add_trace(go.Scatter(x=[xy[0]], y=[xy[1]], mode="markers", name="this slice",
                                  marker=dict(size=14, symbol="x", color="black")), 1, 4)
         fig.update_layout(height=340, width=1150, template="plotly_white", margin=dict(t=40, b=10),
-                          title=dict(text=f"{row['subject']} · slice {row['slice_index']} · simulated data", x=0.5,
+                          title=dict(text=f"{row['subject']} · slice {row['slice_index']} · {plots.SIMULATED}", x=0.5,
                                      font=dict(size=12)))
         return fig
 

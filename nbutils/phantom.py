@@ -37,6 +37,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .io import atomic_path
+from .plots import SIMULATION_MARK
 from .volumes import MNI_AFFINE, to_mni_grid
 
 # a cached set is reused only when made by this very code (the hash of this file) with the same spec
@@ -268,6 +269,6 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
         pd.DataFrame(rows).to_csv(tmp / "volumes.csv", index=False)
         (tmp / "spec.json").write_text(json.dumps(spec, indent=2))
         (tmp / "README.txt").write_text(
-            "SIMULATED data made by nbutils.phantom from nilearn's ICBM152 2009a template.\n"
+            f"{SIMULATION_MARK} from nilearn's ICBM152 2009a template.\n"
             "The scanners sim-A..sim-D are simulations, not real devices.\n")
     return csv

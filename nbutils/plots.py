@@ -57,6 +57,20 @@ def save_table(df: pd.DataFrame, name: str, folder: str | Path, note: str = "") 
 
 
 SIMULATED = "simulated scanners (built-in data, not real devices)"
+BUILT_IN = SIMULATED
+SIMULATION_MARK = "SIMULATED data made by nbutils.phantom"  # the first line of a simulated set's README.txt
+
+
+def describe_data(source_csv: str | Path) -> str:
+    """Set and return the label every figure and table of this kernel carries (``SIMULATED``):
+    the simulated-scanner label when the CSV of volumes was made by :mod:`nbutils.phantom` (its
+    folder's README.txt says so), else the CSV's name, so results on real data are not called
+    simulated."""
+    global SIMULATED
+    readme = Path(source_csv).parent / "README.txt"
+    simulated = readme.is_file() and readme.read_text(errors="replace").startswith(SIMULATION_MARK)
+    SIMULATED = BUILT_IN if simulated else f"data of {Path(source_csv).name} (not simulated by this project)"
+    return SIMULATED
 
 
 def montage(images: dict[str, np.ndarray], title: str = "", ncols: int | None = None,

@@ -40,3 +40,28 @@ def test_record_merges_keys_and_require_names_the_notebook(tmp_path):
     assert saved == {"01_data": {"a": 1}, "02_gmvae": {"acc": 0.5, "nan": None}}
     with pytest.raises(FileNotFoundError, match="run notebook 01"):
         run.require(tmp_path / "slices", "01")
+
+
+def test_figures_say_simulated_only_for_a_simulated_set(tmp_path, monkeypatch):
+    """Figures of a run on the project's simulated set carry the simulated label; a run on
+    someone's own volumes carries its CSV's name instead (never 'simulated')."""
+    import json
+
+    from nbutils import plots
+
+    monkeypatch.setattr(plots, "SIMULATED", plots.BUILT_IN)
+    sim, own = tmp_path / "sim", tmp_path / "own"
+    for folder in (sim, own):
+        folder.mkdir()
+        (folder / "volumes.csv").write_text("path,domain\n")
+    (sim / "README.txt").write_text(plots.SIMULATION_MARK + " from nilearn's template.\n")
+    (own / "README.txt").write_text("our scanners\n")
+    assert plots.describe_data(sim / "volumes.csv") == plots.BUILT_IN
+    label = plots.describe_data(own / "volumes.csv")
+    assert "volumes.csv" in label and "simulated scanners" not in label
+    # config.setup reads the run's slices/info.json and sets the label for the whole kernel
+    run_dir = tmp_path / "run"
+    (run_dir / "slices").mkdir(parents=True)
+    (run_dir / "slices" / "info.json").write_text(json.dumps({"source_csv": str(sim / "volumes.csv")}))
+    config.setup("smoke", str(run_dir))
+    assert plots.SIMULATED == plots.BUILT_IN
