@@ -80,7 +80,7 @@ def bench_stage2(profiles=("smoke", "quick", "paper"), repeat: int = 3, peak: fl
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from . import drit, gmvae, train
+    from . import drit, train
     from .config import PROFILES
 
     rows = []
@@ -108,14 +108,12 @@ def bench_stage2(profiles=("smoke", "quick", "paper"), repeat: int = 3, peak: fl
 
 def _stage2_config(p, variant: str):
     """(DRITConfig, untrained GM-VAE or None) of profile ``p``, as notebooks 02-04 build them."""
-    from . import drit, gmvae
+    from . import gmvae, stage2
 
     slices = (p.image_size, p.image_size)
     gm = gmvae.GMVAE(gmvae.GMVAEConfig(image_shape=(p.view, p.view) if p.view else slices, k=4, width=p.gmvae_width,
                                        **gmvae.preset("appearance"))) if variant == "gmm-drit" else None
-    cfg = drit.DRITConfig(image_shape=(p.crop, p.crop) if p.crop else slices, slice_shape=slices if p.crop else None,
-                          view=p.view, k=4, variant=variant, width=p.drit_width, n_res=p.drit_res, down=p.drit_down)
-    return cfg, gm
+    return stage2.model_config(p, slices, 4, variant), gm
 
 
 def bench_volume(profile: str = "quick", repeat: int = 2) -> list[dict]:

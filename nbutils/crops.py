@@ -39,9 +39,8 @@ def take(images: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray:
 
 def random_crops(images: np.ndarray, masks: np.ndarray, idx: np.ndarray, size: int,
                  rng: np.random.Generator) -> np.ndarray:
-    """Rows ``idx`` of ``images`` cut to random ``size`` windows on the brain (float32; no crop
-    when ``size`` is 0 or the slices' own size)."""
-    idx = np.sort(idx)
+    """Rows ``idx`` of ``images``, in that order, cut to random ``size`` windows on the brain
+    (float32; no crop when ``size`` is 0 or the slices' own size)."""
     if not size or images.shape[-1] == size == images.shape[-2]:
         return np.asarray(images[idx], np.float32)
     return take(images[idx], crop_starts(masks[idx], size, rng), size)

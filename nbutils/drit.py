@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import losses
-from . import crops
+from . import crops, losses
 from .gmvae import AttributeEncoder, GMVAE
 from .nets import ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator
 
@@ -95,6 +94,12 @@ class Translator(nn.Module):
             self.attribute = AttributeEncoder(gmvae)
         else:
             self.attribute = GaussianAttributeEncoder(w, cfg.attr)
+
+    @property
+    def view_size(self) -> int:
+        """The size of the whole-slice view E^a reads (0: the slices as they are): the GM-VAE's
+        input, or DRIT++'s ``cfg.view``."""
+        return self.attribute.gmvae.cfg.image_shape[0] if self.cfg.variant == "gmm-drit" else self.cfg.view
 
     # ---------------------------------------------------------------- codes
     def attributes(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = False):
@@ -292,8 +297,8 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
     if cfg.slices != tuple(images.shape[1:]):
         raise ValueError(f"the model is set up for {cfg.slices} slices, the images are {tuple(images.shape[1:])}")
     crop = cfg.image_shape[0] if tuple(cfg.image_shape) != cfg.slices else 0
-    view = gmvae.cfg.image_shape[0] if gmvae is not None else cfg.view
-    sampler = PairSampler(images, labels, batch_size, seed, device, crop=crop, masks=masks, view=view)
+    sampler = PairSampler(images, labels, batch_size, seed, device, crop=crop, masks=masks,
+                          view=task.modules.view_size)
     history = fit(task, sampler, steps, checkpoint, every=every, seed=seed, device=device, desc=cfg.variant,
                   snapshots=snapshots)
     return task.modules.eval(), history

@@ -25,6 +25,15 @@ NO_TRAVELING = ("no anatomy of the test split is seen by two scanners (no travel
                 "the scores against a target scan, the target sensitivity and the learning curve are left out")
 
 
+def model_config(p, slices: tuple[int, int], k: int, variant: str, known_labels: bool = False,
+                 attr: int = 64) -> drit.DRITConfig:
+    """The stage-2 configuration of profile ``p`` for slices of size ``slices``: trained on the
+    profile's windows (or whole slices), its attribute encoder reading the profile's views."""
+    return drit.DRITConfig(image_shape=(p.crop, p.crop) if p.crop else slices, slice_shape=slices if p.crop else None,
+                           k=k, variant=variant, width=p.drit_width, n_res=p.drit_res, down=p.drit_down,
+                           view=p.view, lr=p.drit_lr, known_labels=known_labels, attr=attr)
+
+
 def train_variant(run: Run, train_set: Slices, method: methods.Method, known_labels: bool = False,
                   retrain: bool = False):
     """Train (or load) ``method`` with the profile's settings; returns (model, history)."""
@@ -38,11 +47,8 @@ def train_variant(run: Run, train_set: Slices, method: methods.Method, known_lab
     if method == methods.GMM_DRIT:
         gm = gmvae.from_checkpoint(run.require(run.checkpoints / "gmvae.pt", "02_gmvae_pretraining"))
         k = gm.cfg.k
-    slices = tuple(train_set.images.shape[1:])
-    cfg = drit.DRITConfig(image_shape=(p.crop, p.crop) if p.crop else slices, slice_shape=slices if p.crop else None,
-                          k=k, variant=method.variant, width=p.drit_width, n_res=p.drit_res, down=p.drit_down,
-                          view=p.view, lr=p.drit_lr, known_labels=known_labels,
-                          attr=gm.cfg.gaussian_size if gm else 64)
+    cfg = model_config(p, tuple(train_set.images.shape[1:]), k, method.variant, known_labels=known_labels,
+                       attr=gm.cfg.gaussian_size if gm else 64)
     return drit.train_drit(train_set.images, train_set.labels, cfg, checkpoint, gmvae=gm, steps=p.drit_steps,
                            batch_size=p.drit_batch, every=p.checkpoint_every, seed=run.seed, snapshots=True,
                            masks=train_set.masks)
