@@ -38,12 +38,30 @@ def take(images: np.ndarray, starts: np.ndarray, size: int) -> np.ndarray:
 
 
 def random_crops(images: np.ndarray, masks: np.ndarray, idx: np.ndarray, size: int,
-                 rng: np.random.Generator) -> np.ndarray:
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``idx`` of ``images``, in that order, cut to random ``size`` windows on the brain
-    (float32; no crop when ``size`` is 0 or the slices' own size)."""
+    (float32; no crop when ``size`` is 0 or the slices' own size), and the windows' (N, 2)
+    top-left corners."""
     if not size or images.shape[-1] == size == images.shape[-2]:
-        return np.asarray(images[idx], np.float32)
-    return take(images[idx], crop_starts(masks[idx], size, rng), size)
+        return np.asarray(images[idx], np.float32), np.zeros((len(idx), 2), int)
+    starts = crop_starts(masks[idx], size, rng)
+    return take(images[idx], starts, size), starts
+
+
+def coordinates(origin: torch.Tensor | None, size: tuple[int, int], full: tuple[int, int] | None = None,
+                n: int = 1, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(N, 2, h, w) coordinate channels (row, column) in [-1, 1] of ``size`` = (h, w) windows
+    whose top-left corners sit at ``origin`` (N, 2) in ``full``-sized slices: pixel i of a
+    slice of n pixels has coordinate -1 + 2 i / (n - 1), wherever the window is cut from.
+    ``origin`` None: whole slices (``full`` = ``size``), ``n`` of them."""
+    h, w = size
+    fh, fw = full or size
+    if origin is None:
+        origin = torch.zeros(n, 2, device=device, dtype=dtype)
+    o = origin.to(device or origin.device, dtype)
+    rows = (torch.arange(h, device=o.device, dtype=dtype)[None] + o[:, :1]) / max(fh - 1, 1) * 2 - 1
+    cols = (torch.arange(w, device=o.device, dtype=dtype)[None] + o[:, 1:]) / max(fw - 1, 1) * 2 - 1
+    return torch.stack([rows[:, :, None].expand(-1, h, w), cols[:, None, :].expand(-1, h, w)], 1)
 
 
 def view(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .crops import coordinates
+
 def pad_to_multiple(x: torch.Tensor, m: int, value: float = -1.0) -> torch.Tensor:
     h, w = x.shape[-2:]
     return F.pad(x, (0, -w % m, 0, -h % m), value=value)
@@ -84,10 +86,39 @@ class ContentEncoder(nn.Module):
         return F.instance_norm(zc) if self.norm else zc
 
 
-class Generator(nn.Module):
-    """G(z^c, z^a, c): content map + attribute code + scanner code -> image in [-1, 1]."""
+class BiasField(nn.Module):
+    """A smooth multiplicative intensity field drawn from the code: exp(sum_k a_k(code) phi_k),
+    phi_k the monomials row^i col^j (i + j <= ``order``) of the whole slice's coordinates in
+    [-1, 1] (:func:`nbutils.crops.coordinates`): the log-polynomial bias-field model of Van Leemput
+    et al. (1999) that TorchIO's ``RandomBiasField`` also draws from.
 
-    def __init__(self, width: int = 16, attr: int = 64, k: int = 4, n_res: int = 2, down: int = 2):
+    A fully convolutional generator cannot place anything at a fixed position in the field of
+    view, least of all on a window cut from anywhere in the slice; a scanner's coil bias field is
+    such a shape. Without this head self-reconstruction could only get the source's field back
+    through z^c (README, "Stage 2"). The coefficients start at zero (a flat field)."""
+
+    def __init__(self, code: int, order: int = 3):
+        super().__init__()
+        self.powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+        self.coef = nn.Linear(code, len(self.powers))
+        nn.init.zeros_(self.coef.weight)
+        nn.init.zeros_(self.coef.bias)
+
+    def forward(self, code: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """(N, 1, h, w) field for ``grid`` (N, 2, h, w) coordinate channels (row, column)."""
+        basis = torch.stack([grid[:, 0] ** i * grid[:, 1] ** j for i, j in self.powers], 1)
+        return torch.einsum("nk,nkhw->nhw", self.coef(code).float(), basis.float()).exp()[:, None]
+
+
+class Generator(nn.Module):
+    """G(z^c, z^a, c): content map + attribute code + scanner code -> image in [-1, 1].
+
+    ``bias_field`` > 0: the image (in [0, 1]) is multiplied by a :class:`BiasField` of that
+    order drawn from the same code, at the pixels' positions in the whole slice (``origin``,
+    ``full``: see :meth:`forward`), and clipped to 1."""
+
+    def __init__(self, width: int = 16, attr: int = 64, k: int = 4, n_res: int = 2, down: int = 2,
+                 bias_field: int = 0):
         super().__init__()
         w, self.k = width, k
         self.code = nn.Sequential(nn.Linear(attr + k, 128), nn.LeakyReLU(0.2, inplace=True), nn.Linear(128, 64))
@@ -97,13 +128,21 @@ class Generator(nn.Module):
             up += [nn.ConvTranspose2d(w * 2 ** (i + 1), w * 2 ** i, 4, 2, 1), nn.GroupNorm(1, w * 2 ** i),
                    nn.LeakyReLU(0.2, inplace=True)]
         self.up = nn.Sequential(*up, nn.Conv2d(w, 1, 5, 1, 2), nn.Tanh())
+        self.field = BiasField(64, bias_field) if bias_field else None
 
-    def forward(self, zc, za, c, shape: tuple[int, int]):
+    def forward(self, zc, za, c, shape: tuple[int, int], origin: torch.Tensor | None = None,
+                full: tuple[int, int] | None = None):
+        """``shape``: the output's size. The output is a whole slice, or (``origin`` (N, 2), the
+        top-left corners of windows of ``full``-sized slices) windows of them."""
         code = self.code(torch.cat([za, c.to(za.dtype)], 1))
         h = zc
         for block in self.res:
             h = block(h, code)
-        return self.up(h)[..., : shape[0], : shape[1]]
+        out = self.up(h)[..., : shape[0], : shape[1]]
+        if self.field is None:
+            return out
+        grid = coordinates(origin, tuple(shape), full, len(out), out.device)
+        return (((out + 1) / 2) * self.field(code, grid)).clamp(max=1).to(out.dtype) * 2 - 1
 
 
 def level_stats(levels, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,7 +56,7 @@ class SimScanner:
     resolution: str  # text for the table
     blur_mm: tuple[float, float]  # Gaussian sigma along (x, z) in mm; 0 = none
     downsample: int  # acquire at this factor coarser, interpolate back (partial volume)
-    bias: str  # 'superior', 'centre', 'periphery' or 'left-right'
+    bias: str  # 'superior', 'centre', 'periphery', 'left-right', 'diagonal' or 'bump' (off-centre)
     bias_strength: tuple[float, float]
     noise: tuple[float, float]  # Rician sigma as a fraction of the WM signal
     artefact: str  # 'none', 'ghost' or 'ringing'
@@ -88,10 +88,30 @@ SCANNERS: tuple[SimScanner, ...] = (
 )
 
 
-def scanner_table() -> pd.DataFrame:
+# A second simulated set, for checking that nothing is tuned to the four scanners above: other
+# contrast curves, blur along the other axis, bias fields of other shapes (one of them not a
+# low-order polynomial in the exponent), inferior-bright instead of superior-bright, other noise
+# levels and artefacts (``python -m nbutils.phantom data/raw/second-set``; README, "Second set").
+OTHER_SCANNERS: tuple[SimScanner, ...] = (
+    SimScanner("alt-X", "3T-FLASH-like", contrast=(0.05, 0.35, 0.85), curve_gamma=1.2,
+               resolution="thick axial slices: blur along z", blur_mm=(0.4, 1.4), downsample=1,
+               bias="diagonal", bias_strength=(0.15, 0.30), noise=(0.010, 0.020),
+               artefact="ghost", artefact_strength=(0.04, 0.08)),
+    SimScanner("alt-Y", "1.5T-inversion-recovery-like", contrast=(0.25, 0.50, 0.70), curve_gamma=0.85,
+               resolution="1.5 mm, blurred", blur_mm=(0.8, 0.8), downsample=1,
+               bias="bump", bias_strength=(0.20, 0.40), noise=(0.030, 0.050),
+               artefact="none", artefact_strength=(0.0, 0.0)),
+    SimScanner("alt-Z", "7T-like, inferior-bright", contrast=(0.10, 0.55, 1.00), curve_gamma=1.0,
+               resolution="sharp, k-space truncated along z", blur_mm=(0.3, 0.3), downsample=1,
+               bias="superior", bias_strength=(-0.45, -0.30), noise=(0.010, 0.020),
+               artefact="ringing", artefact_strength=(0.50, 0.65)),
+)
+
+
+def scanner_table(scanners: tuple[SimScanner, ...] = SCANNERS) -> pd.DataFrame:
     """The simulated scanners' appearance models, one row each (for notebook 01)."""
     rows = []
-    for s in SCANNERS:
+    for s in scanners:
         rows.append({"domain": s.name, "kind (simulated)": s.like,
                      "CSF / GM / WM signal": " / ".join(f"{c:.2f}" for c in s.contrast),
                      "curve gamma": s.curve_gamma, "resolution": s.resolution,
@@ -160,7 +180,8 @@ def contrast_curve(t1: np.ndarray, knots, levels, gamma: float) -> np.ndarray:
 def _bias_field(kind: str, strength: float, shape: tuple[int, int]) -> np.ndarray:
     u, v = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
     g = {"superior": v, "left-right": u, "centre": 1 - 2 * (u**2 + v**2),
-         "periphery": 2 * (u**2 + v**2) - 1}[kind]
+         "periphery": 2 * (u**2 + v**2) - 1, "diagonal": (u - v) / np.sqrt(2),
+         "bump": 2 * np.exp(-((u - 0.4) ** 2 + (v + 0.3) ** 2) / 0.3) - 1}[kind]
     return np.exp(strength * g).astype(np.float32)
 
 
@@ -272,3 +293,11 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
             f"{SIMULATION_MARK} from nilearn's ICBM152 2009a template.\n"
             "The scanners sim-A..sim-D are simulations, not real devices.\n")
     return csv
+
+
+if __name__ == "__main__":  # python -m nbutils.phantom OUT_DIR: the second simulated set (OTHER_SCANNERS)
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m nbutils.phantom OUT_DIR  (writes the second simulated set and its CSV there)")
+    print(build(sys.argv[1], n_train=60, n_test=12, slab=3, seed=11, n_paired=8, scanners=OTHER_SCANNERS))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .crops import coordinates
 from .data import Slices
 from .methods import SUPERVISED
 
@@ -53,11 +54,8 @@ class PairedUNet(nn.Module):
         n, _, hp, wp = xp.shape
         code = torch.cat([F.one_hot(source, self.k), F.one_hot(target, self.k)], 1).to(x.dtype)
         fh, fw = full or (h, w)
-        fh, fw = fh + -fh % 8, fw + -fw % 8
-        o = x.new_zeros(n, 2) if origin is None else origin.to(x.device, x.dtype)
-        ys = (torch.arange(hp, device=x.device, dtype=x.dtype)[None] + o[:, :1]) / (fh - 1) * 2 - 1
-        xs = (torch.arange(wp, device=x.device, dtype=x.dtype)[None] + o[:, 1:]) / (fw - 1) * 2 - 1
-        grid = torch.stack([xs[:, None, :].expand(n, hp, wp), ys[:, :, None].expand(n, hp, wp)], 1)
+        # (column, row) channels of the padded whole slice
+        grid = coordinates(origin, (hp, wp), (fh + -fh % 8, fw + -fw % 8), n, x.device, x.dtype).flip(1)
         h_ = torch.cat([xp, grid, code[:, :, None, None].expand(-1, -1, hp, wp)], 1)
         skips = []
         for i, block in enumerate(self.enc):

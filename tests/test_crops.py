@@ -16,12 +16,22 @@ def test_crops_are_centred_on_the_brain_and_fit_in_the_slice():
     # centre rows 30..33 -> starts 22..25, clamped to 40 - 16 = 24; centre columns 2..5 -> clamped to 0
     assert set(starts[:, 0]) == {22, 23, 24} and (starts[:, 1] == 0).all()
     images = rng.random((50, 40, 40)).astype(np.float16)
-    cut = crops.random_crops(images, masks, np.arange(5), 16, np.random.default_rng(1))
+    cut, at = crops.random_crops(images, masks, np.arange(5), 16, np.random.default_rng(1))
     again = crops.take(images[:5], crops.crop_starts(masks[:5], 16, np.random.default_rng(1)), 16)
     assert cut.shape == (5, 16, 16) and cut.dtype == np.float32 and np.array_equal(cut, again)
-    assert crops.random_crops(images, masks, np.array([3, 1]), 0, rng).shape == (2, 40, 40)  # 0: whole slices
+    assert np.array_equal(crops.take(images[:5], at, 16), cut)
+    whole, at = crops.random_crops(images, masks, np.array([3, 1]), 0, rng)  # 0: whole slices
+    assert whole.shape == (2, 40, 40) and not at.any()
     with pytest.raises(ValueError, match="do not fit"):
         crops.crop_starts(masks, 41, rng)
+
+
+def test_a_window_has_the_coordinates_of_its_part_of_the_whole_slice():
+    whole = crops.coordinates(None, (30, 22), n=2)
+    assert whole.shape == (2, 2, 30, 22)
+    assert whole[0, 0, 0, 0] == -1 and whole[0, 0, -1, 0] == 1 and whole[0, 1, 0, -1] == 1  # rows, then columns
+    window = crops.coordinates(torch.tensor([[4.0, 10.0], [0.0, 0.0]]), (8, 12), (30, 22))
+    assert torch.allclose(window[0], whole[0, :, 4:12, 10:22]) and torch.allclose(window[1], whole[1, :, :8, :12])
 
 
 def test_a_view_is_the_whole_slice_down_sampled_without_aliasing():
@@ -71,6 +81,29 @@ def test_stage_two_trains_on_crops_and_harmonizes_whole_slices(variant):
         harm.scanner_free(np.zeros((1, 16, 16), np.float32))
     with pytest.raises(ValueError, match="masks"):
         drit.PairSampler(images, np.arange(12) % 3, 3, crop=16)
+
+
+def test_a_window_trained_translator_harmonizes_a_slice_window_by_window():
+    """Trained on 16 px windows, the model translates a 48 px slice from 16 px windows: what lies
+    more than a window away cannot change a pixel's output (the instance norms see windows, as in
+    training), and a slice of the training windows' size goes through in one pass."""
+    torch.manual_seed(0)
+    cfg = drit.DRITConfig(image_shape=(16, 16), slice_shape=(48, 48), view=16, k=3, variant="drit++", width=4,
+                          attr=8, n_res=1)
+    model = drit.Translator(cfg).eval()
+    x = torch.rand(2, 1, 48, 48) * 2 - 1
+    far = x.clone()
+    far[..., :12, :12] = 1.0  # a bright patch in one corner
+    za, c = torch.randn(2, 8), torch.eye(3)[:2]
+    with torch.no_grad():
+        out, moved = model.translate(x, za, c), model.translate(far, za, c)
+        assert out.shape == x.shape and out.abs().max() <= 1
+        assert torch.equal(out[..., 32:, 32:], moved[..., 32:, 32:])  # the opposite corner's windows never see it
+        assert not torch.equal(out[..., :12, :12], moved[..., :12, :12])
+        whole = model.generator(model.content(far), za, c, (48, 48))
+        assert not torch.allclose(whole[..., 32:, 32:], model.generator(model.content(x), za, c, (48, 48))[..., 32:, 32:])
+        window = x[..., :16, :16]
+        assert torch.equal(model.translate(window, za, c), model.generator(model.content(window), za, c, (16, 16)))
 
 
 def test_the_paired_translator_sees_whole_slice_coordinates_in_a_window():

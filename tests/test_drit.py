@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from nbutils import drit, gmvae, nets, train
+from nbutils import crops, drit, gmvae, nets, train
 
 
 def tiny_gmvae(shape=(16, 16), k=3, attr=8):
@@ -33,6 +33,35 @@ def test_any_image_size_round_trips_through_content_and_generator(shape):
     d = nets.ScannerDiscriminator(4, 3)
     adv, cls = d(x)
     assert cls.shape == (2, 3) and adv.shape[0] == 2
+
+
+def test_the_bias_field_is_flat_at_first_placed_by_position_and_learns_a_scanner_s_field():
+    """The generator's bias field starts flat (the image is the plain generator's), is drawn at
+    each window's place in the whole slice, and its log-polynomial can learn two toy scanners'
+    fields from their codes (a tilt and a centre-bright bowl, as TorchIO's RandomBiasField draws)."""
+    torch.manual_seed(0)
+    plain, biased = nets.Generator(4, attr=8, k=3, n_res=1), nets.Generator(4, attr=8, k=3, n_res=1, bias_field=3)
+    biased.load_state_dict(plain.state_dict(), strict=False)
+    zc, za, c = torch.randn(2, 16, 5, 5), torch.randn(2, 8), torch.eye(3)[:2]
+    with torch.no_grad():
+        assert torch.allclose(plain(zc, za, c, (20, 20)), biased(zc, za, c, (20, 20)), atol=1e-6)
+    field = nets.BiasField(3, order=3)
+    grid = crops.coordinates(None, (24, 24), n=2)
+    u, v = grid[0, 0], grid[0, 1]
+    truth = torch.stack([torch.exp(0.3 * v), torch.exp(0.4 * (1 - 2 * (u ** 2 + v ** 2)))])[:, None]
+    codes = torch.eye(3)[:2]
+    opt = torch.optim.Adam(field.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = (field(codes, grid).log() - truth.log()).square().mean()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        learned = field(codes, grid)
+        assert (learned - truth).abs().max() < 0.02
+        window = field(codes, crops.coordinates(torch.tensor([[6.0, 12.0]] * 2), (10, 10), (24, 24)))
+        assert torch.allclose(window, learned[..., 6:16, 12:22], atol=1e-5)
+    assert drit.DRITConfig(image_shape=(8, 8), k=2).bias_field == 3
 
 
 def test_a_normalised_content_map_has_no_channel_gain_or_offset():
