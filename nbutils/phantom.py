@@ -16,7 +16,7 @@ scanners imitate kinds of acquisition; they are not models of real devices.
   the same anatomy on the same scanner with fresh per-image nuisance (the ceiling of
   scoring a translation against the target's observed scan).
 * PAIRED split (optional): some training anatomies rendered by every scanner, the data a
-  *paired* translator would need. Only the supervised upper bound reads it; the unpaired
+  *paired* translator would need. Only the supervised reference reads it; the unpaired
   methods (GMM-DRIT, DRIT++) never see it.
 
 Volumes are written as skull-stripped int16 NIfTI in FSL's MNI orientation (x flipped)

@@ -1,13 +1,14 @@
-"""The supervised upper bound: a small paired translator (paired supervision, not available to
+"""The supervised reference: a small paired translator (paired supervision, not available to
 unpaired methods).
 
 GMM-DRIT and DRIT++ learn from *unpaired* scans: no anatomy is seen by two scanners. The
 built-in simulated set can also render training anatomies on every scanner (its ``paired``
 split), the data that paired harmonization methods of the literature (DeepHarmony, MISPEL)
 need from traveling subjects. A conditional U-Net trained on those pairs, x_a → x_b given the
-source and target scanners (known labels, one-hot, as extra input channels), with an L1 loss, says how far the unpaired
-models are from what the data allow. It is a yardstick, not a competitor: label it as
-"paired supervision" wherever it appears.
+source and target scanners (known labels, one-hot, as extra input channels), with an L1 loss, says what a small
+paired model reaches at the same budget. It is a yardstick, not a competitor and not an upper
+bound (the unpaired models, which see far more anatomies, can pass it): label it as "paired
+supervision" wherever it appears.
 """
 from __future__ import annotations
 
@@ -158,7 +159,7 @@ def for_run(run) -> PairedUNet | None:
 
     manifest = pd.read_csv(run.require(run.slices / "manifest.csv", "01_data_slicing"), usecols=["split"])
     if not (manifest["split"] == "paired").any():
-        print("this data set has no paired split: no supervised upper bound")
+        print("this data set has no paired split: no supervised reference")
         return None
     p = run.profile
     model, _ = train_paired(slices_for_run(run, "paired"), run.checkpoints / SUPERVISED.checkpoint(), width=p.paired_width,
