@@ -7,7 +7,10 @@
 - **code probes**: a cross-validated linear probe that reads the scanner from the content map
   z^c (each channel's spatial mean and spread, and its 4 x 4 average-pooled map, so that both a
   channel's gain and offset and a coarse spatial pattern are visible) and from the attribute
-  code z^a that G is fed. z^c should not carry the scanner (chance), z^a should.
+  code z^a that G is fed. z^c should not carry the scanner (chance), z^a should. For a model
+  trained on windows (which also translates window by window) z^c is probed twice: encoded from
+  the whole slice in one pass, and from the training-sized window at the slice's centre, the
+  kind of content map G is fed.
 - **discriminator accuracy**: how often D_c (on z^c) and the scanner heads of D_s1 / D_s2 (on
   real images) name the code each image was trained with. D_c near chance with a probe near 1
   means D_c cannot see what carries the scanner.
@@ -55,10 +58,13 @@ def _batches(images: np.ndarray, model: Translator, size: int = 64):
 @torch.no_grad()
 def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Per image: z^c summarised (each channel's mean and std, then its 4 x 4 average-pooled
-    map), the z^a G is fed (the posterior mean, as at inference), the training code c, and the
+    map; for a window-trained model also that of the central training-sized window), the z^a G is fed (the posterior mean, as at inference), the training code c, and the
     argmax of D_c, D_s1, D_s2."""
     model.eval()
-    out = {k: [] for k in ("zc", "za", "c", "dc", "ds1", "ds2")}
+    out = {k: [] for k in ("zc", "zc_window", "za", "c", "dc", "ds1", "ds2")}
+    (th, tw), windowed = model.cfg.image_shape, tuple(model.cfg.image_shape) != model.cfg.slices
+    summary = lambda zc: torch.cat([zc.float().flatten(2).mean(2), zc.float().flatten(2).std(2),
+                                    torch.nn.functional.adaptive_avg_pool2d(zc.float(), 4).flatten(1)], 1)
     labels = torch.from_numpy(np.array(labels, dtype=np.int64))
     start = 0
     for x in _batches(images, model):
@@ -66,15 +72,16 @@ def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str
         start += len(x)
         zc = model.content(x)
         za, c, _ = model.attributes(x, lab, sample=False)
-        f = zc.float().flatten(2)
-        grid = torch.nn.functional.adaptive_avg_pool2d(zc.float(), 4).flatten(1)
-        out["zc"].append(torch.cat([f.mean(2), f.std(2), grid], 1))
+        out["zc"].append(summary(zc))
+        if windowed:
+            y0, x0 = (x.shape[-2] - th) // 2, (x.shape[-1] - tw) // 2
+            out["zc_window"].append(summary(model.content(x[..., y0: y0 + th, x0: x0 + tw])))
         out["za"].append(za.float())
         out["c"].append(c.argmax(1))
         out["dc"].append(model.dc(zc).argmax(1))
         out["ds1"].append(model.ds1(x)[1].argmax(1))
         out["ds2"].append(model.ds2(x)[1].argmax(1))
-    return {k: torch.cat(v).cpu().numpy() for k, v in out.items()}
+    return {k: torch.cat(v).cpu().numpy() for k, v in out.items() if v}
 
 
 def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, float]:
@@ -86,6 +93,7 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
     sens = target_sensitivity(outputs, test)
     return dict(target_change=sens["change"], scanner_gap=sens["gap"], target_sensitivity=sens["ratio"],
                 probe_zc=linear_probe(c["zc"], labels), probe_za=linear_probe(c["za"], labels),
+                probe_zc_window=linear_probe(c["zc_window"], labels) if "zc_window" in c else float("nan"),
                 chance=float(np.bincount(labels).max() / len(labels)),
                 dc_accuracy=float((c["dc"] == c["c"]).mean()), ds1_accuracy=float((c["ds1"] == c["c"]).mean()),
                 ds2_accuracy=float((c["ds2"] == c["c"]).mean()))

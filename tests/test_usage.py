@@ -51,4 +51,23 @@ def test_report_tells_a_generator_that_ignores_its_codes_from_one_that_uses_them
     assert ignoring["target_sensitivity"] == 0 and ignoring["chance"] == 1 / 3
     assert using["target_sensitivity"] > 0.02
     assert set(using) >= {"probe_zc", "probe_za", "dc_accuracy", "ds1_accuracy", "ds2_accuracy"}
+    assert np.isnan(using["probe_zc_window"])  # trained on whole slices: one content map to probe
     assert all(0 <= using[k] <= 1 for k in ("probe_zc", "probe_za", "dc_accuracy", "ds1_accuracy", "ds2_accuracy"))
+
+
+def test_a_window_trained_model_s_content_is_also_probed_on_a_window():
+    """The window's content map is E^c of the slice's central training-sized window, summarised
+    as the whole slice's is (each channel's mean and spread, then its 4 x 4 pooled map)."""
+    test = traveling(n=4, k=2)
+    torch.manual_seed(0)
+    cfg = drit.DRITConfig(image_shape=(16, 16), slice_shape=test.images.shape[1:], view=16, k=2, variant="drit++",
+                          width=4, attr=8, n_res=1, content_norm=False)
+    model = drit.Translator(cfg).eval()
+    c = usage.codes(model, test.images, test.labels)
+    assert c["zc_window"].shape == c["zc"].shape
+    with torch.no_grad():
+        centre = model.content(torch.from_numpy(test.images[:3, 8:24, 8:24]).unsqueeze(1) * 2 - 1)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(centre, 4).flatten(1)
+    summary = torch.cat([centre.flatten(2).mean(2), centre.flatten(2).std(2), pooled], 1).numpy()
+    assert np.allclose(c["zc_window"][:3], summary, atol=1e-5)
+    assert not np.allclose(c["zc_window"], c["zc"], atol=1e-3)  # not the whole slice's map
