@@ -291,7 +291,8 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
         (tmp / "spec.json").write_text(json.dumps(spec, indent=2))
         (tmp / "README.txt").write_text(
             f"{SIMULATION_MARK} from nilearn's ICBM152 2009a template.\n"
-            "The scanners sim-A..sim-D are simulations, not real devices.\n")
+            f"Scanners: {', '.join(s.name for s in scanners)} (simulations, not real devices).\n"
+            + ("The built-in set.\n" if scanners == SCANNERS else "Not the built-in scanners.\n"))
     return csv
 
 

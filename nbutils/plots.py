@@ -7,6 +7,7 @@ when it does.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -68,8 +69,12 @@ def describe_data(source_csv: str | Path) -> str:
     simulated."""
     global SIMULATED
     readme = Path(source_csv).parent / "README.txt"
-    simulated = readme.is_file() and readme.read_text(errors="replace").startswith(SIMULATION_MARK)
-    SIMULATED = BUILT_IN if simulated else f"data of {Path(source_csv).name} (not simulated by this project)"
+    text = readme.read_text(errors="replace") if readme.is_file() else ""
+    other = re.search(r"^Scanners: (.*) \(simulations", text, re.M) if "Not the built-in scanners" in text else None
+    if not text.startswith(SIMULATION_MARK):
+        SIMULATED = f"data of {Path(source_csv).name} (not simulated by this project)"
+    else:  # the built-in set, or another set of simulated scanners (nbutils.phantom.OTHER_SCANNERS)
+        SIMULATED = f"simulated scanners {other.group(1)} (a second set, not real devices)" if other else BUILT_IN
     return SIMULATED
 
 

@@ -57,6 +57,12 @@ def test_figures_say_simulated_only_for_a_simulated_set(tmp_path, monkeypatch):
     (sim / "README.txt").write_text(plots.SIMULATION_MARK + " from nilearn's template.\n")
     (own / "README.txt").write_text("our scanners\n")
     assert plots.describe_data(sim / "volumes.csv") == plots.BUILT_IN
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "README.txt").write_text(plots.SIMULATION_MARK + " from nilearn's template.\n"
+                                       "Scanners: alt-X, alt-Y (simulations, not real devices).\nNot the built-in scanners.\n")
+    label = plots.describe_data(second / "volumes.csv")
+    assert "simulated" in label and "alt-X, alt-Y" in label and "built-in" not in label
     label = plots.describe_data(own / "volumes.csv")
     assert "volumes.csv" in label and "simulated scanners" not in label
     # config.setup reads the run's slices/info.json and sets the label for the whole kernel

@@ -102,6 +102,9 @@ def test_a_window_trained_translator_harmonizes_a_slice_window_by_window():
         assert not torch.equal(out[..., :12, :12], moved[..., :12, :12])
         whole = model.generator(model.content(far), za, c, (48, 48))
         assert not torch.allclose(whole[..., 32:, 32:], model.generator(model.content(x), za, c, (48, 48))[..., 32:, 32:])
+        empty = x.clone()
+        empty[..., 24:, 24:] = -1.0  # background: the windows at 24 and 32 see nothing else
+        assert (model.translate(empty, za, c)[..., 32:, 32:] == -1).all()
         window = x[..., :16, :16]
         assert torch.equal(model.translate(window, za, c), model.generator(model.content(window), za, c, (16, 16)))
 

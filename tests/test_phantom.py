@@ -104,3 +104,20 @@ def test_rescan_is_the_same_anatomy_with_fresh_nuisance_and_paired_reuses_traini
     pair = table[(table.split == "paired") & (table.subject == f"pair-{train.subject}") & (table.domain == train.domain)]
     a, b = load(train.path), load(pair.path.iloc[0])
     assert ((a > 0) == (b > 0)).mean() > 0.99 and not np.allclose(a, b)
+
+
+def test_a_second_set_of_other_simulated_scanners_is_labelled_as_such(built, tmp_path):
+    """Figures of the built-in set say 'built-in'; those of a set of OTHER_SCANNERS name its
+    scanners and still say simulated."""
+    from nbutils import plots
+
+    root, csv = built
+    csv2 = phantom.build(tmp_path / "other", n_train=1, n_test=1, slab=1, seed=1, scanners=phantom.OTHER_SCANNERS,
+                         progress=False)
+    assert set(pd.read_csv(csv2).domain) == {s.name for s in phantom.OTHER_SCANNERS}
+    try:
+        assert plots.describe_data(csv) == plots.BUILT_IN
+        label = plots.describe_data(csv2)
+        assert "alt-X, alt-Y, alt-Z" in label and "simulated" in label and "built-in" not in label
+    finally:
+        plots.describe_data(csv)
