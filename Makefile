@@ -29,7 +29,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -q
 	rm -rf data/runs/smoke
-	NB_PROFILE=smoke $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks
+	NB_HEADLESS=1 NB_PROFILE=smoke $(PY) -m pytest -q --nbmake --nbmake-timeout=900 notebooks
 
 ## open JupyterLab on the notebooks
 lab: $(STAMP)

@@ -14,6 +14,7 @@ of ``<run>/metrics.json`` is printed (:func:`nbutils.report.results_table`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
     out = run.dir / "notebooks"
     out.mkdir(exist_ok=True)
     params = dict(profile=run.profile.name, run_dir=str(run.dir), seed=run.seed, data_csv=data)
+    os.environ["NB_HEADLESS"] = "1"  # the kernels inherit it: no live widgets (nbutils.explorer)
     timings = {}
     for nb in notebooks(args.only):
         print(f"== {nb.name}  (profile {run.profile.name}, run folder {run.dir})", flush=True)

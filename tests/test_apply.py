@@ -80,7 +80,7 @@ def test_harmonize_all_keeps_shape_and_affine(model, write_volume, tmp_path):
     assert np.allclose(sharp.output_to_clean_sharpness, sharp.sharpness_output / sharp.sharpness_clean)
 
 
-def test_explorer_draws_every_mode_headless(model):
+def test_explorer_draws_every_mode_headless(model, monkeypatch):
     from nbutils import explorer
 
     from test_evaluations import scanners
@@ -108,4 +108,7 @@ def test_explorer_draws_every_mode_headless(model):
         ex.output(0, "nope")
     with pytest.raises(ValueError, match="does not exist"):
         ex.output(999, "scanner-free")
+    monkeypatch.delenv("NB_HEADLESS", raising=False)
     assert ex.widget() is not None
+    monkeypatch.setenv("NB_HEADLESS", "1")  # make run / make test: a static figure, no live widgets
+    assert isinstance(ex.widget(), type(fig))
