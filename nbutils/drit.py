@@ -128,11 +128,10 @@ class Translator(nn.Module):
 
         A model trained on windows translates a larger slice window by window: training-sized
         windows at half-window strides, blended with a sine taper (:meth:`_windows`); a window of
-        pure background stays background. E^c and G
-        instance-normalise their feature maps; over a whole 1 mm slice, half of it background,
-        those statistics are not the ones they were trained with, and translating the whole slice
-        in one pass scored 0.03-0.04 SSIM lower against the target scan and the clean truth
-        (README, "Stage 2")."""
+        pure background stays background. E^c and G instance-normalise their feature maps; over a
+        whole 1 mm slice, half of it background, those statistics are not the ones they were
+        trained with, and translating the whole slice in one pass scored 0.03-0.04 SSIM lower
+        against the target scan and the clean truth (README, "Stage 2")."""
         t = self.cfg.image_shape
         h, w = x.shape[-2:]
         if tuple(t) == self.cfg.slices or h <= t[0] and w <= t[1]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .crops import coordinates
 
+
 def pad_to_multiple(x: torch.Tensor, m: int, value: float = -1.0) -> torch.Tensor:
     h, w = x.shape[-2:]
     return F.pad(x, (0, -w % m, 0, -h % m), value=value)

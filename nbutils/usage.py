@@ -58,8 +58,9 @@ def _batches(images: np.ndarray, model: Translator, size: int = 64):
 @torch.no_grad()
 def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Per image: z^c summarised (each channel's mean and std, then its 4 x 4 average-pooled
-    map; for a window-trained model also that of the central training-sized window), the z^a G is fed (the posterior mean, as at inference), the training code c, and the
-    argmax of D_c, D_s1, D_s2."""
+    map; for a window-trained model also that of the central training-sized window), the z^a G
+    is fed (the posterior mean, as at inference), the training code c, and the argmax of D_c,
+    D_s1, D_s2."""
     model.eval()
     out = {k: [] for k in ("zc", "zc_window", "za", "c", "dc", "ds1", "ds2")}
     (th, tw), windowed = model.cfg.image_shape, tuple(model.cfg.image_shape) != model.cfg.slices
