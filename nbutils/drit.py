@@ -142,7 +142,7 @@ class Translator(nn.Module):
         (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
         starts = lambda size, t: sorted({*range(0, max(size - t, 0), t // 2), max(size - t, 0)})
         taper = lambda t: torch.sin(torch.pi * (torch.arange(t, device=x.device, dtype=torch.float32) + 0.5) / t)
-        weight = (taper(th)[:, None] * taper(tw)[None])[:th, :tw]
+        weight = taper(th)[:, None] * taper(tw)[None]
         out = x.new_zeros(x.shape, dtype=torch.float32)
         total = torch.zeros(x.shape[-2:], device=x.device)
         n = len(x)
