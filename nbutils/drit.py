@@ -100,9 +100,13 @@ class Translator(nn.Module):
 
     @property
     def view_size(self) -> int:
-        """The size of the whole-slice view E^a reads (0: the slices as they are): the GM-VAE's
-        input, or DRIT++'s ``cfg.view``."""
-        return self.attribute.gmvae.cfg.image_shape[0] if self.cfg.variant == "gmm-drit" else self.cfg.view
+        """The size of the whole slices E^a is handed (0: the slices as they are): the GM-VAE's
+        input, or the native slices it reads its appearance features from before viewing them
+        (``appearance_size``); DRIT++'s ``cfg.view``."""
+        if self.cfg.variant == "gmm-drit":
+            g = self.attribute.gmvae.cfg
+            return g.appearance_size or g.image_shape[0]
+        return self.cfg.view
 
     # ---------------------------------------------------------------- codes
     def attributes(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = False):
@@ -306,7 +310,9 @@ class PairSampler:
                              "and the size of the attribute encoder's whole-slice view")
         self.images, self.labels, self.device = images, np.asarray(labels), torch.device(device)
         self.crop, self.masks, self.seed = crop, masks, seed
-        self.views = torch.from_numpy(crops.views(images, view)).unsqueeze(1) * 2 - 1 if crop else None
+        # the whole slices the crops come from, as E^a is handed them (rows read per batch when
+        # that is the slices' own size)
+        self.views = None if not crop else images if images.shape[-1] == view else crops.views(images, view)
         self.a = EpochSampler(len(images), batch_size, seed)
         self.b = EpochSampler(len(images), batch_size, seed + 7919)
 
@@ -316,7 +322,8 @@ class PairSampler:
         out = {f"x{side}": torch.from_numpy(x).unsqueeze(1).to(self.device) * 2 - 1,
                f"l{side}": torch.from_numpy(self.labels[idx]).long().to(self.device)}
         if self.views is not None:  # the whole slices the crops come from, as E^a reads them, and where
-            out[f"v{side}"] = self.views[idx].to(self.device)
+            v = torch.from_numpy(np.asarray(self.views[idx], np.float32)).unsqueeze(1)
+            out[f"v{side}"] = v.to(self.device) * 2 - 1
             out[f"o{side}"] = torch.from_numpy(starts).float().to(self.device)
         return out
 

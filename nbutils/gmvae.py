@@ -58,6 +58,11 @@ class GMVAEConfig:
     # when configured), "appearance-qy" (q(y|x) reads only the appearance features) or
     # "appearance" (q(y|x) and q(z|x,y) read only the appearance features: no conv trunk)
     encoder_input: str = "image"
+    # > 0: the appearance features are read from whole slices of this size, at their own
+    # resolution, before the slice is viewed down to ``image_shape`` (what a scanner changes most
+    # -- noise, resolution, ringing -- lies at frequencies a 64 px view averages away); the model
+    # then reads only slices of this size. 0: from the model's input
+    appearance_size: int = 0
     init_temp: float = 1.0  # Gumbel-softmax temperature, annealed per epoch as in the GMVAE code
     min_temp: float = 0.5
     temp_decay: float = 0.013862944  # per epoch: temp = max(min, init * exp(-decay * epoch))
@@ -82,7 +87,7 @@ class GMVAEConfig:
         return max(self.min_temp, self.init_temp * math.exp(-self.temp_decay * epoch))
 
 
-OPTIONAL = ("rec_pixels", "w_marginal", "histogram_bins", "spectrum_bands", "w_appearance")  # departures from the thesis, off by default
+OPTIONAL = ("rec_pixels", "w_marginal", "histogram_bins", "spectrum_bands", "w_appearance", "appearance_size")  # departures from the thesis, off by default
 
 # Named stage-1 settings (``train_gmvae(..., **PRESETS[name])``):
 # - "thesis": the thesis's GM-VAE as written (BCE summed over the image's own pixels);
@@ -154,6 +159,10 @@ class GMVAE(nn.Module):
         n_app = cfg.histogram_bins + 3 * cfg.spectrum_bands
         if cfg.encoder_input != "image" and not n_app:
             raise ValueError(f"encoder_input={cfg.encoder_input!r} needs histogram_bins > 0 or spectrum_bands > 0")
+        if cfg.appearance_size and (not n_app or cfg.image_shape[0] != cfg.image_shape[1]
+                                    or cfg.appearance_size < cfg.image_shape[0]):
+            raise ValueError("appearance_size needs appearance features, a square input and whole slices at "
+                             f"least as large as it, got {cfg.appearance_size} for {cfg.image_shape}")
         # appearance features are standardised with batch statistics (running ones once frozen)
         self.app_norm = nn.BatchNorm1d(n_app, affine=False) if n_app else None
         if cfg.w_appearance and not n_app:
@@ -189,11 +198,7 @@ class GMVAE(nn.Module):
     def infer(self, x: torch.Tensor, temperature: float = 1.0, hard: bool = False) -> dict:
         """q(y|x) and q(z|x,y): logits, probabilities, a Gumbel-softmax y and z ~ q(z|x,y).
         Slices larger than the model's square input are read as their view (:func:`nbutils.crops.view`)."""
-        h, w = self.cfg.image_shape
-        if h == w and x.ndim == 4 and x.shape[-2] > h and x.shape[-1] > w:
-            x = crops.view(x, h)
-        self._check(x)
-        app = self.appearance(x)
+        app, x = self.read(x)
         f = [self.trunk(x)] if self.trunk is not None else []
         if app is not None:
             f.append(app.to(x.dtype))
@@ -205,6 +210,26 @@ class GMVAE(nn.Module):
         logvar = logvar.clamp(-12.0, 8.0)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         return dict(logits=logits, prob=logits.softmax(1), y=y, mu=mu, logvar=logvar, z=z, app=app)
+
+    def read(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(appearance features, the image the trunk and the decoder see) of a batch: slices
+        larger than the model's square input are read as their view; with ``appearance_size``
+        the features come from the whole slices before that."""
+        h, w = self.cfg.image_shape
+        native = self.cfg.appearance_size
+        if native:
+            if x.ndim != 4 or tuple(x.shape[1:]) != (1, native, native):
+                raise ValueError(f"this GM-VAE reads its appearance features from whole {native} x {native} "
+                                 f"slices (before their {h} px view): expected (N, 1, {native}, {native}), "
+                                 f"got {tuple(x.shape)}")
+            app = self.appearance(x)
+            x = crops.view(x, h)
+        else:
+            if h == w and x.ndim == 4 and x.shape[-2] > h and x.shape[-1] > w:
+                x = crops.view(x, h)
+            self._check(x)
+            app = self.appearance(x)
+        return app, x
 
     def appearance(self, x: torch.Tensor) -> torch.Tensor | None:
         """The standardised appearance features of images in [0, 1] (None when configured off):
@@ -231,7 +256,7 @@ class GMVAE(nn.Module):
         norm.reset_running_stats()  # standardise with these images' statistics, kept as the running ones
         momentum, norm.momentum = norm.momentum, None
         norm.train()
-        a = self.appearance(x).float().cpu().numpy()
+        a = self.read(x)[0].float().cpu().numpy()
         norm.momentum = momentum
         self.train(was_training)
         km = KMeans(self.cfg.k, n_init=10, random_state=seed).fit(a)
@@ -256,6 +281,8 @@ class GMVAE(nn.Module):
     def loss(self, x: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict]:
         """Total loss (mean over the batch) and its weighted parts as floats."""
         q = self.infer(x, temperature)
+        if self.cfg.appearance_size:  # the decoder draws the view
+            x = crops.view(x, self.cfg.image_shape[0])
         logits_x = self.decode(q["z"]).float()
         rec = F.binary_cross_entropy_with_logits(logits_x, x.float(), reduction="none").flatten(1).sum(1)
         if self.cfg.rec_pixels:
@@ -350,10 +377,11 @@ class GMVAETask:
 
 def train_gmvae(images, k: int, checkpoint, *, width: int = 16, steps: int = 1000, batch_size: int = 64,
                 lr: float = 1e-3, every: int = 200, seed: int = 0, device=None, init: str = "kmeans",
-                init_images: int = 2048, view: int = 0, **config):
+                init_images: int = 2048, view: int = 0, native_appearance: bool = True, **config):
     """Train (or resume, or load when finished) a GM-VAE on a (N, H, W) [0, 1] image array
     (``view`` > 0: on the slices' ``view`` x ``view`` views, :func:`nbutils.crops.view`; the model
-    then reads any larger slice the same way).
+    then reads any larger slice the same way; with appearance features and ``native_appearance``
+    it reads them from the whole slices at their own resolution, ``appearance_size``).
 
     Returns the model in eval mode and the loss history. ``config`` overrides other
     :class:`GMVAEConfig` fields (the loss weights default to the thesis's). With appearance
@@ -365,9 +393,15 @@ def train_gmvae(images, k: int, checkpoint, *, width: int = 16, steps: int = 100
     from .train import EpochSampler, fit, images_to_tensor, pick_device
 
     device = pick_device() if device is None else torch.device(device)
-    if view and tuple(images.shape[1:]) != (view, view):
-        images = crops.views(images, view)
-    cfg = GMVAEConfig(image_shape=tuple(images.shape[1:]), k=k, width=width, **config)
+    shape = tuple(images.shape[1:])
+    if view and shape != (view, view):
+        if native_appearance and shape[0] == shape[1] and (config.get("histogram_bins") or config.get("spectrum_bands")):
+            config = dict(config, appearance_size=shape[0])  # the model views each batch itself
+            shape = (view, view)
+        else:
+            images = crops.views(images, view)
+            shape = tuple(images.shape[1:])
+    cfg = GMVAEConfig(image_shape=shape, k=k, width=width, **config)
     torch.manual_seed(seed)  # the initial weights are a function of the seed too
     task = GMVAETask(cfg, len(images), batch_size, lr, device)
     if cfg.w_appearance and init == "kmeans":  # (a resumed or finished run loads its own weights over this)

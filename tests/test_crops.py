@@ -83,6 +83,28 @@ def test_stage_two_trains_on_crops_and_harmonizes_whole_slices(variant):
         drit.PairSampler(images, np.arange(12) % 3, 3, crop=16)
 
 
+def test_a_native_reading_gm_vae_is_handed_whole_slices_in_stage_two():
+    """A GM-VAE that reads its appearance features from whole 32 px slices (viewing them to 16 px
+    for its trunk) is handed the whole slices by the sampler, and a training step runs."""
+    torch.manual_seed(0)
+    gm = gmvae.GMVAE(gmvae.GMVAEConfig(image_shape=(16, 16), k=3, gaussian_size=8, width=4, histogram_bins=8,
+                                       spectrum_bands=2, appearance_size=32)).eval()
+    cfg = drit.DRITConfig(image_shape=(16, 16), slice_shape=(32, 32), view=16, k=3, variant="gmm-drit", width=4,
+                          attr=8, n_res=1)
+    task = drit.DRITTask(cfg, gm)
+    assert task.modules.view_size == 32
+    images = np.random.default_rng(0).random((12, 32, 32)).astype(np.float16)
+    sampler = drit.PairSampler(images, np.arange(12) % 3, 3, seed=1, crop=16, masks=np.ones(images.shape, bool),
+                               view=task.modules.view_size)
+    batch = sampler(0)
+    assert batch["xa"].shape == (3, 1, 16, 16) and batch["va"].shape == (3, 1, 32, 32)
+    idx = np.sort(drit.PairSampler(images, np.arange(12) % 3, 3, seed=1).a(0))  # the same rows
+    np.testing.assert_allclose(batch["va"][:, 0].numpy(), images[idx].astype(np.float32) * 2 - 1)
+    from nbutils import train
+    losses = task.step(batch, 0, train.Context(torch.device("cpu"), task.optimizers))
+    assert np.isfinite(list(losses.values())).all()
+
+
 def test_a_window_trained_translator_harmonizes_a_slice_window_by_window():
     """Trained on 16 px windows, the model translates a 48 px slice from 16 px windows: what lies
     more than a window away cannot change a pixel's output (the instance norms see windows, as in

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, kl_divergence
 
-from nbutils import clustering, gmvae, train
+from nbutils import clustering, crops, gmvae, train
 
 
 def small(shape=(16, 16), k=3, **kw):
@@ -263,3 +263,40 @@ def test_appearance_mixture_starts_at_a_kmeans_partition():
         small(histogram_bins=8).init_appearance(x[:, None].float())
     with pytest.raises(ValueError, match="init must be"):
         gmvae.train_gmvae(x.numpy(), 3, "unused.pt", init="em")
+
+
+def test_native_appearance_sees_the_fine_noise_that_a_view_averages_away():
+    """Two groups of 48 px images, alike but for a pixel-scale checkerboard: the 12 px view
+    averages it away, so a model reading its appearance features from the view sees two groups
+    alike; one reading them from the whole slice (``appearance_size``) tells them apart. Its trunk
+    and decoder still see the view, and it refuses anything but whole slices."""
+    rng = np.random.default_rng(0)
+    base = torch.from_numpy(rng.random((8, 1, 48, 48)).astype(np.float32)) * 0.2 + 0.4
+    checker = (torch.arange(48)[:, None] + torch.arange(48)[None, :]) % 2 * 0.2 - 0.1
+    noisy = base + checker
+    native = small((12, 12), histogram_bins=8, spectrum_bands=2, appearance_size=48).eval()
+    viewed = small((12, 12), histogram_bins=8, spectrum_bands=2).eval()
+    with torch.no_grad():
+        for model, apart in ((native, True), (viewed, False)):
+            gap = (model.read(base)[0] - model.read(noisy)[0]).abs().max()
+            assert (gap > 1.0) == apart, float(gap)
+        app, seen = native.read(noisy)
+        assert seen.shape == (8, 1, 12, 12) and torch.allclose(seen, crops.view(noisy, 12))
+        loss, _ = native.loss(noisy, 1.0)
+        assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="whole 48 x 48"):
+        native.infer(crops.view(noisy, 12))
+    with pytest.raises(ValueError, match="appearance_size needs appearance features"):
+        small((12, 12), appearance_size=48)
+
+
+def test_training_on_views_reads_appearance_at_the_slices_own_size(tmp_path):
+    images = np.random.default_rng(0).random((24, 32, 32)).astype(np.float16)
+    kw = dict(width=4, steps=2, batch_size=8, every=10, gaussian_size=8, view=16)
+    model, _ = gmvae.train_gmvae(images, 3, tmp_path / "a.pt", histogram_bins=8, w_appearance=1.0, **kw)
+    assert model.cfg.image_shape == (16, 16) and model.cfg.appearance_size == 32
+    assert gmvae.encode_all(model, images)["prob"].shape == (24, 3)
+    assert gmvae.from_checkpoint(tmp_path / "a.pt").cfg.appearance_size == 32
+    off, _ = gmvae.train_gmvae(images, 3, tmp_path / "b.pt", histogram_bins=8, native_appearance=False, **kw)
+    plain, _ = gmvae.train_gmvae(images, 3, tmp_path / "c.pt", **kw)  # no appearance features: views only
+    assert off.cfg.appearance_size == 0 == plain.cfg.appearance_size and plain.cfg.image_shape == (16, 16)
