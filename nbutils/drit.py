@@ -131,16 +131,19 @@ class Translator(nn.Module):
         """G(E^c(x), z^a, c) for (N, 1, H, W) slices in [-1, 1].
 
         A model trained on windows translates a larger slice window by window: training-sized
-        windows at half-window strides, blended with a sine taper (:meth:`_windows`); a window of
-        pure background stays background. E^c and G instance-normalise their feature maps; over a
-        whole 1 mm slice, half of it background, those statistics are not the ones they were
-        trained with, and translating the whole slice in one pass scored 0.03-0.04 SSIM lower
-        against the target scan and the clean truth (README, "Stage 2")."""
+        windows at half-window strides, blended with a sine taper (:meth:`_windows`). E^c and G
+        instance-normalise their feature maps; over a whole 1 mm slice, half of it background,
+        those statistics are not the ones they were trained with, and translating the whole slice
+        in one pass scored 0.03-0.04 SSIM lower against the target scan and the clean truth
+        (README, "Stage 2"). The background outside the head (:func:`outside`) stays background:
+        there is nothing to translate there, and G's faint haze in it showed as grey squares."""
         t = self.cfg.image_shape
         h, w = x.shape[-2:]
         if tuple(t) == self.cfg.slices or h <= t[0] and w <= t[1]:
-            return self.generator(self.content(x), za, c, (h, w))
-        return self._windows(x, za, c)
+            y = self.generator(self.content(x), za, c, (h, w))
+        else:
+            y = self._windows(x, za, c)
+        return y.masked_fill(outside(x), -1.0)
 
     def _windows(self, x: torch.Tensor, za: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
@@ -156,9 +159,6 @@ class Translator(nn.Module):
             origin = torch.tensor([[y0, x0] for x0 in xs for _ in range(n)], device=x.device, dtype=torch.float32)
             y = self.generator(self.content(tiles), za.repeat(len(xs), 1), c.repeat(len(xs), 1), tiles.shape[-2:],
                                origin, (h, w)).float()
-            # a window of pure background (never seen in training: they are centred on the brain)
-            # has nothing to translate: it stays background
-            y[(tiles <= -1).flatten(1).all(1)] = -1.0
             for i, x0 in enumerate(xs):
                 out[..., y0: y0 + th, x0: x0 + tw] += y[i * n: (i + 1) * n] * weight
                 total[y0: y0 + th, x0: x0 + tw] += weight
@@ -189,6 +189,21 @@ class Translator(nn.Module):
     def scanner_free_code(self, n: int, device, generator: torch.Generator | None = None):
         za = torch.randn(n, self.cfg.attr, generator=generator, device=device)
         return za, torch.zeros(n, self.cfg.k, device=device)
+
+
+def outside(x: torch.Tensor) -> torch.Tensor:
+    """Where (N, 1, H, W) slices in [-1, 1] show the background outside the head: pixels at exactly
+    -1 (0 before scaling, as skull-stripped slices are outside the brain) connected to the slice's
+    border. Dark pixels the brain encloses (ventricles clipped to 0) are not background."""
+    from scipy import ndimage
+
+    zero = (x <= -1).cpu().numpy()[:, 0]
+    out = np.zeros_like(zero)
+    for i, z in enumerate(zero):
+        lab = ndimage.label(z)[0]
+        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        out[i] = np.isin(lab, border[border > 0])
+    return torch.from_numpy(out).to(x.device)[:, None]
 
 
 class DRITTask:

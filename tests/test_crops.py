@@ -125,8 +125,12 @@ def test_a_window_trained_translator_harmonizes_a_slice_window_by_window():
         whole = model.generator(model.content(far), za, c, (48, 48))
         assert not torch.allclose(whole[..., 32:, 32:], model.generator(model.content(x), za, c, (48, 48))[..., 32:, 32:])
         empty = x.clone()
-        empty[..., 24:, 24:] = -1.0  # background: the windows at 24 and 32 see nothing else
-        assert (model.translate(empty, za, c)[..., 32:, 32:] == -1).all()
+        empty[..., 24:, 24:] = -1.0  # background reaching the border stays background
+        empty[..., 4:8, 4:8] = -1.0  # a dark spot inside the object is translated
+        done = model.translate(empty, za, c)
+        assert (done[..., 24:, 24:] == -1).all() and (done[..., 4:8, 4:8] > -1).any()
+        assert torch.equal(drit.outside(empty)[..., 24:, 24:], torch.ones(2, 1, 24, 24, dtype=torch.bool))
+        assert not drit.outside(empty)[..., :24, :24].any()
         window = x[..., :16, :16]
         assert torch.equal(model.translate(window, za, c), model.generator(model.content(window), za, c, (16, 16)))
 
