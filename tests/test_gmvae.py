@@ -240,7 +240,7 @@ def test_appearance_term_is_the_expected_gaussian_log_likelihood():
     m, lv = model.app_mu(eye), model.app_logvar(eye)
     a = q["app"][:, None]
     loglik = (-0.5 * (math.log(2 * math.pi) + lv + (a - m) ** 2 / lv.exp())).sum(2)
-    assert parts["appearance"] == pytest.approx(float(-2.0 * (q["prob"] * loglik).sum(1).mean()), rel=1e-4)
+    assert parts["appearance"] == pytest.approx(float(-2.0 * (q["prob"] * loglik).sum(1).mean().detach()), rel=1e-4)
     with pytest.raises(ValueError, match="w_appearance"):
         small(w_appearance=1.0)
 
