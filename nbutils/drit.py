@@ -52,7 +52,7 @@ class DRITConfig:
     # DRIT++'s latent regression: a random attribute code must be recoverable from G's output
     w_latent: float = 10.0
     w_zc: float = 0.01  # DRIT++'s L2 penalty on z^c
-    zc_noise: float = 1.0  # std of Gaussian noise added to z^c before G in training, as DRIT++ does (README, "Stage 2")
+    zc_noise: float = 0.0  # std of Gaussian noise added to z^c before G in training (DRIT++: 1; README, "Stage 2")
     dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
     content_norm: bool = True  # instance-normalise z^c (nets.ContentEncoder; README, "Stage 2")
     # order of the log-polynomial bias field G draws from the code at each pixel's position in the
