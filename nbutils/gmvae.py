@@ -196,8 +196,9 @@ class GMVAE(nn.Module):
                              f"{self.cfg.image_shape[1]}), got {tuple(x.shape)}")
 
     def infer(self, x: torch.Tensor, temperature: float = 1.0, hard: bool = False) -> dict:
-        """q(y|x) and q(z|x,y): logits, probabilities, a Gumbel-softmax y and z ~ q(z|x,y).
-        Slices larger than the model's square input are read as their view (:func:`nbutils.crops.view`)."""
+        """q(y|x) and q(z|x,y): logits, probabilities, a Gumbel-softmax y and z ~ q(z|x,y), the
+        appearance features and ``seen``, the images the trunk read. Slices larger than the
+        model's square input are read as their view (:func:`nbutils.crops.view`)."""
         app, x = self.read(x)
         f = [self.trunk(x)] if self.trunk is not None else []
         if app is not None:
@@ -209,7 +210,7 @@ class GMVAE(nn.Module):
         mu, logvar = self.qz(torch.cat([h, y.to(h.dtype)], 1)).float().chunk(2, 1)
         logvar = logvar.clamp(-12.0, 8.0)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        return dict(logits=logits, prob=logits.softmax(1), y=y, mu=mu, logvar=logvar, z=z, app=app)
+        return dict(logits=logits, prob=logits.softmax(1), y=y, mu=mu, logvar=logvar, z=z, app=app, seen=x)
 
     def read(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(appearance features, the image the trunk and the decoder see) of a batch: slices
@@ -281,8 +282,7 @@ class GMVAE(nn.Module):
     def loss(self, x: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict]:
         """Total loss (mean over the batch) and its weighted parts as floats."""
         q = self.infer(x, temperature)
-        if self.cfg.appearance_size:  # the decoder draws the view
-            x = crops.view(x, self.cfg.image_shape[0])
+        x = q["seen"]  # what the decoder draws: the batch as the model read it (a view of larger slices)
         logits_x = self.decode(q["z"]).float()
         rec = F.binary_cross_entropy_with_logits(logits_x, x.float(), reduction="none").flatten(1).sum(1)
         if self.cfg.rec_pixels:
