@@ -54,6 +54,7 @@ class DRITConfig:
     w_zc: float = 0.01  # DRIT++'s L2 penalty on z^c
     zc_noise: float = 0.0  # std of Gaussian noise added to z^c before G in training (DRIT++: 1; README, "Stage 2")
     dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
+    dc_norm: bool = False  # instance-normalise D_c's conv levels (blinds it; nets.ContentDiscriminator)
     content_norm: bool = True  # instance-normalise z^c (nets.ContentEncoder; README, "Stage 2")
     # order of the log-polynomial bias field G draws from the code at each pixel's position in the
     # whole slice (nets.BiasField); 0 = none (README, "Stage 2")
@@ -87,7 +88,7 @@ class Translator(nn.Module):
         self.content = ContentEncoder(w, cfg.n_res, cfg.down, cfg.content_norm)
         self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down, cfg.bias_field)
         self.ds1, self.ds2 = ScannerDiscriminator(w, k), ScannerDiscriminator(w, k)
-        self.dc = ContentDiscriminator(self.content.channels, k)
+        self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm)
         if cfg.variant == "gmm-drit":
             if gmvae is None:
                 raise ValueError("GMM-DRIT needs the trained GM-VAE (notebook 02) as its attribute encoder")
@@ -401,6 +402,7 @@ def from_checkpoint(path, device="cpu") -> Translator:
     raw.setdefault("content_norm", False)  # written before these options existed
     raw.setdefault("w_sf_content", 0.0)
     raw.setdefault("bias_field", 0)
+    raw.setdefault("dc_norm", True)
     gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None
     model = Translator(DRITConfig(**raw), gm).to(device)
     model.load_state_dict(state["modules"])

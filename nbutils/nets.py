@@ -243,11 +243,19 @@ class ContentDiscriminator(nn.Module):
 
     It reads the spatial mean and standard deviation of every channel of the content map itself
     and of each of its two conv levels: a scanner can hide in a channel's gain and offset, which
-    instance normalisation followed by average pooling (DRIT's D_c) cannot see."""
+    instance normalisation followed by average pooling (DRIT's D_c) cannot see.
 
-    def __init__(self, channels: int, k: int = 4):
+    ``norm`` instance-normalises the conv levels. Leave it off: the mean and spread of an
+    instance-normalised map are its affine constants, the same for every image, so with the
+    content map itself normalised (``ContentEncoder(norm=True)``) such a D_c reads nothing but the
+    shape of each channel's distribution, and stays near chance while a linear probe reads the
+    scanner from the same maps (README, "Stage 2"). ``True`` is how checkpoints written before
+    this option were built."""
+
+    def __init__(self, channels: int, k: int = 4, norm: bool = False):
         super().__init__()
-        self.levels = nn.ModuleList([nn.Identity(), _conv(channels, channels, 3, 1), _conv(channels, channels, 3, 1)])
+        self.levels = nn.ModuleList([nn.Identity(), _conv(channels, channels, 3, 1, norm),
+                                     _conv(channels, channels, 3, 1, norm)])
         self.cls = nn.Linear(6 * channels, k)
 
     def forward(self, zc):
