@@ -52,13 +52,16 @@ class DRITConfig:
     # DRIT++'s latent regression: a random attribute code must be recoverable from G's output
     w_latent: float = 10.0
     w_zc: float = 0.01  # DRIT++'s L2 penalty on z^c
-    zc_noise: float = 0.0  # std of Gaussian noise added to z^c before G in training (DRIT++: 1; README, "Stage 2")
+    zc_noise: float = 1.0  # std of Gaussian noise added to z^c before G in training, as DRIT++ does (README, "Stage 2")
     dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
     dc_norm: bool = False  # instance-normalise D_c's conv levels (blinds it; nets.ContentDiscriminator)
     content_norm: bool = True  # instance-normalise z^c (nets.ContentEncoder; README, "Stage 2")
     # order of the log-polynomial bias field G draws from the code at each pixel's position in the
     # whole slice (nets.BiasField); 0 = none (README, "Stage 2")
     bias_field: int = 3
+    # how G doubles its maps: "resize" (nearest neighbour, then a 3 x 3 conv) or DRIT's 4 x 4
+    # stride-2 transposed conv, "transpose", which leaves a checkerboard (nets.Generator)
+    upsample: str = "resize"
     # the scanner-free outputs must keep their input's content, L1(E^c(G(z^c, z, 0)), z^c): without
     # it nothing but D_s2 constrains that branch (not in the thesis; README, "Stage 2")
     w_sf_content: float = 10.0
@@ -86,7 +89,7 @@ class Translator(nn.Module):
         self.cfg = cfg
         w, k = cfg.width, cfg.k
         self.content = ContentEncoder(w, cfg.n_res, cfg.down, cfg.content_norm)
-        self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down, cfg.bias_field)
+        self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down, cfg.bias_field, cfg.upsample)
         self.ds1, self.ds2 = ScannerDiscriminator(w, k), ScannerDiscriminator(w, k)
         self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm)
         if cfg.variant == "gmm-drit":
@@ -403,6 +406,7 @@ def from_checkpoint(path, device="cpu") -> Translator:
     raw.setdefault("w_sf_content", 0.0)
     raw.setdefault("bias_field", 0)
     raw.setdefault("dc_norm", True)
+    raw.setdefault("upsample", "transpose")
     gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None
     model = Translator(DRITConfig(**raw), gm).to(device)
     model.load_state_dict(state["modules"])

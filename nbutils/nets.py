@@ -116,18 +116,30 @@ class Generator(nn.Module):
 
     ``bias_field`` > 0: the image (in [0, 1]) is multiplied by a :class:`BiasField` of that
     order drawn from the same code, at the pixels' positions in the whole slice (``origin``,
-    ``full``: see :meth:`forward`), and clipped to 1."""
+    ``full``: see :meth:`forward`), and clipped to 1.
+
+    ``upsample``: ``"resize"`` doubles the map by nearest-neighbour repetition and then convolves
+    (3 x 3); ``"transpose"`` (DRIT's, and how checkpoints written before this option were built)
+    uses a 4 x 4 stride-2 transposed convolution, whose uneven overlap leaves a period-2
+    checkerboard in the output (Odena, Dumoulin & Olah 2016, "Deconvolution and checkerboard
+    artifacts")."""
 
     def __init__(self, width: int = 16, attr: int = 64, k: int = 4, n_res: int = 2, down: int = 2,
-                 bias_field: int = 0):
+                 bias_field: int = 0, upsample: str = "resize"):
         super().__init__()
         w, self.k = width, k
         self.code = nn.Sequential(nn.Linear(attr + k, 128), nn.LeakyReLU(0.2, inplace=True), nn.Linear(128, 64))
         self.res = nn.ModuleList([ModulatedResBlock(w * 2 ** down, 64) for _ in range(n_res)])
         up = []
         for i in reversed(range(down)):
-            up += [nn.ConvTranspose2d(w * 2 ** (i + 1), w * 2 ** i, 4, 2, 1), nn.GroupNorm(1, w * 2 ** i),
-                   nn.LeakyReLU(0.2, inplace=True)]
+            cin, cout = w * 2 ** (i + 1), w * 2 ** i
+            if upsample == "transpose":
+                up += [nn.ConvTranspose2d(cin, cout, 4, 2, 1)]
+            elif upsample == "resize":
+                up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1)]
+            else:
+                raise ValueError(f"upsample must be 'resize' or 'transpose', got {upsample!r}")
+            up += [nn.GroupNorm(1, cout), nn.LeakyReLU(0.2, inplace=True)]
         self.up = nn.Sequential(*up, nn.Conv2d(w, 1, 5, 1, 2), nn.Tanh())
         self.field = BiasField(64, bias_field) if bias_field else None
 

@@ -64,6 +64,20 @@ def test_the_bias_field_is_flat_at_first_placed_by_position_and_learns_a_scanner
     assert drit.DRITConfig(image_shape=(8, 8), k=2).bias_field == 3
 
 
+def test_the_generator_leaves_no_checkerboard():
+    """A flat content map must give a flat image away from the borders. A 4 x 4 stride-2
+    transposed convolution (DRIT's up-sampling, ``upsample="transpose"``) overlaps unevenly and
+    prints a period-2 pattern on it; nearest-neighbour resizing followed by a convolution cannot."""
+    def interior(upsample):
+        torch.manual_seed(0)
+        g = nets.Generator(4, 8, 3, n_res=1, down=2, upsample=upsample)
+        with torch.no_grad():
+            return g.up(torch.ones(1, 16, 16, 16))[..., 16:48, 16:48]
+    assert interior("resize").std() < 1e-6
+    assert interior("transpose").std() > 0.05
+    assert drit.DRITConfig(image_shape=(8, 8), k=2).upsample == "resize"
+
+
 def test_a_normalised_content_map_has_no_channel_gain_or_offset():
     """``norm=True``: every channel of every image's z^c has mean 0 and spread 1, so an image
     and the same image with another gain and offset cannot differ in those statistics."""
@@ -130,6 +144,25 @@ def test_scanner_free_content_term_is_the_l1_between_content_maps():
     torch.manual_seed(5)
     value = on.step(batch, 0, ctx(on))["sf_content"]
     assert value > 0 and np.isfinite(value)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_the_generator_is_fed_a_noisy_content_map_in_training_only(sigma):
+    """``zc_noise``: in a training step G reads z^c + N(0, sigma^2) (DRIT++'s regulariser), the
+    content encoder's own output when sigma is 0; translating never adds noise."""
+    task = make_task(zc_noise=sigma)
+    fed, made = [], []
+    task.modules.content.register_forward_hook(lambda mod, i, o: made.append(o.detach()))
+    task.modules.generator.register_forward_pre_hook(lambda mod, args: fed.append(args[0].detach()))
+    task.step(sampler()(0), 0, train.Context(torch.device("cpu"), task.optimizers))
+    n = len(made[0]) // 2
+    zc_a = made[0][:n]
+    spread = (fed[0][:n] - zc_a).std()  # the first generator batch starts with a's content
+    assert (spread == 0) if sigma == 0 else abs(spread - sigma) < 0.1
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    m = task.modules.eval()
+    za, c, _ = m.attributes(x)
+    assert torch.equal(m.translate(x, za, c), m.translate(x, za, c))
 
 
 @pytest.mark.parametrize("variant", ["gmm-drit", "drit++"])
