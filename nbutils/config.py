@@ -82,7 +82,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", image_size=182, crop=64, view=64, slices_per_volume=4, min_brain_fraction=0.6,
                      test_fraction=0.2, sim_train_subjects=80, sim_test_subjects=16, sim_slab=3,
                      sim_paired_subjects=12,
-                     gmvae_width=8, gmvae_steps=600, gmvae_batch=64, checkpoint_every=200,
+                     gmvae_width=8, gmvae_steps=600, gmvae_batch=64, checkpoint_every=400,
                      drit_width=8, drit_res=2, drit_down=1, drit_steps=1200, drit_batch=4, drit_lr=2e-4,
                      clf_steps=250, eval_pairs=5000, paired_width=8, paired_steps=1200),
     "paper": Profile("paper", image_size=182, crop=0, view=0, slices_per_volume=3, min_brain_fraction=0.6,
