@@ -92,7 +92,8 @@ def montage(images: dict[str, np.ndarray], title: str = "", ncols: int | None = 
         ax.set_title(name, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # keep 0.4 inch for the title: in a tall grid tight_layout left it on the first row's captions
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()) if title else None)
     return fig
 
 
