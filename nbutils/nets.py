@@ -127,18 +127,16 @@ class Generator(nn.Module):
     def __init__(self, width: int = 16, attr: int = 64, k: int = 4, n_res: int = 2, down: int = 2,
                  bias_field: int = 0, upsample: str = "resize"):
         super().__init__()
+        if upsample not in ("resize", "transpose"):
+            raise ValueError(f"upsample must be 'resize' or 'transpose', got {upsample!r}")
         w, self.k = width, k
         self.code = nn.Sequential(nn.Linear(attr + k, 128), nn.LeakyReLU(0.2, inplace=True), nn.Linear(128, 64))
         self.res = nn.ModuleList([ModulatedResBlock(w * 2 ** down, 64) for _ in range(n_res)])
         up = []
         for i in reversed(range(down)):
             cin, cout = w * 2 ** (i + 1), w * 2 ** i
-            if upsample == "transpose":
-                up += [nn.ConvTranspose2d(cin, cout, 4, 2, 1)]
-            elif upsample == "resize":
-                up += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1)]
-            else:
-                raise ValueError(f"upsample must be 'resize' or 'transpose', got {upsample!r}")
+            up += ([nn.ConvTranspose2d(cin, cout, 4, 2, 1)] if upsample == "transpose" else
+                   [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1)])
             up += [nn.GroupNorm(1, cout), nn.LeakyReLU(0.2, inplace=True)]
         self.up = nn.Sequential(*up, nn.Conv2d(w, 1, 5, 1, 2), nn.Tanh())
         self.field = BiasField(64, bias_field) if bias_field else None
