@@ -48,15 +48,24 @@ def scores(labels: np.ndarray, clusters: np.ndarray, permutations: int = 200, se
     return pd.DataFrame(rows).set_index("metric")
 
 
-def linear_probe(codes: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+def linear_probe(codes: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0, groups=None) -> float:
     """Cross-validated accuracy of a logistic regression predicting ``labels`` from ``codes``:
-    how much label information the codes hold, whether or not the clustering found it."""
+    how much label information the codes hold, whether or not the clustering found it.
+
+    ``groups``: rows that must fall in the same fold (one anatomy seen by several scanners).
+    Without them a code that does not depend on the scanner at all scores 0, not chance: each
+    held-out image's copies from the other scanners are in the training folds with the other
+    labels."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     folds = min(folds, int(np.bincount(labels).min()))
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(model, codes, labels, cv=cv).mean())
+    if groups is None:
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    else:
+        folds = min(folds, len(np.unique(groups)))
+        cv = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, codes, labels, cv=cv, groups=groups).mean())

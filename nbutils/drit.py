@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import crops, losses
+from . import appearance, crops, losses
 from .gmvae import AttributeEncoder, GMVAE
 from .nets import ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator
 
@@ -55,6 +55,7 @@ class DRITConfig:
     zc_noise: float = 1.0  # std of Gaussian noise added to z^c before G in training, as DRIT++ does (README, "Stage 2")
     dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
     dc_norm: bool = False  # instance-normalise D_c's conv levels (blinds it; nets.ContentDiscriminator)
+    dc_depth: int = 3  # stride-2 levels of D_c after its two 3 x 3 ones (nets.ContentDiscriminator)
     content_norm: bool = True  # instance-normalise z^c (nets.ContentEncoder; README, "Stage 2")
     # order of the log-polynomial bias field G draws from the code at each pixel's position in the
     # whole slice (nets.BiasField); 0 = none (README, "Stage 2")
@@ -65,6 +66,9 @@ class DRITConfig:
     # the scanner-free outputs must keep their input's content, L1(E^c(G(z^c, z, 0)), z^c): without
     # it nothing but D_s2 constrains that branch (not in the thesis; README, "Stage 2")
     w_sf_content: float = 10.0
+    # z^c must not change under a random bias field and gamma, L1(E^c(jitter(x)), z^c)
+    # (nbutils.appearance; not in the thesis; README, "Stage 2")
+    w_invariance: float = 0.0
     # the slices it harmonizes (fully convolutionally) when it trains on windows of them; None = image_shape
     slice_shape: tuple[int, int] | None = None
     # > 0: the attribute encoder reads whole slices as view x view views (nbutils.crops.view; the
@@ -91,7 +95,7 @@ class Translator(nn.Module):
         self.content = ContentEncoder(w, cfg.n_res, cfg.down, cfg.content_norm)
         self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down, cfg.bias_field, cfg.upsample)
         self.ds1, self.ds2 = ScannerDiscriminator(w, k), ScannerDiscriminator(w, k)
-        self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm)
+        self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm, cfg.dc_depth)
         if cfg.variant == "gmm-drit":
             if gmvae is None:
                 raise ValueError("GMM-DRIT needs the trained GM-VAE (notebook 02) as its attribute encoder")
@@ -297,6 +301,10 @@ class DRITTask:
             # one E^c pass re-encodes the cross translations and, when they must keep their
             # input's content, the scanner-free outputs
             zc_back = m.content(torch.cat([fake, sf]) if cfg.w_sf_content else fake)
+            invariance = zc.new_zeros(())
+            if cfg.w_invariance:
+                jittered = appearance.jitter(real, at(o_a, o_b), cfg.slices)
+                invariance = F.l1_loss(m.content(jittered), zc.detach())
             back = m.generator(zc_back[: 2 * n], torch.cat([za_ba, za_ab]), torch.cat([c_a, c_b]), shape,
                                at(o_a, o_b), cfg.slices)
             x_aba, x_bab = back.split(n)
@@ -306,13 +314,13 @@ class DRITTask:
             sf_content = F.l1_loss(zc_back[2 * n:], zc.detach()) if cfg.w_sf_content else zc_l2.new_zeros(())
             total = (cfg.w_adv * (adv1 + adv2) + cfg.w_cls * (cls1 + cls2) + cfg.w_content * content
                      + cfg.w_self * self_rec + cfg.w_cc * cc + cfg.w_kl * kl + cfg.w_latent * latent
-                     + cfg.w_zc * zc_l2 + cfg.w_sf_content * sf_content)
+                     + cfg.w_zc * zc_l2 + cfg.w_sf_content * sf_content + cfg.w_invariance * invariance)
         ctx.update(total, "gen")
         for d in (m.dc, m.ds1, m.ds2):
             d.requires_grad_(True)
         out = dict(D_c=loss_dc, D_s1=loss_ds1, D_s2=loss_ds2, G_adv1=adv1, G_cls1=cls1, G_adv2=adv2,
                    G_cls2=cls2, content_adv=content, self_rec=self_rec, cross_cycle=cc, latent=latent, kl=kl,
-                   zc_l2=zc_l2, sf_content=sf_content, total=total)
+                   zc_l2=zc_l2, sf_content=sf_content, invariance=invariance, total=total)
         return {k: float(v.detach()) for k, v in out.items()}
 
 
@@ -406,6 +414,7 @@ def from_checkpoint(path, device="cpu") -> Translator:
     raw.setdefault("w_sf_content", 0.0)
     raw.setdefault("bias_field", 0)
     raw.setdefault("dc_norm", True)
+    raw.setdefault("dc_depth", 0)
     raw.setdefault("upsample", "transpose")
     gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None
     model = Translator(DRITConfig(**raw), gm).to(device)

@@ -4,13 +4,20 @@
   changes, divided by how much the same anatomy really differs between those scanners (the
   traveling subjects). 0: the generator ignores its target; about 1: it moves as far as the
   scanners really differ.
-- **code probes**: a cross-validated linear probe that reads the scanner from the content map
+- **code probes**: a cross-validated linear probe (folds by subject: an anatomy's slices, in every
+  scanner that saw it, are held out together) that reads the scanner from the content map
   z^c (each channel's spatial mean and spread, and its 4 x 4 average-pooled map, so that both a
   channel's gain and offset and a coarse spatial pattern are visible) and from the attribute
   code z^a that G is fed. z^c should not carry the scanner (chance), z^a should. For a model
   trained on windows (which also translates window by window) z^c is probed twice: encoded from
   the whole slice in one pass, and from the training-sized window at the slice's centre, the
   kind of content map G is fed.
+- **scanner share**: the share of the variance of that same z^c summary (each feature
+  standardised) that lies between the scanners that saw the same anatomy and slice (traveling
+  subjects): 0 when z^c is the same whatever the scanner, 1 when only the scanner moves it; beside
+  it the share of the inputs themselves, summarised the same way. On traveling subjects a linear
+  probe reads any consistent difference, however small, between one anatomy's content maps (it
+  is near 1 for every model here); the share says how large that difference is.
 - **discriminator accuracy**: how often D_c (on z^c) and the scanner heads of D_s1 / D_s2 (on
   real images) name the code each image was trained with. D_c near chance with a probe near 1
   means D_c cannot see what carries the scanner.
@@ -22,6 +29,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .clustering import linear_probe
@@ -55,6 +63,33 @@ def _batches(images: np.ndarray, model: Translator, size: int = 64):
         yield torch.from_numpy(np.asarray(images[s: s + size], np.float32)).unsqueeze(1).to(device) * 2 - 1
 
 
+def summarise(maps: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) maps -> (N, 18 C): each channel's spatial mean and std, then its 4 x 4
+    average-pooled map (what the probes read)."""
+    f = maps.float()
+    return torch.cat([f.flatten(2).mean(2), f.flatten(2).std(2),
+                      torch.nn.functional.adaptive_avg_pool2d(f, 4).flatten(1)], 1)
+
+
+def scanner_share(features: np.ndarray, test: Slices) -> float:
+    """Share of the variance of ``features`` (one row per image of ``test``; each column
+    standardised) that lies within the groups of images showing one anatomy and slice in
+    different scanners: 0 when the features do not depend on the scanner, 1 when only the scanner
+    moves them. NaN without traveling subjects."""
+    from .paired import has_traveling
+
+    if not has_traveling(test):
+        return float("nan")
+    f = np.asarray(features, np.float64)
+    f = (f - f.mean(0)) / np.where(f.std(0) > 0, f.std(0), 1)
+    groups = [g for g in test.manifest.reset_index(drop=True).groupby(["subject", "slice_index"]).indices.values()
+              if len(g) > 1]
+    rows = np.concatenate(groups)
+    within = sum(((f[g] - f[g].mean(0)) ** 2).sum() for g in groups)
+    total = ((f[rows] - f[rows].mean(0)) ** 2).sum()
+    return float(within / total) if total > 0 else 0.0
+
+
 @torch.no_grad()
 def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Per image: z^c summarised (each channel's mean and std, then its 4 x 4 average-pooled
@@ -64,8 +99,6 @@ def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str
     model.eval()
     out = {k: [] for k in ("zc", "zc_window", "za", "c", "dc", "ds1", "ds2")}
     (th, tw), windowed = model.cfg.image_shape, tuple(model.cfg.image_shape) != model.cfg.slices
-    summary = lambda zc: torch.cat([zc.float().flatten(2).mean(2), zc.float().flatten(2).std(2),
-                                    torch.nn.functional.adaptive_avg_pool2d(zc.float(), 4).flatten(1)], 1)
     labels = torch.from_numpy(np.array(labels, dtype=np.int64))
     start = 0
     for x in _batches(images, model):
@@ -73,10 +106,10 @@ def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str
         start += len(x)
         zc = model.content(x)
         za, c, _ = model.attributes(x, lab, sample=False)
-        out["zc"].append(summary(zc))
+        out["zc"].append(summarise(zc))
         if windowed:
             y0, x0 = (x.shape[-2] - th) // 2, (x.shape[-1] - tw) // 2
-            out["zc_window"].append(summary(model.content(x[..., y0: y0 + th, x0: x0 + tw])))
+            out["zc_window"].append(summarise(model.content(x[..., y0: y0 + th, x0: x0 + tw])))
         out["za"].append(za.float())
         out["c"].append(c.argmax(1))
         out["dc"].append(model.dc(zc).argmax(1))
@@ -87,14 +120,20 @@ def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str
 
 def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, float]:
     """All diagnostics on the test split: target sensitivity of ``outputs`` (K, N, H, W), the
-    probes from z^c and z^a against the scanner labels, the discriminators' accuracy against
+    probes from z^c and z^a against the scanner labels, the scanner share of z^c and of the
+    inputs (NaN without traveling subjects), the discriminators' accuracy against
     the codes the images were trained with, and chance (the largest scanner's share)."""
     labels = np.asarray(test.labels)
     c = codes(model, test.images, labels)
     sens = target_sensitivity(outputs, test)
-    return dict(target_change=sens["change"], scanner_gap=sens["gap"], target_sensitivity=sens["ratio"],
-                probe_zc=linear_probe(c["zc"], labels), probe_za=linear_probe(c["za"], labels),
-                probe_zc_window=linear_probe(c["zc_window"], labels) if "zc_window" in c else float("nan"),
+    # all slices of one subject (and, traveling, of one anatomy in every scanner) in one fold
+    groups = pd.factorize(test.manifest["subject"])[0]
+    probe = lambda f: linear_probe(f, labels, groups=groups)
+    inputs = torch.cat([summarise(torch.from_numpy(np.asarray(test.images[s: s + 256], np.float32)).unsqueeze(1))
+                        for s in range(0, len(test), 256)]).numpy()
+    return dict(share_zc=scanner_share(c["zc"], test), share_inputs=scanner_share(inputs, test),target_change=sens["change"], scanner_gap=sens["gap"], target_sensitivity=sens["ratio"],
+                probe_zc=probe(c["zc"]), probe_za=probe(c["za"]),
+                probe_zc_window=probe(c["zc_window"]) if "zc_window" in c else float("nan"),
                 chance=float(np.bincount(labels).max() / len(labels)),
                 dc_accuracy=float((c["dc"] == c["c"]).mean()), ds1_accuracy=float((c["ds1"] == c["c"]).mean()),
                 ds2_accuracy=float((c["ds2"] == c["c"]).mean()))

@@ -37,3 +37,17 @@ def test_linear_probe_finds_information_the_clustering_may_miss():
     informative = rng.normal(size=(120, 5)) + labels[:, None] * 1.5
     assert clustering.linear_probe(informative, labels) > 0.9
     assert clustering.linear_probe(rng.normal(size=(120, 5)), labels) < 0.6
+
+
+def test_the_probe_holds_out_an_anatomy_s_copies_together_when_told():
+    """Traveling subjects: 30 anatomies, each seen by 4 scanners. Features that do not depend on
+    the scanner score 0 with plain folds (each held-out image's copies sit in training with the
+    other labels) and chance with folds by anatomy; a scanner shift half the anatomy's spread is read."""
+    rng = np.random.default_rng(0)
+    anatomy = np.repeat(np.arange(30), 4)
+    labels = np.tile(np.arange(4), 30)
+    invariant = rng.normal(size=(30, 100))[anatomy]  # many features, as a content map summary has
+    assert clustering.linear_probe(invariant, labels) < 0.05
+    assert 0.1 < clustering.linear_probe(invariant, labels, groups=anatomy) < 0.45
+    shifted = invariant + 0.5 * rng.normal(size=(4, 100))[labels]
+    assert clustering.linear_probe(shifted, labels, groups=anatomy) > 0.9

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from nbutils import crops, drit, gmvae, nets, train
+from nbutils import appearance, crops, drit, gmvae, nets, train
 
 
 def tiny_gmvae(shape=(16, 16), k=3, attr=8):
@@ -132,6 +132,43 @@ def test_the_content_discriminator_sees_what_an_instance_normalised_map_carries(
     assert _train_content_discriminator(norm=False) > 0.95
     assert _train_content_discriminator(norm=True) < 0.75
     assert make_task().modules.dc.levels[1][1].__class__ is torch.nn.LeakyReLU
+
+
+@pytest.mark.parametrize("depth, span", [(0, 5), (3, 26)])
+def test_the_content_discriminator_compares_distant_parts_of_the_content_map(depth, span):
+    """A feature of D_c's last level depends on a span x span patch of the content map: 5 x 5
+    with the two 3 x 3 levels alone (too little to compare one tissue with another), 26 x 26 with
+    three stride-2 levels after them."""
+    torch.manual_seed(0)
+    dc = nets.ContentDiscriminator(2, 2, depth=depth)
+    z = torch.randn(1, 2, 64, 64, requires_grad=True)
+    out = z
+    for level in dc.levels:
+        out = level(out)
+    h, w = out.shape[-2:]
+    out[0, :, h // 2, w // 2].sum().backward()
+    rows, cols = z.grad[0].abs().sum(0).nonzero(as_tuple=True)
+    assert (int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1) == (span, span)
+
+
+def test_the_invariance_term_compares_the_content_of_a_jittered_image_with_z_c():
+    """``w_invariance``: L1(E^c(jitter(x)), z^c), reported as ``invariance``; 0 when off, and it
+    trains E^c (the term alone moves E^c's weights, not G's)."""
+    batch = sampler()(0)
+    ctx = lambda t: train.Context(torch.device("cpu"), t.optimizers)
+    off = make_task()
+    assert off.step(batch, 0, ctx(off))["invariance"] == 0.0
+    on = make_task(w_invariance=1.0)
+    torch.manual_seed(5)
+    value = on.step(batch, 0, ctx(on))["invariance"]
+    assert value > 0 and np.isfinite(value)
+    # the term's own gradient reaches E^c only
+    m = make_task().modules
+    x = batch["xa"]
+    m.zero_grad()
+    torch.nn.functional.l1_loss(m.content(appearance.jitter(x)), m.content(x).detach()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.content.parameters())
+    assert all(p.grad is None for p in m.generator.parameters())
 
 
 def test_scanner_free_content_term_is_the_l1_between_content_maps():

@@ -27,6 +27,21 @@ def test_target_sensitivity_is_one_for_an_oracle_and_zero_when_the_target_is_ign
     assert abs(usage.target_sensitivity(half, test)["ratio"] - 0.5) < 0.05
 
 
+def test_scanner_share_is_zero_for_invariant_features_one_for_scanner_only_and_graded_between():
+    test = traveling(n=8, k=3)
+    rng = np.random.default_rng(0)
+    m = test.manifest.reset_index(drop=True)
+    anatomy = rng.normal(size=(8, 5))[m.subject.str[1:].astype(int)]
+    scanner = rng.normal(size=(3, 5))[m.domain_index]
+    assert usage.scanner_share(anatomy, test) < 1e-12
+    assert abs(usage.scanner_share(scanner, test) - 1) < 1e-12
+    mixed = usage.scanner_share(anatomy + 0.3 * scanner, test)
+    assert 0.02 < mixed < 0.3
+    assert usage.scanner_share(anatomy + 0.1 * scanner, test) < mixed
+    lonely = type(test)(test.images[:3], test.masks[:3], None, m.iloc[:3].assign(subject=["a", "b", "c"]), test.domains)
+    assert np.isnan(usage.scanner_share(anatomy[:3], lonely))
+
+
 def translator(shape=(32, 32), k=3):
     torch.manual_seed(0)
     cfg = drit.DRITConfig(image_shape=shape, k=k, variant="drit++", width=4, attr=8, n_res=1)
@@ -50,7 +65,9 @@ def test_report_tells_a_generator_that_ignores_its_codes_from_one_that_uses_them
     ignoring = usage.report(model, test, outputs(model))
     assert ignoring["target_sensitivity"] == 0 and ignoring["chance"] == 1 / 3
     assert using["target_sensitivity"] > 0.02
-    assert set(using) >= {"probe_zc", "probe_za", "dc_accuracy", "ds1_accuracy", "ds2_accuracy"}
+    assert set(using) >= {"probe_zc", "probe_za", "dc_accuracy", "ds1_accuracy", "ds2_accuracy", "share_zc",
+                          "share_inputs"}
+    assert 0 < using["share_inputs"] < 1 and 0 <= using["share_zc"] <= 1
     assert np.isnan(using["probe_zc_window"])  # trained on whole slices: one content map to probe
     assert all(0 <= using[k] <= 1 for k in ("probe_zc", "probe_za", "dc_accuracy", "ds1_accuracy", "ds2_accuracy"))
 

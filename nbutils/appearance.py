@@ -1,0 +1,35 @@
+"""Random appearance changes that must not change the content map (E^c's invariance term).
+
+A coil bias field and a tissue-contrast curve are appearance by definition; the content map z^c
+should read the same anatomy whatever they are. A linear probe showed that each of them alone,
+applied to the same anatomy, let z^c name the scanner (README, "Stage 2"): E^c passed them on,
+and the content discriminator, which sees windows cut from anywhere in the slice, cannot tell a
+smooth field from anatomy. The invariance term asks E^c for the same map of an image after a
+random change of this kind (:class:`nbutils.drit.DRITConfig` ``w_invariance``).
+
+The changes are TorchIO's ``RandomBiasField`` (a log-polynomial field, Van Leemput et al. 1999,
+order 3, coefficients uniform in ±0.5) and ``RandomGamma`` (x ** exp(u), u uniform in ±0.3), at
+TorchIO's default ranges, batched in torch and drawn at each pixel's position in its whole slice
+(the same coordinates G's own bias field uses). They are generic: not fitted to any scanner.
+"""
+from __future__ import annotations
+
+import torch
+
+from .crops import coordinates
+
+
+def jitter(x: torch.Tensor, origin: torch.Tensor | None = None, full: tuple[int, int] | None = None,
+           order: int = 3, coefficients: float = 0.5, log_gamma: float = 0.3) -> torch.Tensor:
+    """(N, 1, h, w) images in [-1, 1] with a random bias field and gamma each (torch's global
+    random state), background (-1) kept. ``origin`` (N, 2): where windows sit in ``full``-sized
+    slices (None: whole slices)."""
+    n, _, h, w = x.shape
+    grid = coordinates(origin, (h, w), full, n, x.device)
+    powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+    basis = torch.stack([grid[:, 0] ** i * grid[:, 1] ** j for i, j in powers], 1)
+    coef = (torch.rand(n, len(powers), device=x.device) * 2 - 1) * coefficients
+    field = torch.einsum("nk,nkhw->nhw", coef, basis).exp()[:, None]
+    gamma = ((torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * log_gamma).exp()
+    y = (((x.float() + 1) / 2) * field).clamp(0, 1) ** gamma
+    return (y * 2 - 1).to(x.dtype)
