@@ -248,8 +248,12 @@ class DRITTask:
             sampled = cfg.variant == "drit++"
             # E^a reads whole slices: the batch's own, or the views of the slices its crops come from
             windows = "va" in batch
-            za_a, c_a, kl_a = m.attributes(batch.get("va", xa), batch.get("la"), sample=sampled)
-            za_b, c_b, kl_b = m.attributes(batch.get("vb", xb), batch.get("lb"), sample=sampled)
+            if "za" in batch:  # GMM-DRIT: the frozen E^a's codes of these slices, computed once
+                (za_a, c_a), (za_b, c_b) = (batch["za"], batch["ca"]), (batch["zb"], batch["cb"])
+                kl_a = kl_b = xa.new_zeros(())
+            else:
+                za_a, c_a, kl_a = m.attributes(batch.get("va", xa), batch.get("la"), sample=sampled)
+                za_b, c_b, kl_b = m.attributes(batch.get("vb", xb), batch.get("lb"), sample=sampled)
             # (2) translate: cross-domain, scanner-free, self-reconstruction (for step 3) and a
             # random target (for the latent regression), in one generator pass:
             # ab, ba, sf_a, sf_b, aa, bb, r_a
@@ -342,12 +346,33 @@ class PairSampler:
         self.views = None if not crop else images if images.shape[-1] == view else crops.views(images, view)
         self.a = EpochSampler(len(images), batch_size, seed)
         self.b = EpochSampler(len(images), batch_size, seed + 7919)
+        self.codes = None
+
+    @torch.no_grad()
+    def attach_codes(self, model: Translator, size: int = 64) -> None:
+        """Compute once the (z^a, c) that GMM-DRIT's frozen attribute encoder gives every slice
+        (the posterior mean and the argmax of q(y|x): deterministic per slice), so that batches
+        carry them instead of encoding the same whole slices again every iteration."""
+        if model.cfg.variant != "gmm-drit":
+            raise ValueError("only GMM-DRIT's attribute encoder is frozen; DRIT++'s codes change as it trains")
+        source = self.images if self.views is None else self.views
+        za, c = [], []
+        for s in range(0, len(source), size):
+            x = torch.from_numpy(np.asarray(source[s: s + size], np.float32)).unsqueeze(1).to(self.device) * 2 - 1
+            lab = torch.from_numpy(self.labels[s: s + size]).long().to(self.device)
+            z, code, _ = model.attributes(x, lab)
+            za.append(z.float())
+            c.append(code.float())
+        self.codes = torch.cat(za), torch.cat(c)
 
     def _batch(self, idx, rng, side: str) -> dict:
         idx = np.sort(idx)
         x, starts = crops.random_crops(self.images, self.masks, idx, self.crop, rng)
         out = {f"x{side}": torch.from_numpy(x).unsqueeze(1).to(self.device) * 2 - 1,
                f"l{side}": torch.from_numpy(self.labels[idx]).long().to(self.device)}
+        if self.codes is not None:
+            rows = torch.from_numpy(idx).to(self.device)
+            out[f"z{side}"], out[f"c{side}"] = self.codes[0][rows], self.codes[1][rows]
         if self.views is not None:  # the whole slices the crops come from, as E^a reads them, and where
             v = torch.from_numpy(np.asarray(self.views[idx], np.float32)).unsqueeze(1)
             out[f"v{side}"] = v.to(self.device) * 2 - 1
@@ -377,6 +402,8 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
     crop = cfg.image_shape[0] if tuple(cfg.image_shape) != cfg.slices else 0
     sampler = PairSampler(images, labels, batch_size, seed, device, crop=crop, masks=masks,
                           view=task.modules.view_size)
+    if cfg.variant == "gmm-drit":
+        sampler.attach_codes(task.modules)
     history = fit(task, sampler, steps, checkpoint, every=every, seed=seed, device=device, desc=cfg.variant,
                   snapshots=snapshots)
     return task.modules.eval(), history

@@ -217,6 +217,32 @@ def test_a_training_step_updates_everything_but_the_frozen_attribute_encoder(var
     assert (losses["kl"] > 0) == (variant == "drit++")
 
 
+@pytest.mark.parametrize("known_labels", [False, True])
+def test_gmm_drit_trains_on_the_frozen_codes_computed_once(known_labels):
+    """Batches carry the frozen E^a's codes, computed once per slice: the same codes as
+    encoding the batch's slices again, and the step uses them; DRIT++'s encoder trains, so it
+    refuses."""
+    task = make_task(known_labels=known_labels)
+    s = sampler()
+    plain = s(4)
+    s.attach_codes(task.modules)
+    batch = s(4)
+    for side in "ab":
+        za, c, _ = task.modules.attributes(plain[f"x{side}"], plain[f"l{side}"])
+        assert torch.allclose(batch[f"z{side}"], za, atol=1e-5) and torch.equal(batch[f"c{side}"], c)
+    calls, encode = [], task.modules.attribute.encode
+    task.modules.attribute.encode = lambda x: calls.append(len(x)) or encode(x)
+    ctx = train.Context(torch.device("cpu"), task.optimizers)
+    for b in (plain, batch):
+        out = task.step(b, 0, ctx)
+        assert all(np.isfinite(v) for v in out.values())
+    # whole slices: the batch's two sides, then the cross-cycle's two translations and the latent
+    # regression's output; with the codes attached only the last three
+    assert len(calls) == 5 + 3
+    with pytest.raises(ValueError, match="frozen"):
+        sampler().attach_codes(make_task("drit++").modules)
+
+
 def test_gmm_drit_infers_the_scanner_code_unless_told_to_use_the_labels():
     x = torch.rand(6, 1, 16, 16) * 2 - 1
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
