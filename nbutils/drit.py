@@ -55,7 +55,9 @@ class DRITConfig:
     zc_noise: float = 1.0  # std of Gaussian noise added to z^c before G in training, as DRIT++ does (README, "Stage 2")
     dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
     dc_norm: bool = False  # instance-normalise D_c's conv levels (blinds it; nets.ContentDiscriminator)
-    dc_depth: int = 3  # stride-2 levels of D_c after its two 3 x 3 ones (nets.ContentDiscriminator)
+    # stride-2 levels of D_c after its two 3 x 3 ones (nets.ContentDiscriminator); 3 lets D_c read
+    # the scanner from z^c, and scored lower on our second set (README, "Stage 2")
+    dc_depth: int = 0
     content_norm: bool = True  # instance-normalise z^c (nets.ContentEncoder; README, "Stage 2")
     # order of the log-polynomial bias field G draws from the code at each pixel's position in the
     # whole slice (nets.BiasField); 0 = none (README, "Stage 2")

@@ -265,8 +265,9 @@ class ContentDiscriminator(nn.Module):
     ``depth`` adds that many stride-2 levels (4 x 4 kernels, channels doubling each time), as
     DRIT's D_c is a stack of stride-2 convolutions. The two 3 x 3 levels alone see 5 x 5 cells of
     the content map, too little to compare one tissue's level with another's: trained on a
-    frozen E^c's windows they read the scanner at 0.46, three stride-2 levels at 0.72 (README,
-    "Stage 2"). 0 is how checkpoints written before this option were built."""
+    frozen E^c's windows they read the scanner at 0.46, three stride-2 levels at 0.72. In
+    training such a D_c does read the scanner, yet the models it trained scored no better (README,
+    "Stage 2"), so the default stays 0, as checkpoints written before this option were built."""
 
     def __init__(self, channels: int, k: int = 4, norm: bool = False, depth: int = 0):
         super().__init__()
