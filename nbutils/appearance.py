@@ -11,6 +11,8 @@ The changes are TorchIO's ``RandomBiasField`` (a log-polynomial field, Van Leemp
 order 3, coefficients uniform in ±0.5) and ``RandomGamma`` (x ** exp(u), u uniform in ±0.3), at
 TorchIO's default ranges, batched in torch and drawn at each pixel's position in its whole slice
 (the same coordinates G's own bias field uses). They are generic: not fitted to any scanner.
+Unlike TorchIO the result is clipped to [0, 1], the translation nets' range: where a field
+brightens white matter past 1 it saturates.
 """
 from __future__ import annotations
 

@@ -91,7 +91,9 @@ def bench_stage2(profiles=("smoke", "quick", "paper"), repeat: int = 3, peak: fl
             task = drit.DRITTask(*_stage2_config(p, variant))
             images = np.random.default_rng(0).random((64, p.image_size, p.image_size)).astype(np.float16)
             sampler = drit.PairSampler(images, np.arange(64) % 4, p.drit_batch, crop=p.crop,
-                                       masks=np.ones(images.shape, bool), view=p.view)
+                                       masks=np.ones(images.shape, bool), view=task.modules.view_size)
+            if variant == "gmm-drit":  # as train_drit does: the frozen E^a's codes, computed once
+                sampler.attach_codes(task.modules)
             ctx = train.Context(torch.device("cpu"), task.optimizers)
             with FlopCounterMode(display=False) as counter:
                 task.step(sampler(0), 0, ctx)

@@ -52,10 +52,14 @@ def linear_probe(codes: np.ndarray, labels: np.ndarray, folds: int = 5, seed: in
     """Cross-validated accuracy of a logistic regression predicting ``labels`` from ``codes``:
     how much label information the codes hold, whether or not the clustering found it.
 
-    ``groups``: rows that must fall in the same fold (one anatomy seen by several scanners).
-    Without them a code that does not depend on the scanner at all scores 0, not chance: each
-    held-out image's copies from the other scanners are in the training folds with the other
-    labels."""
+    ``groups``: rows that must fall in the same fold (the slices of one subject; with traveling
+    subjects, one anatomy in every scanner). Without them, on traveling subjects, a code that does
+    not depend on the scanner at all scores 0, not chance: each held-out image's copies from the
+    other scanners are in the training folds with the other labels; on ordinary data a held-out
+    slice has siblings from its volume in the training folds, which the probe can recognise by
+    their anatomy rather than their scanner. When some label has
+    fewer than two groups (one subject per scanner) no fold can hold a group out and still train
+    on its label: the folds are then plain, as without ``groups``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
@@ -63,9 +67,11 @@ def linear_probe(codes: np.ndarray, labels: np.ndarray, folds: int = 5, seed: in
 
     folds = min(folds, int(np.bincount(labels).min()))
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    if groups is not None:
+        per_label = min(len(np.unique(np.asarray(groups)[labels == y])) for y in np.unique(labels))
+        groups = groups if per_label >= 2 else None
     if groups is None:
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     else:
-        folds = min(folds, len(np.unique(groups)))
-        cv = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        cv = StratifiedGroupKFold(min(folds, per_label), shuffle=True, random_state=seed)
     return float(cross_val_score(model, codes, labels, cv=cv, groups=groups).mean())

@@ -6,8 +6,8 @@
   scanners really differ.
 - **code probes**: a cross-validated linear probe (folds by subject: an anatomy's slices, in every
   scanner that saw it, are held out together) that reads the scanner from the content map
-  z^c (each channel's spatial mean and spread, and its 4 x 4 average-pooled map, so that both a
-  channel's gain and offset and a coarse spatial pattern are visible) and from the attribute
+  z^c (its 4 x 4 average-pooled map, a coarse spatial pattern, and, unless z^c is
+  instance-normalised, each channel's spatial mean and spread, its gain and offset) and from the attribute
   code z^a that G is fed. z^c should not carry the scanner (chance), z^a should. For a model
   trained on windows (which also translates window by window) z^c is probed twice: encoded from
   the whole slice in one pass, and from the training-sized window at the slice's centre, the
@@ -63,42 +63,53 @@ def _batches(images: np.ndarray, model: Translator, size: int = 64):
         yield torch.from_numpy(np.asarray(images[s: s + size], np.float32)).unsqueeze(1).to(device) * 2 - 1
 
 
-def summarise(maps: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) maps -> (N, 18 C): each channel's spatial mean and std, then its 4 x 4
-    average-pooled map (what the probes read)."""
+def summarise(maps: torch.Tensor, moments: bool = True) -> torch.Tensor:
+    """(N, C, H, W) maps -> (N, 18 C): each channel's spatial mean and standard deviation, then
+    its 4 x 4 average-pooled map (what the probes read). ``moments`` False: the pooled map only
+    (N, 16 C), for instance-normalised maps, whose means and deviations are the same constants in
+    every image up to rounding, which standardising would blow up into noise features."""
     f = maps.float()
-    return torch.cat([f.flatten(2).mean(2), f.flatten(2).std(2),
-                      torch.nn.functional.adaptive_avg_pool2d(f, 4).flatten(1)], 1)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(f, 4).flatten(1)
+    if not moments:
+        return pooled
+    return torch.cat([f.flatten(2).mean(2), f.flatten(2).std(2, correction=0), pooled], 1)
 
 
 def scanner_share(features: np.ndarray, test: Slices) -> float:
     """Share of the variance of ``features`` (one row per image of ``test``; each column
     standardised) that lies within the groups of images showing one anatomy and slice in
     different scanners: 0 when the features do not depend on the scanner, 1 when only the scanner
-    moves them. NaN without traveling subjects."""
+    moves them. Only groups seen by more than one scanner count (a subject scanned twice on one
+    scanner says nothing about scanners). NaN without traveling subjects."""
     from .paired import has_traveling
 
     if not has_traveling(test):
         return float("nan")
-    f = np.asarray(features, np.float64)
+    m = test.manifest.reset_index(drop=True)
+    groups = [g for g in m.groupby(["subject", "slice_index"]).indices.values()
+              if m["domain"].iloc[g].nunique() > 1]
+    if not groups:
+        return float("nan")
+    f = np.asarray(features, np.float64)[np.concatenate(groups)]  # the rows that count, group by group
     f = (f - f.mean(0)) / np.where(f.std(0) > 0, f.std(0), 1)
-    groups = [g for g in test.manifest.reset_index(drop=True).groupby(["subject", "slice_index"]).indices.values()
-              if len(g) > 1]
-    rows = np.concatenate(groups)
-    within = sum(((f[g] - f[g].mean(0)) ** 2).sum() for g in groups)
-    total = ((f[rows] - f[rows].mean(0)) ** 2).sum()
+    within = sum(((g - g.mean(0)) ** 2).sum() for g in np.split(f, np.cumsum([len(g) for g in groups])[:-1]))
+    total = (f ** 2).sum()
+    if not np.isfinite(total):
+        return float("nan")
     return float(within / total) if total > 0 else 0.0
 
 
 @torch.no_grad()
 def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Per image: z^c summarised (each channel's mean and std, then its 4 x 4 average-pooled
-    map; for a window-trained model also that of the central training-sized window), the z^a G
+    """Per image: z^c summarised (:func:`summarise`: each channel's mean and std, unless z^c is
+    instance-normalised, then its 4 x 4 average-pooled map; for a window-trained model also that
+    of the central training-sized window), the z^a G
     is fed (the posterior mean, as at inference), the training code c, and the argmax of D_c,
     D_s1, D_s2."""
     model.eval()
     out = {k: [] for k in ("zc", "zc_window", "za", "c", "dc", "ds1", "ds2")}
     (th, tw), windowed = model.cfg.image_shape, tuple(model.cfg.image_shape) != model.cfg.slices
+    moments = not model.cfg.content_norm
     labels = torch.from_numpy(np.array(labels, dtype=np.int64))
     start = 0
     for x in _batches(images, model):
@@ -106,10 +117,10 @@ def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str
         start += len(x)
         zc = model.content(x)
         za, c, _ = model.attributes(x, lab, sample=False)
-        out["zc"].append(summarise(zc))
+        out["zc"].append(summarise(zc, moments))
         if windowed:
             y0, x0 = (x.shape[-2] - th) // 2, (x.shape[-1] - tw) // 2
-            out["zc_window"].append(summarise(model.content(x[..., y0: y0 + th, x0: x0 + tw])))
+            out["zc_window"].append(summarise(model.content(x[..., y0: y0 + th, x0: x0 + tw]), moments))
         out["za"].append(za.float())
         out["c"].append(c.argmax(1))
         out["dc"].append(model.dc(zc).argmax(1))
@@ -131,7 +142,8 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
     probe = lambda f: linear_probe(f, labels, groups=groups)
     inputs = torch.cat([summarise(torch.from_numpy(np.asarray(test.images[s: s + 256], np.float32)).unsqueeze(1))
                         for s in range(0, len(test), 256)]).numpy()
-    return dict(share_zc=scanner_share(c["zc"], test), share_inputs=scanner_share(inputs, test),target_change=sens["change"], scanner_gap=sens["gap"], target_sensitivity=sens["ratio"],
+    return dict(target_change=sens["change"], scanner_gap=sens["gap"], target_sensitivity=sens["ratio"],
+                share_zc=scanner_share(c["zc"], test), share_inputs=scanner_share(inputs, test),
                 probe_zc=probe(c["zc"]), probe_za=probe(c["za"]),
                 probe_zc_window=probe(c["zc_window"]) if "zc_window" in c else float("nan"),
                 chance=float(np.bincount(labels).max() / len(labels)),

@@ -71,6 +71,12 @@ def test_stage_two_trains_on_crops_and_harmonizes_whole_slices(variant):
     sampler = drit.PairSampler(images, np.arange(12) % 3, 3, seed=1, crop=16, masks=masks, view=16)
     batch = sampler(0)
     assert batch["xa"].shape == (3, 1, 16, 16) and batch["va"].shape == (3, 1, 16, 16)
+    if variant == "gmm-drit":  # the codes computed once are those of the whole slices' views
+        sampler.attach_codes(task.modules)
+        cached = sampler(0)
+        for side in "ab":
+            za, c, _ = task.modules.attributes(batch[f"v{side}"], batch[f"l{side}"])
+            assert torch.allclose(cached[f"z{side}"], za, atol=1e-5) and torch.equal(cached[f"c{side}"], c)
     from nbutils import train
     losses = task.step(batch, 0, train.Context(torch.device("cpu"), task.optimizers))
     assert np.isfinite(list(losses.values())).all() and losses["latent"] == 0.0

@@ -1,5 +1,6 @@
 """Stage-2 diagnostics (nbutils.usage) on models and outputs whose answer is known."""
 import numpy as np
+import pytest
 import torch
 from test_paired import traveling
 
@@ -40,6 +41,17 @@ def test_scanner_share_is_zero_for_invariant_features_one_for_scanner_only_and_g
     assert usage.scanner_share(anatomy + 0.1 * scanner, test) < mixed
     lonely = type(test)(test.images[:3], test.masks[:3], None, m.iloc[:3].assign(subject=["a", "b", "c"]), test.domains)
     assert np.isnan(usage.scanner_share(anatomy[:3], lonely))
+    # a subject scanned twice on one scanner is no evidence about scanners: only groups seen by
+    # more than one scanner count (here rows 0-1 rescanned on scanner 0, noisy), on a shuffled index
+    twice = m.copy()
+    twice.loc[1, ["domain", "domain_index"]] = ["s0", 0]
+    twice.loc[2, "subject"] = "alone"
+    noisy = anatomy + 0.3 * scanner
+    noisy[1] = anatomy[1] + 5.0
+    shuffled = type(test)(test.images, test.masks, None, twice.set_index(np.arange(len(m))[::-1]), test.domains)
+    keep = np.flatnonzero(m.subject != "t0")
+    kept = type(test)(test.images[keep], test.masks[keep], None, twice.iloc[keep], test.domains)
+    assert usage.scanner_share(noisy, shuffled) == pytest.approx(usage.scanner_share(noisy[keep], kept))
 
 
 def translator(shape=(32, 32), k=3):
@@ -85,6 +97,6 @@ def test_a_window_trained_model_s_content_is_also_probed_on_a_window():
     with torch.no_grad():
         centre = model.content(torch.from_numpy(test.images[:3, 8:24, 8:24]).unsqueeze(1) * 2 - 1)
     pooled = torch.nn.functional.adaptive_avg_pool2d(centre, 4).flatten(1)
-    summary = torch.cat([centre.flatten(2).mean(2), centre.flatten(2).std(2), pooled], 1).numpy()
+    summary = torch.cat([centre.flatten(2).mean(2), centre.flatten(2).std(2, correction=0), pooled], 1).numpy()
     assert np.allclose(c["zc_window"][:3], summary, atol=1e-5)
     assert not np.allclose(c["zc_window"], c["zc"], atol=1e-3)  # not the whole slice's map
