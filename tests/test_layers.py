@@ -8,7 +8,7 @@ LAYERS = [  # in the order of docs/design.md's table
     {"io", "config", "methods", "plots", "metrics", "baselines"},
     {"volumes", "data", "phantom", "ixi"},
     {"train", "clustering", "nets", "crops", "gmvae"},
-    {"losses", "drit"},
+    {"losses", "appearance", "drit"},
     {"harmonize", "apply", "explorer"},
     {"stats", "paired", "measures", "usage", "stage2", "supervised", "classifier",
      "outputs", "evaluations"},
