@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .crops import coordinates
+from .crops import coordinates, monomials
 
 
 def jitter(x: torch.Tensor, origin: torch.Tensor | None = None, full: tuple[int, int] | None = None,
@@ -27,10 +27,8 @@ def jitter(x: torch.Tensor, origin: torch.Tensor | None = None, full: tuple[int,
     random state), background (-1) kept. ``origin`` (N, 2): where windows sit in ``full``-sized
     slices (None: whole slices)."""
     n, _, h, w = x.shape
-    grid = coordinates(origin, (h, w), full, n, x.device)
-    powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
-    basis = torch.stack([grid[:, 0] ** i * grid[:, 1] ** j for i, j in powers], 1)
-    coef = (torch.rand(n, len(powers), device=x.device) * 2 - 1) * coefficients
+    basis = monomials(coordinates(origin, (h, w), full, n, x.device), order)
+    coef = (torch.rand(n, basis.shape[1], device=x.device) * 2 - 1) * coefficients
     field = torch.einsum("nk,nkhw->nhw", coef, basis).exp()[:, None]
     gamma = ((torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * log_gamma).exp()
     y = (((x.float() + 1) / 2) * field).clamp(0, 1) ** gamma

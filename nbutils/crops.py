@@ -64,6 +64,12 @@ def coordinates(origin: torch.Tensor | None, size: tuple[int, int], full: tuple[
     return torch.stack([rows[:, :, None].expand(-1, h, w), cols[:, None, :].expand(-1, h, w)], 1)
 
 
+def monomials(grid: torch.Tensor, order: int) -> torch.Tensor:
+    """(N, P, h, w): the monomials row^i col^j, i + j <= ``order``, of (N, 2, h, w) coordinate
+    channels (:func:`coordinates`): the basis of a log-polynomial bias field."""
+    return torch.stack([grid[:, 0] ** i * grid[:, 1] ** j for i in range(order + 1) for j in range(order + 1 - i)], 1)
+
+
 def view(x: torch.Tensor, size: int) -> torch.Tensor:
     """(N, 1, H, W) whole slices as the attribute encoders read them: anti-aliased bilinear
     down-sampling to ``size`` x ``size`` (unchanged when already that size)."""

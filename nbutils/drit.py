@@ -249,7 +249,7 @@ class DRITTask:
             zc = m.content(torch.cat([xa, xb]))
             sampled = cfg.variant == "drit++"
             # E^a reads whole slices: the batch's own, or the views of the slices its crops come from
-            windows = "va" in batch
+            windows = "oa" in batch
             if "za" in batch:  # GMM-DRIT: the frozen E^a's codes of these slices, computed once
                 (za_a, c_a), (za_b, c_b) = (batch["za"], batch["ca"]), (batch["zb"], batch["cb"])
                 kl_a = kl_b = xa.new_zeros(())
@@ -375,10 +375,11 @@ class PairSampler:
         if self.codes is not None:
             rows = torch.from_numpy(idx).to(self.device)
             out[f"z{side}"], out[f"c{side}"] = self.codes[0][rows], self.codes[1][rows]
-        if self.views is not None:  # the whole slices the crops come from, as E^a reads them, and where
-            v = torch.from_numpy(np.asarray(self.views[idx], np.float32)).unsqueeze(1)
-            out[f"v{side}"] = v.to(self.device) * 2 - 1
-            out[f"o{side}"] = torch.from_numpy(starts).float().to(self.device)
+        if self.views is not None:  # where the crops lie in their slices, and the whole slices as E^a
+            out[f"o{side}"] = torch.from_numpy(starts).float().to(self.device)  # reads them (unless coded)
+            if self.codes is None:
+                v = torch.from_numpy(np.asarray(self.views[idx], np.float32)).unsqueeze(1)
+                out[f"v{side}"] = v.to(self.device) * 2 - 1
         return out
 
     def __call__(self, it: int) -> dict:

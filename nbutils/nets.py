@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .crops import coordinates
+from .crops import coordinates, monomials
 
 
 def pad_to_multiple(x: torch.Tensor, m: int, value: float = -1.0) -> torch.Tensor:
@@ -100,14 +100,14 @@ class BiasField(nn.Module):
 
     def __init__(self, code: int, order: int = 3):
         super().__init__()
-        self.powers = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
-        self.coef = nn.Linear(code, len(self.powers))
+        self.order = order
+        self.coef = nn.Linear(code, (order + 1) * (order + 2) // 2)  # one per monomial
         nn.init.zeros_(self.coef.weight)
         nn.init.zeros_(self.coef.bias)
 
     def forward(self, code: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """(N, 1, h, w) field for ``grid`` (N, 2, h, w) coordinate channels (row, column)."""
-        basis = torch.stack([grid[:, 0] ** i * grid[:, 1] ** j for i, j in self.powers], 1)
+        basis = monomials(grid, self.order)
         return torch.einsum("nk,nkhw->nhw", self.coef(code).float(), basis.float()).exp()[:, None]
 
 
