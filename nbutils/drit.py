@@ -58,6 +58,10 @@ class DRITConfig:
     # stride-2 levels of D_c after its two 3 x 3 ones (nets.ContentDiscriminator); 3 lets D_c read
     # the scanner from z^c, and scored lower on our second set (README, "Stage 2")
     dc_depth: int = 0
+    # order of the spatial moments D_c reads at its cells' positions in the whole slice, which
+    # let it see a bias field kept in z^c (nets.ContentDiscriminator; README, "Stage 2"): the
+    # order of the field G draws (bias_field); 0 = none, as checkpoints written before were built
+    dc_field: int = 3
     content_norm: bool = True  # instance-normalise z^c (nets.ContentEncoder; README, "Stage 2")
     # order of the log-polynomial bias field G draws from the code at each pixel's position in the
     # whole slice (nets.BiasField); 0 = none (README, "Stage 2")
@@ -97,7 +101,7 @@ class Translator(nn.Module):
         self.content = ContentEncoder(w, cfg.n_res, cfg.down, cfg.content_norm)
         self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down, cfg.bias_field, cfg.upsample)
         self.ds1, self.ds2 = ScannerDiscriminator(w, k), ScannerDiscriminator(w, k)
-        self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm, cfg.dc_depth)
+        self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm, cfg.dc_depth, cfg.dc_field)
         if cfg.variant == "gmm-drit":
             if gmvae is None:
                 raise ValueError("GMM-DRIT needs the trained GM-VAE (notebook 02) as its attribute encoder")
@@ -117,6 +121,16 @@ class Translator(nn.Module):
             g = self.attribute.gmvae.cfg
             return g.appearance_size or g.image_shape[0]
         return self.cfg.view
+
+    def content_grid(self, origin: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
+        """Whole-slice coordinates (:func:`nbutils.crops.coordinates`) of the cells of content maps
+        of ``size`` computed from windows whose top-left pixels are ``origin`` (N, 2); None when
+        D_c does not read positions."""
+        if not self.cfg.dc_field:
+            return None
+        f = 2 ** self.cfg.down
+        full = tuple(-(-n // f) for n in self.cfg.slices)  # the whole slice's map, padded as E^c pads
+        return crops.coordinates(origin.float() / f, tuple(size), full)
 
     # ---------------------------------------------------------------- codes
     def attributes(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = False):
@@ -274,9 +288,11 @@ class DRITTask:
             sf = torch.cat([sf_a, sf_b])
         real, c_real = torch.cat([xa, xb]), torch.cat([c_a, c_b])
 
+        # where z^c's cells sit in their whole slices, for D_c (None: whole slices)
+        zgrid = None if o_a is None else m.content_grid(torch.cat([o_a, o_b]), zc.shape[-2:])
         # (4a) discriminators, on detached codes and images
         with ctx.autocast():
-            loss_dc = losses.bce(m.dc(zc.detach()), c_real)
+            loss_dc = losses.bce(m.dc(zc.detach(), zgrid), c_real)
         ctx.update(loss_dc, "dc", clip=cfg.dc_clip)
         with ctx.autocast():
             loss_ds1 = losses.discriminator(m.ds1, real, torch.cat([x_ab, x_ba, x_r]).detach(), c_real)
@@ -292,7 +308,7 @@ class DRITTask:
             fake = torch.cat([x_ab, x_ba])
             adv1, cls1 = losses.generator(m.ds1, torch.cat([fake, x_r]), torch.cat([c_b, c_a, c_r]))
             adv2, cls2 = losses.generator(m.ds2, sf, torch.zeros_like(c_real))
-            content = losses.bce(m.dc(zc), torch.full_like(c_real, 0.5))
+            content = losses.bce(m.dc(zc, zgrid), torch.full_like(c_real, 0.5))
             # E^a cannot read a window of G's output as a whole slice: on windows, no latent
             # regression, and the cross-cycle takes the codes the translations were made with
             latent = zc.new_zeros(()) if windows else m.latent_regression(x_r, z_r)
@@ -445,6 +461,7 @@ def from_checkpoint(path, device="cpu") -> Translator:
     raw.setdefault("bias_field", 0)
     raw.setdefault("dc_norm", True)
     raw.setdefault("dc_depth", 0)
+    raw.setdefault("dc_field", 0)
     raw.setdefault("upsample", "transpose")
     gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None
     model = Translator(DRITConfig(**raw), gm).to(device)

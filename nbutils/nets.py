@@ -156,15 +156,26 @@ class Generator(nn.Module):
         return (((out + 1) / 2) * self.field(code, grid)).clamp(max=1).to(out.dtype) * 2 - 1
 
 
-def level_stats(levels, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def level_stats(levels, x: torch.Tensor, grid: torch.Tensor | None = None,
+                order: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``x`` through ``levels`` in turn; return the last output and the spatial mean and
     standard deviation of every channel of every level, concatenated (appearance statistics,
-    independent of where things are; computed in float32)."""
+    independent of where things are; computed in float32).
+
+    ``order`` > 0 adds every channel's spatial moments mean(x phi) against the non-constant
+    monomials phi of the (N, 2, h, w) coordinate channels ``grid`` (:func:`nbutils.crops.coordinates`;
+    re-sampled to each level's size) up to that order: where a smooth field such as a coil's bias
+    field is brighter, which the mean and spread cannot tell."""
     stats = []
     for level in levels:
         x = level(x)
         f = x.float().flatten(2)
         stats += [f.mean(2), f.std(2)]
+        if order:
+            g = grid if grid.shape[-2:] == x.shape[-2:] else F.interpolate(
+                grid.float(), size=x.shape[-2:], mode="bilinear", align_corners=True)
+            phi = monomials(g.float(), order)[:, 1:].flatten(2)  # (N, P, hw), the constant left out
+            stats.append(torch.einsum("nch,nph->ncp", f, phi).flatten(1) / f.shape[-1])
     return x, torch.cat(stats, 1)
 
 
@@ -267,23 +278,37 @@ class ContentDiscriminator(nn.Module):
     the content map, too little to compare one tissue's level with another's: trained on a
     frozen E^c's windows they read the scanner at 0.46, three stride-2 levels at 0.72. In
     training such a D_c does read the scanner, yet the models it trained scored no better (README,
-    "Stage 2"), so the default stays 0, as checkpoints written before this option were built."""
+    "Stage 2"), so the default stays 0, as checkpoints written before this option were built.
 
-    def __init__(self, channels: int, k: int = 4, norm: bool = False, depth: int = 0):
+    ``field`` > 0 also reads each channel's spatial moments against the monomials (up to that
+    order) of where its cells lie in the whole slice (:func:`level_stats`; the ``grid`` handed to
+    :meth:`forward`). The scanner that a content map keeps is mostly the coil's bias field (README,
+    "What carries the scanner into z^c"): a smooth trend at a fixed place in the field of view,
+    which statistics that ignore position cannot see, least of all on windows cut from anywhere."""
+
+    def __init__(self, channels: int, k: int = 4, norm: bool = False, depth: int = 0, field: int = 0):
         super().__init__()
+        self.field = field
         widths = [channels] * 3 + [channels * 2 ** (i + 1) for i in range(depth)]
         self.levels = nn.ModuleList([nn.Identity(), _conv(channels, channels, 3, 1, norm),
                                      _conv(channels, channels, 3, 1, norm),
                                      *[_conv(widths[i + 2], widths[i + 3], 4, 2, norm) for i in range(depth)]])
-        self.cls = nn.Linear(2 * sum(widths), k)
+        moments = (field + 1) * (field + 2) // 2 - 1  # non-constant monomials
+        self.cls = nn.Linear((2 + moments) * sum(widths), k)
 
-    def forward(self, zc):
+    def forward(self, zc, grid: torch.Tensor | None = None):
+        """Scanner logits of content maps ``zc``; ``grid``: the (N, 2, h, w) whole-slice
+        coordinates of their cells (:func:`nbutils.crops.coordinates`; None: whole slices)."""
         # each stride-2 level halves the map, and the last must keep 2 x 2 for a spread
         small = 2 ** (len(self.levels) - 2)
         h, w = zc.shape[-2:]
+        if self.field and grid is None:
+            grid = coordinates(None, (h, w), n=len(zc), device=zc.device)
         if h < small or w < small:  # only on toy-sized maps
-            zc = F.pad(zc, (0, max(small - w, 0), 0, max(small - h, 0)), mode="replicate")
-        return self.cls(level_stats(self.levels, zc)[1])
+            pad = (0, max(small - w, 0), 0, max(small - h, 0))
+            zc = F.pad(zc, pad, mode="replicate")
+            grid = None if grid is None else F.pad(grid, pad, mode="replicate")
+        return self.cls(level_stats(self.levels, zc, grid, self.field)[1])
 
 
 class GaussianAttributeEncoder(nn.Module):
