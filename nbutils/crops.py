@@ -64,6 +64,11 @@ def coordinates(origin: torch.Tensor | None, size: tuple[int, int], full: tuple[
     return torch.stack([rows[:, :, None].expand(-1, h, w), cols[:, None, :].expand(-1, h, w)], 1)
 
 
+def n_monomials(order: int) -> int:
+    """How many monomials row^i col^j have i + j <= ``order`` (the constant included)."""
+    return (order + 1) * (order + 2) // 2
+
+
 def monomials(grid: torch.Tensor, order: int) -> torch.Tensor:
     """(N, P, h, w): the monomials row^i col^j, i + j <= ``order``, of (N, 2, h, w) coordinate
     channels (:func:`coordinates`): the basis of a log-polynomial bias field."""

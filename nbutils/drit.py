@@ -128,8 +128,8 @@ class Translator(nn.Module):
         D_c does not read positions."""
         if not self.cfg.dc_field:
             return None
-        f = 2 ** self.cfg.down
-        full = tuple(-(-n // f) for n in self.cfg.slices)  # the whole slice's map, padded as E^c pads
+        f = self.content.factor
+        full = tuple(-(-n // f) for n in self.cfg.slices)  # the whole slice's map (E^c pads to a multiple of f)
         return crops.coordinates(origin.float() / f, tuple(size), full)
 
     # ---------------------------------------------------------------- codes

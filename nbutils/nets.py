@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .crops import coordinates, monomials
+from .crops import coordinates, monomials, n_monomials
 
 
 def pad_to_multiple(x: torch.Tensor, m: int, value: float = -1.0) -> torch.Tensor:
@@ -101,7 +101,7 @@ class BiasField(nn.Module):
     def __init__(self, code: int, order: int = 3):
         super().__init__()
         self.order = order
-        self.coef = nn.Linear(code, (order + 1) * (order + 2) // 2)  # one per monomial
+        self.coef = nn.Linear(code, n_monomials(order))  # one per monomial
         nn.init.zeros_(self.coef.weight)
         nn.init.zeros_(self.coef.bias)
 
@@ -163,19 +163,24 @@ def level_stats(levels, x: torch.Tensor, grid: torch.Tensor | None = None,
     independent of where things are; computed in float32).
 
     ``order`` > 0 adds every channel's spatial moments mean(x phi) against the non-constant
-    monomials phi of the (N, 2, h, w) coordinate channels ``grid`` (:func:`nbutils.crops.coordinates`;
-    re-sampled to each level's size) up to that order: where a smooth field such as a coil's bias
-    field is brighter, which the mean and spread cannot tell."""
+    monomials phi of the (N, 2, h, w) coordinate channels ``grid`` (:func:`nbutils.crops.coordinates`)
+    up to that order: where a smooth field such as a coil's bias field is brighter, which the mean
+    and spread cannot tell. A level that halves the map (floor) halves the grid by 2 x 2
+    averaging, which keeps each cell's coordinate at the centre of the cells it covers."""
     stats = []
+    g = None if grid is None else grid.float()
     for level in levels:
         x = level(x)
         f = x.float().flatten(2)
         stats += [f.mean(2), f.std(2)]
         if order:
-            g = grid if grid.shape[-2:] == x.shape[-2:] else F.interpolate(
-                grid.float(), size=x.shape[-2:], mode="bilinear", align_corners=True)
-            phi = monomials(g.float(), order)[:, 1:].flatten(2)  # (N, P, hw), the constant left out
-            stats.append(torch.einsum("nch,nph->ncp", f, phi).flatten(1) / f.shape[-1])
+            while g.shape[-1] > x.shape[-1] or g.shape[-2] > x.shape[-2]:
+                g = F.avg_pool2d(g, 2)
+            if g.shape[-2:] != x.shape[-2:]:
+                raise ValueError(f"a {tuple(g.shape[-2:])} grid for a {tuple(x.shape[-2:])} map")
+            phi = monomials(g, order)[:, 1:].flatten(2)  # (N, P, hw), the constant left out
+            with torch.autocast(x.device.type, enabled=False):  # float32 under mixed precision too
+                stats.append(torch.einsum("nch,nph->ncp", f, phi).flatten(1) / f.shape[-1])
     return x, torch.cat(stats, 1)
 
 
@@ -293,7 +298,7 @@ class ContentDiscriminator(nn.Module):
         self.levels = nn.ModuleList([nn.Identity(), _conv(channels, channels, 3, 1, norm),
                                      _conv(channels, channels, 3, 1, norm),
                                      *[_conv(widths[i + 2], widths[i + 3], 4, 2, norm) for i in range(depth)]])
-        moments = (field + 1) * (field + 2) // 2 - 1  # non-constant monomials
+        moments = n_monomials(field) - 1  # the constant left out
         self.cls = nn.Linear((2 + moments) * sum(widths), k)
 
     def forward(self, zc, grid: torch.Tensor | None = None):

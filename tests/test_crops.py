@@ -78,8 +78,12 @@ def test_stage_two_trains_on_crops_and_harmonizes_whole_slices(variant):
             za, c, _ = task.modules.attributes(batch[f"v{side}"], batch[f"l{side}"])
             assert torch.allclose(cached[f"z{side}"], za, atol=1e-5) and torch.equal(cached[f"c{side}"], c)
     from nbutils import train
+    grids = []  # D_c is told where the windows' content cells lie in the whole slices
+    task.modules.dc.register_forward_pre_hook(lambda mod, args: grids.append(args[1]))
     losses = task.step(batch, 0, train.Context(torch.device("cpu"), task.optimizers))
     assert np.isfinite(list(losses.values())).all() and losses["latent"] == 0.0
+    expected = task.modules.content_grid(torch.cat([batch["oa"], batch["ob"]]), (4, 4))
+    assert len(grids) == 2 and all(g is not None and torch.equal(g, expected) for g in grids)
     harm = Harmonizer(task.modules.eval())
     out = harm.scanner_free(np.asarray(images[:2], np.float32))
     assert out.shape == (2, 32, 32)

@@ -197,7 +197,24 @@ def test_content_grid_places_a_window_s_cells_in_the_whole_slice_map():
     whole = crops.coordinates(None, (46, 46))
     assert torch.allclose(grid[0], whole[0, :, :8, :8])
     assert torch.allclose(grid[1], whole[0, :, 37:45, 30:38], atol=1e-6)
+    # one down-sampling (the CPU profiles): a window at an odd pixel starts between two cells
+    one = make_task(shape=(32, 32), slice_shape=(182, 182), down=1).modules.content_grid(torch.tensor([[3, 0]]), (16, 16))
+    assert torch.allclose(one[0, 0, :, 0], -1 + 2 * (1.5 + torch.arange(16.0)) / 90)
     assert make_task(dc_field=0).modules.content_grid(torch.zeros(1, 2), (4, 4)) is None  # off
+
+
+def test_the_content_discriminator_s_grid_follows_its_stride_two_levels():
+    """With stride-2 levels the grid is halved by 2 x 2 averaging as the map is halved (floor),
+    for even and odd sizes; the same map read at another place gives other moments."""
+    torch.manual_seed(0)
+    dc = nets.ContentDiscriminator(2, 2, depth=2, field=2)
+    for size in (32, 30):
+        zc, grid = torch.randn(1, 2, size, size), crops.coordinates(None, (size, size))
+        assert dc(zc, grid).shape == (1, 2)
+    zc = torch.randn(1, 2, 16, 16)
+    here = nets.level_stats(dc.levels, zc, crops.coordinates(torch.zeros(1, 2), (16, 16), (32, 32)), 2)[1]
+    there = nets.level_stats(dc.levels, zc, crops.coordinates(torch.full((1, 2), 16.0), (16, 16), (32, 32)), 2)[1]
+    assert here.shape == there.shape and not torch.allclose(here, there)
 
 
 def test_the_invariance_term_compares_the_content_of_a_jittered_image_with_z_c():
