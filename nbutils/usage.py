@@ -140,8 +140,8 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
     # all slices of one subject (and, traveling, of one anatomy in every scanner) in one fold
     groups = pd.factorize(test.manifest["subject"])[0]
     probe = lambda f: linear_probe(f, labels, groups=groups)
-    inputs = torch.cat([summarise(torch.from_numpy(np.asarray(test.images[s: s + 256], np.float32)).unsqueeze(1))
-                        for s in range(0, len(test), 256)]).numpy()
+    # the inputs as the model reads them (in [-1, 1]: an affine map, which standardising undoes)
+    inputs = torch.cat([summarise(x).cpu() for x in _batches(test.images, model)]).numpy()
     return dict(target_change=sens["change"], scanner_gap=sens["gap"], target_sensitivity=sens["ratio"],
                 share_zc=scanner_share(c["zc"], test), share_inputs=scanner_share(inputs, test),
                 probe_zc=probe(c["zc"]), probe_za=probe(c["za"]),
