@@ -158,6 +158,25 @@ def learning_curve(curve: pd.DataFrame, title: str, columns: list[str] | None = 
     return fig
 
 
+def probe_control(control: pd.DataFrame, chance: float, bar: float, title: str):
+    """Probe accuracy against the scanner share, one line per code of ``control``
+    (:func:`nbutils.usage.probe_control`; share on a log axis, the scale-0 point left off), the
+    code as it is ringed; chance and the bar as horizontal lines."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for name, c in control[control.share > 0].groupby("code", sort=False):
+        line, = ax.plot(c.share, c.probe, "o-", label=name)
+        first = c[c.scale == 1]
+        ax.plot(first.share, first.probe, "o", ms=12, mfc="none", color=line.get_color())
+    ax.axhline(chance, color="grey", ls=":", label=f"chance {chance:.2f}")
+    ax.axhline(bar, color="tab:red", ls="--", lw=1, label=f"bar {bar:.2f}")
+    ax.set(xscale="log", xlabel="scanner share of the code (ringed: as it is)", ylabel="probe accuracy",
+           ylim=(0, 1.05))
+    ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def attribute_pca(codes: np.ndarray, colourings: dict[str, list[str]], title: str):
     """2-D PCA of attribute codes, one panel per colouring (e.g. by scanner, by component);
     returns a matplotlib figure, a plotly figure and the explained variance ratios."""

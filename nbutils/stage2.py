@@ -217,3 +217,27 @@ class Experiment:
                       for c in curve.columns if c not in ("step", "seconds")}
         run.record(self.key, read_metrics(run.dir).get(self.key, {}) | diag | trend)
         return diag, curve, fig
+
+    def probe_control(self) -> tuple[pd.DataFrame | None, object]:
+        """The z^c probe beside its control (:func:`usage.probe_control`): z^c's and the inputs'
+        summaries with their scanner part shrunk by known factors, probed again. Saved (table,
+        figure); the largest share at which each probe reads within ``usage.PROBE_MARGIN`` of
+        chance goes to ``metrics.json``. Returns (table, figure); (None, None) without traveling
+        subjects."""
+        run, test = self.run, self.test_set
+        if not self.traveling:
+            return None, None
+        feats = usage.features(self.model, test)
+        control = usage.probe_control({"z^c": feats["zc"], "inputs": feats["inputs"]}, test)
+        chance = float(np.bincount(test.labels).max() / len(test))
+        bar = chance + usage.PROBE_MARGIN
+        plots.save_table(control.round(4), self.key + "_probe_control", run.figures,
+                         note="Scanner probe (folds by subject) and scanner share of z^c and of the inputs with each "
+                              "anatomy's scanner-to-scanner deviations multiplied by `scale`; " + plots.SIMULATED + ".")
+        fig = plots.probe_control(control, chance, bar, f"{self.label}: the z^c probe beside its control; "
+                                  + plots.SIMULATED)
+        plots.save_figure(fig, self.key + "_probe_control", run.figures)
+        found = {f"share_{c}_at_probe_bar": usage.share_at_probe(control, name, bar)
+                 for c, name in (("zc", "z^c"), ("inputs", "inputs"))}
+        run.record(self.key, read_metrics(run.dir).get(self.key, {}) | {"probe_bar": bar} | found)
+        return control, fig

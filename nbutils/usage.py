@@ -18,6 +18,10 @@
   it the share of the inputs themselves, summarised the same way. On traveling subjects a linear
   probe reads any consistent difference, however small, between one anatomy's content maps (it
   is near 1 for every model here); the share says how large that difference is.
+- **the probe's control**: the same z^c summary (and the inputs') with the scanner's part shrunk
+  by a known factor on the traveling subjects, probed again: how small the scanner share must be
+  before the probe falls to chance (:func:`probe_control`). It puts the probe's 1.00 beside what
+  it would read for a content map a tenth or a hundredth as scanner-dependent.
 - **discriminator accuracy**: how often D_c (on z^c) and the scanner heads of D_s1 / D_s2 (on
   real images) name the code each image was trained with. D_c near chance with a probe near 1
   means D_c cannot see what carries the scanner.
@@ -75,19 +79,24 @@ def summarise(maps: torch.Tensor, moments: bool = True) -> torch.Tensor:
     return torch.cat([f.flatten(2).mean(2), f.flatten(2).std(2, correction=0), pooled], 1)
 
 
+def _traveling_groups(test: Slices) -> list[np.ndarray]:
+    """Row positions of each anatomy and slice seen by more than one scanner (empty without
+    traveling subjects)."""
+    from .paired import has_traveling
+
+    if not has_traveling(test):
+        return []
+    m = test.manifest.reset_index(drop=True)
+    return [g for g in m.groupby(["subject", "slice_index"]).indices.values() if m["domain"].iloc[g].nunique() > 1]
+
+
 def scanner_share(features: np.ndarray, test: Slices) -> float:
     """Share of the variance of ``features`` (one row per image of ``test``; each column
     standardised) that lies within the groups of images showing one anatomy and slice in
     different scanners: 0 when the features do not depend on the scanner, 1 when only the scanner
     moves them. Only groups seen by more than one scanner count (a subject scanned twice on one
     scanner says nothing about scanners). NaN without traveling subjects."""
-    from .paired import has_traveling
-
-    if not has_traveling(test):
-        return float("nan")
-    m = test.manifest.reset_index(drop=True)
-    groups = [g for g in m.groupby(["subject", "slice_index"]).indices.values()
-              if m["domain"].iloc[g].nunique() > 1]
+    groups = _traveling_groups(test)
     if not groups:
         return float("nan")
     f = np.asarray(features, np.float64)[np.concatenate(groups)]  # the rows that count, group by group
@@ -97,6 +106,47 @@ def scanner_share(features: np.ndarray, test: Slices) -> float:
     if not np.isfinite(total):
         return float("nan")
     return float(within / total) if total > 0 else 0.0
+
+
+SCALES = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.0)
+
+
+def probe_control(features: dict[str, np.ndarray], test: Slices, scales=SCALES) -> pd.DataFrame:
+    """The probe's control: how it answers as the scanner's part of each feature set shrinks.
+
+    On traveling subjects all that the scanner moves is each anatomy-and-slice group's deviation
+    from its own mean; multiplying those deviations by ``scale`` (the group means kept) gives
+    features with the same anatomy and a known, smaller scanner part: scale 1 the features as
+    they are, 0 features that do not depend on the scanner, where the probe reads chance. One row
+    per feature set and scale: the scanner share and the probe (folds by subject) at that scale.
+    Only rows in groups seen by more than one scanner are used; empty without traveling subjects."""
+    groups = _traveling_groups(test)
+    if not groups:
+        return pd.DataFrame(columns=["code", "scale", "share", "probe"])
+    rows = np.concatenate(groups)
+    labels = np.asarray(test.labels)[rows]
+    folds = pd.factorize(test.manifest["subject"])[0][rows]
+    out = []
+    for name, f in features.items():
+        f = np.asarray(f, np.float64)
+        for scale in scales:
+            shrunk = f.copy()
+            for g in groups:
+                mean = f[g].mean(0)
+                shrunk[g] = mean + scale * (f[g] - mean)
+            out.append(dict(code=name, scale=float(scale), share=scanner_share(shrunk, test),
+                            probe=linear_probe(shrunk[rows], labels, groups=folds)))
+    return pd.DataFrame(out)
+
+
+PROBE_MARGIN = 0.15  # a probe "at chance": within this of it (0.40 for four balanced scanners)
+
+
+def share_at_probe(control: pd.DataFrame, code: str, bar: float) -> float:
+    """The largest scanner share on ``control``'s curve for ``code`` at which the probe reads at
+    most ``bar``: how small the scanner's part of that code must be for the probe to fall to it."""
+    c = control[(control.code == code) & (control.probe <= bar)]
+    return float(c.share.max()) if len(c) else float("nan")
 
 
 @torch.no_grad()
@@ -129,19 +179,26 @@ def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str
     return {k: torch.cat(v).cpu().numpy() for k, v in out.items() if v}
 
 
+def features(model: Translator, test: Slices) -> dict[str, np.ndarray]:
+    """:func:`codes` of the test split, and ``inputs``: the images summarised as z^c is (each
+    image's mean, spread and 4 x 4 pooled map, as the model reads them: in [-1, 1], an affine map
+    that standardising undoes)."""
+    c = codes(model, test.images, np.asarray(test.labels))
+    return c | {"inputs": torch.cat([summarise(x).cpu() for x in _batches(test.images, model)]).numpy()}
+
+
 def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, float]:
     """All diagnostics on the test split: target sensitivity of ``outputs`` (K, N, H, W), the
     probes from z^c and z^a against the scanner labels, the scanner share of z^c and of the
     inputs (NaN without traveling subjects), the discriminators' accuracy against
     the codes the images were trained with, and chance (the largest scanner's share)."""
     labels = np.asarray(test.labels)
-    c = codes(model, test.images, labels)
+    c = features(model, test)
+    inputs = c["inputs"]
     sens = target_sensitivity(outputs, test)
     # all slices of one subject (and, traveling, of one anatomy in every scanner) in one fold
     groups = pd.factorize(test.manifest["subject"])[0]
     probe = lambda f: linear_probe(f, labels, groups=groups)
-    # the inputs as the model reads them (in [-1, 1]: an affine map, which standardising undoes)
-    inputs = torch.cat([summarise(x).cpu() for x in _batches(test.images, model)]).numpy()
     return dict(target_change=sens["change"], scanner_gap=sens["gap"], target_sensitivity=sens["ratio"],
                 share_zc=scanner_share(c["zc"], test), share_inputs=scanner_share(inputs, test),
                 probe_zc=probe(c["zc"]), probe_za=probe(c["za"]),

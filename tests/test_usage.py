@@ -54,6 +54,28 @@ def test_scanner_share_is_zero_for_invariant_features_one_for_scanner_only_and_g
     assert usage.scanner_share(noisy, shuffled) == pytest.approx(usage.scanner_share(noisy[keep], kept))
 
 
+def test_probe_control_reads_chance_once_the_scanner_part_is_gone_and_the_scanner_where_it_is_large():
+    test = traveling(n=12, k=3)
+    rng = np.random.default_rng(1)
+    m = test.manifest.reset_index(drop=True)
+    anatomy = rng.normal(size=(12, 6))[m.subject.str[1:].astype(int)]
+    scanner = 2 * rng.normal(size=(3, 6))[m.domain_index] + 0.05 * rng.normal(size=(len(m), 6))
+    control = usage.probe_control({"strong": anatomy + scanner, "none": anatomy}, test, scales=(1, 0.3, 0.1, 0))
+    strong = control[control.code == "strong"].set_index("scale")
+    assert strong.loc[1.0, "probe"] > 0.9 and strong.loc[1.0, "share"] > 0.3
+    # with the deviations gone, the held-out anatomy's images are identical: one answer for k labels
+    assert strong.loc[0.0, "probe"] == pytest.approx(1 / 3) and strong.loc[0.0, "share"] < 1e-12
+    assert list(strong.share) == sorted(strong.share, reverse=True)  # shrinking only shrinks the share
+    assert strong.loc[1.0, "share"] == pytest.approx(usage.scanner_share(anatomy + scanner, test))
+    assert np.allclose(control[control.code == "none"].probe, 1 / 3)  # nothing to read at any scale
+    bar = 1 / 3 + usage.PROBE_MARGIN
+    below = strong[strong.probe <= bar]
+    assert usage.share_at_probe(control, "strong", bar) == below.share.max()
+    assert np.isnan(usage.share_at_probe(control, "strong", 0.0))
+    lonely = type(test)(test.images[:3], test.masks[:3], None, m.iloc[:3].assign(subject=["a", "b", "c"]), test.domains)
+    assert usage.probe_control({"strong": scanner[:3]}, lonely).empty
+
+
 def translator(shape=(32, 32), k=3):
     torch.manual_seed(0)
     cfg = drit.DRITConfig(image_shape=shape, k=k, variant="drit++", width=4, attr=8, n_res=1)
