@@ -72,11 +72,6 @@ class DRITConfig:
     # the scanner-free outputs must keep their input's content, L1(E^c(G(z^c, z, 0)), z^c): without
     # it nothing but D_s2 constrains that branch (not in the thesis; README, "Stage 2")
     w_sf_content: float = 10.0
-    # D_s2's scanner head also learns which scanner each scanner-free output came from (this
-    # weight on that term), so that G's target for them, c_sf = 0, asks that no source be readable
-    # from them; 0 = its head learns real images' scanners only, as in the thesis and as
-    # checkpoints written before were trained (README, "Stage 2")
-    ds2_source: float = 1.0
     # z^c must not change under a random bias field and gamma, L1(E^c(jitter(x)), z^c)
     # (nbutils.appearance; not in the thesis; README, "Stage 2")
     w_invariance: float = 0.0
@@ -304,8 +299,6 @@ class DRITTask:
         ctx.update(loss_ds1, "ds1")
         with ctx.autocast():
             loss_ds2 = losses.discriminator(m.ds2, real, sf.detach(), c_real)
-            if cfg.ds2_source:  # the scanner-free outputs come from a's and b's slices
-                loss_ds2 = loss_ds2 + cfg.ds2_source * losses.bce(m.ds2(sf.detach())[1], c_real)
         ctx.update(loss_ds2, "ds2")
 
         # (3) + (4b) encoders and generator; the discriminators are fixed here
@@ -469,7 +462,6 @@ def from_checkpoint(path, device="cpu") -> Translator:
     raw.setdefault("dc_norm", True)
     raw.setdefault("dc_depth", 0)
     raw.setdefault("dc_field", 0)
-    raw.setdefault("ds2_source", 0.0)
     raw.setdefault("upsample", "transpose")
     gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None
     model = Translator(DRITConfig(**raw), gm).to(device)

@@ -249,24 +249,6 @@ def test_scanner_free_content_term_is_the_l1_between_content_maps():
     assert value > 0 and np.isfinite(value)
 
 
-@pytest.mark.parametrize("weight", [0.0, 1.0])
-def test_d_s2_learns_where_scanner_free_outputs_came_from_only_when_asked(weight, monkeypatch):
-    """``ds2_source``: D_s2's scanner head is also trained to name the scanner each scanner-free
-    output came from (its source slice's code); off, as in the thesis, it sees them as fakes only."""
-    task = make_task(ds2_source=weight, known_labels=True)
-    seen, bce = [], drit.losses.bce
-    task.modules.ds2.register_forward_hook(lambda mod, args, out: seen.append(("ds2", args[0].detach(), out[1].detach())))
-    monkeypatch.setattr(drit.losses, "bce", lambda logits, target: seen.append(("bce", logits.detach(), target)) or bce(logits, target))
-    batch = sampler()(0)
-    task.step(batch, 0, train.Context(torch.device("cpu"), task.optimizers))
-    calls = [s for s in seen if s[0] == "ds2"]
-    assert len(calls) == (4 if weight else 3)  # real, scanner-free fakes, (their sources,) G's step
-    sources = torch.nn.functional.one_hot(torch.cat([batch["la"], batch["lb"]]), 3).float()
-    named = [i for i, s in enumerate(seen) if s[0] == "bce" and torch.equal(s[2], sources)
-             and any(c[0] == "ds2" and torch.equal(c[2], s[1]) and torch.equal(c[1], calls[1][1]) for c in calls)]
-    assert bool(named) == bool(weight)
-
-
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
 def test_the_generator_is_fed_a_noisy_content_map_in_training_only(sigma):
     """``zc_noise``: in a training step G reads z^c + N(0, sigma^2) (DRIT++'s regulariser), the
