@@ -65,7 +65,7 @@ def linear_probe(codes: np.ndarray, labels: np.ndarray, folds: int = 5, seed: in
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    folds = min(folds, int(np.bincount(labels).min()))
+    folds = min(folds, int(np.unique(labels, return_counts=True)[1].min()))  # labels present only
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     if groups is not None:
         per_label = min(len(np.unique(np.asarray(groups)[labels == y])) for y in np.unique(labels))

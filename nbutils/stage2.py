@@ -229,9 +229,9 @@ class Experiment:
             return None, None
         feats = usage.features(self.model, test)
         control = usage.probe_control({"z^c": feats["zc"], "inputs": feats["inputs"]}, test)
-        chance = float(np.bincount(test.labels).max() / len(test))
+        chance = float(control.chance.iloc[0])
         bar = chance + usage.PROBE_MARGIN
-        plots.save_table(control.round(4), self.key + "_probe_control", run.figures,
+        plots.save_table(control.drop(columns="chance").round(4), self.key + "_probe_control", run.figures,
                          note="Scanner probe (folds by subject) and scanner share of z^c and of the inputs with each "
                               "anatomy's scanner-to-scanner deviations multiplied by `scale`; " + plots.SIMULATED + ".")
         fig = plots.probe_control(control, chance, bar, f"{self.label}: the z^c probe beside its control; "

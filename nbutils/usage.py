@@ -90,6 +90,12 @@ def _traveling_groups(test: Slices) -> list[np.ndarray]:
     return [g for g in m.groupby(["subject", "slice_index"]).indices.values() if m["domain"].iloc[g].nunique() > 1]
 
 
+def _subject_folds(test: Slices) -> np.ndarray:
+    """One integer per row: its subject (all slices of a subject, and on traveling subjects one
+    anatomy in every scanner, go to one fold of the probes)."""
+    return pd.factorize(test.manifest["subject"])[0]
+
+
 def scanner_share(features: np.ndarray, test: Slices) -> float:
     """Share of the variance of ``features`` (one row per image of ``test``; each column
     standardised) that lies within the groups of images showing one anatomy and slice in
@@ -118,14 +124,16 @@ def probe_control(features: dict[str, np.ndarray], test: Slices, scales=SCALES) 
     from its own mean; multiplying those deviations by ``scale`` (the group means kept) gives
     features with the same anatomy and a known, smaller scanner part: scale 1 the features as
     they are, 0 features that do not depend on the scanner, where the probe reads chance. One row
-    per feature set and scale: the scanner share and the probe (folds by subject) at that scale.
-    Only rows in groups seen by more than one scanner are used; empty without traveling subjects."""
+    per feature set and scale: the scanner share and the probe (folds by subject) at that scale,
+    and ``chance`` (the largest scanner's share of those rows). Only rows in groups seen by more
+    than one scanner are used; empty without traveling subjects."""
     groups = _traveling_groups(test)
     if not groups:
-        return pd.DataFrame(columns=["code", "scale", "share", "probe"])
+        return pd.DataFrame(columns=["code", "scale", "share", "probe", "chance"])
     rows = np.concatenate(groups)
     labels = np.asarray(test.labels)[rows]
-    folds = pd.factorize(test.manifest["subject"])[0][rows]
+    folds = _subject_folds(test)[rows]
+    chance = float(np.unique(labels, return_counts=True)[1].max() / len(labels))
     out = []
     for name, f in features.items():
         f = np.asarray(f, np.float64)
@@ -135,7 +143,7 @@ def probe_control(features: dict[str, np.ndarray], test: Slices, scales=SCALES) 
                 mean = f[g].mean(0)
                 shrunk[g] = mean + scale * (f[g] - mean)
             out.append(dict(code=name, scale=float(scale), share=scanner_share(shrunk, test),
-                            probe=linear_probe(shrunk[rows], labels, groups=folds)))
+                            probe=linear_probe(shrunk[rows], labels, groups=folds), chance=chance))
     return pd.DataFrame(out)
 
 
@@ -143,10 +151,14 @@ PROBE_MARGIN = 0.15  # a probe "at chance": within this of it (0.40 for four bal
 
 
 def share_at_probe(control: pd.DataFrame, code: str, bar: float) -> float:
-    """The largest scanner share on ``control``'s curve for ``code`` at which the probe reads at
-    most ``bar``: how small the scanner's part of that code must be for the probe to fall to it."""
-    c = control[(control.code == code) & (control.probe <= bar)]
-    return float(c.share.max()) if len(c) else float("nan")
+    """How small the scanner's part of ``code`` must be for the probe to fall to ``bar``: on
+    ``control``'s curve (a grid of scales, so a point of it), the largest share up to which the
+    probe reads at most ``bar`` at every smaller share too (a dip above the first crossing does not
+    count); NaN if the probe is above ``bar`` even at the smallest share."""
+    c = control[control.code == code].sort_values("share")
+    above = np.flatnonzero(~(c.probe.to_numpy() <= bar))
+    last = (above[0] if len(above) else len(c)) - 1
+    return float(c.share.iloc[last]) if last >= 0 else float("nan")
 
 
 @torch.no_grad()
@@ -197,7 +209,7 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
     inputs = c["inputs"]
     sens = target_sensitivity(outputs, test)
     # all slices of one subject (and, traveling, of one anatomy in every scanner) in one fold
-    groups = pd.factorize(test.manifest["subject"])[0]
+    groups = _subject_folds(test)
     probe = lambda f: linear_probe(f, labels, groups=groups)
     return dict(target_change=sens["change"], scanner_gap=sens["gap"], target_sensitivity=sens["ratio"],
                 share_zc=scanner_share(c["zc"], test), share_inputs=scanner_share(inputs, test),

@@ -1,5 +1,6 @@
 """Stage-2 diagnostics (nbutils.usage) on models and outputs whose answer is known."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_paired import traveling
@@ -65,13 +66,15 @@ def test_probe_control_reads_chance_once_the_scanner_part_is_gone_and_the_scanne
     assert strong.loc[1.0, "probe"] > 0.9 and strong.loc[1.0, "share"] > 0.3
     # with the deviations gone, the held-out anatomy's images are identical: one answer for k labels
     assert strong.loc[0.0, "probe"] == pytest.approx(1 / 3) and strong.loc[0.0, "share"] < 1e-12
-    assert list(strong.share) == sorted(strong.share, reverse=True)  # shrinking only shrinks the share
+    assert np.all(np.diff(strong.share) < 0)  # scales 1, 0.3, 0.1, 0: every shrink shrinks the share
     assert strong.loc[1.0, "share"] == pytest.approx(usage.scanner_share(anatomy + scanner, test))
     assert np.allclose(control[control.code == "none"].probe, 1 / 3)  # nothing to read at any scale
-    bar = 1 / 3 + usage.PROBE_MARGIN
-    below = strong[strong.probe <= bar]
-    assert usage.share_at_probe(control, "strong", bar) == below.share.max()
-    assert np.isnan(usage.share_at_probe(control, "strong", 0.0))
+    assert np.allclose(control.chance, 1 / 3)
+    # the share up to which the probe stays at the bar: a dip above the first crossing does not count
+    curve = pd.DataFrame(dict(code="c", share=[0.4, 0.2, 0.05, 0.01, 0.0], probe=[1.0, 0.45, 0.6, 0.35, 0.33]))
+    assert usage.share_at_probe(curve, "c", 0.48) == 0.01
+    assert usage.share_at_probe(curve, "c", 1.0) == 0.4
+    assert np.isnan(usage.share_at_probe(curve, "c", 0.3))
     lonely = type(test)(test.images[:3], test.masks[:3], None, m.iloc[:3].assign(subject=["a", "b", "c"]), test.domains)
     assert usage.probe_control({"strong": scanner[:3]}, lonely).empty
 
