@@ -221,8 +221,8 @@ class Experiment:
     def probe_control(self) -> tuple[pd.DataFrame | None, object]:
         """The z^c probe beside its control (:func:`usage.probe_control`): z^c's and the inputs'
         summaries with their scanner part shrunk by known factors, probed again. Saved (table,
-        figure); the largest share at which each probe reads within ``usage.PROBE_MARGIN`` of
-        chance goes to ``metrics.json``. Returns (table, figure); (None, None) without traveling
+        figure); the share up to which each probe reads within ``usage.PROBE_MARGIN`` of chance
+        (:func:`usage.share_at_probe`) goes to ``metrics.json``. Returns (table, figure); (None, None) without traveling
         subjects."""
         run, test = self.run, self.test_set
         if not self.traveling:

@@ -82,10 +82,6 @@ def summarise(maps: torch.Tensor, moments: bool = True) -> torch.Tensor:
 def _traveling_groups(test: Slices) -> list[np.ndarray]:
     """Row positions of each anatomy and slice seen by more than one scanner (empty without
     traveling subjects)."""
-    from .paired import has_traveling
-
-    if not has_traveling(test):
-        return []
     m = test.manifest.reset_index(drop=True)
     return [g for g in m.groupby(["subject", "slice_index"]).indices.values() if m["domain"].iloc[g].nunique() > 1]
 
@@ -137,11 +133,11 @@ def probe_control(features: dict[str, np.ndarray], test: Slices, scales=SCALES) 
     out = []
     for name, f in features.items():
         f = np.asarray(f, np.float64)
+        mean = f.copy()  # each row's group mean (rows outside the groups: themselves, left as they are)
+        for g in groups:
+            mean[g] = f[g].mean(0)
         for scale in scales:
-            shrunk = f.copy()
-            for g in groups:
-                mean = f[g].mean(0)
-                shrunk[g] = mean + scale * (f[g] - mean)
+            shrunk = mean + scale * (f - mean)
             out.append(dict(code=name, scale=float(scale), share=scanner_share(shrunk, test),
                             probe=linear_probe(shrunk[rows], labels, groups=folds), chance=chance))
     return pd.DataFrame(out)
