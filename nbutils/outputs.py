@@ -95,12 +95,24 @@ def method_outputs(run: Run, split: Slices, split_name: str, train: Slices, targ
                 result = _model_outputs(Harmonizer.from_run(run, method), images, wanted, run.seed, method.name)
             else:
                 result = _histogram_outputs(images, masks, train, wanted)
-            with atomic_path(cache) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez(f, scanner_free=result.scanner_free.astype(np.float16),
-                             to_target=result.to_target.astype(np.float16), inputs=np.array(stamp))
+            _store(cache, stamp, result)
         out[method.name] = result
     return out
+
+
+def _store(cache: Path, stamp: str, result: Outputs) -> None:
+    with atomic_path(cache) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, scanner_free=result.scanner_free.astype(np.float16),
+                     to_target=result.to_target.astype(np.float16), inputs=np.array(stamp))
+
+
+def remember(run: Run, method: methods.Method, split_name: str, result: Outputs) -> None:
+    """Cache ``result``: the outputs of the run's trained ``method`` (its checkpoint) on the split
+    ``split_name``, made as :func:`method_outputs` makes them (the run's training slices as
+    references, the run's seed). Notebooks 03/04 make exactly these to score their model; kept,
+    notebooks 05-09 do not translate the test split again."""
+    _store(run.dir / "outputs" / f"{split_name}_{method.slug}.npz", inputs_stamp(run, method), result)
 
 
 def evaluation_data(run: Run, targets: bool = True, progress: bool = True):

@@ -12,8 +12,9 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import torch
 
-from . import baselines, drit, gmvae, methods, paired, plots, usage
+from . import baselines, drit, gmvae, methods, outputs, paired, plots, usage
 from .config import Run, read_metrics
 from .data import Slices
 from .data import for_run as slices_for_run
@@ -112,18 +113,27 @@ def verdict(result: dict, label: str) -> str:
 
 
 def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: Slices, label: str,
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0, own: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
     """The paired scores of every training snapshot of ``model`` (notebooks 03/04): SSIM of the
     reference-guided translations (a ≠ b) against the target's scan and its clean truth, the
     target sensitivity, and the scanner-free outputs' agreement; against iterations and training
-    seconds. Traveling subjects."""
+    seconds. Traveling subjects.
+
+    ``own``: ``model``'s own reference-guided (K, N, H, W) and scanner-free (N, H, W) outputs
+    of the test images with this ``seed``, already made (:func:`headline`): the snapshot whose
+    weights are ``model``'s (the last) reuses them instead of translating everything again."""
     images = np.asarray(test.images, np.float32)
+    weights = model.state_dict()
+    same = lambda m: all(torch.equal(a, weights[k]) for k, a in m.state_dict().items())
 
     def evaluate(m):
-        harm = Harmonizer(m, train_set, seed=seed)
-        outs = harm.to_every_domain(images)
+        if own is not None and same(m):
+            outs, sf = own
+        else:
+            harm = Harmonizer(m, train_set, seed=seed)
+            outs, sf = harm.to_every_domain(images), harm.scanner_free(images, seed=seed)
         d = paired.summary(paired.score_outputs(test, {label: outs}, ceilings=False, progress=False))
-        agree, structure = paired.scanner_free_scores(test, harm.scanner_free(images, seed=seed))
+        agree, structure = paired.scanner_free_scores(test, sf)
         row = {f"ssim vs {ref}": d.loc[label, ("ssim", ref)] for ref in paired.CEILINGS if ("ssim", ref) in d.columns}
         return row | dict(target_sensitivity=usage.target_sensitivity(outs, test)["ratio"],
                           sf_agreement=float(agree["outputs"].mean()),
@@ -188,6 +198,9 @@ class Experiment:
                                   "inputs' agreement and the blur control (inputs blurred to the outputs' effective "
                                   "resolution), brain mask; " + plots.SIMULATED + ".")
             headline_ |= summary(self.result, self.label)
+            if not self.known_labels:  # the outputs notebooks 05-09 read (the ablation's are not among them)
+                outputs.remember(run, self.method, "test",
+                                 outputs.Outputs(self.result["scanner_free"], self.result["guided"]))
         run.record(self.key, headline_)
         return paired.flat(self.result["d2d"]).round(3) if self.traveling else NO_TRAVELING
 
@@ -206,7 +219,8 @@ class Experiment:
         trend = {"train_seconds": float(self.history["seconds"].max())}
         if self.traveling:
             checkpoint = run.checkpoints / self.method.checkpoint(self.known_labels)
-            curve = learning_curve(checkpoint, model, test, self.train_set, self.label, seed=run.seed)
+            curve = learning_curve(checkpoint, model, test, self.train_set, self.label, seed=run.seed,
+                                   own=(self.result["guided"], self.result["scanner_free"]))
             plots.save_table(curve.round(4), self.key + "_learning_curve", run.figures,
                              note="Scores of training snapshots on the traveling subjects (" + plots.SIMULATED + ").")
             fig = plots.learning_curve(curve, f"{self.label} learning curve: " + plots.SIMULATED)

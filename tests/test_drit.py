@@ -78,6 +78,25 @@ def test_the_generator_leaves_no_checkerboard():
     assert drit.DRITConfig(image_shape=(8, 8), k=2).upsample == "resize"
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (16, 16)])
+def test_the_up_convolution_is_nearest_up_sampling_then_the_convolution(shape):
+    """:class:`nets.UpConv` computes conv3x3(nearest 2x(x)) on the small map: the same outputs and
+    the same gradients for the input, the weights and the bias, borders included."""
+    torch.manual_seed(0)
+    up = nets.UpConv(5, 3)
+    x = torch.randn(2, 5, *shape, dtype=torch.float64, requires_grad=True)
+    up = up.double()
+    direct = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"),
+                                        up.weight, up.bias, 1, 1)
+    fused = up(x)
+    assert fused.shape == direct.shape == (2, 3, 2 * shape[0], 2 * shape[1])
+    assert torch.allclose(fused, direct, atol=1e-12)
+    seed = torch.randn_like(direct)
+    for a, b in zip(torch.autograd.grad(direct, [x, up.weight, up.bias], seed),
+                    torch.autograd.grad(fused, [x, up.weight, up.bias], seed)):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
 def test_a_normalised_content_map_has_no_channel_gain_or_offset():
     """``norm=True``: every channel of every image's z^c has mean 0 and spread 1, so an image
     and the same image with another gain and offset cannot differ in those statistics."""

@@ -10,6 +10,7 @@ import pytest
 from conftest import site_csv
 
 from nbutils import config, measures, methods, outputs, pipeline, plots, report
+from nbutils.harmonize import Harmonizer
 
 NOTEBOOKS = sorted(p.name for p in config.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
@@ -71,6 +72,23 @@ def test_results_table_reads_every_headline_number_a_run_records(csv_run, tmp_pa
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="block"):
         report.write_readme(metrics, "x", readme)
+
+
+def test_the_models_test_outputs_notebooks_03_04_cache_are_those_notebook_05_would_make(csv_run):
+    """Notebooks 03/04 score their model on the test split and cache those outputs for 05-09; they
+    must be what translating the test split with the run's checkpoint gives."""
+    run = config.setup("smoke", str(csv_run[0]))
+    for method in methods.MODELS:  # written while the model's notebook ran, not by notebook 05
+        executed = next((run.dir / "notebooks").glob(f"{method.notebook}*.ipynb"))
+        assert (run.dir / "outputs" / f"test_{method.slug}.npz").stat().st_mtime < executed.stat().st_mtime
+    train, test, cached = outputs.evaluation_data(run, progress=False)
+    images = np.asarray(test.images, np.float32)
+    for method in methods.MODELS:
+        fresh = outputs._model_outputs(Harmonizer.from_run(run, method), images, range(len(train.domains)),
+                                       run.seed, method.name)
+        # float16 in the cache: within half a float16 step of values in [0, 1]
+        np.testing.assert_allclose(cached[method.name].to_target, fresh.to_target, atol=2.5e-4)
+        np.testing.assert_allclose(cached[method.name].scanner_free, fresh.scanner_free, atol=2.5e-4)
 
 
 def test_cached_outputs_are_recomputed_when_their_inputs_change(csv_run, tmp_path):
