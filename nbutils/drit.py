@@ -377,7 +377,7 @@ class PairSampler:
         za, c = [], []
         for s in range(0, len(source), size):
             x = torch.from_numpy(np.asarray(source[s: s + size], np.float32)).unsqueeze(1).to(self.device) * 2 - 1
-            lab = torch.from_numpy(self.labels[s: s + size]).long().to(self.device)
+            lab = torch.as_tensor(np.array(self.labels[s: s + size], np.int64), device=self.device)
             z, code, _ = model.attributes(x, lab)
             za.append(z.float())
             c.append(code.float())

@@ -107,12 +107,16 @@ def _store(cache: Path, stamp: str, result: Outputs) -> None:
                      to_target=result.to_target.astype(np.float16), inputs=np.array(stamp))
 
 
-def remember(run: Run, method: methods.Method, split_name: str, result: Outputs) -> None:
+def remember(run: Run, method: methods.Method, split_name: str, result: Outputs, stamp: str) -> None:
     """Cache ``result``: the outputs of the run's trained ``method`` (its checkpoint) on the split
     ``split_name``, made as :func:`method_outputs` makes them (the run's training slices as
-    references, the run's seed). Notebooks 03/04 make exactly these to score their model; kept,
-    notebooks 05-09 do not translate the test split again."""
-    _store(run.dir / "outputs" / f"{split_name}_{method.slug}.npz", inputs_stamp(run, method), result)
+    references, the run's seed, on the CPU), from the inputs ``stamp`` (:func:`inputs_stamp`,
+    taken when the model and slices were loaded, so that what changed on disk since is not taken
+    for what made them). Notebooks 03/04 make exactly these to score their model on traveling
+    subjects; kept, notebooks 05-09 do not translate the test split again."""
+    folder = run.dir / "outputs"
+    folder.mkdir(exist_ok=True)
+    _store(folder / f"{split_name}_{method.slug}.npz", stamp, result)
 
 
 def evaluation_data(run: Run, targets: bool = True, progress: bool = True):

@@ -154,7 +154,7 @@ class Experiment:
         self.key = self.method.section + ("_known_labels" if known_labels else "")
         self.train_set, self.test_set = slices_for_run(run, "train"), slices_for_run(run, "test")
         self.traveling = paired.has_traveling(self.test_set)
-        self.model = self.harmonizer = self.history = self.result = None
+        self.model = self.harmonizer = self.history = self.result = self.stamp = None
 
     def __str__(self) -> str:
         p = self.run.profile
@@ -164,6 +164,10 @@ class Experiment:
     def train(self, retrain: bool = False):
         """Train (or load) the model; save its loss curves. Returns the figure."""
         self.model, self.history = train_variant(self.run, self.train_set, self.method, self.known_labels, retrain)
+        # what the outputs score() makes are computed from, for notebooks 05-09's cache: only for the
+        # checkpoint they read (not the ablation's) and on the CPU, where they translate
+        on_cpu = next(self.model.parameters()).device.type == "cpu"
+        self.stamp = outputs.inputs_stamp(self.run, self.method) if on_cpu and not self.known_labels else None
         self.harmonizer = Harmonizer(self.model, self.train_set, seed=self.run.seed)
         fig = plots.loss_curves(self.history, f"{self.label} training losses: " + plots.SIMULATED, LOSSES)
         plots.save_figure(fig, self.key + "_losses", self.run.figures)
@@ -198,9 +202,9 @@ class Experiment:
                                   "inputs' agreement and the blur control (inputs blurred to the outputs' effective "
                                   "resolution), brain mask; " + plots.SIMULATED + ".")
             headline_ |= summary(self.result, self.label)
-            if not self.known_labels:  # the outputs notebooks 05-09 read (the ablation's are not among them)
+            if self.stamp is not None:
                 outputs.remember(run, self.method, "test",
-                                 outputs.Outputs(self.result["scanner_free"], self.result["guided"]))
+                                 outputs.Outputs(self.result["scanner_free"], self.result["guided"]), self.stamp)
         run.record(self.key, headline_)
         return paired.flat(self.result["d2d"]).round(3) if self.traveling else NO_TRAVELING
 

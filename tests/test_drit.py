@@ -97,6 +97,23 @@ def test_the_up_convolution_is_nearest_up_sampling_then_the_convolution(shape):
         assert torch.allclose(a, b, atol=1e-10)
 
 
+def test_the_up_convolution_runs_under_autocast_and_keeps_the_checkpoints_names():
+    """Under CPU autocast (bfloat16) UpConv gives what the up-sampling and convolution give there;
+    the generator's parameters keep the names they had with a separate nn.Upsample module, so
+    checkpoints written before UpConv load (up.1: the convolution after the up-sampling, up.2 its
+    GroupNorm, up.4 the output convolution)."""
+    torch.manual_seed(0)
+    up, x = nets.UpConv(6, 4), torch.randn(2, 6, 9, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = up(x)
+        direct = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"),
+                                            up.weight, up.bias, 1, 1)
+    assert fused.dtype == direct.dtype == torch.bfloat16
+    assert (fused.float() - direct.float()).abs().max() < 0.05 * direct.float().abs().max()
+    g = nets.Generator(4, 8, 3, n_res=1, down=1)
+    assert set(g.up.state_dict()) == {f"{i}.{p}" for i in (1, 2, 4) for p in ("weight", "bias")}
+
+
 def test_a_normalised_content_map_has_no_channel_gain_or_offset():
     """``norm=True``: every channel of every image's z^c has mean 0 and spread 1, so an image
     and the same image with another gain and offset cannot differ in those statistics."""

@@ -1,24 +1,35 @@
 """The stage-2 notebooks' experiment helpers (nbutils.stage2)."""
 import pandas as pd
+import pytest
+import torch
+from test_drit import tiny_gmvae
 from test_paired import traveling
 
 from nbutils import drit, stage2
 from nbutils.harmonize import Harmonizer
 
 
-def test_the_learning_curve_reuses_the_model_s_own_outputs_for_its_last_snapshot_only(tmp_path):
+@pytest.mark.parametrize("variant", ["drit++", "gmm-drit"])
+def test_the_learning_curve_reuses_the_model_s_own_outputs_for_the_snapshot_with_its_weights_only(tmp_path, variant):
     test = traveling(n=4, k=2)
-    cfg = drit.DRITConfig(image_shape=test.images.shape[1:], k=2, variant="drit++", width=4, attr=8, n_res=1)
-    model, _ = drit.train_drit(test.images, test.labels, cfg, tmp_path / "m.pt", steps=4, batch_size=2, every=2,
-                               snapshots=True, device="cpu")
+    shape = test.images.shape[1:]
+    cfg = drit.DRITConfig(image_shape=shape, k=2, variant=variant, width=4, attr=8, n_res=1)
+    gm = tiny_gmvae(shape, k=2) if variant == "gmm-drit" else None
+    model, _ = drit.train_drit(test.images, test.labels, cfg, tmp_path / "m.pt", gmvae=gm, steps=4, batch_size=2,
+                               every=2, snapshots=True, device="cpu")
     harm = Harmonizer(model, test, seed=0)
     own = harm.to_every_domain(test.images), harm.scanner_free(test.images, seed=0)
-    curve = lambda own=None: stage2.learning_curve(tmp_path / "m.pt", model, test, test, "m", own=own)
-    fresh = curve()
+    curve = lambda m, own=None: stage2.learning_curve(tmp_path / "m.pt", m, test, test, "m", own=own)
+    fresh = curve(model)
     assert list(fresh.step) == [2, 4]
-    pd.testing.assert_frame_equal(curve(own), fresh)
+    pd.testing.assert_frame_equal(curve(model, own), fresh)
     # the last row is made of the outputs handed over, the earlier snapshots' are not
-    other = curve((own[0] * 0.5, test.images.copy()))
-    pd.testing.assert_frame_equal(other.iloc[:-1], fresh.iloc[:-1])
-    assert other.iloc[-1]["target_sensitivity"] != fresh.iloc[-1]["target_sensitivity"]
-    assert other.iloc[-1]["sf_structure"] != fresh.iloc[-1]["sf_structure"]
+    other = own[0] * 0.5, test.images.copy()
+    reused = curve(model, other)
+    pd.testing.assert_frame_equal(reused.iloc[:-1], fresh.iloc[:-1])
+    assert reused.iloc[-1]["target_sensitivity"] != fresh.iloc[-1]["target_sensitivity"]
+    assert reused.iloc[-1]["sf_structure"] != fresh.iloc[-1]["sf_structure"]
+    # found by its weights, not by being last: a model that is no snapshot reuses nothing
+    with torch.no_grad():
+        next(model.generator.parameters()).add_(1e-3)
+    pd.testing.assert_frame_equal(curve(model, other), fresh)
