@@ -7,13 +7,13 @@ intensity histogram of the foreground; a ``features``-wide embedding; a K-way li
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .nets import _conv, level_stats, soft_histogram
+from .stats import bootstrap_mean
 
 
 class ScannerClassifier(nn.Module):
@@ -110,8 +110,14 @@ def for_run(run, train, images=None, name: str = "scanner-classifier") -> Scanne
     return clf
 
 
-def accuracy(clf: ScannerClassifier, images, labels) -> dict[str, float]:
-    """Accuracy of ``clf`` on ``images`` and the chance level (the largest class's share)."""
+def accuracy(clf: ScannerClassifier, images, labels, groups=None) -> dict[str, float]:
+    """Accuracy of ``clf`` on ``images`` and the chance level (the largest class's share); with
+    ``groups`` (one id per image, e.g. its subject) also the 95 % bootstrap CI of the accuracy
+    over those groups (``ci_low``, ``ci_high``: how far another draw of test subjects could move
+    it; the classifier and the images' model are held fixed)."""
     labels = np.asarray(labels)
-    return dict(accuracy=float((predict(clf, images) == labels).mean()),
-                chance=float(np.bincount(labels).max() / len(labels)))
+    hit = predict(clf, images) == labels
+    out = dict(accuracy=float(hit.mean()), chance=float(np.bincount(labels).max() / len(labels)))
+    if groups is not None:
+        _, out["ci_low"], out["ci_high"] = bootstrap_mean(hit, groups)
+    return out

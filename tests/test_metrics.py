@@ -105,6 +105,28 @@ def test_bootstrap_difference_covers_the_truth_and_pairs_reduce_its_width():
         bootstrap_diff(a, b[:10], paired=True)
 
 
+def test_bootstrap_mean_resamples_whole_groups():
+    """Hits of 40 subjects, 8 slices each, every slice of a subject alike: the CI must be as wide
+    as for 40 values, not 320; with one group per value it is the plain bootstrap; it covers a
+    known rate."""
+    from nbutils.stats import bootstrap_mean
+
+    rng = np.random.default_rng(0)
+    per_subject = rng.random(40) < 0.3
+    hits, subjects = np.repeat(per_subject, 8).astype(float), np.repeat(np.arange(40), 8)
+    m, lo, hi = bootstrap_mean(hits, subjects)
+    assert m == per_subject.mean() and lo < m < hi
+    _, slo, shi = bootstrap_mean(per_subject.astype(float))
+    assert abs((hi - lo) - (shi - slo)) < 0.05  # 40 independent units either way
+    _, rlo, rhi = bootstrap_mean(hits)  # wrongly taking the 320 slices as independent
+    assert (rhi - rlo) < (hi - lo) / 2
+    assert bootstrap_mean(hits, np.arange(320)) == bootstrap_mean(hits)
+    covered = [lo < 0.3 < hi for lo, hi in (bootstrap_mean(rng.random(200) < 0.3, seed=s)[1:] for s in range(20))]
+    assert np.mean(covered) >= 0.8
+    with pytest.raises(ValueError, match="one group per value"):
+        bootstrap_mean(hits, subjects[:10])
+
+
 def test_compare_table_reports_every_group_against_the_reference():
     import pandas as pd
 
