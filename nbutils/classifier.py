@@ -121,3 +121,11 @@ def accuracy(clf: ScannerClassifier, images, labels, groups=None) -> dict[str, f
     if groups is not None:
         _, out["ci_low"], out["ci_high"] = bootstrap_mean(hit, groups)
     return out
+
+
+def accuracy_over_draws(clf: ScannerClassifier, harmonizer, images, labels, seeds) -> list[float]:
+    """Accuracy of ``clf`` on the scanner-free outputs of ``images`` made by ``harmonizer`` (a
+    :class:`nbutils.harmonize.Harmonizer`) with each seed: each seed draws the random attribute
+    z^a ~ N(0, I) those outputs are made with, and which common appearance a draw gives changes how
+    much of the source a classifier still reads."""
+    return [accuracy(clf, harmonizer.scanner_free(images, seed=s), labels)["accuracy"] for s in seeds]

@@ -89,3 +89,23 @@ def test_e7_wasserstein_drops_to_zero_when_scanners_share_one_appearance():
     w = table.set_index("method")["mean_pairwise_wasserstein"]
     assert w["identity"] > 0.05 and w["perfect"] < 0.02
     assert set(values["identity"]) == set(test.domains)
+
+
+def test_the_residual_scanner_is_read_on_each_draw_of_the_scanner_free_attribute(tmp_path):
+    """One accuracy per seed, each on the outputs that seed's draw makes: a stub harmonizer whose
+    even seeds give the scans back (the scanner fully readable) and odd seeds one scanner's
+    appearance for all, and a classifier that tells the scanners apart; with subjects, the
+    accuracy's CI brackets it."""
+    test = scanners(n_per=40)
+    clf, _ = classifier.train_classifier(test.images, test.labels, tmp_path / "clf.pt", width=4, steps=60,
+                                         batch_size=16, every=60)
+    one_look = np.broadcast_to(test.domain(0)[0][:1], test.images.shape)
+
+    class Stub:
+        def scanner_free(self, images, seed=0):
+            return images if seed % 2 == 0 else one_look
+
+    acc = classifier.accuracy_over_draws(clf, Stub(), test.images, test.labels, range(4))
+    assert len(acc) == 4 and acc[0] == acc[2] > 0.8 and acc[1] == acc[3] <= 0.5
+    full = classifier.accuracy(clf, one_look, test.labels, groups=np.arange(len(test.labels)) // 4)
+    assert full["ci_low"] <= full["accuracy"] <= full["ci_high"] and full["ci_high"] - full["ci_low"] > 0
