@@ -78,6 +78,7 @@ def train_classifier(images, labels, checkpoint, *, k: int | None = None, width:
     labels = np.asarray(labels)
     k = int(labels.max()) + 1 if k is None else k
     device = pick_device() if device is None else torch.device(device)
+    torch.manual_seed(seed)  # the initial weights are a function of the seed, not of what ran before
     task = ClassifierTask(k, width, device=device)
     sampler = EpochSampler(len(images), batch_size, seed)
 

@@ -109,3 +109,18 @@ def test_the_residual_scanner_is_read_on_each_draw_of_the_scanner_free_attribute
     assert len(acc) == 4 and acc[0] == acc[2] > 0.8 and acc[1] == acc[3] <= 0.5
     full = classifier.accuracy(clf, one_look, test.labels, groups=np.arange(len(test.labels)) // 4)
     assert full["ci_low"] <= full["accuracy"] <= full["ci_high"] and full["ci_high"] - full["ci_low"] > 0
+
+
+def test_a_classifier_s_training_depends_on_its_seed_not_on_what_ran_before(tmp_path):
+    """Notebook 09 trains one classifier per method in one process: each must start from the same
+    weights whatever the process drew before it (a model built, outputs sampled)."""
+    test = scanners(n_per=8)
+    weights = []
+    for i, before in enumerate((0, 5)):
+        torch.manual_seed(123)
+        torch.randn(before)  # another history of the global random stream
+        clf, _ = classifier.train_classifier(test.images, test.labels, tmp_path / f"clf{i}.pt", width=4, steps=3,
+                                             batch_size=8, every=3, seed=7)
+        weights.append(clf.state_dict())
+    for name, w in weights[0].items():
+        assert torch.equal(w, weights[1][name]), name
