@@ -77,15 +77,13 @@ def method_outputs(run: Run, split: Slices, split_name: str, train: Slices, targ
     cache when it is up to date."""
     images = np.asarray(split.images, np.float32)
     masks = np.asarray(split.masks, bool)
-    folder = run.dir / "outputs"
-    folder.mkdir(exist_ok=True)
     wanted = range(len(train.domains) if targets else 0)
     out = {}
     for method in tqdm(methods.COMPARED, desc=f"harmonizing the {split_name} split", disable=not progress):
         if method == methods.IDENTITY:
             out[method.name] = Outputs(images, np.broadcast_to(images, (len(wanted), *images.shape)))
             continue
-        cache = folder / f"{split_name}_{method.slug}.npz"
+        cache = _cache_path(run, split_name, method)
         if method.is_model:
             run.require(run.checkpoints / method.checkpoint(), method.notebook)
         stamp = inputs_stamp(run, method)
@@ -100,7 +98,12 @@ def method_outputs(run: Run, split: Slices, split_name: str, train: Slices, targ
     return out
 
 
+def _cache_path(run: Run, split_name: str, method: methods.Method) -> Path:
+    return run.dir / "outputs" / f"{split_name}_{method.slug}.npz"
+
+
 def _store(cache: Path, stamp: str, result: Outputs) -> None:
+    cache.parent.mkdir(exist_ok=True)
     with atomic_path(cache) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, scanner_free=result.scanner_free.astype(np.float16),
@@ -114,9 +117,7 @@ def remember(run: Run, method: methods.Method, split_name: str, result: Outputs,
     taken when the model and slices were loaded, so that what changed on disk since is not taken
     for what made them). Notebooks 03/04 make exactly these to score their model on traveling
     subjects; kept, notebooks 05-09 do not translate the test split again."""
-    folder = run.dir / "outputs"
-    folder.mkdir(exist_ok=True)
-    _store(folder / f"{split_name}_{method.slug}.npz", stamp, result)
+    _store(_cache_path(run, split_name, method), stamp, result)
 
 
 def evaluation_data(run: Run, targets: bool = True, progress: bool = True):

@@ -20,9 +20,7 @@ def bootstrap_mean(values: np.ndarray, groups=None, n_boot: int = 2000, level: f
     sums, counts = np.bincount(ids, weights=v), np.bincount(ids).astype(np.float64)
     pick = np.random.default_rng(seed).integers(0, len(sums), (n_boot, len(sums)))
     boots = sums[pick].sum(1) / counts[pick].sum(1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(boots, [tail, 100 - tail])
-    return float(v.mean()), float(lo), float(hi)
+    return (float(v.mean()), *_interval(boots, level))
 
 
 def bootstrap_diff(a: np.ndarray, b: np.ndarray, paired: bool = False, n_boot: int = 2000,
@@ -43,9 +41,14 @@ def bootstrap_diff(a: np.ndarray, b: np.ndarray, paired: bool = False, n_boot: i
     else:
         boots = (a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
                  - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1))
+    return (float(a.mean() - b.mean()), *_interval(boots, level))
+
+
+def _interval(boots: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap replicates."""
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(boots, [tail, 100 - tail])
-    return float(a.mean() - b.mean()), float(lo), float(hi)
+    return float(lo), float(hi)
 
 
 def compare(df: pd.DataFrame, value: str, reference: str, by: str = "method", unit: str | None = None,
