@@ -177,6 +177,25 @@ def probe_control(control: pd.DataFrame, chance: float, bar: float, title: str):
     return fig
 
 
+def source_maps(maps: dict[str, np.ndarray], domains: list[str], title: str):
+    """One row per set of images (e.g. inputs, scanner-free outputs), one column per source
+    scanner: its map from :func:`nbutils.usage.source_maps` (what that source leaves, on one
+    symmetric colour scale for all, to the 99.5th percentile of |map|: red brighter than the
+    other sources, blue darker)."""
+    rows = list(maps)
+    scale = max(float(np.percentile(np.abs(m), 99.5)) for m in maps.values()) or 1.0
+    fig, axes = plt.subplots(len(rows), len(domains), figsize=(2.6 * len(domains), 2.7 * len(rows)), squeeze=False)
+    for r, name in enumerate(rows):
+        for b, dom in enumerate(domains):
+            ax = axes[r, b]
+            im = ax.imshow(maps[name][b], cmap="RdBu_r", vmin=-scale, vmax=scale)
+            ax.set_title(f"{name}: {dom}", fontsize=8)
+            ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.6, label="source mean less the mean over sources")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def attribute_pca(codes: np.ndarray, colourings: dict[str, list[str]], title: str):
     """2-D PCA of attribute codes, one panel per colouring (e.g. by scanner, by component);
     returns a matplotlib figure, a plotly figure and the explained variance ratios."""

@@ -211,6 +211,29 @@ class Experiment:
     def verdict(self) -> str:
         return verdict(self.result, self.label) if self.traveling else NO_TRAVELING
 
+    def source_maps(self):
+        """Where each source scanner is left in the scanner-free outputs, beside the inputs
+        (:func:`usage.source_maps`): saved (figure, table of each source's mean |map| in the brain),
+        the mean over sources recorded. Returns the table and the figure; (None, None) without
+        traveling subjects."""
+        run, test = self.run, self.test_set
+        if not self.traveling:
+            return None, None
+        found = {name: usage.source_maps(images, test) for name, images in
+                 (("inputs", test.images), ("scanner-free outputs", self.result["scanner_free"]))}
+        table = pd.DataFrame({name: size for name, (_, size) in found.items()})
+        table.loc["mean"] = table.mean()
+        plots.save_table(table.round(4), self.key + "_source_maps", run.figures,
+                         note="Mean |source map| in the brain: each source's mean image less the mean over sources, "
+                              "on the traveling subjects (0: nothing depends on the source); " + plots.SIMULATED + ".")
+        fig = plots.source_maps({name: maps for name, (maps, _) in found.items()}, test.domains,
+                                f"{self.label}: what each source leaves; " + plots.SIMULATED)
+        plots.save_figure(fig, self.key + "_source_maps", run.figures)
+        run.record(self.key, read_metrics(run.dir).get(self.key, {})
+                   | {"source_map_inputs": float(table.loc["mean", "inputs"]),
+                      "source_map_scanner_free": float(table.loc["mean", "scanner-free outputs"])})
+        return table, fig
+
     def diagnose(self) -> tuple[dict, pd.DataFrame | None, object]:
         """Does the model use what it should? The diagnostics of :mod:`nbutils.usage` on the
         reference-guided translations and, with traveling subjects, the learning curve over the

@@ -110,6 +110,29 @@ def scanner_share(features: np.ndarray, test: Slices) -> float:
     return float(within / total) if total > 0 else 0.0
 
 
+def source_maps(images: np.ndarray, test: Slices) -> tuple[np.ndarray, dict[str, float]]:
+    """Where each source scanner is left in ``images`` (one per test slice: the inputs, or a
+    method's scanner-free outputs): on the traveling subjects, each image less the mean of its
+    anatomy's images over the scanners that saw it, averaged per source scanner, zero outside the
+    brain masks: (K, H, W) maps, all zero when nothing depends on the source; and per scanner the
+    mean |map| inside the brain. (zeros, {}) without traveling subjects."""
+    k = len(test.domains)
+    groups = _traveling_groups(test)
+    maps = np.zeros((k, *np.asarray(test.images[0]).shape))
+    if not groups:
+        return maps, {}
+    labels, x = np.asarray(test.labels), np.asarray(images, np.float64)
+    counts = np.zeros(k)
+    brain = np.zeros(maps.shape[1:], bool)
+    for g in groups:
+        deviation = x[g] - x[g].mean(0)
+        np.add.at(maps, labels[g], deviation)
+        np.add.at(counts, labels[g], 1)
+        brain |= np.asarray(test.masks, bool)[g].any(0)
+    maps = np.where(brain, maps / np.maximum(counts, 1)[:, None, None], 0.0)
+    return maps, {test.domains[b]: float(np.abs(maps[b][brain]).mean()) for b in range(k) if counts[b]}
+
+
 SCALES = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.0)
 
 

@@ -55,6 +55,27 @@ def test_scanner_share_is_zero_for_invariant_features_one_for_scanner_only_and_g
     assert usage.scanner_share(noisy, shuffled) == pytest.approx(usage.scanner_share(noisy[keep], kept))
 
 
+def test_source_maps_find_each_scanner_s_field_and_nothing_where_the_source_is_gone():
+    test = traveling(n=6, k=3)
+    m = test.manifest.reset_index(drop=True)
+    h, w = np.asarray(test.images[0]).shape
+    rng = np.random.default_rng(2)
+    anatomy = rng.random((6, h, w))[m.subject.str[1:].astype(int)]
+    fields = rng.normal(size=(3, h, w)) * 0.1
+    brain = np.asarray(test.masks, bool).any(0)
+    same, size = usage.source_maps(anatomy, test)
+    assert np.abs(same).max() < 1e-12 and max(size.values()) < 1e-12
+    found, size = usage.source_maps(anatomy + fields[m.domain_index], test)
+    expected = np.where(brain, fields - fields.mean(0), 0)
+    assert np.allclose(found, expected)
+    assert size["s1"] == pytest.approx(np.abs(expected[1][brain]).mean())
+    half, _ = usage.source_maps(anatomy + 0.5 * fields[m.domain_index], test)
+    assert np.allclose(half, expected / 2)
+    lonely = type(test)(test.images[:3], test.masks[:3], None, m.iloc[:3].assign(subject=["a", "b", "c"]), test.domains)
+    none, size = usage.source_maps(anatomy[:3], lonely)
+    assert size == {} and not none.any()
+
+
 def test_probe_control_reads_chance_once_the_scanner_part_is_gone_and_the_scanner_where_it_is_large():
     test = traveling(n=12, k=3)
     rng = np.random.default_rng(1)
