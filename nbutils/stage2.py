@@ -223,7 +223,7 @@ class Experiment:
                  (("inputs", test.images), ("scanner-free outputs", self.result["scanner_free"]))}
         table = pd.DataFrame({name: size for name, (_, size) in found.items()})
         table.loc["mean"] = table.mean()
-        plots.save_table(table.round(4), self.key + "_source_maps", run.figures,
+        plots.save_table(table.rename_axis("source").reset_index().round(4), self.key + "_source_maps", run.figures,
                          note="Mean |source map| in the brain: each source's mean image less the mean over sources, "
                               "on the traveling subjects (0: nothing depends on the source); " + plots.SIMULATED + ".")
         fig = plots.source_maps({name: maps for name, (maps, _) in found.items()}, test.domains,
