@@ -211,6 +211,10 @@ class Experiment:
     def verdict(self) -> str:
         return verdict(self.result, self.label) if self.traveling else NO_TRAVELING
 
+    def _add_metrics(self, values: dict) -> None:
+        """Add ``values`` to this model's section of ``metrics.json``, keeping what is there."""
+        self.run.record(self.key, read_metrics(self.run.dir).get(self.key, {}) | values)
+
     def source_maps(self):
         """Where each source scanner is left in the scanner-free outputs, beside the inputs
         (:func:`usage.source_maps`): saved (figure, table of each source's mean |map| in the brain),
@@ -229,9 +233,8 @@ class Experiment:
         fig = plots.source_maps({name: maps for name, (maps, _) in found.items()}, test.domains,
                                 f"{self.label}: what each source leaves; " + plots.SIMULATED)
         plots.save_figure(fig, self.key + "_source_maps", run.figures)
-        run.record(self.key, read_metrics(run.dir).get(self.key, {})
-                   | {"source_map_inputs": float(table.loc["mean", "inputs"]),
-                      "source_map_scanner_free": float(table.loc["mean", "scanner-free outputs"])})
+        self._add_metrics({"source_map_inputs": float(table.loc["mean", "inputs"]),
+                           "source_map_scanner_free": float(table.loc["mean", "scanner-free outputs"])})
         return table, fig
 
     def diagnose(self) -> tuple[dict, pd.DataFrame | None, object]:
@@ -256,7 +259,7 @@ class Experiment:
             prev = curve.iloc[-2] if len(curve) > 1 else last
             trend |= {f"curve_{c.replace(' ', '_')}_last_gain": float(last[c] - prev[c])
                       for c in curve.columns if c not in ("step", "seconds")}
-        run.record(self.key, read_metrics(run.dir).get(self.key, {}) | diag | trend)
+        self._add_metrics(diag | trend)
         return diag, curve, fig
 
     def probe_control(self) -> tuple[pd.DataFrame | None, object]:
@@ -280,5 +283,5 @@ class Experiment:
         plots.save_figure(fig, self.key + "_probe_control", run.figures)
         found = {f"share_{c}_at_probe_bar": usage.share_at_probe(control, name, bar)
                  for c, name in (("zc", "z^c"), ("inputs", "inputs"))}
-        run.record(self.key, read_metrics(run.dir).get(self.key, {}) | {"probe_bar": bar} | found)
+        self._add_metrics({"probe_bar": bar} | found)
         return control, fig

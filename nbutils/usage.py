@@ -110,6 +110,14 @@ def scanner_share(features: np.ndarray, test: Slices) -> float:
     return float(within / total) if total > 0 else 0.0
 
 
+def _group_means(x: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """Each row of ``x`` replaced by its group's mean (rows outside the groups: themselves)."""
+    mean = x.copy()
+    for g in groups:
+        mean[g] = x[g].mean(0)
+    return mean
+
+
 def source_maps(images: np.ndarray, test: Slices) -> tuple[np.ndarray, dict[str, float]]:
     """Where each source scanner is left in ``images`` (one per test slice: the inputs, or a
     method's scanner-free outputs): on the traveling subjects, each image less the mean of its
@@ -121,14 +129,12 @@ def source_maps(images: np.ndarray, test: Slices) -> tuple[np.ndarray, dict[str,
     maps = np.zeros((k, *np.asarray(test.images[0]).shape))
     if not groups:
         return maps, {}
-    labels, x = np.asarray(test.labels), np.asarray(images, np.float64)
-    counts = np.zeros(k)
-    brain = np.zeros(maps.shape[1:], bool)
-    for g in groups:
-        deviation = x[g] - x[g].mean(0)
-        np.add.at(maps, labels[g], deviation)
-        np.add.at(counts, labels[g], 1)
-        brain |= np.asarray(test.masks, bool)[g].any(0)
+    rows = np.concatenate(groups)
+    x = np.asarray(images, np.float64)
+    labels = np.asarray(test.labels)[rows]
+    counts = np.bincount(labels, minlength=k)
+    np.add.at(maps, labels, (x - _group_means(x, groups))[rows])
+    brain = np.asarray(test.masks, bool)[rows].any(0)
     maps = np.where(brain, maps / np.maximum(counts, 1)[:, None, None], 0.0)
     return maps, {test.domains[b]: float(np.abs(maps[b][brain]).mean()) for b in range(k) if counts[b]}
 
@@ -156,9 +162,7 @@ def probe_control(features: dict[str, np.ndarray], test: Slices, scales=SCALES) 
     out = []
     for name, f in features.items():
         f = np.asarray(f, np.float64)
-        mean = f.copy()  # each row's group mean (rows outside the groups: themselves, left as they are)
-        for g in groups:
-            mean[g] = f[g].mean(0)
+        mean = _group_means(f, groups)
         for scale in scales:
             shrunk = mean + scale * (f - mean)
             out.append(dict(code=name, scale=float(scale), share=scanner_share(shrunk, test),
