@@ -66,6 +66,12 @@ class DRITConfig:
     # order of the log-polynomial bias field G draws from the code at each pixel's position in the
     # whole slice (nets.BiasField); 0 = none (README, "Stage 2")
     bias_field: int = 3
+    # GMM-DRIT: E^c reads the image divided by the bias field G draws from the image's own codes
+    # (one nets.BiasField for both; the scanner code inferred by the frozen E^a, or the label with
+    # known_labels in training): E^c alone knows neither the scanner nor where a window lies, so
+    # it cannot undo a field at a fixed place in the field of view (Translator.encode; README,
+    # "Stage 2"). False: as checkpoints written before were built, and DRIT++
+    content_field: bool = False
     # how G doubles its maps: "resize" (nearest neighbour, then a 3 x 3 conv) or DRIT's 4 x 4
     # stride-2 transposed conv, "transpose", which leaves a checkerboard (nets.Generator)
     upsample: str = "resize"
@@ -89,6 +95,11 @@ class DRITConfig:
     def __post_init__(self):
         if self.variant not in ("gmm-drit", "drit++"):
             raise ValueError(f"variant must be 'gmm-drit' or 'drit++', got {self.variant!r}")
+        if self.content_field and not self.bias_field:
+            raise ValueError("content_field divides E^c's input by G's bias field: set bias_field > 0")
+        if self.content_field and self.variant == "drit++":
+            raise ValueError("content_field needs the scanner code of every image E^c reads; DRIT++ has it "
+                             "only as a label, which a harmonizer of unlabelled scans does not have: use GMM-DRIT")
 
 
 class Translator(nn.Module):
@@ -151,6 +162,19 @@ class Translator(nn.Module):
             raise ValueError("DRIT++ is conditioned on the known scanner labels: pass labels")
         return z, onehot, kl
 
+    def encode(self, x: torch.Tensor, codes=None, origin: torch.Tensor | None = None,
+               full: tuple[int, int] | None = None) -> torch.Tensor:
+        """z^c of (N, 1, h, w) images in [-1, 1]. With ``content_field`` E^c reads them divided by
+        the bias field G draws from their own ``codes`` (z^a, c; None: inferred from ``x``, which
+        must then be whole slices) at their pixels' whole-slice positions (``origin``, ``full``
+        as for the generator)."""
+        if not self.cfg.content_field:
+            return self.content(x)
+        za, c = self.attributes(x)[:2] if codes is None else codes
+        grid = crops.coordinates(origin, tuple(x.shape[-2:]), full, len(x), x.device)
+        flat = (x.float() + 1) / 2 / self.generator.field_of(za, c, grid)
+        return self.content((flat * 2 - 1).to(x.dtype))
+
     def translate(self, x: torch.Tensor, za: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """G(E^c(x), z^a, c) for (N, 1, H, W) slices in [-1, 1].
 
@@ -163,13 +187,14 @@ class Translator(nn.Module):
         there is nothing to translate there, and G's faint haze in it showed as grey squares."""
         t = self.cfg.image_shape
         h, w = x.shape[-2:]
+        source = self.attributes(x)[:2] if self.cfg.content_field else None
         if tuple(t) == self.cfg.slices or h <= t[0] and w <= t[1]:
-            y = self.generator(self.content(x), za, c, (h, w))
+            y = self.generator(self.encode(x, source), za, c, (h, w))
         else:
-            y = self._windows(x, za, c)
+            y = self._windows(x, za, c, source)
         return y.masked_fill(outside(x), -1.0)
 
-    def _windows(self, x: torch.Tensor, za: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def _windows(self, x: torch.Tensor, za: torch.Tensor, c: torch.Tensor, source=None) -> torch.Tensor:
         (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
         starts = lambda size, t: sorted({*range(0, max(size - t, 0), t // 2), max(size - t, 0)})
         taper = lambda t: torch.sin(torch.pi * (torch.arange(t, device=x.device, dtype=torch.float32) + 0.5) / t)
@@ -181,8 +206,9 @@ class Translator(nn.Module):
             xs = starts(w, tw)
             tiles = torch.cat([x[..., y0: y0 + th, x0: x0 + tw] for x0 in xs])
             origin = torch.tensor([[y0, x0] for x0 in xs for _ in range(n)], device=x.device, dtype=torch.float32)
-            y = self.generator(self.content(tiles), za.repeat(len(xs), 1), c.repeat(len(xs), 1), tiles.shape[-2:],
-                               origin, (h, w)).float()
+            codes = None if source is None else [v.repeat(len(xs), 1) for v in source]
+            y = self.generator(self.encode(tiles, codes, origin, (h, w)), za.repeat(len(xs), 1),
+                               c.repeat(len(xs), 1), tiles.shape[-2:], origin, (h, w)).float()
             for i, x0 in enumerate(xs):
                 out[..., y0: y0 + th, x0: x0 + tw] += y[i * n: (i + 1) * n] * weight
                 total[y0: y0 + th, x0: x0 + tw] += weight
@@ -259,8 +285,7 @@ class DRITTask:
         shape = xa.shape[-2:]
         n = len(xa)
         with ctx.autocast():
-            # (1) encode (both batches in one pass)
-            zc = m.content(torch.cat([xa, xb]))
+            # (1) encode: attribute codes, then content (both batches in one pass)
             sampled = cfg.variant == "drit++"
             # E^a reads whole slices: the batch's own, or the views of the slices its crops come from
             windows = "oa" in batch
@@ -270,6 +295,11 @@ class DRITTask:
             else:
                 za_a, c_a, kl_a = m.attributes(batch.get("va", xa), batch.get("la"), sample=sampled)
                 za_b, c_b, kl_b = m.attributes(batch.get("vb", xb), batch.get("lb"), sample=sampled)
+            # where each window sits in its whole slice (G draws the bias field there)
+            o_a, o_b = batch.get("oa"), batch.get("ob")
+            at = lambda *o: None if o_a is None else torch.cat(o)
+            zc = m.encode(torch.cat([xa, xb]), (torch.cat([za_a, za_b]), torch.cat([c_a, c_b])), at(o_a, o_b),
+                          cfg.slices)
             # (2) translate: cross-domain, scanner-free, self-reconstruction (for step 3) and a
             # random target (for the latent regression), in one generator pass:
             # ab, ba, sf_a, sf_b, aa, bb, r_a
@@ -277,9 +307,6 @@ class DRITTask:
             z_r, c_r = m.random_code(n, xa.device)
             zc_g = zc + cfg.zc_noise * torch.randn_like(zc) if cfg.zc_noise else zc
             zc_ga, zc_gb = zc_g.split(n)
-            # where each window sits in its whole slice (G draws the bias field there)
-            o_a, o_b = batch.get("oa"), batch.get("ob")
-            at = lambda *o: None if o_a is None else torch.cat(o)
             out = m.generator(torch.cat([zc_ga, zc_gb, zc_ga, zc_gb, zc_ga, zc_gb, zc_ga]),
                               torch.cat([za_b, za_a, zs, za_a, za_b, z_r]),
                               torch.cat([c_b, c_a, c_sf, c_a, c_b, c_r]), shape,
@@ -322,11 +349,15 @@ class DRITTask:
                 za_ab, _, _ = m.attributes(x_ab, batch.get("lb"))
             # one E^c pass re-encodes the cross translations and, when they must keep their
             # input's content, the scanner-free outputs
-            zc_back = m.content(torch.cat([fake, sf]) if cfg.w_sf_content else fake)
+            back_codes = (torch.cat([za_b, za_a, zs]), torch.cat([c_b, c_a, c_sf]))
+            zc_back = (m.encode(torch.cat([fake, sf]), back_codes, at(o_a, o_b, o_a, o_b), cfg.slices)
+                       if cfg.w_sf_content else
+                       m.encode(fake, [v[: 2 * n] for v in back_codes], at(o_a, o_b), cfg.slices))
             invariance = zc.new_zeros(())
             if cfg.w_invariance:
                 jittered = appearance.jitter(real, at(o_a, o_b), cfg.slices)
-                invariance = F.l1_loss(m.content(jittered), zc.detach())
+                invariance = F.l1_loss(m.encode(jittered, (torch.cat([za_a, za_b]), torch.cat([c_a, c_b])),
+                                                at(o_a, o_b), cfg.slices), zc.detach())
             back = m.generator(zc_back[: 2 * n], torch.cat([za_ba, za_ab]), torch.cat([c_a, c_b]), shape,
                                at(o_a, o_b), cfg.slices)
             x_aba, x_bab = back.split(n)
@@ -462,6 +493,7 @@ def from_checkpoint(path, device="cpu") -> Translator:
     raw.setdefault("dc_norm", True)
     raw.setdefault("dc_depth", 0)
     raw.setdefault("dc_field", 0)
+    raw.setdefault("content_field", False)
     raw.setdefault("upsample", "transpose")
     gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None
     model = Translator(DRITConfig(**raw), gm).to(device)

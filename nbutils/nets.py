@@ -173,6 +173,10 @@ class Generator(nn.Module):
         self.up = nn.Sequential(*up, nn.Conv2d(w, 1, 5, 1, 2), nn.Tanh())
         self.field = BiasField(64, bias_field) if bias_field else None
 
+    def field_of(self, za: torch.Tensor, c: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """The (N, 1, h, w) bias field G draws for codes (z^a, c) at the (N, 2, h, w) coordinates ``grid``."""
+        return self.field(self.code(torch.cat([za, c.to(za.dtype)], 1)), grid)
+
     def forward(self, zc, za, c, shape: tuple[int, int], origin: torch.Tensor | None = None,
                 full: tuple[int, int] | None = None):
         """``shape``: the output's size. The output is a whole slice, or (``origin`` (N, 2), the

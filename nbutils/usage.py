@@ -200,12 +200,14 @@ def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str
     for x in _batches(images, model):
         lab = labels[start: start + len(x)].to(x.device)
         start += len(x)
-        zc = model.content(x)
         za, c, _ = model.attributes(x, lab, sample=False)
+        zc = model.encode(x, (za, c))
         out["zc"].append(summarise(zc, moments))
         if windowed:
             y0, x0 = (x.shape[-2] - th) // 2, (x.shape[-1] - tw) // 2
-            out["zc_window"].append(summarise(model.content(x[..., y0: y0 + th, x0: x0 + tw]), moments))
+            corner = torch.tensor([[y0, x0]] * len(x), device=x.device, dtype=torch.float32)
+            window = model.encode(x[..., y0: y0 + th, x0: x0 + tw], (za, c), corner, tuple(x.shape[-2:]))
+            out["zc_window"].append(summarise(window, moments))
         out["za"].append(za.float())
         out["c"].append(c.argmax(1))
         out["dc"].append(model.dc(zc).argmax(1))

@@ -273,6 +273,51 @@ def test_the_invariance_term_compares_the_content_of_a_jittered_image_with_z_c()
     assert values[0.0] == 0.0 and values[1.0] > 0 and np.isfinite(values[1.0])
 
 
+def test_the_content_encoder_reads_the_image_without_its_own_field():
+    """``content_field``: E^c reads the image divided by the bias field G draws from the image's own
+    codes at its pixels' whole-slice positions, so an image carrying exactly that field and the
+    same image without it get one content map, as whole slices and as windows cut anywhere (toy: a
+    random field); a plain E^c tells them apart, and with the option off E^c reads the image as is."""
+    m = make_task(slice_shape=(32, 32), content_field=True).modules.eval()
+    torch.manual_seed(1)
+    torch.nn.init.normal_(m.generator.field.coef.weight, std=0.3)
+    flat = torch.rand(2, 1, 32, 32) * 0.8
+    codes = (torch.randn(2, 8), torch.nn.functional.one_hot(torch.tensor([0, 2]), 3).float())
+    origin = torch.tensor([[8.0, 4.0], [16.0, 16.0]])
+    cut = lambda im: torch.stack([i[:, y: y + 16, x: x + 16] for i, (y, x) in zip(im, origin.long().tolist())])
+    with torch.no_grad():
+        field = m.generator.field_of(*codes, crops.coordinates(None, (32, 32), n=2))
+        assert (field - 1).abs().max() > 0.2
+        x, plain = flat * field * 2 - 1, flat * 2 - 1
+        assert torch.allclose(m.encode(x, codes), m.content(plain), atol=1e-5)
+        assert torch.allclose(m.encode(cut(x), codes, origin, (32, 32)), m.content(cut(plain)), atol=1e-5)
+        assert (m.content(x) - m.content(plain)).abs().max() > 0.05
+        off = make_task(slice_shape=(32, 32)).modules.eval()
+        assert torch.equal(off.encode(x, codes), off.content(x))
+
+
+def test_the_content_adversary_reaches_g_s_field_through_e_c():
+    """With ``content_field`` D_c's adversarial term (the only weight left on) moves G's field as
+    well as E^c: E^c can drop a field from its input only through the field G draws; off, it moves
+    E^c alone. The option needs G's field, and an inferred scanner code (GMM-DRIT)."""
+    batch = sampler()(0)
+    ctx = lambda t: train.Context(torch.device("cpu"), t.optimizers)
+    zero = dict(w_adv=0.0, w_cls=0.0, w_self=0.0, w_cc=0.0, w_latent=0.0, w_zc=0.0, w_sf_content=0.0)
+    for on, moved in ((False, {"content"}), (True, {"content", "generator"})):
+        after = {}
+        for weight in (0.0, 1.0):
+            task = make_task(content_field=on, w_content=weight, **zero)
+            torch.manual_seed(5)
+            assert np.isfinite(task.step(batch, 0, ctx(task))["total"])
+            after[weight] = {k: v.clone() for k, v in task.modules.state_dict().items()}
+        differs = {k.split(".")[0] for k in after[0.0] if not torch.equal(after[0.0][k], after[1.0][k])}
+        assert differs == moved
+    with pytest.raises(ValueError, match="bias_field"):
+        drit.DRITConfig(image_shape=(8, 8), k=2, content_field=True, bias_field=0)
+    with pytest.raises(ValueError, match="DRIT\\+\\+"):
+        drit.DRITConfig(image_shape=(8, 8), k=2, variant="drit++", content_field=True)
+
+
 def test_scanner_free_content_term_is_the_l1_between_content_maps():
     """``w_sf_content``: L1(E^c(scanner-free output), z^c), reported as ``sf_content``; 0 when off."""
     batch = sampler()(0)
