@@ -67,10 +67,10 @@ class DRITConfig:
     # whole slice (nets.BiasField); 0 = none (README, "Stage 2")
     bias_field: int = 3
     # GMM-DRIT: E^c reads the image divided by the bias field G draws from the image's own codes
-    # (one nets.BiasField for both; the scanner code inferred by the frozen E^a, or the label with
-    # known_labels in training): E^c alone knows neither the scanner nor where a window lies, so
-    # it cannot undo a field at a fixed place in the field of view (Translator.encode; README,
-    # "Stage 2"). False: as checkpoints written before were built, and DRIT++
+    # (one nets.BiasField for both; the scanner code inferred by the frozen E^a): E^c alone knows
+    # neither the scanner nor where a window lies, so it cannot undo a field at a fixed place in
+    # the field of view (Translator.encode; README, "Stage 2"). False: as checkpoints written
+    # before were built, DRIT++ and known_labels (whose codes are labels)
     content_field: bool = False
     # how G doubles its maps: "resize" (nearest neighbour, then a 3 x 3 conv) or DRIT's 4 x 4
     # stride-2 transposed conv, "transpose", which leaves a checkerboard (nets.Generator)
@@ -97,6 +97,9 @@ class DRITConfig:
             raise ValueError(f"variant must be 'gmm-drit' or 'drit++', got {self.variant!r}")
         if self.content_field and not self.bias_field:
             raise ValueError("content_field divides E^c's input by G's bias field: set bias_field > 0")
+        if self.content_field and self.known_labels:
+            raise ValueError("content_field reads the field of the code E^a infers from the image; with known_labels "
+                             "G's codes are the labels, which a harmonizer of unlabelled scans does not have")
         if self.content_field and self.variant == "drit++":
             raise ValueError("content_field needs the scanner code of every image E^c reads; DRIT++ has it "
                              "only as a label, which a harmonizer of unlabelled scans does not have: use GMM-DRIT")

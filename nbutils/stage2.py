@@ -31,11 +31,11 @@ def model_config(p, slices: tuple[int, int], k: int, variant: str, known_labels:
     """The stage-2 configuration of profile ``p`` for slices of size ``slices``: trained on the
     profile's windows (or whole slices), its attribute encoder reading the profile's views;
     GMM-DRIT's E^c reads its input without the field G draws from the input's inferred code
-    (``content_field``), which DRIT++, whose scanner code is a label, cannot."""
+    (``content_field``), which DRIT++ and ``known_labels``, whose scanner codes are labels, cannot."""
     return drit.DRITConfig(image_shape=(p.crop, p.crop) if p.crop else slices, slice_shape=slices if p.crop else None,
                            k=k, variant=variant, width=p.drit_width, n_res=p.drit_res, down=p.drit_down,
                            view=p.view, lr=p.drit_lr, known_labels=known_labels, attr=attr,
-                           content_field=variant == "gmm-drit")
+                           content_field=variant == "gmm-drit" and not known_labels)
 
 
 def train_variant(run: Run, train_set: Slices, method: methods.Method, known_labels: bool = False,

@@ -316,6 +316,8 @@ def test_the_content_adversary_reaches_g_s_field_through_e_c():
         drit.DRITConfig(image_shape=(8, 8), k=2, content_field=True, bias_field=0)
     with pytest.raises(ValueError, match="DRIT\\+\\+"):
         drit.DRITConfig(image_shape=(8, 8), k=2, variant="drit++", content_field=True)
+    with pytest.raises(ValueError, match="known_labels"):
+        drit.DRITConfig(image_shape=(8, 8), k=2, known_labels=True, content_field=True)
 
 
 def test_scanner_free_content_term_is_the_l1_between_content_maps():
