@@ -165,15 +165,15 @@ class Translator(nn.Module):
             raise ValueError("DRIT++ is conditioned on the known scanner labels: pass labels")
         return z, onehot, kl
 
-    def encode(self, x: torch.Tensor, codes=None, origin: torch.Tensor | None = None,
+    def encode(self, x: torch.Tensor, codes, origin: torch.Tensor | None = None,
                full: tuple[int, int] | None = None) -> torch.Tensor:
         """z^c of (N, 1, h, w) images in [-1, 1]. With ``content_field`` E^c reads them divided by
-        the bias field G draws from their own ``codes`` (z^a, c; None: inferred from ``x``, which
-        must then be whole slices) at their pixels' whole-slice positions (``origin``, ``full``
-        as for the generator)."""
+        the bias field G draws from their own ``codes`` (z^a, c) at their pixels' whole-slice
+        positions (``origin``, ``full`` as for the generator); without it ``codes`` are unused
+        (may be None)."""
         if not self.cfg.content_field:
             return self.content(x)
-        za, c = self.attributes(x)[:2] if codes is None else codes
+        za, c = codes
         grid = crops.coordinates(origin, tuple(x.shape[-2:]), full, len(x), x.device)
         flat = (x.float() + 1) / 2 / self.generator.field_of(za, c, grid)
         return self.content((flat * 2 - 1).to(x.dtype))
@@ -301,8 +301,8 @@ class DRITTask:
             # where each window sits in its whole slice (G draws the bias field there)
             o_a, o_b = batch.get("oa"), batch.get("ob")
             at = lambda *o: None if o_a is None else torch.cat(o)
-            zc = m.encode(torch.cat([xa, xb]), (torch.cat([za_a, za_b]), torch.cat([c_a, c_b])), at(o_a, o_b),
-                          cfg.slices)
+            real, own = torch.cat([xa, xb]), (torch.cat([za_a, za_b]), torch.cat([c_a, c_b]))  # codes of a, b
+            zc = m.encode(real, own, at(o_a, o_b), cfg.slices)
             # (2) translate: cross-domain, scanner-free, self-reconstruction (for step 3) and a
             # random target (for the latent regression), in one generator pass:
             # ab, ba, sf_a, sf_b, aa, bb, r_a
@@ -316,7 +316,7 @@ class DRITTask:
                               at(o_a, o_b, o_a, o_b, o_a, o_b, o_a), cfg.slices)
             x_ab, x_ba, sf_a, sf_b, x_aa, x_bb, x_r = out.split(n)
             sf = torch.cat([sf_a, sf_b])
-        real, c_real = torch.cat([xa, xb]), torch.cat([c_a, c_b])
+        c_real = own[1]
 
         # where z^c's cells sit in their whole slices, for D_c (None: whole slices)
         zgrid = None if o_a is None else m.content_grid(torch.cat([o_a, o_b]), zc.shape[-2:])
@@ -359,8 +359,7 @@ class DRITTask:
             invariance = zc.new_zeros(())
             if cfg.w_invariance:
                 jittered = appearance.jitter(real, at(o_a, o_b), cfg.slices)
-                invariance = F.l1_loss(m.encode(jittered, (torch.cat([za_a, za_b]), torch.cat([c_a, c_b])),
-                                                at(o_a, o_b), cfg.slices), zc.detach())
+                invariance = F.l1_loss(m.encode(jittered, own, at(o_a, o_b), cfg.slices), zc.detach())
             back = m.generator(zc_back[: 2 * n], torch.cat([za_ba, za_ab]), torch.cat([c_a, c_b]), shape,
                                at(o_a, o_b), cfg.slices)
             x_aba, x_bab = back.split(n)

@@ -175,13 +175,17 @@ class Generator(nn.Module):
 
     def field_of(self, za: torch.Tensor, c: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """The (N, 1, h, w) bias field G draws for codes (z^a, c) at the (N, 2, h, w) coordinates ``grid``."""
-        return self.field(self.code(torch.cat([za, c.to(za.dtype)], 1)), grid)
+        return self.field(self._code(za, c), grid)
+
+    def _code(self, za: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The 64-d code the residual blocks and the field read, from (z^a, c)."""
+        return self.code(torch.cat([za, c.to(za.dtype)], 1))
 
     def forward(self, zc, za, c, shape: tuple[int, int], origin: torch.Tensor | None = None,
                 full: tuple[int, int] | None = None):
         """``shape``: the output's size. The output is a whole slice, or (``origin`` (N, 2), the
         top-left corners of windows of ``full``-sized slices) windows of them."""
-        code = self.code(torch.cat([za, c.to(za.dtype)], 1))
+        code = self._code(za, c)
         h = zc
         for block in self.res:
             h = block(h, code)
