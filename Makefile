@@ -14,7 +14,11 @@ STAMP := $(VENV)/.installed
 
 # torch==2.13.0 is installed in the same pip command as the rest so nothing can resolve
 # another (CUDA, multi-GB) torch build.
+# The environment takes about 1.7 GB (torch alone 0.75 GB): say so before pip fails half-way.
+NEED_MB := 1800
 $(STAMP): pyproject.toml
+	@free=$$(df -Pm . | awk 'NR==2 {print $$4}'); if [ "$$free" -lt $(NEED_MB) ]; then \
+		echo "make: .venv needs about $(NEED_MB) MB of disk and $$(pwd) has $$free MB free" >&2; exit 1; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0" -e ".[dev]"

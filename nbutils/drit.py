@@ -72,6 +72,10 @@ class DRITConfig:
     # the field of view (Translator.encode; README, "Stage 2"). False: as checkpoints written
     # before were built, DRIT++ and known_labels (whose codes are labels)
     content_field: bool = False
+    # segments of the monotone tone curve G draws from the code before the bias field
+    # (nets.ToneCurve, Nyul-Udupa-like); with content_field E^c reads its input with it undone too.
+    # 0 = none, as checkpoints written before were built (README, "Stage 2")
+    tone_curve: int = 0
     # how G doubles its maps: "resize" (nearest neighbour, then a 3 x 3 conv) or DRIT's 4 x 4
     # stride-2 transposed conv, "transpose", which leaves a checkerboard (nets.Generator)
     upsample: str = "resize"
@@ -113,7 +117,8 @@ class Translator(nn.Module):
         self.cfg = cfg
         w, k = cfg.width, cfg.k
         self.content = ContentEncoder(w, cfg.n_res, cfg.down, cfg.content_norm)
-        self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down, cfg.bias_field, cfg.upsample)
+        self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down, cfg.bias_field, cfg.upsample,
+                                   cfg.tone_curve)
         self.ds1, self.ds2 = ScannerDiscriminator(w, k), ScannerDiscriminator(w, k)
         self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm, cfg.dc_depth, cfg.dc_field)
         if cfg.variant == "gmm-drit":
@@ -169,13 +174,13 @@ class Translator(nn.Module):
                full: tuple[int, int] | None = None) -> torch.Tensor:
         """z^c of (N, 1, h, w) images in [-1, 1]. With ``content_field`` E^c reads them divided by
         the bias field G draws from their own ``codes`` (z^a, c) at their pixels' whole-slice
-        positions (``origin``, ``full`` as for the generator); without it ``codes`` are unused
-        (may be None)."""
+        positions (``origin``, ``full`` as for the generator), and with G's tone curve undone
+        (``tone_curve``); without it ``codes`` are unused (may be None)."""
         if not self.cfg.content_field:
             return self.content(x)
         za, c = codes
         grid = crops.coordinates(origin, tuple(x.shape[-2:]), full, len(x), x.device)
-        flat = (x.float() + 1) / 2 / self.generator.field_of(za, c, grid)
+        flat = self.generator.undo((x.float() + 1) / 2, za, c, grid)
         return self.content((flat * 2 - 1).to(x.dtype))
 
     def translate(self, x: torch.Tensor, za: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -259,6 +264,11 @@ def outside(x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).to(x.device)[:, None]
 
 
+# options added after the quick run's checkpoints were written, with the value that builds the
+# model those checkpoints hold (DRITTask.meta_of, from_checkpoint)
+ADDED_OFF = {"tone_curve": 0}
+
+
 class DRITTask:
     """Stage-2 training task for :func:`nbutils.train.fit`."""
 
@@ -278,8 +288,12 @@ class DRITTask:
 
     @staticmethod
     def meta_of(m: Translator) -> dict:
+        """What a checkpoint must have been written with to be resumed. Options added after
+        checkpoints were written (:data:`ADDED_OFF`) are left out while off, so those checkpoints
+        still resume and their snapshots still count."""
         gm = m.attribute.gmvae.cfg.to_dict() if m.cfg.variant == "gmm-drit" else None
-        return dict(kind="drit", config=dataclasses.asdict(m.cfg), gmvae=gm)
+        config = {k: v for k, v in dataclasses.asdict(m.cfg).items() if ADDED_OFF.get(k, object()) != v}
+        return dict(kind="drit", config=config, gmvae=gm)
 
     def step(self, batch: dict, it: int, ctx) -> dict[str, float]:
         m, cfg = self.modules, self.cfg
@@ -496,6 +510,7 @@ def from_checkpoint(path, device="cpu") -> Translator:
     raw.setdefault("dc_depth", 0)
     raw.setdefault("dc_field", 0)
     raw.setdefault("content_field", False)
+    raw = ADDED_OFF | raw
     raw.setdefault("upsample", "transpose")
     gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None
     model = Translator(DRITConfig(**raw), gm).to(device)

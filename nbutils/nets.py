@@ -111,6 +111,45 @@ class BiasField(nn.Module):
         return torch.einsum("nk,nkhw->nhw", self.coef(code).float(), basis.float()).exp()[:, None]
 
 
+class ToneCurve(nn.Module):
+    """A monotone map of [0, 1] onto itself drawn from the code: piecewise linear through
+    ``knots`` + 1 points evenly spaced in the input, whose outputs are the cumulative sums of
+    softmax(a(code)) (strictly increasing, 0 at 0 and 1 at 1): the piecewise-linear intensity
+    standardisation of Nyúl & Udupa (1999, 2000), one curve per code. Starts as the identity.
+    :meth:`inverse` undoes it exactly, so E^c can read an image with its own curve undone."""
+
+    def __init__(self, code: int, knots: int = 16):
+        super().__init__()
+        self.coef = nn.Linear(code, knots)
+        nn.init.zeros_(self.coef.weight)
+        nn.init.zeros_(self.coef.bias)
+
+    def levels(self, code: torch.Tensor) -> torch.Tensor:
+        """(N, knots + 1) outputs at the inputs 0, 1/knots, ..., 1."""
+        rise = torch.softmax(self.coef(code).float(), 1)
+        return F.pad(rise.cumsum(1), (1, 0)).clamp(max=1)
+
+    @staticmethod
+    def _lerp(x, lo, hi, frac):
+        return lo + frac * (hi - lo)
+
+    def forward(self, code: torch.Tensor, x01: torch.Tensor) -> torch.Tensor:
+        """The (N, 1, h, w) images ``x01`` in [0, 1] through each sample's curve."""
+        y, m = self.levels(code), self.coef.out_features
+        t = x01.float().clamp(0, 1).flatten(1) * m
+        i = t.floor().clamp(max=m - 1)
+        lo, hi = y.gather(1, i.long()), y.gather(1, i.long() + 1)
+        return self._lerp(t, lo, hi, t - i).view_as(x01)
+
+    def inverse(self, code: torch.Tensor, y01: torch.Tensor) -> torch.Tensor:
+        """The inputs whose curve values are ``y01`` (N, 1, h, w) in [0, 1]."""
+        y, m = self.levels(code), self.coef.out_features
+        v = y01.float().clamp(0, 1).flatten(1)
+        i = (torch.searchsorted(y[:, 1:-1].contiguous(), v.contiguous(), right=True)).clamp(max=m - 1)
+        lo, hi = y.gather(1, i), y.gather(1, i + 1)
+        return ((i + (v - lo) / (hi - lo)) / m).view_as(y01)
+
+
 class UpConv(nn.Conv2d):
     """Nearest-neighbour 2x up-sampling followed by this 3 x 3 convolution (padding 1), computed
     without the up-sampled map: each of the four output phases (2i + a, 2j + b) sees only a 2 x 2
@@ -144,9 +183,11 @@ class UpConv(nn.Conv2d):
 class Generator(nn.Module):
     """G(z^c, z^a, c): content map + attribute code + scanner code -> image in [-1, 1].
 
-    ``bias_field`` > 0: the image (in [0, 1]) is multiplied by a :class:`BiasField` of that
-    order drawn from the same code, at the pixels' positions in the whole slice (``origin``,
-    ``full``: see :meth:`forward`), and clipped to 1.
+    ``tone_curve`` > 0: the image (in [0, 1]) goes through a :class:`ToneCurve` with that many
+    segments drawn from the code. ``bias_field`` > 0: it is then multiplied by a
+    :class:`BiasField` of that order drawn from the same code, at the pixels' positions in the
+    whole slice (``origin``, ``full``: see :meth:`forward`), and clipped to 1. :meth:`undo`
+    inverts both.
 
     ``upsample``: ``"resize"`` doubles the map by nearest-neighbour repetition and then convolves
     (3 x 3; computed as :class:`UpConv`); ``"transpose"`` (DRIT's, and how checkpoints written before this option were built)
@@ -155,7 +196,7 @@ class Generator(nn.Module):
     artifacts")."""
 
     def __init__(self, width: int = 16, attr: int = 64, k: int = 4, n_res: int = 2, down: int = 2,
-                 bias_field: int = 0, upsample: str = "resize"):
+                 bias_field: int = 0, upsample: str = "resize", tone_curve: int = 0):
         super().__init__()
         if upsample not in ("resize", "transpose"):
             raise ValueError(f"upsample must be 'resize' or 'transpose', got {upsample!r}")
@@ -172,10 +213,18 @@ class Generator(nn.Module):
             up += [nn.GroupNorm(1, cout), nn.LeakyReLU(0.2, inplace=True)]
         self.up = nn.Sequential(*up, nn.Conv2d(w, 1, 5, 1, 2), nn.Tanh())
         self.field = BiasField(64, bias_field) if bias_field else None
+        self.curve = ToneCurve(64, tone_curve) if tone_curve else None
 
     def field_of(self, za: torch.Tensor, c: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """The (N, 1, h, w) bias field G draws for codes (z^a, c) at the (N, 2, h, w) coordinates ``grid``."""
         return self.field(self._code(za, c), grid)
+
+    def undo(self, x01: torch.Tensor, za: torch.Tensor, c: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """(N, 1, h, w) images in [0, 1] without the bias field and tone curve G draws for codes
+        (z^a, c) at the coordinates ``grid``: what G's network would have made of them (float32)."""
+        code = self._code(za, c)
+        flat = x01.float() / self.field(code, grid) if self.field is not None else x01.float()
+        return self.curve.inverse(code, flat) if self.curve is not None else flat
 
     def _code(self, za: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The 64-d code the residual blocks and the field read, from (z^a, c)."""
@@ -190,10 +239,14 @@ class Generator(nn.Module):
         for block in self.res:
             h = block(h, code)
         out = self.up(h)[..., : shape[0], : shape[1]]
-        if self.field is None:
+        if self.field is None and self.curve is None:
             return out
-        grid = coordinates(origin, tuple(shape), full, len(out), out.device)
-        return (((out + 1) / 2) * self.field(code, grid)).clamp(max=1).to(out.dtype) * 2 - 1
+        x01 = (out + 1) / 2
+        if self.curve is not None:
+            x01 = self.curve(code, x01)
+        if self.field is not None:
+            x01 = x01 * self.field(code, coordinates(origin, tuple(shape), full, len(out), out.device))
+        return x01.clamp(max=1).to(out.dtype) * 2 - 1
 
 
 def level_stats(levels, x: torch.Tensor, grid: torch.Tensor | None = None,

@@ -296,6 +296,53 @@ def test_the_content_encoder_reads_the_image_without_its_own_field():
         assert torch.equal(off.encode(x, codes), off.content(x))
 
 
+def test_the_tone_curve_starts_as_the_identity_is_monotone_and_inverts():
+    """``nets.ToneCurve``: the identity at first; once moved, a strictly increasing map of [0, 1]
+    onto itself (0 and 1 kept), each sample its own, which :meth:`inverse` undoes; trainable."""
+    torch.manual_seed(0)
+    curve, code = nets.ToneCurve(8, 16), torch.randn(3, 8)
+    x = torch.rand(3, 1, 12, 12)
+    assert torch.allclose(curve(code, x), x, atol=1e-6) and torch.allclose(curve.inverse(code, x), x, atol=1e-6)
+    torch.nn.init.normal_(curve.coef.weight, std=0.5)
+    ramp = torch.linspace(0, 1, 201).expand(3, 1, 1, 201)
+    y = curve(code, ramp)
+    assert (y.diff(dim=-1) > 0).all() and torch.allclose(y[..., 0], torch.zeros(3, 1, 1))
+    assert torch.allclose(y[..., -1], torch.ones(3, 1, 1), atol=1e-6)
+    assert (y - ramp).abs().max() > 0.1 and (y[0] - y[1]).abs().max() > 0.05  # moved, per sample
+    assert torch.allclose(curve.inverse(code, curve(code, x)), x, atol=1e-4)
+    assert torch.allclose(curve(code, curve.inverse(code, x)), x, atol=1e-5)
+    curve(code, x).sum().backward()
+    assert curve.coef.weight.grad.abs().sum() > 0
+
+
+def test_the_content_encoder_reads_the_image_without_g_s_tone_curve_and_field():
+    """With ``tone_curve`` G passes its network's output through a tone curve and then the bias
+    field, both drawn from the code; with ``content_field`` E^c reads an image carrying exactly
+    both for its own codes as the image without them, on whole slices and windows (toy: random
+    curve and field). At first the curve is the identity, so G draws what it drew without it."""
+    m = make_task(slice_shape=(32, 32), content_field=True, tone_curve=8).modules.eval()
+    plain_g = make_task(slice_shape=(32, 32), content_field=True).modules.eval()
+    codes = (torch.randn(2, 8), torch.nn.functional.one_hot(torch.tensor([0, 2]), 3).float())
+    zc = torch.randn(2, m.content.channels, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(m.generator(zc, *codes, (32, 32)), plain_g.generator(zc, *codes, (32, 32)))
+    torch.manual_seed(1)
+    torch.nn.init.normal_(m.generator.field.coef.weight, std=0.3)
+    torch.nn.init.normal_(m.generator.curve.coef.weight, std=0.5)
+    flat = torch.rand(2, 1, 32, 32) * 0.8
+    origin = torch.tensor([[8.0, 4.0], [16.0, 16.0]])
+    cut = lambda im: torch.stack([i[:, y: y + 16, x: x + 16] for i, (y, x) in zip(im, origin.long().tolist())])
+    with torch.no_grad():
+        code = m.generator._code(*codes)
+        grid = crops.coordinates(None, (32, 32), n=2)
+        curved = m.generator.curve(code, flat)
+        assert (curved - flat).abs().max() > 0.1
+        x, plain = curved * m.generator.field(code, grid) * 2 - 1, flat * 2 - 1
+        assert torch.allclose(m.encode(x, codes), m.content(plain), atol=1e-3)
+        assert torch.allclose(m.encode(cut(x), codes, origin, (32, 32)), m.content(cut(plain)), atol=1e-3)
+        assert (m.content(x) - m.content(plain)).abs().max() > 0.05
+
+
 def test_the_content_adversary_reaches_g_s_field_through_e_c():
     """With ``content_field`` D_c's adversarial term (the only weight left on) moves G's field as
     well as E^c: E^c can drop a field from its input only through the field G draws; off, it moves
@@ -463,3 +510,11 @@ def test_band_powers_see_blur_along_one_axis_and_noise():
     assert along_second[1] < along_second[0] - 2 and abs(float(along_first[1] - along_first[0])) < 1.5
     assert along_first[2] > along_first[0] and along_second[2] > along_second[0] and p[2, 11] > p[0, 11] + 2
     assert p.shape == (3, 12)
+
+
+def test_options_added_later_and_off_leave_the_checkpoint_meta_as_it_was():
+    """A checkpoint written before ``tone_curve`` existed (its meta has no such key) still resumes
+    and loads: the option is left out of the meta while off, and counts once on."""
+    off, on = make_task(), make_task(tone_curve=8)
+    assert "tone_curve" not in off.meta()["config"] and on.meta()["config"]["tone_curve"] == 8
+    assert {k: v for k, v in on.meta()["config"].items() if k != "tone_curve"} == off.meta()["config"]
