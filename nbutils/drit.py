@@ -265,8 +265,11 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 
 
 # options added after the quick run's checkpoints were written, with the value that builds the
-# model those checkpoints hold (DRITTask.meta_of, from_checkpoint)
+# model those checkpoints hold (DRITTask.meta_of leaves them out while so)
 ADDED_OFF = {"tone_curve": 0}
+# every option's value in checkpoints written before it existed (from_checkpoint)
+BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
+                      content_field=False, upsample="transpose", **ADDED_OFF)
 
 
 class DRITTask:
@@ -503,15 +506,7 @@ def from_checkpoint(path, device="cpu") -> Translator:
     raw = dict(state["meta"]["config"], image_shape=tuple(state["meta"]["config"]["image_shape"]))
     if raw.get("slice_shape"):
         raw["slice_shape"] = tuple(raw["slice_shape"])
-    raw.setdefault("content_norm", False)  # written before these options existed
-    raw.setdefault("w_sf_content", 0.0)
-    raw.setdefault("bias_field", 0)
-    raw.setdefault("dc_norm", True)
-    raw.setdefault("dc_depth", 0)
-    raw.setdefault("dc_field", 0)
-    raw.setdefault("content_field", False)
-    raw = ADDED_OFF | raw
-    raw.setdefault("upsample", "transpose")
+    raw = BEFORE_OPTIONS | raw
     gm = GMVAE(GMVAEConfig.from_dict(state["meta"]["gmvae"])) if state["meta"]["gmvae"] else None
     model = Translator(DRITConfig(**raw), gm).to(device)
     model.load_state_dict(state["modules"])

@@ -129,17 +129,13 @@ class ToneCurve(nn.Module):
         rise = torch.softmax(self.coef(code).float(), 1)
         return F.pad(rise.cumsum(1), (1, 0)).clamp(max=1)
 
-    @staticmethod
-    def _lerp(x, lo, hi, frac):
-        return lo + frac * (hi - lo)
-
     def forward(self, code: torch.Tensor, x01: torch.Tensor) -> torch.Tensor:
         """The (N, 1, h, w) images ``x01`` in [0, 1] through each sample's curve."""
         y, m = self.levels(code), self.coef.out_features
         t = x01.float().clamp(0, 1).flatten(1) * m
         i = t.floor().clamp(max=m - 1)
         lo, hi = y.gather(1, i.long()), y.gather(1, i.long() + 1)
-        return self._lerp(t, lo, hi, t - i).view_as(x01)
+        return (lo + (t - i) * (hi - lo)).view_as(x01)
 
     def inverse(self, code: torch.Tensor, y01: torch.Tensor) -> torch.Tensor:
         """The inputs whose curve values are ``y01`` (N, 1, h, w) in [0, 1]."""
@@ -214,10 +210,6 @@ class Generator(nn.Module):
         self.up = nn.Sequential(*up, nn.Conv2d(w, 1, 5, 1, 2), nn.Tanh())
         self.field = BiasField(64, bias_field) if bias_field else None
         self.curve = ToneCurve(64, tone_curve) if tone_curve else None
-
-    def field_of(self, za: torch.Tensor, c: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        """The (N, 1, h, w) bias field G draws for codes (z^a, c) at the (N, 2, h, w) coordinates ``grid``."""
-        return self.field(self._code(za, c), grid)
 
     def undo(self, x01: torch.Tensor, za: torch.Tensor, c: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """(N, 1, h, w) images in [0, 1] without the bias field and tone curve G draws for codes

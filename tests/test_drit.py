@@ -286,7 +286,7 @@ def test_the_content_encoder_reads_the_image_without_its_own_field():
     origin = torch.tensor([[8.0, 4.0], [16.0, 16.0]])
     cut = lambda im: torch.stack([i[:, y: y + 16, x: x + 16] for i, (y, x) in zip(im, origin.long().tolist())])
     with torch.no_grad():
-        field = m.generator.field_of(*codes, crops.coordinates(None, (32, 32), n=2))
+        field = m.generator.field(m.generator._code(*codes), crops.coordinates(None, (32, 32), n=2))
         assert (field - 1).abs().max() > 0.2
         x, plain = flat * field * 2 - 1, flat * 2 - 1
         assert torch.allclose(m.encode(x, codes), m.content(plain), atol=1e-5)
