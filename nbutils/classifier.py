@@ -129,4 +129,4 @@ def accuracy_over_draws(clf: ScannerClassifier, harmonizer, images, labels, seed
     :class:`nbutils.harmonize.Harmonizer`) with each seed: each seed draws the random attribute
     z^a ~ N(0, I) those outputs are made with, and which common appearance a draw gives changes how
     much of the source a classifier still reads."""
-    return [accuracy(clf, harmonizer.scanner_free(images, seed=s), labels)["accuracy"] for s in seeds]
+    return [accuracy(clf, outs, labels)["accuracy"] for outs in harmonizer.scanner_free_draws(images, seeds)]

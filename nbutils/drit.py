@@ -193,34 +193,44 @@ class Translator(nn.Module):
         in one pass scored 0.03-0.04 SSIM lower against the target scan and the clean truth
         (README, "Stage 2"). The background outside the head (:func:`outside`) stays background:
         there is nothing to translate there, and G's faint haze in it showed as grey squares."""
+        return self.translate_each(x, [(za, c)])[0]
+
+    def translate_each(self, x: torch.Tensor, codes) -> list[torch.Tensor]:
+        """:meth:`translate` of ``x`` with each (z^a, c) of ``codes``: E^c's reading of the
+        slices (and of their windows), which no code changes, is computed once for all of them.
+        The same outputs as one :meth:`translate` per code."""
         t = self.cfg.image_shape
         h, w = x.shape[-2:]
         source = self.attributes(x)[:2] if self.cfg.content_field else None
         if tuple(t) == self.cfg.slices or h <= t[0] and w <= t[1]:
-            y = self.generator(self.encode(x, source), za, c, (h, w))
+            zc = self.encode(x, source)
+            ys = [self.generator(zc, za, c, (h, w)) for za, c in codes]
         else:
-            y = self._windows(x, za, c, source)
-        return y.masked_fill(outside(x), -1.0)
+            ys = self._windows(x, codes, source)
+        background = outside(x)
+        return [y.masked_fill(background, -1.0) for y in ys]
 
-    def _windows(self, x: torch.Tensor, za: torch.Tensor, c: torch.Tensor, source=None) -> torch.Tensor:
+    def _windows(self, x: torch.Tensor, codes, source=None) -> list[torch.Tensor]:
         (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
         starts = lambda size, t: sorted({*range(0, max(size - t, 0), t // 2), max(size - t, 0)})
         taper = lambda t: torch.sin(torch.pi * (torch.arange(t, device=x.device, dtype=torch.float32) + 0.5) / t)
         weight = taper(th)[:, None] * taper(tw)[None]
-        out = x.new_zeros(x.shape, dtype=torch.float32)
+        outs = [x.new_zeros(x.shape, dtype=torch.float32) for _ in codes]
         total = torch.zeros(x.shape[-2:], device=x.device)
         n = len(x)
         for y0 in starts(h, th):
             xs = starts(w, tw)
             tiles = torch.cat([x[..., y0: y0 + th, x0: x0 + tw] for x0 in xs])
             origin = torch.tensor([[y0, x0] for x0 in xs for _ in range(n)], device=x.device, dtype=torch.float32)
-            codes = None if source is None else [v.repeat(len(xs), 1) for v in source]
-            y = self.generator(self.encode(tiles, codes, origin, (h, w)), za.repeat(len(xs), 1),
-                               c.repeat(len(xs), 1), tiles.shape[-2:], origin, (h, w)).float()
-            for i, x0 in enumerate(xs):
-                out[..., y0: y0 + th, x0: x0 + tw] += y[i * n: (i + 1) * n] * weight
+            zc = self.encode(tiles, None if source is None else [v.repeat(len(xs), 1) for v in source], origin, (h, w))
+            for out, (za, c) in zip(outs, codes):
+                y = self.generator(zc, za.repeat(len(xs), 1), c.repeat(len(xs), 1), tiles.shape[-2:], origin,
+                                   (h, w)).float()
+                for i, x0 in enumerate(xs):
+                    out[..., y0: y0 + th, x0: x0 + tw] += y[i * n: (i + 1) * n] * weight
+            for x0 in xs:
                 total[y0: y0 + th, x0: x0 + tw] += weight
-        return (out / total).to(x.dtype)
+        return [(out / total).to(x.dtype) for out in outs]
 
     def random_code(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(z^a, c) for a random target per sample: GMM-DRIT draws z^a from the GM-VAE's prior

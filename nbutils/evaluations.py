@@ -23,19 +23,19 @@ import torch
 from .data import Slices
 from .measures import BEFORE, FLOOR, REAL_VS_REAL
 from .methods import IDENTITY
-from .metrics import ssim_components
+from .metrics import Windowed, components_pairs
 from .outputs import Outputs
 
 
-def _component(a: np.ndarray, b: np.ndarray, masks: np.ndarray, name: str, chunk: int = 256) -> np.ndarray:
-    return np.concatenate([ssim_components(a[s:s + chunk], b[s:s + chunk], masks[s:s + chunk], parts=(name,))[name]
-                           for s in range(0, len(a), chunk)])
+def _component(a: Windowed, ia, b: Windowed, ib, masks: np.ndarray, name: str) -> np.ndarray:
+    return components_pairs(a, ia, b, ib, masks, parts=(name,))[name]
 
 
 def e2_structure(test: Slices, outs: dict[str, Outputs]) -> pd.DataFrame:
-    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
-    rows = [pd.DataFrame(dict(method=m, slice=np.arange(len(images)), scanner=test.manifest["domain"],
-                              structure=_component(images, o.scanner_free, masks, "structure")))
+    images, masks = Windowed(np.asarray(test.images, np.float32)), np.asarray(test.masks, bool)
+    every = np.arange(len(images))
+    rows = [pd.DataFrame(dict(method=m, slice=every, scanner=test.manifest["domain"],
+                              structure=_component(images, every, Windowed(o.scanner_free), every, masks, "structure")))
             for m, o in outs.items()]
     return pd.concat(rows, ignore_index=True)
 
@@ -57,16 +57,18 @@ def e3_pairs(labels: np.ndarray, m: int, seed: int = 0) -> pd.DataFrame:
 
 
 def e3_luminance(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed: int = 0) -> pd.DataFrame:
-    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
+    images = Windowed(np.asarray(test.images, np.float32), squares=False)  # luminance needs local means only
     p = e3_pairs(test.labels, m, seed)
-    real, mask = images[p.real], masks[p.real]
+    mask = np.asarray(test.masks, bool)[p.real]
     name = np.asarray(test.domains)[p.target]
     rows = [pd.DataFrame(dict(method=REAL_VS_REAL, pair=p.pair, target=name,
-                              luminance=_component(real, images[p.real2], mask, "luminance")))]
+                              luminance=_component(images, p.real, images, p.real2, mask, "luminance")))]
     for meth, o in outs.items():
-        fake = o.to_target[p.target, p.source]
+        k, n = o.to_target.shape[:2]
+        fake = Windowed(np.asarray(o.to_target, np.float32).reshape(k * n, *o.to_target.shape[2:]), squares=False)
         rows.append(pd.DataFrame(dict(method=meth, pair=p.pair, target=name,
-                                      luminance=_component(real, fake, mask, "luminance"))))
+                                      luminance=_component(images, p.real, fake, p.target * n + p.source, mask,
+                                                           "luminance"))))
     return pd.concat(rows, ignore_index=True)
 
 
@@ -79,15 +81,16 @@ def e4_cross_scanner(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed
     j = rng.integers(0, len(labels), 4 * m)
     keep = labels[i] != labels[j]
     i, j = i[keep][:m], j[keep][:m]
-    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
+    images, masks = Windowed(np.asarray(test.images, np.float32), squares=False), np.asarray(test.masks, bool)
     mask = masks[i] & masks[j]
     rows = [pd.DataFrame(dict(method=BEFORE, pair=np.arange(len(i)),
-                              luminance=_component(images[i], images[j], mask, "luminance")))]
+                              luminance=_component(images, i, images, j, mask, "luminance")))]
     for meth, o in outs.items():
         if meth == IDENTITY.name:
             continue  # identical to 'before'
+        free = Windowed(o.scanner_free, squares=False)
         rows.append(pd.DataFrame(dict(method=meth, pair=np.arange(len(i)),
-                                      luminance=_component(o.scanner_free[i], o.scanner_free[j], mask, "luminance"))))
+                                      luminance=_component(free, i, free, j, mask, "luminance"))))
     return pd.concat(rows, ignore_index=True)
 
 

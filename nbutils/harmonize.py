@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from . import drit, gmvae, methods
 from .data import Slices
@@ -84,33 +85,46 @@ class Harmonizer:
         return images
 
     @torch.no_grad()
-    def _run(self, images: np.ndarray, za: torch.Tensor, c: torch.Tensor) -> np.ndarray:
+    def translate(self, images: np.ndarray, codes, desc: str | None = None) -> np.ndarray:
+        """``images`` translated with each (z^a, c) of ``codes`` (tensors of one row, or of one row
+        per image; :meth:`scanner_free_code`, :meth:`domain_code`, ...): (len(codes), N, H, W).
+        The model's content encoder reads each image once for all codes. ``desc``: show a
+        progress bar with this title."""
         images = self._check(images)
-        out = []
-        for s in range(0, len(images), self.batch_size):
+        rows = lambda v, s, n: v.expand(n, -1) if len(v) == 1 else v[s: s + n]
+        out = [[] for _ in codes]
+        for s in tqdm(range(0, len(images), self.batch_size), desc=desc, disable=desc is None, leave=False):
             x = torch.from_numpy(images[s: s + self.batch_size]).unsqueeze(1).to(self.device) * 2 - 1
             n = len(x)
-            y = self.model.translate(x, za.expand(n, -1) if len(za) == 1 else za[s: s + n],
-                                     c.expand(n, -1) if len(c) == 1 else c[s: s + n])
-            out.append(((y + 1) / 2).clamp(0, 1)[:, 0].cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, *self.model.cfg.slices), np.float32)
+            for o, y in zip(out, self.model.translate_each(x, [(rows(za, s, n), rows(c, s, n)) for za, c in codes])):
+                o.append(((y + 1) / 2).clamp(0, 1)[:, 0].cpu().numpy())
+        if not len(images) or not codes:
+            return np.zeros((len(codes), len(images), *self.model.cfg.slices), np.float32)
+        return np.stack([np.concatenate(o) for o in out])
 
     def with_code(self, images: np.ndarray, za: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Translate with any attribute code ``za`` (attr,) and scanner code ``c`` (K,), e.g. a
         point between two GM-VAE components (notebook 11)."""
         za = torch.as_tensor(np.asarray(za, np.float32)).reshape(1, self.attr).to(self.device)
         c = torch.as_tensor(np.asarray(c, np.float32)).reshape(1, self.k).to(self.device)
-        return self._run(images, za, c)
+        return self.translate(images, [(za, c)])[0]
+
+    def scanner_free_code(self, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z^a ~ N(0, I) drawn with ``seed``, c = 0): the scanner-free code."""
+        za = torch.randn(1, self.attr, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        return za, torch.zeros(1, self.k, device=self.device)
 
     def scanner_free(self, images: np.ndarray, seed: int = 0) -> np.ndarray:
-        g = torch.Generator().manual_seed(seed)
-        za = torch.randn(1, self.attr, generator=g).to(self.device)
-        return self._run(images, za, torch.zeros(1, self.k, device=self.device))
+        return self.translate(images, [self.scanner_free_code(seed)])[0]
 
-    def to_scanner(self, images: np.ndarray, target: int, reference: np.ndarray | None = None,
-                   component: int | None = None, seed: int = 0) -> np.ndarray:
-        """Translate to scanner code ``target``: guided by ``reference`` slices of the target
-        (their mean attribute), else sampled (GMM-DRIT: from GM-VAE ``component``, by default
+    def scanner_free_draws(self, images: np.ndarray, seeds) -> np.ndarray:
+        """The scanner-free outputs of ``images`` with the z^a each seed draws: (len(seeds), N, H, W)."""
+        return self.translate(images, [self.scanner_free_code(s) for s in seeds])
+
+    def scanner_code(self, target: int, reference: np.ndarray | None = None, component: int | None = None,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The code (z^a, c) of scanner code ``target``: z^a is the mean attribute of ``reference``
+        slices of the target, else sampled (GMM-DRIT: from GM-VAE ``component``, by default
         ``target``; DRIT++: from N(0, I)) with a fixed seed."""
         if not 0 <= target < self.k:
             raise ValueError(f"target scanner {target} does not exist: the model knows {self.k} (0..{self.k - 1})")
@@ -125,7 +139,12 @@ class Harmonizer:
             za = self.model.attribute.sample(target if component is None else component, 1, g)
         else:
             za = torch.randn(1, self.attr, generator=torch.Generator().manual_seed(seed)).to(self.device)
-        return self._run(images, za, c)
+        return za, c
+
+    def to_scanner(self, images: np.ndarray, target: int, reference: np.ndarray | None = None,
+                   component: int | None = None, seed: int = 0) -> np.ndarray:
+        """Translate to scanner code ``target`` (:meth:`scanner_code`)."""
+        return self.translate(images, [self.scanner_code(target, reference, component, seed)])[0]
 
     def _domain(self, b: int) -> int:
         if self.codes is None:
@@ -135,24 +154,28 @@ class Harmonizer:
             raise ValueError(f"scanner {b} does not exist: the model was trained on {self.domains}")
         return int(self.codes.code[b])
 
+    def domain_code(self, b: int, reference: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The code of training scanner ``b`` (an index of :attr:`domains`), guided by ``reference``
+        slices of it (default: the run's reference slices of ``b``)."""
+        return self.scanner_code(self._domain(b), reference=self.references[b] if reference is None else reference)
+
     def to_domain(self, images: np.ndarray, b: int, reference: np.ndarray | None = None) -> np.ndarray:
-        """``images`` translated to training scanner ``b`` (an index of :attr:`domains`) with its code,
-        guided by ``reference`` slices of it (default: the run's reference slices of ``b``)."""
-        code = self._domain(b)
-        return self.to_scanner(images, code, reference=self.references[b] if reference is None else reference)
+        """``images`` translated to training scanner ``b`` (:meth:`domain_code`)."""
+        return self.translate(images, [self.domain_code(b, reference)])[0]
 
     def to_every_domain(self, images: np.ndarray) -> np.ndarray:
         """``images`` translated to every training scanner, reference-guided: (K, N, H, W)."""
-        images = self._check(images)
-        out = [self.to_domain(images, b) for b in range(len(self.domains))]
-        return np.stack(out) if out else np.zeros((0, *images.shape), np.float32)
+        return self.translate(images, [self.domain_code(b) for b in range(len(self.domains))])
+
+    def sampled_code(self, b: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The code of training scanner ``b`` with z^a sampled (GMM-DRIT: from the GM-VAE component
+        of ``b``; DRIT++: from N(0, I)) with a fixed seed."""
+        comp = self.codes.component[b] if self.codes is not None else None
+        return self.scanner_code(self._domain(b), component=None if pd.isna(comp) else int(comp), seed=seed)
 
     def sampled_to_domain(self, images: np.ndarray, b: int, seed: int = 0) -> np.ndarray:
-        """``images`` translated to training scanner ``b``, z^a sampled (GMM-DRIT: from the GM-VAE
-        component of ``b``; DRIT++: from N(0, I)) with a fixed seed."""
-        code = self._domain(b)
-        comp = self.codes.component[b]
-        return self.to_scanner(images, code, component=None if pd.isna(comp) else int(comp), seed=seed)
+        """``images`` translated to training scanner ``b``, z^a sampled (:meth:`sampled_code`)."""
+        return self.translate(images, [self.sampled_code(b, seed)])[0]
 
 
 def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free", target: int | None = None,
@@ -170,7 +193,6 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     import nibabel as nib
     from scipy import ndimage
     from skimage.transform import resize
-    from tqdm.auto import tqdm
 
     from .data import MASK_THRESHOLD, resize_slices
     from .io import atomic_path

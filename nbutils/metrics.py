@@ -9,7 +9,6 @@ would otherwise inflate every score.
 from __future__ import annotations
 
 import numpy as np
-from skimage.metrics import structural_similarity
 
 DATA_RANGE = 1.0
 SSIM_PAD = 5  # (win_size - 1) // 2 for scikit-image's Gaussian window, sigma 1.5 -> 11 px
@@ -19,18 +18,69 @@ def _masked_mean(values: np.ndarray, mask: np.ndarray | None) -> float:
     return float(values.mean() if mask is None else values[np.asarray(mask, bool)].mean())
 
 
+def _window(x: np.ndarray) -> np.ndarray:
+    """Local means of (..., H, W) images under SSIM's Gaussian window (sigma 1.5, truncated at
+    3.5 sigma, reflected edges; scikit-image's), over the last two axes only."""
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(x, sigma=(0,) * (x.ndim - 2) + (1.5, 1.5), truncate=3.5, mode="reflect")
+
+
+class Windowed:
+    """(N, H, W) images (or one (H, W) image) as float64 with what SSIM needs of each image alone:
+    its local means under SSIM's window and, with ``squares``, the local means of its squares.
+    Computed once for an image compared with many others (:func:`ssim_pairs`,
+    :func:`components_pairs`); only each pair's cross moment is left to compute."""
+
+    def __init__(self, images: np.ndarray, squares: bool = True):
+        x = np.asarray(images, np.float64)
+        self.x = x[None] if x.ndim == 2 else x
+        self.mu = _window(self.x)
+        self.sq = _window(self.x * self.x) if squares else None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def _regions(masks: np.ndarray | None, n: int, shape: tuple[int, int]):
+    """The scored region of each of ``n`` pairs: its mask (one (H, W) mask for all, an (n, H, W)
+    stack, or None for the whole image) without the 5 px border."""
+    inner = np.zeros(shape, bool)
+    inner[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD] = True
+    if masks is None:
+        return (inner for _ in range(n))
+    masks = np.asarray(masks, bool)
+    return (inner & (masks if masks.ndim == 2 else masks[i]) for i in range(n))
+
+
+def ssim_pairs(a: Windowed, ia, b: Windowed, ib, masks: np.ndarray | None = None,
+               data_range: float = DATA_RANGE, chunk: int = 64) -> np.ndarray:
+    """:func:`ssim` of image ``ia[i]`` of ``a`` and image ``ib[i]`` of ``b`` over ``masks[i]``
+    for every i (masks as for :func:`_regions`): scikit-image's SSIM map
+    (``structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``,
+    the same operations), averaged over the mask less the 5 px border."""
+    ia, ib = np.asarray(ia, int), np.asarray(ib, int)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    out = np.empty(len(ia))
+    regions = _regions(masks, len(ia), a.x.shape[-2:])
+    for s in range(0, len(ia), chunk):
+        i, j = ia[s: s + chunk], ib[s: s + chunk]
+        ux, uy = a.mu[i], b.mu[j]
+        vx, vy = a.sq[i] - ux * ux, b.sq[j] - uy * uy
+        vxy = _window(a.x[i] * b.x[j]) - ux * uy
+        smap = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+        for n, m in enumerate(smap):
+            out[s + n] = _masked_mean(m, next(regions))
+    return out
+
+
 def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
          data_range: float = DATA_RANGE) -> float:
     """Mean SSIM of two 2-D images over ``mask`` (whole image when None).
 
     As in scikit-image, a border of half the window (5 px) is left out, where the
     window would reach outside the image."""
-    _, smap = structural_similarity(np.asarray(a, np.float64), np.asarray(b, np.float64),
-                                    data_range=data_range, gaussian_weights=True, sigma=1.5,
-                                    use_sample_covariance=False, full=True)
-    inner = np.zeros(smap.shape, bool)
-    inner[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD] = True
-    return _masked_mean(smap, inner if mask is None else inner & np.asarray(mask, bool))
+    return float(ssim_pairs(Windowed(a), [0], Windowed(b), [0], mask, data_range)[0])
 
 
 def mae(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -45,28 +95,20 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
     return float(10 * np.log10(data_range**2 / mse)) if mse > 0 else float("inf")
 
 
-def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE,
-              parts: tuple[str, ...] = ("luminance", "contrast", "structure", "ssim")) -> dict[str, np.ndarray]:
-    """Wang's SSIM split into its luminance, contrast and structure maps (C3 = C2 / 2), whose
-    product is the SSIM map; the same Gaussian window (sigma 1.5, truncated at 3.5 sigma,
-    reflected edges) and population statistics as scikit-image. ``a`` and ``b`` are two
-    images or two stacks (..., H, W) of them (filtered over the last two axes only). Only the
-    maps named in ``parts`` are computed (luminance alone needs two of the five filterings)."""
-    from scipy.ndimage import gaussian_filter
-
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    sigma = (0,) * (a.ndim - 2) + (1.5, 1.5)
-    blur = lambda x: gaussian_filter(x, sigma=sigma, truncate=3.5, mode="reflect")
+def _maps(mu_a, mu_b, second, data_range: float, parts: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """SSIM's luminance, contrast and structure maps (C3 = C2 / 2) and their product, those in
+    ``parts``, from the local means ``mu_a``, ``mu_b`` and ``second()``: the local means of
+    a², b² and ab (computed only when a part needs them)."""
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     c3 = c2 / 2
-    mu_a, mu_b = blur(a), blur(b)
     maps = {}
     if {"luminance", "ssim"} & set(parts):
         maps["luminance"] = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
     if {"contrast", "structure", "ssim"} & set(parts):
-        var_a = np.maximum(blur(a * a) - mu_a ** 2, 0)
-        var_b = np.maximum(blur(b * b) - mu_b ** 2, 0)
-        cov = blur(a * b) - mu_a * mu_b
+        aa, bb, ab = second()
+        var_a = np.maximum(aa - mu_a ** 2, 0)
+        var_b = np.maximum(bb - mu_b ** 2, 0)
+        cov = ab - mu_a * mu_b
         sd = np.sqrt(var_a * var_b)
         maps["contrast"] = (2 * sd + c2) / (var_a + var_b + c2)
         maps["structure"] = (cov + c3) / (sd + c3)
@@ -75,23 +117,52 @@ def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE,
     return {k: v for k, v in maps.items() if k in parts}
 
 
+ALL_PARTS = ("luminance", "contrast", "structure", "ssim")
+
+
+def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE,
+              parts: tuple[str, ...] = ALL_PARTS) -> dict[str, np.ndarray]:
+    """Wang's SSIM split into its luminance, contrast and structure maps (C3 = C2 / 2), whose
+    product is the SSIM map; the same Gaussian window and population statistics as
+    scikit-image. ``a`` and ``b`` are two images or two stacks (..., H, W) of them (filtered
+    over the last two axes only). Only the maps named in ``parts`` are computed (luminance alone
+    needs two of the five filterings)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return _maps(_window(a), _window(b), lambda: (_window(a * a), _window(b * b), _window(a * b)), data_range, parts)
+
+
+def components_pairs(a: Windowed, ia, b: Windowed, ib, masks: np.ndarray | None = None,
+                     data_range: float = DATA_RANGE, parts: tuple[str, ...] = ALL_PARTS,
+                     chunk: int = 64) -> dict[str, np.ndarray]:
+    """:func:`ssim_components` of image ``ia[i]`` of ``a`` and image ``ib[i]`` of ``b`` over
+    ``masks[i]`` (as for :func:`ssim_pairs`) for every i: {part: one mean per pair}. Luminance
+    alone needs ``a`` and ``b`` without squares."""
+    ia, ib = np.asarray(ia, int), np.asarray(ib, int)
+    out = {k: np.empty(len(ia)) for k in parts}
+    regions = _regions(masks, len(ia), a.x.shape[-2:])
+    for s in range(0, len(ia), chunk):
+        i, j = ia[s: s + chunk], ib[s: s + chunk]
+        maps = _maps(a.mu[i], b.mu[j], lambda: (a.sq[i], b.sq[j], _window(a.x[i] * b.x[j])), data_range, parts)
+        for n in range(len(i)):
+            region = next(regions)
+            for k, v in maps.items():
+                out[k][s + n] = _masked_mean(v[n], region)
+    return out
+
+
 def ssim_components(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
                     data_range: float = DATA_RANGE,
-                    parts: tuple[str, ...] = ("luminance", "contrast", "structure", "ssim")) -> dict[str, float | np.ndarray]:
+                    parts: tuple[str, ...] = ALL_PARTS) -> dict[str, float | np.ndarray]:
     """Mean luminance, contrast, structure and full SSIM (those in ``parts``) over ``mask`` minus
     the 5 px border. For two images, floats; for two (N, H, W) stacks (and an (N, H, W) or
     (H, W) mask), arrays of N per-image means."""
-    maps = ssim_maps(a, b, data_range, parts)
-    shape = np.shape(a)
-    inner = np.zeros(shape[-2:], bool)
-    inner[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD] = True
-    region = np.broadcast_to(inner if mask is None else inner & np.asarray(mask, bool), shape)
-    if len(shape) == 2:
-        return {k: _masked_mean(v, region) for k, v in maps.items()}
-    area = region.reshape(shape[0], -1).sum(1)
-    if (area == 0).any():
+    squares = bool({"contrast", "structure", "ssim"} & set(parts))
+    wa, wb = Windowed(a, squares), Windowed(b, squares)
+    if np.ndim(a) > 2 and mask is not None and not all(r.any() for r in _regions(mask, len(wa), wa.x.shape[-2:])):
         raise ValueError("an image's mask is empty inside the 5 px border: nothing to score")
-    return {k: (v * region).reshape(shape[0], -1).sum(1) / area for k, v in maps.items()}
+    idx = np.arange(len(wa))
+    found = components_pairs(wa, idx, wb, idx, mask, data_range, parts)
+    return {k: float(v[0]) for k, v in found.items()} if np.ndim(a) == 2 else found
 
 
 def sharpness(image: np.ndarray, mask: np.ndarray | None = None) -> float:

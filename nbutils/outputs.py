@@ -36,17 +36,14 @@ class Outputs:
     to_target: np.ndarray  # (K, N, H, W)
 
 
-def _stack(frames: list[np.ndarray], images: np.ndarray) -> np.ndarray:
-    return np.stack(frames) if frames else np.zeros((0, *images.shape), np.float32)
-
-
 def _model_outputs(harm: Harmonizer, images, targets: range, seed: int, desc: str) -> Outputs:
-    to = [harm.to_domain(images, b) for b in tqdm(targets, desc=f"{desc}: to each scanner", leave=False)]
-    return Outputs(harm.scanner_free(images, seed=seed), _stack(to, images))
+    made = harm.translate(images, [harm.domain_code(b) for b in targets] + [harm.scanner_free_code(seed)],
+                          desc=f"{desc}: scanner-free and to each scanner")
+    return Outputs(made[-1], made[:-1])
 
 
 def _histogram_outputs(images, masks, train: Slices, targets: range) -> Outputs:
-    to = baselines.to_every_scanner(images, masks, train) if len(targets) else _stack([], images)
+    to = baselines.to_every_scanner(images, masks, train) if len(targets) else np.zeros((0, *images.shape), np.float32)
     pooled = baselines.reference_quantiles(train.images, train.masks)
     return Outputs(baselines.match_all(images, masks, pooled), to)
 

@@ -64,19 +64,25 @@ def traveling_pairs(test: Slices) -> pd.DataFrame:
                          "source": pairs["domain_src"], "target": pairs["domain_dst"]}).reset_index(drop=True)
 
 
-def _score(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    return dict(ssim=metrics.ssim(out, ref, mask), psnr=metrics.psnr(out, ref, mask), mae=metrics.mae(out, ref, mask))
+def _references(test: Slices) -> dict[str, list[tuple[np.ndarray, metrics.Windowed | None]]]:
+    """For each reference, what a translation of row src towards row dst's scanner is scored
+    against, as [(which pairs, images)]: the target scan is row dst's scan for a ≠ b and its rescan
+    for a == b; the clean truth row dst's clean rendering. Absent where the data have no such image."""
+    pairs = traveling_pairs(test)
+    same = (pairs["src"] == pairs["dst"]).to_numpy()
+    window = lambda images: None if images is None else metrics.Windowed(np.asarray(images, np.float32))
+    refs = {TARGET_SCAN: [(~same, window(test.images)), (same, window(test.rescan))],
+            CLEAN_TRUTH: [(np.ones(len(pairs), bool), window(test.clean))]}
+    return {name: [(rows, w) for rows, w in parts if w is not None] for name, parts in refs.items()}
 
 
-def _references(test: Slices, src: int, dst: int) -> dict[str, np.ndarray]:
-    """The references a translation of row ``src`` towards row ``dst``'s scanner is scored against."""
-    refs = {}
-    scan = test.images if src != dst else test.rescan
-    if scan is not None:
-        refs[TARGET_SCAN] = np.asarray(scan[dst], np.float32)
-    if test.clean is not None:
-        refs[CLEAN_TRUTH] = np.asarray(test.clean[dst], np.float32)
-    return refs
+def _scores(out: metrics.Windowed, src: np.ndarray, ref: metrics.Windowed, dst: np.ndarray,
+            masks: np.ndarray) -> dict[str, np.ndarray]:
+    """SSIM, PSNR and MAE of images ``src`` of ``out`` against images ``dst`` of ``ref`` inside
+    ``masks`` (one per pair)."""
+    pairwise = lambda f: np.array([f(out.x[i], ref.x[j], m) for i, j, m in zip(src, dst, masks)])
+    return dict(ssim=metrics.ssim_pairs(out, src, ref, dst, masks), psnr=pairwise(metrics.psnr),
+                mae=pairwise(metrics.mae))
 
 
 def score_outputs(test: Slices, to_target: dict[str, np.ndarray], ceilings: bool = True,
@@ -84,25 +90,39 @@ def score_outputs(test: Slices, to_target: dict[str, np.ndarray], ceilings: bool
     """Score outputs computed beforehand: ``to_target[method]`` is a (K, N, H, W) array, the
     translation of every test slice to every scanner. One row per (method, pair, reference):
     method, source, target, reference, ssim, psnr, mae; with ``ceilings``, the two ceilings
-    as pseudo-methods (each scored against its own reference only)."""
+    as pseudo-methods (each scored against its own reference only). Each image's local
+    statistics are computed once (:class:`nbutils.metrics.Windowed`)."""
     pairs = traveling_pairs(test)
+    src, dst = pairs["src"].to_numpy(), pairs["dst"].to_numpy()
+    target = np.array([test.domains.index(t) for t in pairs["target"]])
+    masks = np.asarray(test.masks, bool)
+    refs = _references(test)
+    found = {}  # (method, reference) -> {measure: one value per pair, "scored": whether the pair has that reference}
+    empty = lambda: {m: np.full(len(pairs), np.nan) for m in MEASURES} | {"scored": np.zeros(len(pairs), bool)}
+    for name, out in tqdm(to_target.items(), desc="scoring methods", disable=not progress):
+        for b in np.unique(target):
+            windowed = metrics.Windowed(np.asarray(out[b], np.float32))
+            for ref_name, parts in refs.items():
+                values = found.setdefault((name, ref_name), empty())
+                for rows, ref in parts:
+                    rows = np.flatnonzero(rows & (target == b))
+                    for m, v in _scores(windowed, src[rows], ref, dst[rows], masks[dst[rows]]).items():
+                        values[m][rows] = v
+                    values["scored"][rows] = True
+    if ceilings:  # b's scan against b's rescan, b's scan against b's clean truth
+        scan = metrics.Windowed(np.asarray(test.images, np.float32))
+        for ceiling, ref_name, images in ((RESCAN_CEILING, TARGET_SCAN, test.rescan),
+                                          (SCAN_CEILING, CLEAN_TRUTH, test.clean)):
+            if images is not None:
+                found[(ceiling, ref_name)] = _scores(scan, dst, metrics.Windowed(np.asarray(images, np.float32)),
+                                                     dst, masks[dst]) | {"scored": np.ones(len(pairs), bool)}
     rows = []
-    for p in tqdm(pairs.itertuples(), total=len(pairs), desc="scoring pairs", disable=not progress):
-        mask = np.asarray(test.masks[p.dst], bool)
-        refs = _references(test, p.src, p.dst)
-        b = test.domains.index(p.target)
+    methods_in_order = list(to_target) + [c for c in (RESCAN_CEILING, SCAN_CEILING) if ceilings]
+    for k, p in enumerate(pairs.itertuples()):
         key = dict(source=p.source, target=p.target)
-        for name, out in to_target.items():
-            o = np.asarray(out[b][p.src], np.float32)
-            rows += [dict(method=name, **key, reference=r, **_score(o, ref, mask)) for r, ref in refs.items()]
-        if ceilings:
-            scan = np.asarray(test.images[p.dst], np.float32)
-            if test.rescan is not None:
-                rows.append(dict(method=RESCAN_CEILING, **key, reference=TARGET_SCAN,
-                                 **_score(scan, np.asarray(test.rescan[p.dst], np.float32), mask)))
-            if test.clean is not None:
-                rows.append(dict(method=SCAN_CEILING, **key, reference=CLEAN_TRUTH,
-                                 **_score(scan, np.asarray(test.clean[p.dst], np.float32), mask)))
+        for name in methods_in_order:
+            rows += [dict(method=name, **key, reference=ref_name, **{m: float(v[m][k]) for m in MEASURES})
+                     for ref_name in REFERENCES if (v := found.get((name, ref_name))) is not None and v["scored"][k]]
     return pd.DataFrame(rows)
 
 
@@ -172,26 +192,23 @@ def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray |
     and the clean truth shows how far a perfect harmonizer would get. Brain mask."""
     pairs = traveling_pairs(test)
     pairs = pairs[pairs["source"] < pairs["target"]]
+    src, dst = pairs["src"].to_numpy(), pairs["dst"].to_numpy()
     anatomy = test.manifest["subject"].astype(str) + "/" + test.manifest["slice_index"].astype(str)
-    rows = []
-    for p in pairs.itertuples():
-        mask = np.asarray(test.masks[p.src], bool)
-        row = dict(anatomy=anatomy.iloc[p.src], source=p.source, target=p.target,
-                   inputs=metrics.ssim(test.images[p.src], test.images[p.dst], mask),
-                   outputs=metrics.ssim(outputs[p.src], outputs[p.dst], mask))
-        if control is not None:
-            row["blur_control"] = metrics.ssim(control[p.src], control[p.dst], mask)
-        rows.append(row)
-    part = lambda a, b, i: metrics.ssim_components(a, b, test.masks[i], parts=("structure",))["structure"]
-    structure = []
-    for i in range(len(test)):
-        row = dict(domain=test.manifest["domain"].iloc[i], structure=part(test.images[i], outputs[i], i))
-        if control is not None:  # what blurring alone keeps of the input's local structure
-            row["structure_blur_control"] = part(test.images[i], control[i], i)
-        if test.clean is not None:  # what a perfect harmonizer (the clean truth) keeps of it
-            row["structure_clean_truth"] = part(test.images[i], test.clean[i], i)
-        structure.append(row)
-    return pd.DataFrame(rows), pd.DataFrame(structure)
+    masks = np.asarray(test.masks, bool)
+    inputs, outs = metrics.Windowed(test.images), metrics.Windowed(outputs)
+    control = None if control is None else metrics.Windowed(control)
+    agree = lambda w: metrics.ssim_pairs(w, src, w, dst, masks[src])
+    agreement = pd.DataFrame(dict(anatomy=anatomy.to_numpy()[src], source=pairs["source"].to_numpy(),
+                                  target=pairs["target"].to_numpy(), inputs=agree(inputs), outputs=agree(outs)))
+    every = np.arange(len(test))
+    kept = lambda w: metrics.components_pairs(inputs, every, w, every, masks, parts=("structure",))["structure"]
+    structure = pd.DataFrame(dict(domain=test.manifest["domain"].to_numpy(), structure=kept(outs)))
+    if control is not None:
+        agreement["blur_control"] = agree(control)
+        structure["structure_blur_control"] = kept(control)  # what blurring alone keeps of the input's local structure
+    if test.clean is not None:  # what a perfect harmonizer (the clean truth) keeps of it
+        structure["structure_clean_truth"] = kept(metrics.Windowed(test.clean))
+    return agreement, structure
 
 
 def blur_control(test: Slices, outputs: np.ndarray) -> tuple[dict[str, float], np.ndarray]:

@@ -59,9 +59,12 @@ def train_variant(run: Run, train_set: Slices, method: methods.Method, known_lab
 
 
 def model_outputs(harm: Harmonizer, images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """The model's two domain-to-domain modes on every image and target: {mode: (K, N, H, W)}."""
-    return {"reference-guided": harm.to_every_domain(images),
-            "sampled": np.stack([harm.sampled_to_domain(images, b, seed) for b in range(len(harm.domains))])}
+    """The model's two domain-to-domain modes on every image and target, {mode: (K, N, H, W)},
+    and its scanner-free outputs (N, H, W) with this ``seed``, made in one pass over the images."""
+    k = len(harm.domains)
+    out = harm.translate(images, [harm.domain_code(b) for b in range(k)] + [harm.sampled_code(b, seed) for b in range(k)]
+                         + [harm.scanner_free_code(seed)])
+    return {"reference-guided": out[:k], "sampled": out[k: 2 * k], "scanner-free": out[-1]}
 
 
 def headline(test: Slices, train_set: Slices, harm: Harmonizer, label: str, seed: int = 0) -> dict:
@@ -70,10 +73,11 @@ def headline(test: Slices, train_set: Slices, harm: Harmonizer, label: str, seed
     histogram-matching baselines and both ceilings), scanner-free agreement beside the inputs'
     and the blur control's, and the structure kept."""
     images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
-    outs = {f"{label} {mode}": o for mode, o in model_outputs(harm, images, seed).items()}
+    made = model_outputs(harm, images, seed)
+    sf = made.pop("scanner-free")
+    outs = {f"{label} {mode}": o for mode, o in made.items()}
     outs |= baselines.to_every_scanner_outputs(images, masks, train_set)
     scores = paired.score_outputs(test, outs, progress=False)
-    sf = harm.scanner_free(images, seed=seed)
     agreement = paired.agreement_table(test, {label: sf})
     return dict(scores=scores, d2d=paired.summary(scores), codes=harm.codes, scanner_free=sf, agreement=agreement,
                 guided=outs[f"{label} reference-guided"])
@@ -134,7 +138,9 @@ def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: 
             outs, sf = own
         else:
             harm = Harmonizer(m, train_set, seed=seed)
-            outs, sf = harm.to_every_domain(images), harm.scanner_free(images, seed=seed)
+            *outs, sf = harm.translate(images, [harm.domain_code(b) for b in range(len(harm.domains))]
+                                       + [harm.scanner_free_code(seed)])
+            outs = np.stack(outs)
         d = paired.summary(paired.score_outputs(test, {label: outs}, ceilings=False, progress=False))
         agree, structure = paired.scanner_free_scores(test, sf)
         row = {f"ssim vs {ref}": d.loc[label, ("ssim", ref)] for ref in paired.CEILINGS if ("ssim", ref) in d.columns}

@@ -145,6 +145,37 @@ def test_a_window_trained_translator_harmonizes_a_slice_window_by_window():
         assert torch.equal(model.translate(window, za, c), model.generator(model.content(window), za, c, (16, 16)))
 
 
+@pytest.mark.parametrize("variant", ["drit++", "gmm-drit"])
+def test_translating_with_many_codes_reads_each_window_once_and_gives_each_code_s_translation(variant):
+    """``translate_each`` gives, for every code, exactly what ``translate`` gives with that code
+    alone, on whole slices and window by window (with ``content_field``, which makes E^c read the
+    source's own codes, for GMM-DRIT); E^c runs once per row of windows, not once per code."""
+    torch.manual_seed(0)
+    for slices in ((16, 16), (48, 48)):
+        gm = None if variant == "drit++" else gmvae.GMVAE(gmvae.GMVAEConfig(
+            image_shape=(16, 16), k=3, gaussian_size=8, width=4, histogram_bins=8, spectrum_bands=2,
+            appearance_size=slices[0])).eval()
+        cfg = drit.DRITConfig(image_shape=(16, 16), slice_shape=slices, view=16, k=3, variant=variant, width=4,
+                              attr=8, n_res=1, bias_field=2 if variant == "gmm-drit" else 0,
+                              content_field=variant == "gmm-drit")
+        model = drit.Translator(cfg, gm).eval()
+        with torch.no_grad():  # a field that is not flat, so that E^c's reading depends on the source's codes
+            if model.generator.field is not None:
+                model.generator.field.coef.weight.normal_(0, 0.3)
+        x = torch.rand(2, 1, *slices) * 2 - 1
+        codes = [(torch.randn(2, 8), torch.eye(3)[[k, (k + 1) % 3]]) for k in range(3)]
+        calls = []
+        hook = model.content.register_forward_hook(lambda *_: calls.append(1))
+        with torch.no_grad():
+            many = model.translate_each(x, codes)
+            rows = len(calls)
+            one = [model.translate(x, za, c) for za, c in codes]
+        hook.remove()
+        assert rows == (1 if slices == (16, 16) else 5)  # 48 px in 16 px windows at 8 px strides: 5 rows
+        assert len(many) == 3 and all(torch.equal(m, o) for m, o in zip(many, one))
+        assert not torch.equal(many[0], many[1])
+
+
 def test_the_paired_translator_sees_whole_slice_coordinates_in_a_window():
     """A window at ``origin`` gets the coordinate channels of that part of the whole slice, so a
     translator trained on windows knows where it is (bias fields are fixed shapes in the field)."""

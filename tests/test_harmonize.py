@@ -25,6 +25,11 @@ def test_slices_in_slices_out(harm):
     np.testing.assert_array_equal(sf, harm.scanner_free(images, seed=1))  # reproducible
     np.testing.assert_allclose(sf[3], harm.scanner_free(images[3], seed=1)[0], atol=1e-5)  # one code for all
     assert not np.array_equal(sf, harm.scanner_free(images, seed=2))
+    draws = harm.scanner_free_draws(images, [1, 2])  # batches of 5: one of them short
+    assert draws.shape == (2, *images.shape)
+    np.testing.assert_array_equal(draws[0], sf)
+    np.testing.assert_array_equal(draws[1], harm.scanner_free(images, seed=2))
+    assert harm.translate(images[:0], [harm.scanner_free_code(1)]).shape == (1, 0, 32, 32)
     guided = harm.to_scanner(images, 2, reference=images[:2])
     sampled = harm.to_scanner(images, 2, component=1)
     assert guided.shape == sampled.shape == images.shape and not np.array_equal(guided, sampled)

@@ -89,6 +89,33 @@ def test_ssim_components_of_stacks_equal_the_per_image_values():
         ssim_components(a, b, np.zeros(a.shape, bool))
 
 
+def test_ssim_of_pairs_drawn_from_two_stacks_is_scikit_image_s_ssim_of_each_pair():
+    """Each image's local moments computed once (``Windowed``), SSIM and its components of any
+    pairs of rows: scikit-image's SSIM map (the same operations: equal, not just close) averaged
+    over each pair's mask less the 5 px border, and the per-pair values of ``ssim_components``.
+    Luminance alone works without the squares."""
+    rng = np.random.default_rng(2)
+    a = rng.random((5, 30, 26))
+    b = np.clip(a[[3, 1, 4, 0, 2]] * 0.8 + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
+    ia, ib = np.array([0, 4, 4, 2, 1, 3, 0]), np.array([1, 1, 3, 0, 4, 2, 0])
+    masks = rng.random((len(ia), 30, 26)) > 0.4
+    wa, wb = metrics.Windowed(a), metrics.Windowed(b)
+    found = metrics.ssim_pairs(wa, ia, wb, ib, masks, chunk=3)
+    parts = metrics.components_pairs(wa, ia, wb, ib, masks, chunk=2)
+    inner = np.zeros((30, 26), bool)
+    inner[5:-5, 5:-5] = True
+    for n, (i, j) in enumerate(zip(ia, ib)):
+        _, smap = structural_similarity(a[i], b[j].astype(np.float64), data_range=1.0, gaussian_weights=True,
+                                        sigma=1.5, use_sample_covariance=False, full=True)
+        assert found[n] == smap[inner & masks[n]].mean() == metrics.ssim(a[i], b[j], masks[n])
+        single = metrics.ssim_components(a[i], b[j], masks[n])
+        assert all(parts[k][n] == pytest.approx(v, abs=1e-12) for k, v in single.items())
+    lum = metrics.components_pairs(metrics.Windowed(a, squares=False), ia, metrics.Windowed(b, squares=False), ib,
+                                   masks, parts=("luminance",))
+    np.testing.assert_array_equal(lum["luminance"], parts["luminance"])
+    assert not np.allclose(found, found[0])  # the pairs differ
+
+
 def test_bootstrap_difference_covers_the_truth_and_pairs_reduce_its_width():
     from nbutils.stats import bootstrap_diff
 
