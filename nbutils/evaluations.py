@@ -23,11 +23,12 @@ import torch
 from .data import Slices
 from .measures import BEFORE, FLOOR, REAL_VS_REAL
 from .methods import IDENTITY
-from .metrics import Windowed, components_pairs
+from .metrics import Windowed, components_pairs, require_regions
 from .outputs import Outputs
 
 
 def _component(a: Windowed, ia, b: Windowed, ib, masks: np.ndarray, name: str) -> np.ndarray:
+    require_regions(masks, len(masks), masks.shape[-2:])
     return components_pairs(a, ia, b, ib, masks, parts=(name,))[name]
 
 
@@ -64,11 +65,13 @@ def e3_luminance(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed: in
     rows = [pd.DataFrame(dict(method=REAL_VS_REAL, pair=p.pair, target=name,
                               luminance=_component(images, p.real, images, p.real2, mask, "luminance")))]
     for meth, o in outs.items():
-        k, n = o.to_target.shape[:2]
-        fake = Windowed(np.asarray(o.to_target, np.float32).reshape(k * n, *o.to_target.shape[2:]), squares=False)
-        rows.append(pd.DataFrame(dict(method=meth, pair=p.pair, target=name,
-                                      luminance=_component(images, p.real, fake, p.target * n + p.source, mask,
-                                                           "luminance"))))
+        luminance = np.empty(len(p))
+        for b in np.unique(p.target):  # one target's translations at a time
+            on_b = np.flatnonzero(p.target == b)
+            fake = Windowed(np.asarray(o.to_target[b], np.float32), squares=False)
+            luminance[on_b] = _component(images, p.real.to_numpy()[on_b], fake, p.source.to_numpy()[on_b], mask[on_b],
+                                         "luminance")
+        rows.append(pd.DataFrame(dict(method=meth, pair=p.pair, target=name, luminance=luminance)))
     return pd.concat(rows, ignore_index=True)
 
 

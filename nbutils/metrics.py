@@ -53,6 +53,12 @@ def _regions(masks: np.ndarray | None, n: int, shape: tuple[int, int]):
     return (inner & (masks if masks.ndim == 2 else masks[i]) for i in range(n))
 
 
+def require_regions(masks: np.ndarray | None, n: int, shape: tuple[int, int]) -> None:
+    """Raise if a pair's mask (as for :func:`_regions`) leaves nothing to score inside the 5 px border."""
+    if masks is not None and not all(r.any() for r in _regions(masks, n, shape)):
+        raise ValueError("an image's mask is empty inside the 5 px border: nothing to score")
+
+
 def ssim_pairs(a: Windowed, ia, b: Windowed, ib, masks: np.ndarray | None = None,
                data_range: float = DATA_RANGE, chunk: int = 64) -> np.ndarray:
     """:func:`ssim` of image ``ia[i]`` of ``a`` and image ``ib[i]`` of ``b`` over ``masks[i]``
@@ -158,8 +164,8 @@ def ssim_components(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None
     (H, W) mask), arrays of N per-image means."""
     squares = bool({"contrast", "structure", "ssim"} & set(parts))
     wa, wb = Windowed(a, squares), Windowed(b, squares)
-    if np.ndim(a) > 2 and mask is not None and not all(r.any() for r in _regions(mask, len(wa), wa.x.shape[-2:])):
-        raise ValueError("an image's mask is empty inside the 5 px border: nothing to score")
+    if np.ndim(a) > 2:
+        require_regions(mask, len(wa), wa.x.shape[-2:])
     idx = np.arange(len(wa))
     found = components_pairs(wa, idx, wb, idx, mask, data_range, parts)
     return {k: float(v[0]) for k, v in found.items()} if np.ndim(a) == 2 else found

@@ -64,18 +64,6 @@ def traveling_pairs(test: Slices) -> pd.DataFrame:
                          "source": pairs["domain_src"], "target": pairs["domain_dst"]}).reset_index(drop=True)
 
 
-def _references(test: Slices) -> dict[str, list[tuple[np.ndarray, metrics.Windowed | None]]]:
-    """For each reference, what a translation of row src towards row dst's scanner is scored
-    against, as [(which pairs, images)]: the target scan is row dst's scan for a ≠ b and its rescan
-    for a == b; the clean truth row dst's clean rendering. Absent where the data have no such image."""
-    pairs = traveling_pairs(test)
-    same = (pairs["src"] == pairs["dst"]).to_numpy()
-    window = lambda images: None if images is None else metrics.Windowed(np.asarray(images, np.float32))
-    refs = {TARGET_SCAN: [(~same, window(test.images)), (same, window(test.rescan))],
-            CLEAN_TRUTH: [(np.ones(len(pairs), bool), window(test.clean))]}
-    return {name: [(rows, w) for rows, w in parts if w is not None] for name, parts in refs.items()}
-
-
 def _scores(out: metrics.Windowed, src: np.ndarray, ref: metrics.Windowed, dst: np.ndarray,
             masks: np.ndarray) -> dict[str, np.ndarray]:
     """SSIM, PSNR and MAE of images ``src`` of ``out`` against images ``dst`` of ``ref`` inside
@@ -90,37 +78,47 @@ def score_outputs(test: Slices, to_target: dict[str, np.ndarray], ceilings: bool
     """Score outputs computed beforehand: ``to_target[method]`` is a (K, N, H, W) array, the
     translation of every test slice to every scanner. One row per (method, pair, reference):
     method, source, target, reference, ssim, psnr, mae; with ``ceilings``, the two ceilings
-    as pseudo-methods (each scored against its own reference only). Each image's local
-    statistics are computed once (:class:`nbutils.metrics.Windowed`)."""
+    as pseudo-methods (each scored against its own reference only).
+
+    A translation of row src towards row dst's scanner b is scored against dst's scan (for a ≠ b;
+    for a == b its rescan) and dst's clean truth, where the data have them. Target by target,
+    each image's local statistics are computed once for all its pairs (:class:`nbutils.metrics.Windowed`)."""
     pairs = traveling_pairs(test)
     src, dst = pairs["src"].to_numpy(), pairs["dst"].to_numpy()
     target = np.array([test.domains.index(t) for t in pairs["target"]])
+    same = src == dst
     masks = np.asarray(test.masks, bool)
-    refs = _references(test)
+    images = {k: v for k, v in (("scan", test.images), ("rescan", test.rescan), ("clean", test.clean)) if v is not None}
+    refs = [(name, applies, k) for name, applies, k in ((TARGET_SCAN, ~same, "scan"), (TARGET_SCAN, same, "rescan"),
+                                                        (CLEAN_TRUTH, np.ones(len(pairs), bool), "clean")) if k in images]
+    ceiling_refs = [(c, name, k) for c, name, k in ((RESCAN_CEILING, TARGET_SCAN, "rescan"),
+                                                    (SCAN_CEILING, CLEAN_TRUTH, "clean")) if ceilings and k in images]
     found = {}  # (method, reference) -> {measure: one value per pair, "scored": whether the pair has that reference}
-    empty = lambda: {m: np.full(len(pairs), np.nan) for m in MEASURES} | {"scored": np.zeros(len(pairs), bool)}
-    for name, out in tqdm(to_target.items(), desc="scoring methods", disable=not progress):
-        for b in np.unique(target):
-            windowed = metrics.Windowed(np.asarray(out[b], np.float32))
-            for ref_name, parts in refs.items():
-                values = found.setdefault((name, ref_name), empty())
-                for rows, ref in parts:
-                    rows = np.flatnonzero(rows & (target == b))
-                    for m, v in _scores(windowed, src[rows], ref, dst[rows], masks[dst[rows]]).items():
-                        values[m][rows] = v
-                    values["scored"][rows] = True
-    if ceilings:  # b's scan against b's rescan, b's scan against b's clean truth
-        scan = metrics.Windowed(np.asarray(test.images, np.float32))
-        for ceiling, ref_name, images in ((RESCAN_CEILING, TARGET_SCAN, test.rescan),
-                                          (SCAN_CEILING, CLEAN_TRUTH, test.clean)):
-            if images is not None:
-                found[(ceiling, ref_name)] = _scores(scan, dst, metrics.Windowed(np.asarray(images, np.float32)),
-                                                     dst, masks[dst]) | {"scored": np.ones(len(pairs), bool)}
+
+    def score(key, rows, out, out_rows, ref, ref_rows):
+        values = found.setdefault(key, {m: np.full(len(pairs), np.nan) for m in MEASURES}
+                                  | {"scored": np.zeros(len(pairs), bool)})
+        for m, v in _scores(out, out_rows[rows], ref, ref_rows[rows], masks[dst[rows]]).items():
+            values[m][rows] = v
+        values["scored"][rows] = True
+
+    for b in tqdm(np.unique(target), desc="scoring, target by target", disable=not progress):
+        on_b = target == b
+        rows_b = np.unique(dst[on_b])  # scanner b's slices: every reference of a translation to b is one of them
+        at = np.zeros(len(test), int)
+        at[rows_b] = np.arange(len(rows_b))
+        at = at[dst]  # each pair's reference among them
+        windowed = {k: metrics.Windowed(np.asarray(v[rows_b], np.float32)) for k, v in images.items()}
+        for name, out in to_target.items():
+            w_out = metrics.Windowed(np.asarray(out[b], np.float32))
+            for ref_name, applies, k in refs:
+                score((name, ref_name), np.flatnonzero(applies & on_b), w_out, src, windowed[k], at)
+        for c, ref_name, k in ceiling_refs:  # b's scan against b's rescan and against b's clean truth
+            score((c, ref_name), np.flatnonzero(on_b), windowed["scan"], at, windowed[k], at)
     rows = []
-    methods_in_order = list(to_target) + [c for c in (RESCAN_CEILING, SCAN_CEILING) if ceilings]
     for k, p in enumerate(pairs.itertuples()):
         key = dict(source=p.source, target=p.target)
-        for name in methods_in_order:
+        for name in list(to_target) + [c for c, _, _ in ceiling_refs]:
             rows += [dict(method=name, **key, reference=ref_name, **{m: float(v[m][k]) for m in MEASURES})
                      for ref_name in REFERENCES if (v := found.get((name, ref_name))) is not None and v["scored"][k]]
     return pd.DataFrame(rows)

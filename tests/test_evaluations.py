@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nbutils import classifier, evaluations, measures
+from nbutils import classifier, evaluations, measures, metrics
 from nbutils.data import Slices
 from nbutils.outputs import Outputs
 
@@ -52,10 +52,29 @@ def test_e3_uses_the_same_pairs_for_every_method_and_real_targets_only():
     p = evaluations.e3_pairs(test.labels, 300)
     assert (test.labels[p.real] == p.target).all() and (test.labels[p.real2] == p.target).all()
     assert (p.real != p.real2).all() and (test.labels[p.source] != p.target).all()
-    df = evaluations.e3_luminance(test, outputs(test), m=300)
-    assert set(df["method"]) == {measures.REAL_VS_REAL, "perfect", "identity"}
+    outs = outputs(test)
+    images = np.asarray(test.images, np.float32)
+    shifted = np.stack([np.clip(images * (0.5 + 0.25 * b), 0, 1) for b in range(3)])  # a brightness per target
+    outs["shifted"] = Outputs(images, shifted)
+    df = evaluations.e3_luminance(test, outs, m=300)
+    assert set(df["method"]) == {measures.REAL_VS_REAL, "perfect", "identity", "shifted"}
     assert (df.groupby("method").size() == 300).all()
     assert df["luminance"].between(-1, 1).all()
+    got = df[df["method"] == "shifted"]["luminance"].to_numpy()  # each pair: its real slice, its source's translation
+    for i, q in enumerate(p.itertuples()):
+        lum = metrics.ssim_components(images[q.real], shifted[q.target, q.source], test.masks[q.real],
+                                      parts=("luminance",))["luminance"]
+        assert got[i] == pytest.approx(lum, abs=1e-12)
+
+
+def test_e2_to_e4_refuse_a_pair_with_nothing_to_score():
+    test = scanners()
+    masks = np.array(test.masks)
+    masks[3] = False
+    empty = Slices(test.images, masks, test.clean, test.manifest, test.domains)
+    for evaluation in (evaluations.e2_structure, evaluations.e3_luminance, evaluations.e4_cross_scanner):
+        with pytest.raises(ValueError, match="empty"):
+            evaluation(empty, outputs(empty))
 
 
 def test_e4_harmonized_outputs_agree_better_than_inputs():

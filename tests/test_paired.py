@@ -92,6 +92,40 @@ def test_a_perfect_translator_reaches_both_ceilings_and_the_truth_beats_them():
     assert table.loc["truth", ("ssim", "clean truth")] > table.loc[paired.SCAN_CEILING, ("ssim", "clean truth")]
 
 
+@pytest.mark.parametrize("keep", ["both", "no rescan", "no clean truth"])
+def test_every_row_of_the_scores_is_the_translation_scored_pair_by_pair_against_its_reference(keep):
+    """Row by row, in the order pair, method, reference (then the ceilings), each score is that of
+    the translation of row src to dst's scanner, computed alone: against dst's scan for a ≠ b, its
+    rescan for a == b, and its clean truth, inside dst's mask. Without a rescan the a == b pairs
+    have no target-scan rows and there is no rescan ceiling; without the clean truth, no clean-truth
+    rows and no scan ceiling."""
+    full = traveling(n=3, k=3, seed=2)
+    test = Slices(full.images, full.masks, None if keep == "no clean truth" else full.clean, full.manifest,
+                  full.domains, None if keep == "no rescan" else full.rescan)
+    rng = np.random.default_rng(3)
+    outs = {m: np.clip(np.asarray(test.images)[None] + rng.normal(0, s, (3, *test.images.shape)), 0, 1).astype(np.float32)
+            for m, s in (("one", 0.05), ("two", 0.2))}
+    scores = paired.score_outputs(test, outs, progress=False)
+    expected = []
+    for p in paired.traveling_pairs(test).itertuples():
+        b, mask = test.domains.index(p.target), test.masks[p.dst]
+        refs = {}
+        if p.src != p.dst or test.rescan is not None:
+            refs[paired.TARGET_SCAN] = (test.images if p.src != p.dst else test.rescan)[p.dst]
+        if test.clean is not None:
+            refs[paired.CLEAN_TRUTH] = test.clean[p.dst]
+        row = lambda method, image, ref, r: dict(method=method, source=p.source, target=p.target, reference=r,
+                                                  ssim=metrics.ssim(image, ref, mask), psnr=metrics.psnr(image, ref, mask),
+                                                  mae=metrics.mae(image, ref, mask))
+        expected += [row(m, o[b][p.src], ref, r) for m, o in outs.items() for r, ref in refs.items()]
+        if test.rescan is not None:
+            expected.append(row(paired.RESCAN_CEILING, test.images[p.dst], test.rescan[p.dst], paired.TARGET_SCAN))
+        if test.clean is not None:
+            expected.append(row(paired.SCAN_CEILING, test.images[p.dst], test.clean[p.dst], paired.CLEAN_TRUTH))
+    pd.testing.assert_frame_equal(scores, pd.DataFrame(expected), check_exact=True)
+    assert (keep == "no rescan") == ~scores["method"].eq(paired.RESCAN_CEILING).any()
+
+
 def test_pair_matrix_has_every_pair_and_a_row_per_ceiling():
     test = traveling(n=3)
     k = len(test.domains)
