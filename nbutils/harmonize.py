@@ -102,6 +102,16 @@ class Harmonizer:
             return np.zeros((len(codes), len(images), *self.model.cfg.slices), np.float32)
         return np.stack([np.concatenate(o) for o in out])
 
+    def outputs(self, images: np.ndarray, seed: int = 0, targets: bool = True, sampled: bool = False,
+                desc: str | None = None) -> dict[str, np.ndarray]:
+        """In one pass over ``images``: "scanner-free", its outputs (N, H, W) with the z^a ``seed``
+        draws; "reference-guided", with ``targets``, the translations to every training scanner
+        (K, N, H, W; without, (0, N, H, W)); "sampled", with ``sampled``, the same with z^a sampled."""
+        k = len(self.domains) if targets else 0
+        codes = [self.domain_code(b) for b in range(k)] + [self.sampled_code(b, seed) for b in range(k) if sampled]
+        out = self.translate(images, codes + [self.scanner_free_code(seed)], desc)
+        return {"reference-guided": out[:k]} | ({"sampled": out[k: 2 * k]} if sampled else {}) | {"scanner-free": out[-1]}
+
     def with_code(self, images: np.ndarray, za: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Translate with any attribute code ``za`` (attr,) and scanner code ``c`` (K,), e.g. a
         point between two GM-VAE components (notebook 11)."""

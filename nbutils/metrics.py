@@ -62,22 +62,9 @@ def require_regions(masks: np.ndarray | None, n: int, shape: tuple[int, int]) ->
 def ssim_pairs(a: Windowed, ia, b: Windowed, ib, masks: np.ndarray | None = None,
                data_range: float = DATA_RANGE, chunk: int = 64) -> np.ndarray:
     """:func:`ssim` of image ``ia[i]`` of ``a`` and image ``ib[i]`` of ``b`` over ``masks[i]``
-    for every i (masks as for :func:`_regions`): scikit-image's SSIM map
-    (``structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``,
-    the same operations), averaged over the mask less the 5 px border."""
-    ia, ib = np.asarray(ia, int), np.asarray(ib, int)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    out = np.empty(len(ia))
-    regions = _regions(masks, len(ia), a.x.shape[-2:])
-    for s in range(0, len(ia), chunk):
-        i, j = ia[s: s + chunk], ib[s: s + chunk]
-        ux, uy = a.mu[i], b.mu[j]
-        vx, vy = a.sq[i] - ux * ux, b.sq[j] - uy * uy
-        vxy = _window(a.x[i] * b.x[j]) - ux * uy
-        smap = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-        for n, m in enumerate(smap):
-            out[s + n] = _masked_mean(m, next(regions))
-    return out
+    for every i (masks as for :func:`_regions`): scikit-image's SSIM map averaged over the mask
+    less the 5 px border (:func:`components_pairs`)."""
+    return components_pairs(a, ia, b, ib, masks, data_range, ("ssim",), chunk)["ssim"]
 
 
 def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
@@ -102,16 +89,19 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
 
 
 def _maps(mu_a, mu_b, second, data_range: float, parts: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """SSIM's luminance, contrast and structure maps (C3 = C2 / 2) and their product, those in
+    """SSIM's luminance, contrast and structure maps (C3 = C2 / 2) and the SSIM map, those in
     ``parts``, from the local means ``mu_a``, ``mu_b`` and ``second()``: the local means of
-    a², b² and ab (computed only when a part needs them)."""
+    a², b² and ab (computed only when a part needs them). The SSIM map is computed with
+    scikit-image's operations (``structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)``, in the same order): the product of the other three, to rounding."""
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     c3 = c2 / 2
     maps = {}
-    if {"luminance", "ssim"} & set(parts):
+    if "luminance" in parts:
         maps["luminance"] = (2 * mu_a * mu_b + c1) / (mu_a ** 2 + mu_b ** 2 + c1)
     if {"contrast", "structure", "ssim"} & set(parts):
         aa, bb, ab = second()
+    if {"contrast", "structure"} & set(parts):
         var_a = np.maximum(aa - mu_a ** 2, 0)
         var_b = np.maximum(bb - mu_b ** 2, 0)
         cov = ab - mu_a * mu_b
@@ -119,7 +109,8 @@ def _maps(mu_a, mu_b, second, data_range: float, parts: tuple[str, ...]) -> dict
         maps["contrast"] = (2 * sd + c2) / (var_a + var_b + c2)
         maps["structure"] = (cov + c3) / (sd + c3)
     if "ssim" in parts:
-        maps["ssim"] = maps["luminance"] * maps["contrast"] * maps["structure"]
+        vx, vy, vxy = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
+        maps["ssim"] = ((2 * mu_a * mu_b + c1) * (2 * vxy + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (vx + vy + c2))
     return {k: v for k, v in maps.items() if k in parts}
 
 
@@ -129,7 +120,7 @@ ALL_PARTS = ("luminance", "contrast", "structure", "ssim")
 def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE,
               parts: tuple[str, ...] = ALL_PARTS) -> dict[str, np.ndarray]:
     """Wang's SSIM split into its luminance, contrast and structure maps (C3 = C2 / 2), whose
-    product is the SSIM map; the same Gaussian window and population statistics as
+    product is the SSIM map (to rounding; :func:`_maps`); the same Gaussian window and population statistics as
     scikit-image. ``a`` and ``b`` are two images or two stacks (..., H, W) of them (filtered
     over the last two axes only). Only the maps named in ``parts`` are computed (luminance alone
     needs two of the five filterings)."""

@@ -37,9 +37,8 @@ class Outputs:
 
 
 def _model_outputs(harm: Harmonizer, images, targets: range, seed: int, desc: str) -> Outputs:
-    made = harm.translate(images, [harm.domain_code(b) for b in targets] + [harm.scanner_free_code(seed)],
-                          desc=f"{desc}: scanner-free and to each scanner")
-    return Outputs(made[-1], made[:-1])
+    made = harm.outputs(images, seed, targets=len(targets) > 0, desc=f"{desc}: scanner-free and to each scanner")
+    return Outputs(made["scanner-free"], made["reference-guided"])
 
 
 def _histogram_outputs(images, masks, train: Slices, targets: range) -> Outputs:

@@ -58,22 +58,13 @@ def train_variant(run: Run, train_set: Slices, method: methods.Method, known_lab
                            masks=train_set.masks)
 
 
-def model_outputs(harm: Harmonizer, images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """The model's two domain-to-domain modes on every image and target, {mode: (K, N, H, W)},
-    and its scanner-free outputs (N, H, W) with this ``seed``, made in one pass over the images."""
-    k = len(harm.domains)
-    out = harm.translate(images, [harm.domain_code(b) for b in range(k)] + [harm.sampled_code(b, seed) for b in range(k)]
-                         + [harm.scanner_free_code(seed)])
-    return {"reference-guided": out[:k], "sampled": out[k: 2 * k], "scanner-free": out[-1]}
-
-
 def headline(test: Slices, train_set: Slices, harm: Harmonizer, label: str, seed: int = 0) -> dict:
     """Scores on the traveling subjects, each beside its ceiling and control: domain-to-domain
     against the target's observed scan and its clean truth (with the identity and
     histogram-matching baselines and both ceilings), scanner-free agreement beside the inputs'
     and the blur control's, and the structure kept."""
     images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
-    made = model_outputs(harm, images, seed)
+    made = harm.outputs(images, seed, sampled=True)
     sf = made.pop("scanner-free")
     outs = {f"{label} {mode}": o for mode, o in made.items()}
     outs |= baselines.to_every_scanner_outputs(images, masks, train_set)
@@ -137,10 +128,8 @@ def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: 
         if own is not None and same(m):
             outs, sf = own
         else:
-            harm = Harmonizer(m, train_set, seed=seed)
-            *outs, sf = harm.translate(images, [harm.domain_code(b) for b in range(len(harm.domains))]
-                                       + [harm.scanner_free_code(seed)])
-            outs = np.stack(outs)
+            made = Harmonizer(m, train_set, seed=seed).outputs(images, seed)
+            outs, sf = made["reference-guided"], made["scanner-free"]
         d = paired.summary(paired.score_outputs(test, {label: outs}, ceilings=False, progress=False))
         agree, structure = paired.scanner_free_scores(test, sf)
         row = {f"ssim vs {ref}": d.loc[label, ("ssim", ref)] for ref in paired.CEILINGS if ("ssim", ref) in d.columns}
