@@ -21,7 +21,7 @@ Output (``<run>/slices/``, written atomically as one folder):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -223,6 +223,13 @@ class Slices:
 
     def __len__(self) -> int:
         return len(self.manifest)
+
+    def take(self, rows) -> Slices:
+        """The slices ``rows`` (in that order) as a split of their own, read into memory."""
+        rows = np.asarray(rows, int)
+        pick = lambda a: None if a is None else np.asarray(a[rows])
+        return replace(self, images=pick(self.images), masks=pick(self.masks), clean=pick(self.clean),
+                       rescan=pick(self.rescan), manifest=self.manifest.iloc[rows].reset_index(drop=True))
 
     def domain(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(images as float32, masks) of the slices of domain ``k``, read into memory."""

@@ -494,6 +494,32 @@ def test_soft_histogram_sees_brightness_and_ignores_background():
     assert h[:, 0].max() < 1e-3
 
 
+def test_soft_histogram_gradient_is_that_of_the_direct_form():
+    """With a gradient, the kernels' sums and gradients come from one kept kernel matrix
+    (``_KernelSums``): the same values and gradients as autograd's through the direct form, on
+    pixels of the background, the foreground and the sigmoid's edge between them."""
+    from nbutils.nets import soft_histogram
+
+    def direct(x, bins):
+        centres = torch.linspace(-1, 1, bins, dtype=x.dtype)
+        v = x.flatten(1)
+        fg = torch.sigmoid((v + 0.95) * 400)
+        w = torch.exp(-0.5 * ((v[:, :, None] - centres) * (bins / 2)) ** 2) * fg[:, :, None]
+        return w.sum(1) / (fg.sum(1, keepdim=True) + 1e-3)
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 12, 12, generator=gen, dtype=torch.float64) * 2 - 1
+    x[:, :, :3] = -1
+    x[:, :, 3, :6] = -0.955 + 0.01 * torch.rand(3, 1, 6, generator=gen, dtype=torch.float64)
+    x.requires_grad_()
+    g = torch.randn(3, 16, generator=gen, dtype=torch.float64)
+    ours, ref = soft_histogram(x, 16), direct(x, 16)
+    assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-15)
+    (ga,), (gb,) = (torch.autograd.grad((h * g).sum(), x) for h in (ours, ref))
+    assert torch.allclose(ga, gb, rtol=1e-10, atol=1e-13) and gb.abs().max() > 1e-2
+    assert torch.autograd.gradcheck(lambda t: soft_histogram(t, 8), (x[:1].detach().requires_grad_(),))
+
+
 def test_band_powers_see_blur_along_one_axis_and_noise():
     """Blur along the second axis removes its high frequencies only; noise adds high frequencies."""
     from scipy.ndimage import gaussian_filter1d

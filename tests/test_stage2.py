@@ -1,11 +1,12 @@
 """The stage-2 notebooks' experiment helpers (nbutils.stage2)."""
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from test_drit import tiny_gmvae
 from test_paired import traveling
 
-from nbutils import drit, stage2
+from nbutils import drit, paired, stage2
 from nbutils.harmonize import Harmonizer
 
 
@@ -33,3 +34,31 @@ def test_the_learning_curve_reuses_the_model_s_own_outputs_for_the_snapshot_with
     with torch.no_grad():
         next(model.generator.parameters()).add_(1e-3)
     pd.testing.assert_frame_equal(curve(model, other), fresh)
+
+
+def test_the_learning_curve_scores_one_slice_per_anatomy_in_every_scanner(tmp_path):
+    """The curve reads the middle slice of each subject, in every scanner that saw it (so the
+    traveling pairs survive): the same curve as on that subset handed over, and not the curve of
+    all slices."""
+    base = traveling(n=3, k=2)
+    test = base.take(np.repeat(np.arange(len(base)), 3))  # three slices per anatomy and scanner
+    m = test.manifest
+    m["slice_index"] = np.tile([4, 5, 6], len(base))
+    test.images[m.slice_index.to_numpy() != 5] *= 0.5  # the other slices look different
+    rows = stage2.middle_slices(test)
+    assert (m.slice_index[rows] == 5).all() and len(rows) == len(base)
+    assert sorted(map(tuple, m.loc[rows, ["subject", "domain"]].to_numpy())) == sorted(
+        map(tuple, base.manifest[["subject", "domain"]].to_numpy()))
+    sub = test.take(rows)
+    assert np.array_equal(sub.images, test.images[rows]) and np.array_equal(sub.clean, test.clean[rows])
+    assert list(sub.manifest.index) == list(range(len(rows)))
+    shape = test.images.shape[1:]
+    cfg = drit.DRITConfig(image_shape=shape, k=2, variant="drit++", width=4, attr=8, n_res=1)
+    model, _ = drit.train_drit(test.images, test.labels, cfg, tmp_path / "m.pt", steps=4, batch_size=2,
+                               every=2, snapshots=True, device="cpu")
+    curve = stage2.learning_curve(tmp_path / "m.pt", model, test, test, "m")
+    pd.testing.assert_frame_equal(curve, stage2.learning_curve(tmp_path / "m.pt", model, sub, test, "m"))
+    harm = Harmonizer(model, test, seed=0)
+    everything = paired.summary(paired.score_outputs(test, {"m": harm.to_every_domain(test.images)},
+                                                     ceilings=False, progress=False))
+    assert curve.iloc[-1]["ssim vs target scan"] != everything.loc["m", ("ssim", "target scan")]
