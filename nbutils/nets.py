@@ -101,14 +101,27 @@ class BiasField(nn.Module):
     def __init__(self, code: int, order: int = 3):
         super().__init__()
         self.order = order
-        self.coef = nn.Linear(code, n_monomials(order))  # one per monomial
+        self.coef = nn.Linear(code, n_monomials(order))  # one per monomial, in monomials()'s order
         nn.init.zeros_(self.coef.weight)
         nn.init.zeros_(self.coef.bias)
+        # coefficient k of monomials()'s row^i col^j goes to entry (i, j) of an (order + 1)^2 matrix
+        pick = torch.zeros(n_monomials(order), order + 1, order + 1)
+        for k, (i, j) in enumerate((i, j) for i in range(order + 1) for j in range(order + 1 - i)):
+            pick[k, i, j] = 1
+        self.register_buffer("pick", pick, persistent=False)
 
     def forward(self, code: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        """(N, 1, h, w) field for ``grid`` (N, 2, h, w) coordinate channels (row, column)."""
-        basis = monomials(grid, self.order)
-        return torch.einsum("nk,nkhw->nhw", self.coef(code).float(), basis.float()).exp()[:, None]
+        """(N, 1, h, w) field for ``grid`` (N, 2, h, w) coordinate channels (row, column) made by
+        :func:`nbutils.crops.coordinates`, whose row coordinate is constant along each row and
+        column coordinate along each column: the log field sum_ij a_ij row^i col^j is then the
+        product R A C^T of the rows' powers (N, h, order + 1), the coefficients and the columns'
+        powers, without the (N, P, h, w) monomial basis (the same sum, in another order)."""
+        wide = lambda v: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v  # float32 under autocast
+        a = torch.einsum("nk,kij->nij", wide(self.coef(code)), self.pick.to(wide(code).dtype))
+        powers = lambda v: torch.stack([v ** i for i in range(self.order + 1)], -1)
+        rows, cols = powers(wide(grid[:, 0, :, 0]).to(a.dtype)), powers(wide(grid[:, 1, 0, :]).to(a.dtype))
+        with torch.autocast(a.device.type, enabled=False):
+            return (rows @ a @ cols.transpose(1, 2)).exp()[:, None]
 
 
 class ToneCurve(nn.Module):

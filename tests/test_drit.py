@@ -494,6 +494,25 @@ def test_soft_histogram_sees_brightness_and_ignores_background():
     assert h[:, 0].max() < 1e-3
 
 
+def test_the_bias_field_is_the_monomial_sum_on_windows_cut_anywhere():
+    """``BiasField`` evaluates exp(sum_k a_k(code) row^i col^j) as a product of the rows' and the
+    columns' powers: the same field and code gradient as the sum over the (N, P, h, w) basis of
+    :func:`crops.monomials`, on whole slices and on windows at any origin (float64)."""
+    torch.manual_seed(0)
+    field = nets.BiasField(6, order=3).double()
+    torch.nn.init.normal_(field.coef.weight, std=0.5)
+    torch.nn.init.normal_(field.coef.bias, std=0.5)
+    code = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    for origin, size, full in ((None, (9, 7), None), (torch.tensor([[0., 0], [3, 11], [17, 2], [20, 20]]), (8, 6), (28, 26))):
+        grid = crops.coordinates(origin, size, full, 4, dtype=torch.float64)
+        ours = field(code, grid)
+        ref = torch.einsum("nk,nkhw->nhw", field.coef(code), crops.monomials(grid, 3)).exp()[:, None]
+        assert ours.shape == (4, 1, *size) and torch.allclose(ours, ref, rtol=1e-12)
+        w = torch.randn(ours.shape, dtype=torch.float64)
+        (a,), (b,) = (torch.autograd.grad((f * w).sum(), code) for f in (ours, ref))
+        assert torch.allclose(a, b, rtol=1e-10) and b.abs().max() > 1e-3
+
+
 def test_soft_histogram_gradient_is_that_of_the_direct_form():
     """With a gradient, the kernels' sums and gradients come from one kept kernel matrix
     (``_KernelSums``): the same values and gradients as autograd's through the direct form, on
