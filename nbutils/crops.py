@@ -64,15 +64,20 @@ def coordinates(origin: torch.Tensor | None, size: tuple[int, int], full: tuple[
     return torch.stack([rows[:, :, None].expand(-1, h, w), cols[:, None, :].expand(-1, h, w)], 1)
 
 
+def exponents(order: int) -> list[tuple[int, int]]:
+    """(i, j) of the monomials row^i col^j with i + j <= ``order``, in :func:`monomials`'s order."""
+    return [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+
+
 def n_monomials(order: int) -> int:
     """How many monomials row^i col^j have i + j <= ``order`` (the constant included)."""
-    return (order + 1) * (order + 2) // 2
+    return len(exponents(order))
 
 
 def monomials(grid: torch.Tensor, order: int) -> torch.Tensor:
     """(N, P, h, w): the monomials row^i col^j, i + j <= ``order``, of (N, 2, h, w) coordinate
     channels (:func:`coordinates`): the basis of a log-polynomial bias field."""
-    return torch.stack([grid[:, 0] ** i * grid[:, 1] ** j for i in range(order + 1) for j in range(order + 1 - i)], 1)
+    return torch.stack([grid[:, 0] ** i * grid[:, 1] ** j for i, j in exponents(order)], 1)
 
 
 def view(x: torch.Tensor, size: int) -> torch.Tensor:

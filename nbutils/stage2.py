@@ -111,11 +111,15 @@ def verdict(result: dict, label: str) -> str:
 
 
 def middle_slices(test: Slices) -> np.ndarray:
-    """The rows of one slice per anatomy: the middle of each subject's slices, in every scanner
-    that saw it (so that the traveling pairs of the subset are those of that slice)."""
+    """The rows of one slice per anatomy, in every scanner that saw it (so that the traveling pairs
+    of the subset are those of that slice): of each subject's slices seen by the most scanners,
+    the middle one (all of them on the built-in set). Every row when that leaves no traveling pair."""
     m = test.manifest
-    middle = m.groupby("subject")["slice_index"].agg(lambda v: np.sort(v.unique())[len(v.unique()) // 2])
-    return np.flatnonzero(m["slice_index"].to_numpy() == m["subject"].map(middle).to_numpy())
+    seen = m.groupby(["subject", "slice_index"])["domain"].nunique().reset_index()
+    best = seen[seen["domain"] == seen.groupby("subject")["domain"].transform("max")]
+    middle = best.groupby("subject")["slice_index"].agg(lambda v: np.sort(v.to_numpy())[len(v) // 2])
+    rows = np.flatnonzero(m["slice_index"].to_numpy() == m["subject"].map(middle).to_numpy())
+    return rows if paired.has_traveling(test.take(rows)) else np.arange(len(test))
 
 
 def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: Slices, label: str,

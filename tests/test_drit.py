@@ -507,10 +507,16 @@ def test_the_bias_field_is_the_monomial_sum_on_windows_cut_anywhere():
         grid = crops.coordinates(origin, size, full, 4, dtype=torch.float64)
         ours = field(code, grid)
         ref = torch.einsum("nk,nkhw->nhw", field.coef(code), crops.monomials(grid, 3)).exp()[:, None]
-        assert ours.shape == (4, 1, *size) and torch.allclose(ours, ref, rtol=1e-12)
+        assert ours.shape == (4, 1, *size) and torch.allclose(ours, ref, rtol=1e-12, atol=0)
         w = torch.randn(ours.shape, dtype=torch.float64)
         (a,), (b,) = (torch.autograd.grad((f * w).sum(), code) for f in (ours, ref))
-        assert torch.allclose(a, b, rtol=1e-10) and b.abs().max() > 1e-3
+        assert torch.allclose(a, b, rtol=1e-10, atol=0) and b.abs().max() > 1e-3
+    # a float32 field under mixed precision (bfloat16 autocast on the CPU) too; only the linear layer
+    # that draws the coefficients runs in bfloat16 there
+    field, code, grid = field.float(), code.detach().float(), grid.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = field(code, grid)
+    assert mixed.dtype == torch.float32 and torch.allclose(mixed, field(code, grid), rtol=0.05, atol=0)
 
 
 def test_soft_histogram_gradient_is_that_of_the_direct_form():

@@ -62,3 +62,19 @@ def test_the_learning_curve_scores_one_slice_per_anatomy_in_every_scanner(tmp_pa
     everything = paired.summary(paired.score_outputs(test, {"m": harm.to_every_domain(test.images)},
                                                      ceilings=False, progress=False))
     assert curve.iloc[-1]["ssim vs target scan"] != everything.loc["m", ("ssim", "target scan")]
+    # the model's own outputs of every test slice are cut to the subset's rows too
+    own = harm.to_every_domain(test.images), harm.scanner_free(test.images, seed=0)
+    pd.testing.assert_frame_equal(stage2.learning_curve(tmp_path / "m.pt", model, test, test, "m", own=own), curve)
+
+
+def test_the_curve_s_slice_is_one_every_scanner_saw():
+    """Scanners that kept different slices of a subject (a user's CSV): the slice seen by the most
+    scanners, the middle of those; every row when no slice is seen by two scanners."""
+    base = traveling(n=2, k=3)
+    test = base.take([0, 0, 1, 1, 1, 2, 3, 4, 5])  # subject t0: s0 saw 4, 5; s1 saw 5, 6, 7; s2 saw 9
+    test.manifest["slice_index"] = [4, 5, 5, 6, 7, 9, 0, 0, 0]
+    rows = stage2.middle_slices(test)
+    assert list(test.manifest.loc[rows, "slice_index"]) == [5, 5, 0, 0, 0]
+    lonely = base.take([0, 1, 2])
+    lonely.manifest["slice_index"] = [1, 2, 3]
+    assert list(stage2.middle_slices(lonely)) == [0, 1, 2]
