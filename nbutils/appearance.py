@@ -2,7 +2,7 @@
 
 A coil bias field and a tissue-contrast curve are appearance by definition; the content map z^c
 should read the same anatomy whatever they are. A linear probe showed that each of them alone,
-applied to the same anatomy, let z^c name the scanner (README, "Stage 2"): E^c passed them on,
+applied to the same anatomy, let z^c name the scanner (docs/experiments.md, "Stage 2"): E^c passed them on,
 and the content discriminator, which saw windows cut from anywhere in the slice without knowing
 where, could not tell a smooth field from anatomy (it now can: ``DRITConfig.dc_field``). The invariance term asks E^c for the same map of an image after a
 random change of this kind (:class:`nbutils.drit.DRITConfig` ``w_invariance``).

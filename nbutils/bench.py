@@ -170,7 +170,7 @@ def bench_digits(seconds: float = 60.0, seeds=(0, 1, 2), batch_size: int = 64, w
     A regression check of the model itself against the public GMVAE code it follows
     (jariasf/GMVAE). At the thesis's balance (0.7 BCE + 2.0 L_gauss + 1.0 KL_y) both collapse on
     8 x 8 images: a nat in z costs 2.9 nats of a 64-pixel BCE, z is switched off and q(y|x) goes
-    uniform (a faithful re-implementation of that code, run here, did the same: README, "Stage 1").
+    uniform (a faithful re-implementation of that code, run here, did the same: docs/experiments.md, "Stage 1").
     At that code's own defaults (1 / 1 / 1) both cluster; that is the setting to compare."""
     import torch
     from sklearn.datasets import load_digits

@@ -60,7 +60,7 @@ class Profile:
     # stage 2: GMM-DRIT and DRIT++ (loss weights in drit.DRITConfig)
     drit_width: int  # base channels of E^c, G and the discriminators
     drit_res: int  # residual blocks in E^c and in G
-    drit_down: int  # stride-2 stages of E^c (DRIT: 2); see README, "Stage 2"
+    drit_down: int  # stride-2 stages of E^c (DRIT: 2); see docs/experiments.md, "Stage 2"
     drit_steps: int  # training iterations (each: two batches, all four updates)
     drit_batch: int  # images per domain batch (DRIT++'s code: 2; any size works)
     drit_lr: float

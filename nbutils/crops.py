@@ -6,7 +6,7 @@ on a brain pixel: a window of background teaches nothing) and, being fully convo
 harmonize whole slices. A scanner's identity is a property of the whole slice (its contrast
 curve across every tissue, its bias field), so the attribute encoders (the GM-VAE and DRIT++'s
 E^a) read a *view*: the whole slice down-sampled to ``view`` x ``view`` (:func:`view`), in
-training as at inference (README, "Native resolution").
+training as at inference (docs/experiments.md, "Native resolution").
 """
 from __future__ import annotations
 

@@ -52,43 +52,44 @@ class DRITConfig:
     # DRIT++'s latent regression: a random attribute code must be recoverable from G's output
     w_latent: float = 10.0
     w_zc: float = 0.01  # DRIT++'s L2 penalty on z^c
-    zc_noise: float = 1.0  # std of Gaussian noise added to z^c before G in training, as DRIT++ does (README, "Stage 2")
+    # std of Gaussian noise added to z^c before G in training, as DRIT++ does (docs/experiments.md, "Stage 2")
+    zc_noise: float = 1.0
     dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
     dc_norm: bool = False  # instance-normalise D_c's conv levels (blinds it; nets.ContentDiscriminator)
     # stride-2 levels of D_c after its two 3 x 3 ones (nets.ContentDiscriminator); 3 lets D_c read
-    # the scanner from z^c, and scored lower on our second set (README, "Stage 2")
+    # the scanner from z^c, and scored lower on our second set (docs/experiments.md, "Stage 2")
     dc_depth: int = 0
     # order of the spatial moments D_c reads at its cells' positions in the whole slice, which
-    # let it see a bias field kept in z^c (nets.ContentDiscriminator; README, "Stage 2"): the
+    # let it see a bias field kept in z^c (nets.ContentDiscriminator; docs/experiments.md, "Stage 2"): the
     # order of the field G draws (bias_field); 0 = none, as checkpoints written before were built
     dc_field: int = 3
-    content_norm: bool = True  # instance-normalise z^c (nets.ContentEncoder; README, "Stage 2")
+    content_norm: bool = True  # instance-normalise z^c (nets.ContentEncoder; docs/experiments.md, "Stage 2")
     # order of the log-polynomial bias field G draws from the code at each pixel's position in the
-    # whole slice (nets.BiasField); 0 = none (README, "Stage 2")
+    # whole slice (nets.BiasField); 0 = none (docs/experiments.md, "Stage 2")
     bias_field: int = 3
     # GMM-DRIT: E^c reads the image divided by the bias field G draws from the image's own codes
     # (one nets.BiasField for both; the scanner code inferred by the frozen E^a): E^c alone knows
     # neither the scanner nor where a window lies, so it cannot undo a field at a fixed place in
-    # the field of view (Translator.encode; README, "Stage 2"). False: as checkpoints written
+    # the field of view (Translator.encode; docs/experiments.md, "Stage 2"). False: as checkpoints written
     # before were built, DRIT++ and known_labels (whose codes are labels)
     content_field: bool = False
     # segments of the monotone tone curve G draws from the code before the bias field
     # (nets.ToneCurve, Nyul-Udupa-like); with content_field E^c reads its input with it undone too.
-    # 0 = none, as checkpoints written before were built (README, "Stage 2")
+    # 0 = none, as checkpoints written before were built (docs/experiments.md, "Stage 2")
     tone_curve: int = 0
     # how G doubles its maps: "resize" (nearest neighbour, then a 3 x 3 conv) or DRIT's 4 x 4
     # stride-2 transposed conv, "transpose", which leaves a checkerboard (nets.Generator)
     upsample: str = "resize"
     # the scanner-free outputs must keep their input's content, L1(E^c(G(z^c, z, 0)), z^c): without
-    # it nothing but D_s2 constrains that branch (not in the thesis; README, "Stage 2")
+    # it nothing but D_s2 constrains that branch (not in the thesis; docs/experiments.md, "Stage 2")
     w_sf_content: float = 10.0
     # z^c must not change under a random bias field and gamma, L1(E^c(jitter(x)), z^c)
-    # (nbutils.appearance; not in the thesis; README, "Stage 2")
+    # (nbutils.appearance; not in the thesis; docs/experiments.md, "Stage 2")
     w_invariance: float = 0.0
     # the slices it harmonizes (fully convolutionally) when it trains on windows of them; None = image_shape
     slice_shape: tuple[int, int] | None = None
     # > 0: the attribute encoder reads whole slices as view x view views (nbutils.crops.view; the
-    # GM-VAE reads its own training size); needed when training on windows (README, "Native resolution")
+    # GM-VAE reads its own training size); needed when training on windows (docs/experiments.md, "Native resolution")
     view: int = 0
 
     @property
@@ -191,7 +192,7 @@ class Translator(nn.Module):
         instance-normalise their feature maps; over a whole 1 mm slice, half of it background,
         those statistics are not the ones they were trained with, and translating the whole slice
         in one pass scored 0.03-0.04 SSIM lower against the target scan and the clean truth
-        (README, "Stage 2"). The background outside the head (:func:`outside`) stays background:
+        (docs/experiments.md, "Stage 2"). The background outside the head (:func:`outside`) stays background:
         there is nothing to translate there, and G's faint haze in it showed as grey squares."""
         return self.translate_each(x, [(za, c)])[0]
 

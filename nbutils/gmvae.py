@@ -92,7 +92,7 @@ OPTIONAL = ("rec_pixels", "w_marginal", "histogram_bins", "spectrum_bands", "w_a
 # Named stage-1 settings (``train_gmvae(..., **PRESETS[name])``):
 # - "thesis": the thesis's GM-VAE as written (BCE summed over the image's own pixels);
 # - "appearance": our departures, chosen by measurement on two simulated multi-scanner sets
-#   (README, "Stage 1"): BCE scaled to 182 x 182 pixels so the thesis's weights keep their balance
+#   (docs/experiments.md, "Stage 1"): BCE scaled to 182 x 182 pixels so the thesis's weights keep their balance
 #   at any size (at 182 px it *is* the thesis's loss); a batch-marginal term that keeps every
 #   component in use; appearance features (foreground intensity histogram, directional power
 #   spectrum) that q(y|x) reads and that each component also generates.
@@ -248,7 +248,7 @@ class GMVAE(nn.Module):
         """Start p(a|y) at a k-means partition of the appearance features of the images ``x``
         (N, 1, H, W): each component's mean at a centroid, its variance that of its cluster,
         as a Gaussian mixture fitted by EM is usually started (scikit-learn's default). From
-        random means the mixture settled in worse partitions (README, "Stage 1")."""
+        random means the mixture settled in worse partitions (docs/experiments.md, "Stage 1")."""
         from sklearn.cluster import KMeans
 
         if not self.cfg.w_appearance:

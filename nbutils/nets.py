@@ -96,7 +96,7 @@ class BiasField(nn.Module):
     A fully convolutional generator cannot place anything at a fixed position in the field of
     view, least of all on a window cut from anywhere in the slice; a scanner's coil bias field is
     such a shape. Without this head self-reconstruction could only get the source's field back
-    through z^c (README, "Stage 2"). The coefficients start at zero (a flat field)."""
+    through z^c (docs/experiments.md, "Stage 2"). The coefficients start at zero (a flat field)."""
 
     def __init__(self, code: int, order: int = 3):
         super().__init__()
@@ -168,7 +168,7 @@ class UpConv(nn.Conv2d):
     same input pixel. One 2 x 2 convolution with 4 x the output channels on the small map gives
     all four phases, which are then interleaved. The same function (to float rounding; tested)
     at 4 instead of 9 multiply-adds per output pixel and input-output channel pair, and no 2x
-    copy to write and back-propagate through (README, "Speed"). Types as ``nn.Conv2d``'s (autocast
+    copy to write and back-propagate through (docs/experiments.md, "Speed"). Types as ``nn.Conv2d``'s (autocast
     casts the folded weights)."""
 
     def __init__(self, cin: int, cout: int):
@@ -404,20 +404,21 @@ class ContentDiscriminator(nn.Module):
     instance-normalised map are its affine constants, the same for every image, so with the
     content map itself normalised (``ContentEncoder(norm=True)``) such a D_c reads nothing but the
     shape of each channel's distribution, and stays near chance while a linear probe reads the
-    scanner from the same maps (README, "Stage 2"). ``True`` is how checkpoints written before
+    scanner from the same maps (docs/experiments.md, "Stage 2"). ``True`` is how checkpoints written before
     this option were built.
 
     ``depth`` adds that many stride-2 levels (4 x 4 kernels, channels doubling each time), as
     DRIT's D_c is a stack of stride-2 convolutions. The two 3 x 3 levels alone see 5 x 5 cells of
     the content map, too little to compare one tissue's level with another's: trained on a
     frozen E^c's windows they read the scanner at 0.46, three stride-2 levels at 0.72. In
-    training such a D_c does read the scanner, yet the models it trained scored no better (README,
-    "Stage 2"), so the default stays 0, as checkpoints written before this option were built.
+    training such a D_c does read the scanner, yet the models it trained scored no better
+    (docs/experiments.md, "Stage 2"), so the default stays 0, as checkpoints written before this
+    option were built.
 
     ``field`` > 0 also reads each channel's spatial moments against the monomials (up to that
     order) of where its cells lie in the whole slice (:func:`level_stats`; the ``grid`` handed to
-    :meth:`forward`). The scanner that a content map keeps is mostly the coil's bias field (README,
-    "What carries the scanner into z^c"): a smooth trend at a fixed place in the field of view,
+    :meth:`forward`). The scanner that a content map keeps is mostly the coil's bias field
+    (docs/experiments.md, "What carries the scanner into z^c"): a smooth trend at a fixed place in the field of view,
     which statistics that ignore position cannot see, least of all on windows cut from anywhere."""
 
     def __init__(self, channels: int, k: int = 4, norm: bool = False, depth: int = 0, field: int = 0):

@@ -91,7 +91,7 @@ SCANNERS: tuple[SimScanner, ...] = (
 # A second simulated set, for checking that nothing is tuned to the four scanners above: other
 # contrast curves, blur along the other axis, bias fields of other shapes (one of them not a
 # low-order polynomial in the exponent), inferior-bright instead of superior-bright, other noise
-# levels and artefacts (``python -m nbutils.phantom data/raw/second-set``; README, "Second set").
+# levels and artefacts (``python -m nbutils.phantom data/raw/second-set``; docs/experiments.md, "Second set").
 OTHER_SCANNERS: tuple[SimScanner, ...] = (
     SimScanner("alt-X", "3T-FLASH-like", contrast=(0.05, 0.35, 0.85), curve_gamma=1.2,
                resolution="thick axial slices: blur along z", blur_mm=(0.4, 1.4), downsample=1,

@@ -220,15 +220,26 @@ class Experiment:
             if self.stamp is not None:
                 outputs.remember(run, self.method, "test",
                                  outputs.Outputs(self.result["scanner_free"], self.result["guided"]), self.stamp)
-        run.record(self.key, headline_)
+        # what diagnose() and the other steps added stays if it was computed from this same checkpoint
+        kept = self._section() if self._section().get("checkpoint") == self._checkpoint_id() else {}
+        run.record(self.key, kept | headline_ | {"checkpoint": self._checkpoint_id()})
         return paired.flat(self.result["d2d"]).round(3) if self.traveling else NO_TRAVELING
 
     def verdict(self) -> str:
         return verdict(self.result, self.label) if self.traveling else NO_TRAVELING
 
+    def _section(self) -> dict:
+        return read_metrics(self.run.dir).get(self.key, {})
+
+    def _checkpoint_id(self) -> str:
+        """The checkpoint this model was loaded from (name, size, modification time) and the seed
+        its scores use: a section written for another checkpoint is not kept by :meth:`score`."""
+        f = self.run.checkpoints / self.method.checkpoint(self.known_labels)
+        return f"{f.name} {f.stat().st_size} {f.stat().st_mtime_ns} seed {self.run.seed}"
+
     def _add_metrics(self, values: dict) -> None:
         """Add ``values`` to this model's section of ``metrics.json``, keeping what is there."""
-        self.run.record(self.key, read_metrics(self.run.dir).get(self.key, {}) | values)
+        self.run.record(self.key, self._section() | values)
 
     def source_maps(self):
         """Where each source scanner is left in the scanner-free outputs, beside the inputs

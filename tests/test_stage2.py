@@ -6,7 +6,7 @@ import torch
 from test_drit import tiny_gmvae
 from test_paired import traveling
 
-from nbutils import drit, paired, stage2
+from nbutils import config, drit, methods, paired, stage2
 from nbutils.harmonize import Harmonizer
 
 
@@ -78,3 +78,25 @@ def test_the_curve_s_slice_is_one_every_scanner_saw():
     lonely = base.take([0, 1, 2])
     lonely.manifest["slice_index"] = [1, 2, 3]
     assert list(stage2.middle_slices(lonely)) == [0, 1, 2]
+
+
+def test_scoring_again_keeps_what_was_added_for_the_same_checkpoint_and_drops_it_for_another(tmp_path):
+    """Re-running score() after diagnose() (JupyterLab) keeps the diagnostics of that checkpoint;
+    after retraining, a section written for the old checkpoint is not carried over."""
+    run = config.setup("smoke", str(tmp_path / "run"))
+    exp = object.__new__(stage2.Experiment)  # no slices needed: a run without traveling subjects
+    exp.run, exp.method, exp.known_labels = run, methods.get("gmm-drit"), False
+    exp.key, exp.traveling, exp.stamp = exp.method.section, False, None
+    exp.history = pd.DataFrame(dict(step=[5, 10]))
+    checkpoint = run.checkpoints / exp.method.checkpoint()
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_bytes(b"first")
+    section = lambda: config.read_metrics(run.dir)[exp.key]
+    exp.score()
+    exp._add_metrics({"target_sensitivity": 0.7})
+    exp.score()
+    assert section()["target_sensitivity"] == 0.7 and section()["steps"] == 10
+    checkpoint.write_bytes(b"retrained")
+    exp.history = pd.DataFrame(dict(step=[20]))
+    exp.score()
+    assert "target_sensitivity" not in section() and section()["steps"] == 20
