@@ -73,6 +73,8 @@ BLUR_CONTROL = Measure("scanner-free consistency SSIM, blur control", "09_beyond
                        "not measurable", INPUTS)
 MARGIN = Measure("scanner-free consistency, margin over the stronger control", "09_beyond", "sf margin over controls",
                  True, "not measurable")
+DARK = Measure("scanner-free: darkest 5 % of the brain where the clean truth's are (Dice)", "09_beyond",
+               "sf dark overlap", True, "not measurable", INPUTS)
 RESIDUAL_FROZEN = Measure("residual scanner acc., frozen raw classifier", "09_beyond", "residual acc frozen", False,
                           "not measurable", CHANCE)
 RESIDUAL_FROZEN_DRAWS = Measure("residual scanner acc., frozen raw classifier, median over scanner-free draws",
@@ -81,7 +83,7 @@ RESIDUAL_RETRAINED = Measure("residual scanner acc., retrained classifier", "09_
                              False, "not measurable", CHANCE)
 
 TABLE = (E2, E3, E4, E5_FID, E5_KID, E7, SCAN_SSIM, SCAN_PSNR, TRUTH_SSIM, TRUTH_PSNR, CONSISTENCY, BLUR_CONTROL,
-         MARGIN, RESIDUAL_FROZEN, RESIDUAL_FROZEN_DRAWS, RESIDUAL_RETRAINED)  # the results table's rows, in order
+         MARGIN, DARK, RESIDUAL_FROZEN, RESIDUAL_FROZEN_DRAWS, RESIDUAL_RETRAINED)  # the results table's rows, in order
 # the yardstick's (measure, reference) columns of paired.summary -> the measure that records them
 YARDSTICK = {("ssim", TARGET_SCAN): SCAN_SSIM, ("psnr", TARGET_SCAN): SCAN_PSNR,
              ("ssim", CLEAN_TRUTH): TRUTH_SSIM, ("psnr", CLEAN_TRUTH): TRUTH_PSNR}

@@ -187,7 +187,8 @@ def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray |
     structure component between input and output (the anatomy should survive), beside the same
     between input and control and, when the data have one, between input and clean truth: at
     1 mm the input's noise is local structure too, so an output that removes it cannot reach 1,
-    and the clean truth shows how far a perfect harmonizer would get. Brain mask."""
+    and the clean truth shows how far a perfect harmonizer would get. With a clean truth also the
+    :func:`nbutils.metrics.dark_overlap` of output, input and control with it. Brain mask."""
     pairs = traveling_pairs(test)
     pairs = pairs[pairs["source"] < pairs["target"]]
     src, dst = pairs["src"].to_numpy(), pairs["dst"].to_numpy()
@@ -206,7 +207,16 @@ def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray |
         structure["structure_blur_control"] = kept(control)  # what blurring alone keeps of the input's local structure
     if test.clean is not None:  # what a perfect harmonizer (the clean truth) keeps of it
         structure["structure_clean_truth"] = kept(metrics.Windowed(test.clean))
+        # are the darkest pixels (ventricles, sulci) where the anatomy's are? 1 for any contrast curve of the truth
+        dark = lambda images: metrics.dark_overlap(images, test.clean, masks)
+        structure["dark_overlap"] = dark(outputs)
+        structure["dark_overlap_inputs"] = dark(test.images)
+        if control is not None:
+            structure["dark_overlap_blur_control"] = dark(control.x)
     return agreement, structure
+
+
+DARK_COLUMNS = ("dark_overlap", "dark_overlap_inputs", "dark_overlap_blur_control")
 
 
 def blur_control(test: Slices, outputs: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
@@ -230,7 +240,8 @@ def agreement_table(test: Slices, scanner_free: dict[str, np.ndarray], seed: int
     agreement, the margin of the outputs over the stronger control with its 95 % bootstrap CI
     (anatomies resampled: their scanner pairs are not independent), whether that CI lies above 0
     (``beats_inputs_and_blur``), and the structure SSIM input vs output beside input vs blur control
-    and input vs clean truth (:func:`scanner_free_scores`)."""
+    and input vs clean truth, and (with a clean truth) where the darkest pixels of the outputs, the
+    inputs and the blur control lie against the truth's (``dark_overlap``: :func:`scanner_free_scores`)."""
     rows = []
     for method, out in scanner_free.items():
         sigmas, control = blur_control(test, out)
@@ -244,5 +255,6 @@ def agreement_table(test: Slices, scanner_free: dict[str, np.ndarray], seed: int
                          outputs=per["outputs"].mean(), margin=d, margin_ci_low=lo, margin_ci_high=hi,
                          beats_inputs_and_blur=bool(lo > 0), structure=structure["structure"].mean(),
                          structure_blur_control=structure["structure_blur_control"].mean(),
-                         structure_clean_truth=structure.get("structure_clean_truth", pd.Series(dtype=float)).mean()))
+                         structure_clean_truth=structure.get("structure_clean_truth", pd.Series(dtype=float)).mean())
+                    | {c: structure[c].mean() for c in DARK_COLUMNS if c in structure})
     return pd.DataFrame(rows)

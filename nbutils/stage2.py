@@ -85,6 +85,7 @@ def summary(result: dict, label: str) -> dict:
             "sf_beats_inputs_and_blur": a["beats_inputs_and_blur"], "sf_structure_ssim": a["structure"],
             "sf_structure_blur_control_ssim": a["structure_blur_control"],
             "sf_structure_clean_truth_ssim": a["structure_clean_truth"]}
+    out |= {f"sf_{c}": a[c] for c in paired.DARK_COLUMNS if c in a}
     return out
 
 
@@ -126,9 +127,9 @@ def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: 
                    seed: int = 0, own: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
     """The paired scores of every training snapshot of ``model`` (notebooks 03/04): SSIM of the
     reference-guided translations (a ≠ b) against the target's scan and its clean truth, the
-    target sensitivity, and the scanner-free outputs' agreement; against iterations and training
-    seconds. Traveling subjects: one slice per anatomy (:func:`middle_slices`; a third of the
-    built-in test split), for every snapshot alike, so the last row is not the headline's
+    target sensitivity, and the scanner-free outputs' agreement, structure and dark overlap with the
+    clean truth; against iterations and training seconds. Traveling subjects: one slice per anatomy
+    (:func:`middle_slices`; a third of the built-in test split), for every snapshot alike, so the last row is not the headline's
     score on all slices: translating every snapshot's outputs window by window was the largest
     part of notebooks 03/04's time after training.
 
@@ -150,9 +151,10 @@ def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: 
         d = paired.summary(paired.score_outputs(test, {label: outs}, ceilings=False, progress=False))
         agree, structure = paired.scanner_free_scores(test, sf)
         row = {f"ssim vs {ref}": d.loc[label, ("ssim", ref)] for ref in paired.CEILINGS if ("ssim", ref) in d.columns}
+        dark = {"sf_dark_overlap": float(structure["dark_overlap"].mean())} if "dark_overlap" in structure else {}
         return row | dict(target_sensitivity=usage.target_sensitivity(outs, test)["ratio"],
                           sf_agreement=float(agree["outputs"].mean()),
-                          sf_structure=float(structure["structure"].mean()))
+                          sf_structure=float(structure["structure"].mean())) | dark
 
     return pd.DataFrame([dict(step=step, seconds=seconds, **evaluate(m))
                          for step, seconds, m in drit.snapshot_models(checkpoint, model)])

@@ -170,3 +170,27 @@ def test_compare_table_reports_every_group_against_the_reference():
     assert len(per) == 4 and set(per["site"]) == {0, 1} and (per["n"] == 25).all()
     with pytest.raises(ValueError, match="reference"):
         compare(df, "v", "nope")
+
+
+def _band_image(rows=(20, 22)):
+    """A bright field rising from left to right (every column its own value) with a dark band
+    across ``rows``: 2 of 40 rows, the darkest 5 % of the image."""
+    img = np.tile(0.5 + 0.3 * np.arange(40) / 40, (40, 1))
+    img[rows[0]: rows[1]] = 0.05
+    return img
+
+
+def test_dark_overlap_ignores_contrast_and_sees_a_dark_structure_drawn_wider_or_moved():
+    truth, mask = _band_image(), np.ones((40, 40), bool)
+    assert metrics.dark_overlap(truth ** 2 * 0.7 + 0.1, truth, mask) == 1.0  # any increasing contrast curve
+    wider = _band_image((18, 24))  # the band three times as wide, as G drew the ventricles
+    assert metrics.dark_overlap(wider, truth, mask) == pytest.approx(2 * 80 / (240 + 80))
+    moved = _band_image((22, 24))
+    assert metrics.dark_overlap(moved, truth, mask) == 0.0
+    # stacks: one value per image, a shared (H, W) mask or one per image
+    stack = metrics.dark_overlap(np.stack([truth, wider, moved]), np.stack([truth] * 3), mask)
+    assert stack == pytest.approx([1.0, 0.5, 0.0])
+    assert metrics.dark_overlap(np.stack([wider] * 2), np.stack([truth] * 2), np.stack([mask] * 2)) == pytest.approx(
+        [0.5, 0.5])
+    with pytest.raises(ValueError, match="mask is empty"):
+        metrics.dark_overlap(truth, truth, np.zeros((40, 40), bool))

@@ -189,6 +189,9 @@ def test_blur_control_agrees_better_than_noisy_inputs_and_exposes_a_blurring_har
     assert not table.loc["only blur", "beats_inputs_and_blur"]
     assert table.loc["harmonizer", "beats_inputs_and_blur"] and table.loc["harmonizer", "margin_ci_low"] > 0
     assert table.loc["harmonizer", "outputs"] == pytest.approx(1.0)
+    # the truth under another contrast curve puts its darkest pixels where the truth's are; blurring does not
+    assert table.loc["harmonizer", "dark_overlap"] == pytest.approx(1.0)
+    assert table.loc["only blur", "dark_overlap"] < 0.9
 
 
 def test_paired_translator_learns_a_known_mapping_on_held_out_anatomy(tmp_path):
