@@ -189,8 +189,11 @@ def dark_overlap(a: np.ndarray, b: np.ndarray, mask: np.ndarray, share: float = 
     mask), per image of two (N, H, W) stacks (one value for two (H, W) images). It depends only on
     each image's order of intensities, so any increasing contrast curve leaves it unchanged; it
     falls when thin dark structures (ventricles, sulci) are drawn wider, displaced or smeared,
-    which averaged SSIM hardly sees. 1 = the same darkest pixels."""
+    which averaged SSIM hardly sees. 1 = the same darkest pixels. Leave out of ``mask`` what is
+    dark in every image alike (background the mask reaches): it would count as agreement."""
     a, b, mask = np.asarray(a), np.asarray(b), np.asarray(mask, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"dark_overlap: images of shape {a.shape} against {b.shape}")
     single = a.ndim == 2
     a, b = (a[None], b[None]) if single else (a, b)
     mask = np.broadcast_to(mask, a.shape)

@@ -194,3 +194,20 @@ def test_dark_overlap_ignores_contrast_and_sees_a_dark_structure_drawn_wider_or_
         [0.5, 0.5])
     with pytest.raises(ValueError, match="mask is empty"):
         metrics.dark_overlap(truth, truth, np.zeros((40, 40), bool))
+    with pytest.raises(ValueError, match="shape"):
+        metrics.dark_overlap(np.stack([truth] * 2), np.stack([truth] * 3), mask)
+
+
+def test_dark_overlap_reads_only_inside_the_mask():
+    """Outside the mask a dark band of the output is not seen; inside it, the truth's darkest
+    pixels are the next darkest ones (the darkest columns of the field)."""
+    truth, output = _band_image(), _band_image()
+    output[30:32] = 0.0  # a second, darker band only the output has
+    mask = np.ones((40, 40), bool)
+    assert metrics.dark_overlap(output, truth, mask) == 0.0  # it takes the darkest 5 % from the truth's band
+    mask[28:34] = False
+    assert metrics.dark_overlap(output, truth, mask) == 1.0
+    # without the truth's band in the mask, the darkest pixels are the field's left columns in both
+    mask[18:24] = False
+    assert metrics.dark_overlap(output, truth, mask) == 1.0
+    assert metrics.dark_overlap(output[:, ::-1], truth, mask) == 0.0  # the field mirrored: the right columns
