@@ -178,6 +178,9 @@ def pair_matrix(scores: pd.DataFrame, measure: str, reference: str) -> pd.DataFr
 
 
 # --------------------------------------------------------------------------- scanner-free
+DARK_COLUMNS = ("dark_overlap", "dark_overlap_inputs", "dark_overlap_blur_control")  # outputs, inputs, control
+
+
 def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray | None = None
                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """How scanner-free the scanner-free ``outputs`` (one per test slice) are, on the traveling
@@ -211,15 +214,10 @@ def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray |
         # truth. The brain mask reaches a little background (about 4 % of it in the built-in set), 0 in the
         # truth and kept 0 by every method: left out, or it would fill most of the darkest 5 % alike
         tissue = masks & (np.asarray(test.clean) > 0)
-        dark = lambda images: metrics.dark_overlap(images, test.clean, tissue)
-        structure["dark_overlap"] = dark(outputs)
-        structure["dark_overlap_inputs"] = dark(test.images)
-        if control is not None:
-            structure["dark_overlap_blur_control"] = dark(control.x)
+        for column, images in zip(DARK_COLUMNS, (outputs, test.images, None if control is None else control.x)):
+            if images is not None:
+                structure[column] = metrics.dark_overlap(images, test.clean, tissue)
     return agreement, structure
-
-
-DARK_COLUMNS = ("dark_overlap", "dark_overlap_inputs", "dark_overlap_blur_control")
 
 
 def blur_control(test: Slices, outputs: np.ndarray) -> tuple[dict[str, float], np.ndarray]:

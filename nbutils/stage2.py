@@ -129,9 +129,9 @@ def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: 
     reference-guided translations (a ≠ b) against the target's scan and its clean truth, the
     target sensitivity, and the scanner-free outputs' agreement, structure and dark overlap with the
     clean truth; against iterations and training seconds. Traveling subjects: one slice per anatomy
-    (:func:`middle_slices`; a third of the built-in test split), for every snapshot alike, so the last row is not the headline's
-    score on all slices: translating every snapshot's outputs window by window was the largest
-    part of notebooks 03/04's time after training.
+    (:func:`middle_slices`; a third of the built-in test split), for every snapshot alike, so the
+    last row is not the headline's score on all slices: translating every snapshot's outputs
+    window by window was the largest part of notebooks 03/04's time after training.
 
     ``own``: ``model``'s own reference-guided (K, N, H, W) and scanner-free (N, H, W) outputs
     of all the test images with this ``seed``, already made (:func:`headline`): the snapshot whose
@@ -223,8 +223,9 @@ class Experiment:
                 outputs.remember(run, self.method, "test",
                                  outputs.Outputs(self.result["scanner_free"], self.result["guided"]), self.stamp)
         # what diagnose() and the other steps added stays if it was computed from this same checkpoint
-        kept = self._section() if self._section().get("checkpoint") == self._checkpoint_id() else {}
-        run.record(self.key, kept | headline_ | {"checkpoint": self._checkpoint_id()})
+        section, checkpoint = self._section(), self._checkpoint_id()
+        kept = section if section.get("checkpoint") == checkpoint else {}
+        run.record(self.key, kept | headline_ | {"checkpoint": checkpoint})
         return paired.flat(self.result["d2d"]).round(3) if self.traveling else NO_TRAVELING
 
     def verdict(self) -> str:
@@ -237,7 +238,8 @@ class Experiment:
         """The checkpoint this model was loaded from (name, size, modification time) and the seed
         its scores use: a section written for another checkpoint is not kept by :meth:`score`."""
         f = self.run.checkpoints / self.method.checkpoint(self.known_labels)
-        return f"{f.name} {f.stat().st_size} {f.stat().st_mtime_ns} seed {self.run.seed}"
+        stat = f.stat()
+        return f"{f.name} {stat.st_size} {stat.st_mtime_ns} seed {self.run.seed}"
 
     def _add_metrics(self, values: dict) -> None:
         """Add ``values`` to this model's section of ``metrics.json``, keeping what is there."""
