@@ -21,6 +21,10 @@ from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
 from .train import pick_device, snapshot_folder
 
+# segments of GMM-DRIT's tone curve (nets.ToneCurve): 16, as in the runs that measured it
+# (docs/experiments.md, "Stage 2")
+TONE_KNOTS = 16
+
 LOSSES = ["D_s1", "D_s2", "D_c", "G_adv1", "G_cls1", "G_cls2", "self_rec", "cross_cycle", "latent"]
 NO_TRAVELING = ("no anatomy of the test split is seen by two scanners (no traveling subjects): "
                 "the scores against a target scan, the target sensitivity and the learning curve are left out")
@@ -30,12 +34,15 @@ def model_config(p, slices: tuple[int, int], k: int, variant: str, known_labels:
                  attr: int = 64) -> drit.DRITConfig:
     """The stage-2 configuration of profile ``p`` for slices of size ``slices``: trained on the
     profile's windows (or whole slices), its attribute encoder reading the profile's views;
-    GMM-DRIT's E^c reads its input without the field G draws from the input's inferred code
-    (``content_field``), which DRIT++ and ``known_labels``, whose scanner codes are labels, cannot."""
+    GMM-DRIT's G draws a tone curve and a bias field from the codes, and its E^c reads its input
+    with the curve and the field it would draw for the input's own inferred code undone
+    (``tone_curve``, ``content_field``), which DRIT++ and ``known_labels``, whose scanner codes are
+    labels, cannot."""
+    inferred = variant == "gmm-drit" and not known_labels
     return drit.DRITConfig(image_shape=(p.crop, p.crop) if p.crop else slices, slice_shape=slices if p.crop else None,
                            k=k, variant=variant, width=p.drit_width, n_res=p.drit_res, down=p.drit_down,
                            view=p.view, lr=p.drit_lr, known_labels=known_labels, attr=attr,
-                           content_field=variant == "gmm-drit" and not known_labels)
+                           content_field=inferred, tone_curve=TONE_KNOTS if inferred else 0)
 
 
 def train_variant(run: Run, train_set: Slices, method: methods.Method, known_labels: bool = False,

@@ -102,3 +102,14 @@ def test_scoring_again_keeps_what_was_added_for_the_same_checkpoint_and_drops_it
     exp.history = pd.DataFrame(dict(step=[20]))
     exp.score()
     assert "target_sensitivity" not in section() and section()["steps"] == 20
+
+
+def test_only_gmm_drit_with_inferred_codes_draws_and_undoes_a_tone_curve_and_field():
+    """The curve and the field that E^c undoes are drawn from the image's own inferred code, which
+    DRIT++ and the ``known_labels`` ablation (labels as codes) do not have."""
+    p = config.PROFILES["quick"]
+    gm = stage2.model_config(p, (182, 182), 4, "gmm-drit")
+    assert gm.content_field and gm.tone_curve == stage2.TONE_KNOTS > 0
+    for cfg in (stage2.model_config(p, (182, 182), 4, "gmm-drit", known_labels=True),
+                stage2.model_config(p, (182, 182), 4, "drit++")):
+        assert not cfg.content_field and cfg.tone_curve == 0
