@@ -77,6 +77,8 @@ class DRITConfig:
     # (nets.ToneCurve, Nyul-Udupa-like); with content_field E^c reads its input with it undone too.
     # 0 = none, as checkpoints written before were built (docs/experiments.md, "Stage 2")
     tone_curve: int = 0
+    # the least slope of each of its segments (nets.ToneCurve): 0 = unbounded, as it was first built
+    tone_floor: float = 0.0
     # how G doubles its maps: "resize" (nearest neighbour, then a 3 x 3 conv) or DRIT's 4 x 4
     # stride-2 transposed conv, "transpose", which leaves a checkerboard (nets.Generator)
     upsample: str = "resize"
@@ -119,7 +121,7 @@ class Translator(nn.Module):
         w, k = cfg.width, cfg.k
         self.content = ContentEncoder(w, cfg.n_res, cfg.down, cfg.content_norm)
         self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down, cfg.bias_field, cfg.upsample,
-                                   cfg.tone_curve)
+                                   cfg.tone_curve, cfg.tone_floor)
         self.ds1, self.ds2 = ScannerDiscriminator(w, k), ScannerDiscriminator(w, k)
         self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm, cfg.dc_depth, cfg.dc_field)
         if cfg.variant == "gmm-drit":
@@ -277,7 +279,7 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 
 # options added after the quick run's checkpoints were written, with the value that builds the
 # model those checkpoints hold (DRITTask.meta_of leaves them out while so)
-ADDED_OFF = {"tone_curve": 0}
+ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)

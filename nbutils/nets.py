@@ -131,10 +131,19 @@ class ToneCurve(nn.Module):
     ``knots`` + 1 points evenly spaced in the input, whose outputs are the cumulative sums of
     softmax(a(code)) (strictly increasing, 0 at 0 and 1 at 1): the piecewise-linear intensity
     standardisation of Nyúl & Udupa (1999, 2000), one curve per code. Starts as the identity.
-    :meth:`inverse` undoes it exactly, so E^c can read an image with its own curve undone."""
+    :meth:`inverse` undoes it exactly, so E^c can read an image with its own curve undone.
 
-    def __init__(self, code: int, knots: int = 16):
+    ``floor`` in [0, 1) is the least slope of every segment (the increments are
+    ``floor / knots + (1 - floor) * softmax``), so the inverse stretches no intensity range, and
+    the scan's noise in it, by more than ``1 / floor``. Unbounded (0), the curves of a trained
+    model were nearly flat on the darkest 1/16 and on mid-grey ranges, stretching the noise
+    there 2-23 times for E^c (docs/experiments.md, "Stage 2")."""
+
+    def __init__(self, code: int, knots: int = 16, floor: float = 0.0):
         super().__init__()
+        if not 0 <= floor < 1:
+            raise ValueError(f"the tone curve's least slope must be in [0, 1), got {floor}")
+        self.floor = floor
         self.coef = nn.Linear(code, knots)
         nn.init.zeros_(self.coef.weight)
         nn.init.zeros_(self.coef.bias)
@@ -142,6 +151,8 @@ class ToneCurve(nn.Module):
     def levels(self, code: torch.Tensor) -> torch.Tensor:
         """(N, knots + 1) outputs at the inputs 0, 1/knots, ..., 1."""
         rise = torch.softmax(self.coef(code).float(), 1)
+        if self.floor:
+            rise = self.floor / rise.shape[1] + (1 - self.floor) * rise
         return F.pad(rise.cumsum(1), (1, 0)).clamp(max=1)
 
     def forward(self, code: torch.Tensor, x01: torch.Tensor) -> torch.Tensor:
@@ -195,7 +206,7 @@ class Generator(nn.Module):
     """G(z^c, z^a, c): content map + attribute code + scanner code -> image in [-1, 1].
 
     ``tone_curve`` > 0: the image (in [0, 1]) goes through a :class:`ToneCurve` with that many
-    segments drawn from the code. ``bias_field`` > 0: it is then multiplied by a
+    segments drawn from the code, each of slope at least ``tone_floor``. ``bias_field`` > 0: it is then multiplied by a
     :class:`BiasField` of that order drawn from the same code, at the pixels' positions in the
     whole slice (``origin``, ``full``: see :meth:`forward`), and clipped to 1. :meth:`undo`
     inverts both.
@@ -207,7 +218,7 @@ class Generator(nn.Module):
     artifacts")."""
 
     def __init__(self, width: int = 16, attr: int = 64, k: int = 4, n_res: int = 2, down: int = 2,
-                 bias_field: int = 0, upsample: str = "resize", tone_curve: int = 0):
+                 bias_field: int = 0, upsample: str = "resize", tone_curve: int = 0, tone_floor: float = 0.0):
         super().__init__()
         if upsample not in ("resize", "transpose"):
             raise ValueError(f"upsample must be 'resize' or 'transpose', got {upsample!r}")
@@ -224,7 +235,7 @@ class Generator(nn.Module):
             up += [nn.GroupNorm(1, cout), nn.LeakyReLU(0.2, inplace=True)]
         self.up = nn.Sequential(*up, nn.Conv2d(w, 1, 5, 1, 2), nn.Tanh())
         self.field = BiasField(64, bias_field) if bias_field else None
-        self.curve = ToneCurve(64, tone_curve) if tone_curve else None
+        self.curve = ToneCurve(64, tone_curve, tone_floor) if tone_curve else None
 
     def undo(self, x01: torch.Tensor, za: torch.Tensor, c: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """(N, 1, h, w) images in [0, 1] without the bias field and tone curve G draws for codes

@@ -21,9 +21,10 @@ from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
 from .train import pick_device, snapshot_folder
 
-# segments of GMM-DRIT's tone curve (nets.ToneCurve): 16, as in the runs that measured it
+# GMM-DRIT's tone curve (nets.ToneCurve): 16 segments, as in the runs that measured it, each of
+# slope at least 0.5, so that E^c's inverse stretches the scan's noise at most twice
 # (docs/experiments.md, "Stage 2")
-TONE_KNOTS = 16
+TONE_KNOTS, TONE_FLOOR = 16, 0.5
 
 LOSSES = ["D_s1", "D_s2", "D_c", "G_adv1", "G_cls1", "G_cls2", "self_rec", "cross_cycle", "latent"]
 NO_TRAVELING = ("no anatomy of the test split is seen by two scanners (no traveling subjects): "
@@ -42,7 +43,8 @@ def model_config(p, slices: tuple[int, int], k: int, variant: str, known_labels:
     return drit.DRITConfig(image_shape=(p.crop, p.crop) if p.crop else slices, slice_shape=slices if p.crop else None,
                            k=k, variant=variant, width=p.drit_width, n_res=p.drit_res, down=p.drit_down,
                            view=p.view, lr=p.drit_lr, known_labels=known_labels, attr=attr,
-                           content_field=inferred, tone_curve=TONE_KNOTS if inferred else 0)
+                           content_field=inferred, tone_curve=TONE_KNOTS if inferred else 0,
+                           tone_floor=TONE_FLOOR if inferred else 0.0)
 
 
 def train_variant(run: Run, train_set: Slices, method: methods.Method, known_labels: bool = False,

@@ -315,6 +315,25 @@ def test_the_tone_curve_starts_as_the_identity_is_monotone_and_inverts():
     assert curve.coef.weight.grad.abs().sum() > 0
 
 
+def test_a_floored_tone_curve_keeps_every_slope_above_its_floor_and_still_inverts():
+    """With ``floor`` no segment is flatter than it, however hard the code pushes, so the inverse
+    stretches no range more than 1 / floor and undoes the curve; without, segments go flat."""
+    torch.manual_seed(0)
+    code, ramp = torch.randn(2, 8), torch.linspace(0, 1, 161).expand(2, 1, 1, 161)
+    for floor in (0.0, 0.5):
+        curve = nets.ToneCurve(8, 16, floor)
+        torch.nn.init.normal_(curve.coef.weight, std=3.0)
+        slopes = curve.levels(code).diff(dim=1) * 16
+        assert torch.allclose(curve(code, ramp)[..., -1], torch.ones(2, 1, 1), atol=1e-6)
+        if floor:
+            assert slopes.min() >= floor - 1e-6
+            assert torch.allclose(curve.inverse(code, curve(code, ramp)), ramp, atol=1e-5)
+        else:
+            assert slopes.min() < 0.05
+    with pytest.raises(ValueError, match="least slope"):
+        nets.ToneCurve(8, 16, 1.0)
+
+
 def test_the_content_encoder_reads_the_image_without_g_s_tone_curve_and_field():
     """With ``tone_curve`` G passes its network's output through a tone curve and then the bias
     field, both drawn from the code; with ``content_field`` E^c reads an image carrying exactly

@@ -109,7 +109,7 @@ def test_only_gmm_drit_with_inferred_codes_draws_and_undoes_a_tone_curve_and_fie
     DRIT++ and the ``known_labels`` ablation (labels as codes) do not have."""
     p = config.PROFILES["quick"]
     gm = stage2.model_config(p, (182, 182), 4, "gmm-drit")
-    assert gm.content_field and gm.tone_curve == stage2.TONE_KNOTS > 0
+    assert gm.content_field and gm.tone_curve == stage2.TONE_KNOTS > 0 and gm.tone_floor == stage2.TONE_FLOOR > 0
     for cfg in (stage2.model_config(p, (182, 182), 4, "gmm-drit", known_labels=True),
                 stage2.model_config(p, (182, 182), 4, "drit++")):
-        assert not cfg.content_field and cfg.tone_curve == 0
+        assert not cfg.content_field and cfg.tone_curve == 0 and cfg.tone_floor == 0
