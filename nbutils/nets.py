@@ -137,7 +137,7 @@ class ToneCurve(nn.Module):
     ``floor / knots + (1 - floor) * softmax``), so the inverse stretches no intensity range, and
     the scan's noise in it, by more than ``1 / floor``. Unbounded (0), the curves of a trained
     model were nearly flat on the darkest 1/16 and on mid-grey ranges, stretching the noise
-    there 2-23 times for E^c (docs/experiments.md, "Stage 2")."""
+    there 2-25 times for E^c (docs/experiments.md, "Stage 2")."""
 
     def __init__(self, code: int, knots: int = 16, floor: float = 0.0):
         super().__init__()

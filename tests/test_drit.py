@@ -583,8 +583,11 @@ def test_band_powers_see_blur_along_one_axis_and_noise():
 
 
 def test_options_added_later_and_off_leave_the_checkpoint_meta_as_it_was():
-    """A checkpoint written before ``tone_curve`` existed (its meta has no such key) still resumes
-    and loads: the option is left out of the meta while off, and counts once on."""
-    off, on = make_task(), make_task(tone_curve=8)
-    assert "tone_curve" not in off.meta()["config"] and on.meta()["config"]["tone_curve"] == 8
+    """A checkpoint written before ``tone_curve`` / ``tone_floor`` existed (its meta has no such
+    key) still resumes and loads: each option is left out of the meta while off, and counts once
+    on; the floor reaches G's curve."""
+    off, on, floored = make_task(), make_task(tone_curve=8), make_task(tone_curve=8, tone_floor=0.5)
+    assert not {"tone_curve", "tone_floor"} & set(off.meta()["config"]) and "tone_floor" not in on.meta()["config"]
+    assert on.meta()["config"]["tone_curve"] == 8 and floored.meta()["config"]["tone_floor"] == 0.5
     assert {k: v for k, v in on.meta()["config"].items() if k != "tone_curve"} == off.meta()["config"]
+    assert on.modules.generator.curve.floor == 0 and floored.modules.generator.curve.floor == 0.5
