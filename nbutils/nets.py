@@ -206,10 +206,10 @@ class Generator(nn.Module):
     """G(z^c, z^a, c): content map + attribute code + scanner code -> image in [-1, 1].
 
     ``tone_curve`` > 0: the image (in [0, 1]) goes through a :class:`ToneCurve` with that many
-    segments drawn from the code, each of slope at least ``tone_floor``. ``bias_field`` > 0: it is then multiplied by a
-    :class:`BiasField` of that order drawn from the same code, at the pixels' positions in the
-    whole slice (``origin``, ``full``: see :meth:`forward`), and clipped to 1. :meth:`undo`
-    inverts both.
+    segments drawn from the code, each of slope at least ``tone_floor``. ``bias_field`` > 0: it
+    is then multiplied by a :class:`BiasField` of that order drawn from the same code, at the
+    pixels' positions in the whole slice (``origin``, ``full``: see :meth:`forward`), and
+    clipped to 1. :meth:`undo` inverts both.
 
     ``upsample``: ``"resize"`` doubles the map by nearest-neighbour repetition and then convolves
     (3 x 3; computed as :class:`UpConv`); ``"transpose"`` (DRIT's, and how checkpoints written before this option were built)
