@@ -150,9 +150,7 @@ class ToneCurve(nn.Module):
 
     def levels(self, code: torch.Tensor) -> torch.Tensor:
         """(N, knots + 1) outputs at the inputs 0, 1/knots, ..., 1."""
-        rise = torch.softmax(self.coef(code).float(), 1)
-        if self.floor:
-            rise = self.floor / rise.shape[1] + (1 - self.floor) * rise
+        rise = self.floor / self.coef.out_features + (1 - self.floor) * torch.softmax(self.coef(code).float(), 1)
         return F.pad(rise.cumsum(1), (1, 0)).clamp(max=1)
 
     def forward(self, code: torch.Tensor, x01: torch.Tensor) -> torch.Tensor:
