@@ -7,7 +7,8 @@ DataFrame with a ``method`` column and a unit id, ready for :func:`nbutils.stats
   slice of another scanner translated to b) pairs, the same pairs for every method, beside
   M (real b, real b) pairs, the reference.
 * E4 cross-scanner agreement: luminance SSIM between M random pairs of slices from two
-  different scanners, before (the inputs) and after (their scanner-free outputs).
+  different scanners, before (the inputs) and after (their scanner-free outputs), beside each
+  model's contrast control (:func:`contrast_control`).
 * E5 FID and KID in the frozen scanner classifier's feature space, with a split-half floor.
 * E7 voxel intensities per scanner and their mean pairwise Wasserstein distance.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .baselines import match_all, reference_quantiles
 from .data import Slices
 from .measures import BEFORE, FLOOR, REAL_VS_REAL
 from .methods import IDENTITY
@@ -96,6 +98,15 @@ def e4_cross_scanner(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed
                                       luminance=_component(free, i, free, j, mask, "luminance"))))
     return pd.concat(rows, ignore_index=True)
 
+
+def contrast_control(test: Slices, outputs: np.ndarray) -> np.ndarray:
+    """The inputs, each histogram-matched inside its brain mask onto the pooled in-brain intensities
+    of ``outputs``: harmonization by intensities alone, at the outputs' contrast. E4 pairs
+    different anatomies, so its luminance term falls as tissue contrast rises whatever the scanners
+    (local means of different tissues differ more): an output with more contrast than the inputs
+    can score below them without keeping more of the scanner. Its E4 is read against this control."""
+    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
+    return match_all(images, masks, reference_quantiles(outputs, masks))
 
 class _Given(torch.nn.Module):
     """A torchmetrics feature extractor for features already computed (identity)."""

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -591,3 +593,24 @@ def test_options_added_later_and_off_leave_the_checkpoint_meta_as_it_was():
     assert on.meta()["config"]["tone_curve"] == 8 and floored.meta()["config"]["tone_floor"] == 0.5
     assert {k: v for k, v in on.meta()["config"].items() if k != "tone_curve"} == off.meta()["config"]
     assert on.modules.generator.curve.floor == 0 and floored.modules.generator.curve.floor == 0.5
+
+
+def test_a_checkpoint_written_before_the_options_loads_as_it_was_trained(tmp_path):
+    """A checkpoint whose meta has none of the options added since (``drit.BEFORE_OPTIONS``) loads
+    through ``from_checkpoint`` with each option as it was then, and translates as before."""
+    fields = {f.name for f in dataclasses.fields(drit.DRITConfig)}
+    old = {k: v for k, v in drit.BEFORE_OPTIONS.items() if k in fields}
+    assert old == drit.BEFORE_OPTIONS  # every option named there is a field of the config
+    task = make_task(**old)
+    meta = task.meta()
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in old}  # as the old code wrote it
+    torch.save(dict(step=0, history=[], meta=meta, modules=task.modules.state_dict()), tmp_path / "old.pt")
+    loaded = drit.from_checkpoint(tmp_path / "old.pt")
+    assert {k: getattr(loaded.cfg, k) for k in old} == old
+    x, model = torch.rand(2, 1, 16, 16) * 2 - 1, task.modules.eval()
+    za, c = torch.randn(2, 8), torch.eye(3)[:2]
+    with torch.no_grad():
+        assert torch.equal(loaded.translate(x, za, c), model.translate(x, za, c))
+    # today's defaults differ from the old values: without them the old checkpoint would not load
+    today = drit.DRITConfig(image_shape=(16, 16), k=3)
+    assert any(getattr(today, name) != value for name, value in old.items())

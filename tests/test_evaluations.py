@@ -85,6 +85,29 @@ def test_e4_harmonized_outputs_agree_better_than_inputs():
     assert mean["perfect"] > mean["before (inputs)"]
 
 
+
+def test_e4_falls_with_contrast_alone_and_the_contrast_control_takes_the_outputs_intensities():
+    test = scanners()
+    images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
+    mu = images[masks].mean()
+    stretched = np.where(masks, mu + 1.6 * (images - mu), images)  # more contrast, the scanners' curves kept
+    control = evaluations.contrast_control(test, stretched)
+    assert np.array_equal(control[~masks], images[~masks])  # the background is left as it was
+    # every control image carries the outputs' pooled in-brain intensities (W1 between quantile functions)
+    levels = np.linspace(0.01, 0.99, 99)
+    pooled = np.quantile(stretched[masks], levels)
+    w1 = [np.abs(np.quantile(c[m], levels) - pooled).mean() for c, m in zip(control, masks)]
+    assert max(w1) < 0.01 < np.abs(np.quantile(images[masks], levels) - pooled).mean()
+    k = len(test.domains)
+    outs = {"stretched": Outputs(stretched, np.broadcast_to(stretched, (k, *images.shape))),
+            "its control": Outputs(control, np.broadcast_to(control, (k, *images.shape))),
+            "inputs' control": Outputs(evaluations.contrast_control(test, images), np.broadcast_to(images, (k, *images.shape)))}
+    mean = evaluations.e4_cross_scanner(test, outs, m=300).groupby("method")["luminance"].mean()
+    # contrast alone lowers E4, with the scanners' curves kept or matched away; matching them away
+    # raises it at either contrast
+    assert mean["stretched"] < mean["before (inputs)"] < mean["inputs' control"]
+    assert mean["stretched"] < mean["its control"] < mean["inputs' control"]
+
 def test_fid_and_kid_separate_scanners_and_are_near_zero_within_one(tmp_path):
     test = scanners(n_per=40)
     clf, _ = classifier.train_classifier(test.images, test.labels, tmp_path / "clf.pt", width=4, steps=60,
