@@ -108,6 +108,7 @@ def contrast_control(test: Slices, outputs: np.ndarray) -> np.ndarray:
     images, masks = np.asarray(test.images, np.float32), np.asarray(test.masks, bool)
     return match_all(images, masks, reference_quantiles(outputs, masks))
 
+
 class _Given(torch.nn.Module):
     """A torchmetrics feature extractor for features already computed (identity)."""
 
