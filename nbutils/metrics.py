@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .parallel import thread_map
+
 DATA_RANGE = 1.0
 SSIM_PAD = 5  # (win_size - 1) // 2 for scikit-image's Gaussian window, sigma 1.5 -> 11 px
 
@@ -35,8 +37,10 @@ class Windowed:
     def __init__(self, images: np.ndarray, squares: bool = True):
         x = np.asarray(images, np.float64)
         self.x = x[None] if x.ndim == 2 else x
-        self.mu = _window(self.x)
-        self.sq = _window(self.x * self.x) if squares else None
+        parts = thread_map(lambda s: (_window(self.x[s: s + 32]), _window(self.x[s: s + 32] ** 2) if squares else None),
+                           range(0, len(self.x), 32), progress=False)
+        self.mu = np.concatenate([m for m, _ in parts]) if parts else _window(self.x)
+        self.sq = None if not squares else np.concatenate([q for _, q in parts]) if parts else _window(self.x ** 2)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -60,7 +64,7 @@ def require_regions(masks: np.ndarray | None, n: int, shape: tuple[int, int]) ->
 
 
 def ssim_pairs(a: Windowed, ia, b: Windowed, ib, masks: np.ndarray | None = None,
-               data_range: float = DATA_RANGE, chunk: int = 64) -> np.ndarray:
+               data_range: float = DATA_RANGE, chunk: int = 32) -> np.ndarray:
     """:func:`ssim` of image ``ia[i]`` of ``a`` and image ``ib[i]`` of ``b`` over ``masks[i]``
     for every i (masks as for :func:`_regions`): scikit-image's SSIM map averaged over the mask
     less the 5 px border (:func:`components_pairs`)."""
@@ -130,21 +134,23 @@ def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE,
 
 def components_pairs(a: Windowed, ia, b: Windowed, ib, masks: np.ndarray | None = None,
                      data_range: float = DATA_RANGE, parts: tuple[str, ...] = ALL_PARTS,
-                     chunk: int = 64) -> dict[str, np.ndarray]:
+                     chunk: int = 32) -> dict[str, np.ndarray]:
     """:func:`ssim_components` of image ``ia[i]`` of ``a`` and image ``ib[i]`` of ``b`` over
     ``masks[i]`` (as for :func:`ssim_pairs`) for every i: {part: one mean per pair}. Luminance
     alone needs ``a`` and ``b`` without squares."""
     ia, ib = np.asarray(ia, int), np.asarray(ib, int)
-    out = {k: np.empty(len(ia)) for k in parts}
-    regions = _regions(masks, len(ia), a.x.shape[-2:])
-    for s in range(0, len(ia), chunk):
+    shape = a.x.shape[-2:]
+
+    def means(s: int) -> dict[str, list[float]]:  # the pairs s .. s + chunk - 1
         i, j = ia[s: s + chunk], ib[s: s + chunk]
         maps = _maps(a.mu[i], b.mu[j], lambda: (a.sq[i], b.sq[j], _window(a.x[i] * b.x[j])), data_range, parts)
-        for n in range(len(i)):
-            region = next(regions)
-            for k, v in maps.items():
-                out[k][s + n] = _masked_mean(v[n], region)
-    return out
+        pick = None if masks is None else np.asarray(masks, bool)
+        pick = pick if pick is None or pick.ndim == 2 else pick[s: s + chunk]
+        regions = list(_regions(pick, len(i), shape))
+        return {k: [_masked_mean(v[n], regions[n]) for n in range(len(i))] for k, v in maps.items()}
+
+    done = thread_map(means, range(0, len(ia), chunk), progress=False)
+    return {k: np.array([m for d in done for m in d[k]], float).reshape(len(ia)) for k in parts}
 
 
 def ssim_components(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,

@@ -34,9 +34,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from .io import atomic_path
+from .parallel import thread_map
 from .plots import SIMULATION_MARK
 from .volumes import MNI_AFFINE, to_mni_grid
 
@@ -264,16 +264,18 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
     jobs = [("train", k, i) for k in k_all for i in range(n_train)]
     jobs += [("test", None, j) for j in range(n_test)]
     jobs += [("paired", k, i) for k in k_all for i in range(n_paired)]
-    rows = []
     with atomic_path(out_dir) as tmp:
         for sub in ("train", "test", "clean", "rescan", "paired"):
             (tmp / sub).mkdir(parents=True)
-        for split, k, i in tqdm(jobs, desc="simulating scanners", disable=not progress):
+
+        def write(job) -> list[dict]:  # one anatomy as each scanner that renders it sees it: its CSV rows
+            split, k, i = job
             test = split == "test"
             # a paired anatomy is training anatomy (k, i) itself: the same random draw
             t1, mask, y0 = pseudo_subject(tpl, slab, np.random.default_rng([seed, int(test), k or 0, i]))
             subject = {"train": f"{scanners[k or 0].name}-s{i:03d}", "test": f"trav-{i:03d}",
                        "paired": f"pair-{scanners[k or 0].name}-s{i:03d}"}[split]
+            rows = []
             for kk in ([k] if split == "train" else k_all):
                 s = scanners[kk]
                 name = f"{subject}.nii.gz" if split == "train" else f"{subject}_{s.name}.nii.gz"
@@ -287,7 +289,11 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
                     clean, rescan = f"clean/{name}", f"rescan/{name}"
                 rows.append(dict(path=f"{split}/{name}", domain=s.name, subject=subject,
                                  split=split, clean=clean, rescan=rescan))
-        pd.DataFrame(rows).to_csv(tmp / "volumes.csv", index=False)
+            return rows
+
+        # every anatomy draws from its own generators, so the files do not depend on the threads
+        done = thread_map(write, jobs, desc="simulating scanners", progress=progress)
+        pd.DataFrame([row for rows in done for row in rows]).to_csv(tmp / "volumes.csv", index=False)
         (tmp / "spec.json").write_text(json.dumps(spec, indent=2))
         (tmp / "README.txt").write_text(
             f"{SIMULATION_MARK} from nilearn's ICBM152 2009a template.\n"

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbutils
 
 LAYERS = [  # in the order of docs/design.md's table
-    {"io", "config", "methods", "plots", "metrics", "baselines"},
+    {"io", "parallel", "config", "methods", "plots", "metrics", "baselines"},
     {"volumes", "data", "phantom", "ixi"},
     {"train", "clustering", "nets", "crops", "gmvae"},
     {"losses", "appearance", "drit"},

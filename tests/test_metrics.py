@@ -89,6 +89,17 @@ def test_ssim_components_of_stacks_equal_the_per_image_values():
         ssim_components(a, b, np.zeros(a.shape, bool))
 
 
+def test_windowed_stacks_computed_in_blocks_equal_each_image_alone():
+    """``Windowed`` filters a stack in blocks of 32 images (in threads): the same moments as each image's own."""
+    x = np.random.default_rng(3).random((70, 20, 18))
+    stack = metrics.Windowed(x)
+    for i in (0, 31, 32, 69):
+        one = metrics.Windowed(x[i])
+        np.testing.assert_array_equal(stack.mu[i], one.mu[0])
+        np.testing.assert_array_equal(stack.sq[i], one.sq[0])
+    assert metrics.Windowed(x, squares=False).sq is None
+
+
 def test_ssim_of_pairs_drawn_from_two_stacks_is_scikit_image_s_ssim_of_each_pair():
     """Each image's local moments computed once (``Windowed``), SSIM and its components of any
     pairs of rows: scikit-image's SSIM map (the same operations: equal, not just close) averaged

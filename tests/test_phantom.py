@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbutils import baselines, data, metrics, phantom
+from nbutils import baselines, data, metrics, parallel, phantom
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,14 @@ def test_same_seed_same_files_other_seed_other_files(built):
     other = phantom.build(root / "c", n_train=2, n_test=2, slab=2, seed=6, n_paired=1, progress=False)
     assert digest(csv.parent) == digest(again.parent)
     assert digest(csv.parent) != digest(other.parent)
+
+
+def test_the_files_do_not_depend_on_the_threads_that_render_them(built, monkeypatch):
+    root, csv = built
+    monkeypatch.setattr(parallel, "cores", lambda: 1)
+    alone = phantom.build(root / "one-thread", n_train=2, n_test=2, slab=2, seed=5, n_paired=1, progress=False)
+    assert digest(alone.parent) == digest(csv.parent)
+    assert alone.read_text() == csv.read_text()
 
 
 def test_existing_set_is_reused_only_with_the_same_spec(built):
