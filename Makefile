@@ -16,7 +16,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # torch==2.13.0 is installed in the same pip command as the rest so nothing can resolve
 # another (CUDA, multi-GB) torch build.
 # --no-compile: pip would byte-compile all ~15,000 files of the environment (about a minute);
-# Python compiles the ~3,000 that a run imports on first use and caches them in .venv, which is
+# Python compiles the few thousand that a run imports on first use and caches them in .venv, which is
 # why make lets it write bytecode even where PYTHONDONTWRITEBYTECODE is set.
 # The environment takes about 1.7 GB (torch alone 0.75 GB): say so before pip fails half-way.
 NEED_MB := 1800

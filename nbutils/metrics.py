@@ -14,6 +14,7 @@ from .parallel import thread_map
 
 DATA_RANGE = 1.0
 SSIM_PAD = 5  # (win_size - 1) // 2 for scikit-image's Gaussian window, sigma 1.5 -> 11 px
+BLOCK = 32  # images filtered (or pairs compared) at a time, one block per thread
 
 
 def _masked_mean(values: np.ndarray, mask: np.ndarray | None) -> float:
@@ -37,24 +38,23 @@ class Windowed:
     def __init__(self, images: np.ndarray, squares: bool = True):
         x = np.asarray(images, np.float64)
         self.x = x[None] if x.ndim == 2 else x
-        parts = thread_map(lambda s: (_window(self.x[s: s + 32]), _window(self.x[s: s + 32] ** 2) if squares else None),
-                           range(0, len(self.x), 32), progress=False)
-        self.mu = np.concatenate([m for m, _ in parts]) if parts else _window(self.x)
-        self.sq = None if not squares else np.concatenate([q for _, q in parts]) if parts else _window(self.x ** 2)
+        blocks = [self.x[s: s + BLOCK] for s in range(0, len(self.x), BLOCK)] or [self.x]
+        self.mu = np.concatenate(thread_map(_window, blocks, progress=False))
+        self.sq = np.concatenate(thread_map(lambda b: _window(b * b), blocks, progress=False)) if squares else None
 
     def __len__(self) -> int:
         return len(self.x)
 
 
-def _regions(masks: np.ndarray | None, n: int, shape: tuple[int, int]):
-    """The scored region of each of ``n`` pairs: its mask (one (H, W) mask for all, an (n, H, W)
-    stack, or None for the whole image) without the 5 px border."""
+def _regions(masks: np.ndarray | None, n: int, shape: tuple[int, int], start: int = 0):
+    """The scored region of pairs ``start`` … ``start + n - 1``: its mask (one (H, W) mask for all,
+    a stack with one per pair, or None for the whole image) without the 5 px border."""
     inner = np.zeros(shape, bool)
     inner[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD] = True
     if masks is None:
         return (inner for _ in range(n))
     masks = np.asarray(masks, bool)
-    return (inner & (masks if masks.ndim == 2 else masks[i]) for i in range(n))
+    return (inner & (masks if masks.ndim == 2 else masks[start + i]) for i in range(n))
 
 
 def require_regions(masks: np.ndarray | None, n: int, shape: tuple[int, int]) -> None:
@@ -64,7 +64,7 @@ def require_regions(masks: np.ndarray | None, n: int, shape: tuple[int, int]) ->
 
 
 def ssim_pairs(a: Windowed, ia, b: Windowed, ib, masks: np.ndarray | None = None,
-               data_range: float = DATA_RANGE, chunk: int = 32) -> np.ndarray:
+               data_range: float = DATA_RANGE, chunk: int = BLOCK) -> np.ndarray:
     """:func:`ssim` of image ``ia[i]`` of ``a`` and image ``ib[i]`` of ``b`` over ``masks[i]``
     for every i (masks as for :func:`_regions`): scikit-image's SSIM map averaged over the mask
     less the 5 px border (:func:`components_pairs`)."""
@@ -134,19 +134,17 @@ def ssim_maps(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE,
 
 def components_pairs(a: Windowed, ia, b: Windowed, ib, masks: np.ndarray | None = None,
                      data_range: float = DATA_RANGE, parts: tuple[str, ...] = ALL_PARTS,
-                     chunk: int = 32) -> dict[str, np.ndarray]:
+                     chunk: int = BLOCK) -> dict[str, np.ndarray]:
     """:func:`ssim_components` of image ``ia[i]`` of ``a`` and image ``ib[i]`` of ``b`` over
     ``masks[i]`` (as for :func:`ssim_pairs`) for every i: {part: one mean per pair}. Luminance
     alone needs ``a`` and ``b`` without squares."""
     ia, ib = np.asarray(ia, int), np.asarray(ib, int)
-    shape = a.x.shape[-2:]
+    masks = None if masks is None else np.asarray(masks, bool)
 
-    def means(s: int) -> dict[str, list[float]]:  # the pairs s .. s + chunk - 1
+    def means(s: int) -> dict[str, list[float]]:  # the pairs s … s + chunk - 1
         i, j = ia[s: s + chunk], ib[s: s + chunk]
         maps = _maps(a.mu[i], b.mu[j], lambda: (a.sq[i], b.sq[j], _window(a.x[i] * b.x[j])), data_range, parts)
-        pick = None if masks is None else np.asarray(masks, bool)
-        pick = pick if pick is None or pick.ndim == 2 else pick[s: s + chunk]
-        regions = list(_regions(pick, len(i), shape))
+        regions = list(_regions(masks, len(i), a.x.shape[-2:], s))
         return {k: [_masked_mean(v[n], regions[n]) for n in range(len(i))] for k, v in maps.items()}
 
     done = thread_map(means, range(0, len(ia), chunk), progress=False)

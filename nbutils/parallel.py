@@ -20,10 +20,14 @@ def cores() -> int:
 
 def thread_map(fn, items, desc: str | None = None, progress: bool = True) -> list:
     """``[fn(item) for item in items]``, computed in :func:`cores` threads; ``desc``: a progress
-    bar with this title."""
+    bar with this title. (``tqdm.contrib.concurrent.thread_map`` would compute the rest of the
+    items after one raised.)"""
     items = list(items)
     bar = lambda it: tqdm(it, total=len(items), desc=desc, disable=desc is None or not progress)
     if cores() < 2 or len(items) < 2:
         return [fn(item) for item in bar(items)]
-    with ThreadPoolExecutor(min(cores(), len(items))) as pool:
+    pool = ThreadPoolExecutor(min(cores(), len(items)))
+    try:
         return list(bar(pool.map(fn, items)))
+    finally:  # on an error or an interrupt, the items not started yet are dropped, not computed
+        pool.shutdown(wait=True, cancel_futures=True)
