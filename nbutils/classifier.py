@@ -14,6 +14,7 @@ from torch import nn
 
 from .nets import _conv, level_stats, soft_histogram
 from .stats import bootstrap_mean
+from .train import adam
 
 
 class ScannerClassifier(nn.Module):
@@ -55,7 +56,7 @@ class ClassifierTask:
     def __init__(self, k: int, width: int, lr: float = 1e-3, device="cpu"):
         self.k, self.width, self.lr = k, width, lr
         self.modules = ScannerClassifier(k, width).to(device)
-        self.optimizers = {"clf": torch.optim.Adam(self.modules.parameters(), lr=lr)}
+        self.optimizers = {"clf": adam(self.modules.parameters(), lr=lr)}
 
     def step(self, batch, it: int, ctx) -> dict[str, float]:
         x, y = batch

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import appearance, crops, losses
+from . import appearance, crops, losses, train
 from .gmvae import AttributeEncoder, GMVAE
 from .nets import ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator
 
@@ -295,7 +295,7 @@ class DRITTask:
         gen_params = list(m.content.parameters()) + list(m.generator.parameters())
         if cfg.variant == "drit++":
             gen_params += list(m.attribute.parameters())
-        adam = lambda params: torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
+        adam = lambda params: train.adam(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
         self.optimizers = {"dc": adam(m.dc.parameters()), "ds1": adam(m.ds1.parameters()),
                            "ds2": adam(m.ds2.parameters()), "gen": adam(gen_params)}
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from . import crops
 from .nets import band_powers, level_stats, soft_histogram
+from .train import adam
 
 
 @dataclass(frozen=True)
@@ -359,7 +360,7 @@ class GMVAETask:
                  device: torch.device | str = "cpu"):
         self.cfg, self.n_train, self.batch_size, self.lr = cfg, n_train, batch_size, lr
         self.modules = GMVAE(cfg).to(device)
-        self.optimizers = {"gmvae": torch.optim.Adam(self.modules.parameters(), lr=lr)}
+        self.optimizers = {"gmvae": adam(self.modules.parameters(), lr=lr)}
 
     def temperature(self, it: int) -> float:
         return self.cfg.temperature(it * self.batch_size / self.n_train)

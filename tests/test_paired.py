@@ -194,6 +194,18 @@ def test_blur_control_agrees_better_than_noisy_inputs_and_exposes_a_blurring_har
     assert table.loc["only blur", "dark_overlap"] < 0.9
 
 
+def test_blur_control_is_the_same_in_one_thread_as_in_several(monkeypatch):
+    from nbutils import parallel
+
+    test = traveling(n=4)
+    outputs = metrics.blur(np.asarray(test.images), 1.0)
+    threaded = paired.blur_control(test, outputs)
+    monkeypatch.setattr(parallel, "cores", lambda: 1)
+    alone = paired.blur_control(test, outputs)
+    assert threaded[0] == alone[0] and len(alone[0]) == len(test.domains)
+    np.testing.assert_array_equal(threaded[1], alone[1])
+
+
 def test_paired_translator_learns_a_known_mapping_on_held_out_anatomy(tmp_path):
     """Toy scanners that differ by a contrast curve only: 300 iterations of the U-Net must bring
     the translation of an anatomy it never saw far closer to the target scan than the input is."""
@@ -212,6 +224,7 @@ def test_paired_translator_learns_a_known_mapping_on_held_out_anatomy(tmp_path):
     assert history.l1.tail(20).mean() < 0.5 * history.l1.head(5).mean()
     out = supervised.to_target(model, images[held_out], [0, 1, 2])  # p0 seen by s0, s1, s2
     assert out.shape == (3, 3, SIZE, SIZE)
+    np.testing.assert_allclose(supervised.to_target(model, images[held_out], [0, 1, 2], batch_size=1), out, atol=1e-6)
     err = np.abs(out[2, 0] - images[2]).mean()  # s0 -> s2 against s2's image of the same anatomy
     assert err < 0.5 * np.abs(images[0] - images[2]).mean()
 

@@ -75,3 +75,33 @@ def test_cpu_runs_in_float32_without_autocast():
     with ctx.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     assert train.pick_device("cpu").type == "cpu"
+
+
+@pytest.mark.parametrize("decay", [0.0, 1e-4])
+def test_adam_ends_at_the_weights_of_the_default_adam_bit_for_bit(decay):
+    torch.manual_seed(0)
+    start = [torch.randn(8, 4, 3, 3), torch.randn(8), torch.randn(3, 5)]
+    ends = []
+    for make in (torch.optim.Adam, train.adam):
+        params = [p.clone().requires_grad_() for p in start]
+        opt = make(params, lr=1e-3, betas=(0.5, 0.999), weight_decay=decay)
+        grads = torch.Generator().manual_seed(1)
+        for _ in range(30):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=grads)
+            opt.step()
+        ends.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*ends))
+    assert not torch.equal(ends[1][0], start[0])  # it did step
+
+
+def test_every_training_task_uses_the_multi_tensor_adam():
+    from nbutils import bench, classifier, drit, supervised
+    from nbutils.config import PROFILES
+
+    tasks = [drit.DRITTask(*bench._stage2_config(PROFILES["smoke"], "gmm-drit")),
+             drit.DRITTask(*bench._stage2_config(PROFILES["smoke"], "drit++")),
+             gmvae.GMVAETask(gmvae.GMVAEConfig(image_shape=(16, 16), k=2, width=4), 10),
+             classifier.ClassifierTask(2, 4), supervised.PairedTask(2, 4)]
+    groups = [g for t in tasks for o in t.optimizers.values() for g in o.param_groups]
+    assert groups and all(g["foreach"] is True for g in groups)
