@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import appearance, crops, losses, train
+from . import appearance, crops, losses
 from .gmvae import AttributeEncoder, GMVAE
 from .nets import ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator
+from .train import EpochSampler, adam, fit, load_checkpoint, load_snapshots, pick_device
 
 
 @dataclass(frozen=True)
@@ -295,9 +296,9 @@ class DRITTask:
         gen_params = list(m.content.parameters()) + list(m.generator.parameters())
         if cfg.variant == "drit++":
             gen_params += list(m.attribute.parameters())
-        adam = lambda params: train.adam(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
-        self.optimizers = {"dc": adam(m.dc.parameters()), "ds1": adam(m.ds1.parameters()),
-                           "ds2": adam(m.ds2.parameters()), "gen": adam(gen_params)}
+        optimizer = lambda params: adam(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
+        self.optimizers = {"dc": optimizer(m.dc.parameters()), "ds1": optimizer(m.ds1.parameters()),
+                           "ds2": optimizer(m.ds2.parameters()), "gen": optimizer(gen_params)}
 
     def meta(self) -> dict:
         return self.meta_of(self.modules)
@@ -415,8 +416,6 @@ class PairSampler:
 
     def __init__(self, images, labels: np.ndarray, batch_size: int, seed: int = 0, device="cpu",
                  crop: int = 0, masks=None, view: int = 0):
-        from .train import EpochSampler
-
         if crop and (masks is None or not view):
             raise ValueError("training on crops needs the brain masks (crops are centred on the brain) "
                              "and the size of the attribute encoder's whole-slice view")
@@ -475,8 +474,6 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
     on the brain ``masks``.
     Returns the :class:`Translator` in eval mode and the loss history. ``snapshots``: keep the
     weights every ``every`` iterations (see :func:`snapshot_models`)."""
-    from .train import fit, pick_device
-
     device = pick_device() if device is None else torch.device(device)
     task = DRITTask(cfg, None if gmvae is None else gmvae.to(device), device)
     if cfg.slices != tuple(images.shape[1:]):
@@ -496,8 +493,6 @@ def snapshot_models(checkpoint, model: Translator) -> list[tuple[int, float, Tra
     settings as ``model`` (others are skipped), each a copy of ``model`` with those weights."""
     import copy
 
-    from .train import load_snapshots
-
     meta = DRITTask.meta_of(model)
     out = []
     for snap in load_snapshots(checkpoint, next(model.parameters()).device):
@@ -511,8 +506,6 @@ def snapshot_models(checkpoint, model: Translator) -> list[tuple[int, float, Tra
 def from_checkpoint(path, device="cpu") -> Translator:
     """The trained stage-2 model stored in a checkpoint (its GM-VAE included), in eval mode."""
     from .gmvae import GMVAEConfig
-    from .train import load_checkpoint
-
     state = load_checkpoint(path, device)
     if state["meta"].get("kind") != "drit":
         raise ValueError(f"{path} is not a GMM-DRIT / DRIT++ checkpoint (it holds {state['meta'].get('kind')!r})")

@@ -172,7 +172,11 @@ def _load(path: Path, task: Task, ctx: Context) -> tuple[int, list]:
                          f"({task.meta()}): delete it, or set retrain, to start afresh.")
     task.modules.load_state_dict(state["modules"])
     for k, opt in task.optimizers.items():
+        # how the update is computed (e.g. adam's foreach) is this code's choice, not the checkpoint's
+        how = [{o: g[o] for o in ("foreach", "fused") if o in g} for g in opt.param_groups]
         opt.load_state_dict(state["optimizers"][k])
+        for g, h in zip(opt.param_groups, how):
+            g.update(h)
     for k, scaler in ctx.scalers.items():
         if state["scalers"].get(k):
             scaler.load_state_dict(state["scalers"][k])

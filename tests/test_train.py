@@ -105,3 +105,18 @@ def test_every_training_task_uses_the_multi_tensor_adam():
              classifier.ClassifierTask(2, 4), supervised.PairedTask(2, 4)]
     groups = [g for t in tasks for o in t.optimizers.values() for g in o.param_groups]
     assert groups and all(g["foreach"] is True for g in groups)
+
+
+def test_a_run_resumed_from_a_checkpoint_of_the_per_tensor_adam_keeps_the_multi_tensor_update(tmp_path):
+    images = np.random.default_rng(0).random((30, 16, 16)).astype(np.float16)
+    task, batches = _task_and_batches(images)
+    train.fit(task, batches, 4, tmp_path / "g.pt", every=4)
+    state = train.load_checkpoint(tmp_path / "g.pt")  # as checkpoints were written before train.adam
+    for opt in state["optimizers"].values():
+        for g in opt["param_groups"]:
+            g["foreach"] = None
+    torch.save(state | {"step": 2}, tmp_path / "g.pt")
+    again, batches = _task_and_batches(images)
+    train.fit(again, batches, 4, tmp_path / "g.pt", every=4)
+    groups = [g for o in again.optimizers.values() for g in o.param_groups]
+    assert groups and all(g["foreach"] is True for g in groups)
