@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import appearance, crops, losses
-from .gmvae import AttributeEncoder, GMVAE
+from .gmvae import AttributeEncoder, GMVAE, GMVAEConfig
 from .nets import ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator
 from .train import EpochSampler, adam, fit, load_checkpoint, load_snapshots, pick_device
 
@@ -505,7 +505,6 @@ def snapshot_models(checkpoint, model: Translator) -> list[tuple[int, float, Tra
 
 def from_checkpoint(path, device="cpu") -> Translator:
     """The trained stage-2 model stored in a checkpoint (its GM-VAE included), in eval mode."""
-    from .gmvae import GMVAEConfig
     state = load_checkpoint(path, device)
     if state["meta"].get("kind") != "drit":
         raise ValueError(f"{path} is not a GMM-DRIT / DRIT++ checkpoint (it holds {state['meta'].get('kind')!r})")

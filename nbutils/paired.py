@@ -231,7 +231,7 @@ def blur_control(test: Slices, outputs: np.ndarray) -> tuple[dict[str, float], n
     scanners = [(name, rows) for b, name in enumerate(test.domains) if len(rows := np.flatnonzero(test.labels == b))]
 
     def one(scanner):  # each scanner's search alone, in threads (SciPy's filters release the GIL)
-        rows = scanner[1]
+        _, rows = scanner
         sigma = metrics.effective_blur(images[rows], outputs[rows], masks[rows])
         return sigma, metrics.blur(images[rows], sigma)
 
