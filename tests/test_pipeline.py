@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import site_csv
 
-from nbutils import config, measures, methods, outputs, pipeline, plots, report
+from nbutils import config, drit, measures, methods, outputs, pipeline, plots, report, stage2
 from nbutils.harmonize import Harmonizer
 
 NOTEBOOKS = sorted(p.name for p in config.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -118,6 +118,33 @@ def test_cached_outputs_are_recomputed_when_their_inputs_change(csv_run, tmp_pat
     outputs.evaluation_data(run, progress=False)
     changed = {name for name, t in listing(caches).items() if t != stamps[name]}
     assert changed == {f"test_{methods.DRITPP.slug}.npz"}
+
+
+def test_gmm_drit_is_trained_with_known_labels_beside_only_when_stage_1_misses_the_scanners(csv_run, tmp_path):
+    """Notebook 03, section 5: below the E1 bar GMM-DRIT is trained again with the labels as codes,
+    scored and diagnosed in its own section, and shown beside the inferred-code model; at or above
+    it, and for DRIT++, nothing is trained."""
+    copy = tmp_path / "run"
+    shutil.copytree(csv_run[0], copy)
+    run = config.setup("smoke", str(copy))
+    acc = config.read_metrics(copy)["02_gmvae"]["ACC"]
+    ablation = copy / "checkpoints" / methods.GMM_DRIT.checkpoint(known_labels=True)
+    exp = stage2.Experiment(run, methods.GMM_DRIT)
+    for below in (acc, 0.0):  # E1 at or above the bar
+        assert "finds the scanners" in exp.beside_known_labels(below=below) and not ablation.exists()
+    assert "only GMM-DRIT" in stage2.Experiment(run, methods.DRITPP).beside_known_labels(below=1.01)
+    table = exp.beside_known_labels(below=acc + 0.01).set_index("measure")
+    assert ablation.exists()
+    metrics = config.read_metrics(copy)
+    inferred, known = metrics[exp.key], metrics[exp.key + "_known_labels"]
+    assert known["checkpoint"].startswith(ablation.name) and inferred["checkpoint"].startswith(methods.GMM_DRIT.checkpoint())
+    kept = {k: label for k, label in stage2.BESIDE.items() if "clean_truth" not in k}  # this CSV has no clean truth
+    assert list(table.index) == list(kept.values())
+    for key, label in kept.items():
+        assert table.loc[label].tolist() == [inferred[key], known[key]]
+    assert drit.from_checkpoint(ablation).cfg.known_labels
+    assert (run.figures / f"{exp.key}_beside_known_labels.csv").exists()
+    assert (run.figures / f"{exp.key}_known_labels_translations.png").exists()
 
 
 def test_each_run_keeps_its_figures_and_only_the_default_run_writes_figures(tmp_path, monkeypatch):
