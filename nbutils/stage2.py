@@ -346,12 +346,13 @@ class Experiment:
         why it was not trained."""
         if self.method != methods.GMM_DRIT or self.known_labels:
             return "only GMM-DRIT with inferred codes has a known-labels ablation"
-        acc = read_metrics(self.run.dir).get("02_gmvae", {}).get("ACC")
+        metrics = read_metrics(self.run.dir)
+        acc = metrics.get("02_gmvae", {}).get("ACC")
         if acc is None:
             return "E1 ACC is not recorded (run notebook 02 in this run folder): no known-labels ablation"
         if acc >= below:
             left = (f"; the section {self.key}_known_labels an earlier run left in metrics.json is kept as it was"
-                    if self.key + "_known_labels" in read_metrics(self.run.dir) else "")
+                    if self.key + "_known_labels" in metrics else "")
             return (f"stage 1 finds the scanners (E1 ACC {acc:.3f} ≥ {below:.2f}): GMM-DRIT's inferred codes are "
                     "the scanners, no known-labels ablation needed" + left)
         ablation = Experiment(self.run, self.method, known_labels=True)
