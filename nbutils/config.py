@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write_text
+from .io import atomic_write_text, locked
 
 ROOT = Path(os.environ.get("GMMDRIT_ROOT", Path(__file__).resolve().parents[1]))
 DATA = ROOT / "data"
@@ -145,9 +145,10 @@ class Run:
 
     def record(self, key: str, values: dict) -> dict:
         """Add this notebook's headline numbers to ``metrics.json`` under ``key``."""
-        metrics = read_metrics(self.dir)
-        metrics[key] = _plain(values)
-        atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
+        with locked(self.metrics_file):  # notebooks 03 and 04 may record at the same time
+            metrics = read_metrics(self.dir)
+            metrics[key] = _plain(values)
+            atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
         return metrics
 
 

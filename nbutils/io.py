@@ -1,4 +1,6 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file or the new one, never half of one; and a lock for
+read-modify-write updates of a file that two processes share (``metrics.json`` while notebooks 03
+and 04 run side by side)."""
 from __future__ import annotations
 
 import os
@@ -40,3 +42,23 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).write_text(text)
     return Path(path)
 
+
+
+@contextmanager
+def locked(path: str | Path):
+    """Hold an exclusive lock tied to ``path`` (on a hidden sibling ``.<name>.lock``) while the
+    block runs: another process entering ``locked`` on the same path waits. Where the platform has
+    no ``fcntl`` (Windows) the block runs unlocked; the pipeline runs nothing side by side there."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

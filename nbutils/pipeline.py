@@ -10,13 +10,23 @@ data") they use those volumes and the run folder is ``data/runs/<name>``, where 
 ``--run``, by default the CSV's file name without ``.csv``. The CSV is checked before anything
 runs. Executed copies go to ``<run>/notebooks/`` (never next to the sources). At the end a summary
 of ``<run>/metrics.json`` is printed (:func:`nbutils.report.results_table`).
+
+Notebooks 03 and 04 train the two stage-2 models, which need nothing of each other (03 reads 02's
+GM-VAE, 04 only 01's slices). On a machine with two or more CPU cores and no GPU they run side by
+side, each in its own process on half of the cores (:data:`SIDE_BY_SIDE`): small networks use one
+core nearly as well as two, so the pair finishes sooner than one after the other. Each kernel's
+PyTorch then uses its share of the cores, and floating-point sums split over another number of
+threads round differently: a notebook run alone (JupyterLab, ``--one-at-a-time``) gives numbers that
+differ from ``make run``'s by what such rounding grows into over training.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from .config import NOTEBOOKS, PROFILES, default_run_dir, get_profile, read_metrics, setup
@@ -26,6 +36,67 @@ from .report import results_table
 def notebooks(only: list[str] | None = None):
     found = sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     return [p for p in found if not only or p.name[:2] in only]
+
+
+# Run side by side where the machine allows (:func:`core_shares`); see the module's docstring.
+SIDE_BY_SIDE = ("03", "04")
+
+
+def steps(found: list[Path], side_by_side=SIDE_BY_SIDE) -> list[list[Path]]:
+    """``found`` in order as steps of notebooks that run together: the notebooks numbered in
+    ``side_by_side`` form one step where the first of them stands, if at least two are in
+    ``found``; every other notebook is a step of its own."""
+    together = [p for p in found if p.name[:2] in side_by_side]
+    if len(together) < 2:
+        return [[p] for p in found]
+    return [together if p == together[0] else [p] for p in found if p not in together[1:]]
+
+
+def core_shares(n: int) -> list[set[int]] | None:
+    """The CPU cores this process may use, split into ``n`` disjoint shares of (nearly) equal size;
+    None if they cannot be: fewer cores than ``n``, a platform without CPU affinity, or a GPU
+    (which the models train on instead, one at a time)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    if n < 2 or len(cores) < n:
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return [set(cores[len(cores) * i // n: len(cores) * (i + 1) // n]) for i in range(n)]
+
+
+def execute(nb: Path, out: Path, params: dict, progress: bool = True) -> tuple[float, str]:
+    """Run one notebook with papermill into ``out``: (seconds, '' or the error that stopped it)."""
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(nb))
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(nb), str(out), parameters={k: v for k, v in params.items() if k in declared},
+                            cwd=str(NOTEBOOKS), progress_bar=progress, kernel_name="python3")
+    except pm.PapermillExecutionError as err:
+        return time.perf_counter() - start, f"{err.ename}: {err.evalue}"
+    return time.perf_counter() - start, ""
+
+
+def _execute_on(cores: set[int], nb: Path, out: Path, params: dict) -> tuple[float, str]:
+    """:func:`execute` in a worker process bound to ``cores``; its kernel inherits them."""
+    os.sched_setaffinity(0, cores)
+    return execute(nb, out, params, progress=False)
+
+
+def execute_side_by_side(nbs: list[Path], out: Path, params: dict, shares: list[set[int]]) -> list[tuple[float, str]]:
+    """Run ``nbs`` at once, each in a fresh process on its share of the cores; waits for all."""
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds kernel sockets
+    pools = [ProcessPoolExecutor(1, mp_context=spawn) for _ in nbs]
+    try:
+        futures = [pool.submit(_execute_on, cores, nb, out / nb.name, params)
+                   for pool, cores, nb in zip(pools, shares, nbs)]
+        return [f.result() for f in futures]
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def summary(metrics: dict) -> str:
@@ -64,8 +135,6 @@ def check_data(csv: str, profile: str, seed: int) -> str:
 
 
 def main(argv=None) -> int:
-    import papermill as pm
-
     from .volumes import DataError
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run-dir", default="")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="two-digit notebook numbers to run")
+    ap.add_argument("--one-at-a-time", action="store_true",
+                    help=f"never run notebooks {' and '.join(SIDE_BY_SIDE)} side by side")
     args = ap.parse_args(argv)
     try:
         run_dir = run_folder(args.profile, args.data, args.run, args.run_dir)
@@ -89,23 +160,35 @@ def main(argv=None) -> int:
     out.mkdir(exist_ok=True)
     params = dict(profile=run.profile.name, run_dir=str(run.dir), seed=run.seed, data_csv=data)
     os.environ["NB_HEADLESS"] = "1"  # the kernels inherit it: no live widgets (nbutils.explorer)
-    timings = {}
-    for nb in notebooks(args.only):
-        print(f"== {nb.name}  (profile {run.profile.name}, run folder {run.dir})", flush=True)
-        declared = pm.inspect_notebook(str(nb))
-        start = time.perf_counter()
-        try:
-            pm.execute_notebook(str(nb), str(out / nb.name), parameters={k: v for k, v in params.items() if k in declared},
-                                cwd=str(NOTEBOOKS), progress_bar=True, kernel_name="python3")
-        except pm.PapermillExecutionError as err:
-            print(f"\n{nb.name} stopped: {err.ename}: {err.evalue}\n(the executed copy with the traceback: "
-                  f"{out / nb.name})", file=sys.stderr)
-            return 1
-        timings[nb.name] = time.perf_counter() - start
-        print(f"   done in {timings[nb.name]:.0f} s", flush=True)
+    timings, started = {}, time.perf_counter()
+
+    def done(nb: Path, seconds: float, error: str) -> bool:
+        if error:
+            print(f"\n{nb.name} stopped: {error}\n(the executed copy with the traceback: {out / nb.name})",
+                  file=sys.stderr)
+            return False
+        timings[nb.name] = seconds
+        print(f"   {nb.name[:2]} done in {seconds:.0f} s", flush=True)
+        return True
+
+    for step in steps(notebooks(args.only)):
+        shares = None if args.one_at_a_time else core_shares(len(step))
+        if len(step) > 1 and shares:
+            print(f"== {', '.join(nb.name for nb in step)}  side by side, on cores "
+                  f"{' and '.join(','.join(map(str, sorted(c))) for c in shares)} (profile {run.profile.name}, "
+                  f"run folder {run.dir})", flush=True)
+            results = execute_side_by_side(step, out, params, shares)
+            if not all([done(nb, *result) for nb, result in zip(step, results)]):
+                return 1
+            continue
+        for nb in step:
+            print(f"== {nb.name}  (profile {run.profile.name}, run folder {run.dir})", flush=True)
+            if not done(nb, *execute(nb, out / nb.name, params)):
+                return 1
+    wall = time.perf_counter() - started
     print("\nwall time per notebook (s): " + ", ".join(f"{k[:2]} {v:.0f}" for k, v in timings.items()))
-    print(f"total: {sum(timings.values()):.0f} s\n\nheadline numbers ({run.metrics_file}"
-          f"{'; simulated data' if not data else ''}):")
+    print(f"total: {wall:.0f} s{' (notebooks side by side counted once)' if wall < sum(timings.values()) - 1 else ''}"
+          f"\n\nheadline numbers ({run.metrics_file}{'; simulated data' if not data else ''}):")
     metrics = read_metrics(run.dir)
     table = results_table(metrics)
     # the evaluations' method x measure table once notebooks 05-09 have run, else every number

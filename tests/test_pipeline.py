@@ -45,6 +45,15 @@ def test_one_command_runs_every_notebook_on_your_csv_into_its_run_folder(csv_run
     assert listing(config.FIGURES) == figures_before
 
 
+def test_notebooks_03_and_04_ran_side_by_side_where_the_cores_allow(csv_run):
+    times = {}
+    for nb in ("03_gmmdrit_training.ipynb", "04_dritpp_baseline.ipynb"):
+        meta = json.loads((csv_run[0] / "notebooks" / nb).read_text())["metadata"]["papermill"]
+        times[nb[:2]] = (meta["start_time"], meta["end_time"])  # ISO 8601: ordered as strings
+    overlap = times["03"][0] < times["04"][1] and times["04"][0] < times["03"][1]
+    assert overlap == (pipeline.core_shares(2) is not None)
+
+
 def test_results_table_reads_every_headline_number_a_run_records(csv_run, tmp_path):
     metrics = json.loads((csv_run[0] / "metrics.json").read_text())
     table = report.results_table(metrics).set_index("measure")
@@ -166,6 +175,21 @@ def test_each_run_keeps_its_figures_and_only_the_default_run_writes_figures(tmp_
         plots.save_figure(fig, "01_histograms", run.figures)
         plt.close(fig)
     assert all((run.figures / "01_histograms.png").exists() for run in (default, mine, smoke))
+
+
+def test_only_03_and_04_run_together_and_each_gets_its_own_cores(monkeypatch):
+    found = pipeline.notebooks()
+    assert [[p.name[:2] for p in step] for step in pipeline.steps(found)] == \
+        [["01"], ["02"], ["03", "04"], ["05"], ["06"], ["07"], ["08"], ["09"], ["10"], ["11"]]
+    assert pipeline.steps(pipeline.notebooks(["03", "05"])) == [[p] for p in pipeline.notebooks(["03", "05"])]
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 2, 3, 5, 7}, raising=False)
+    monkeypatch.setattr(pipeline.os, "sched_setaffinity", lambda pid, cores: None, raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert pipeline.core_shares(2) == [{0, 2}, {3, 5, 7}]
+    assert pipeline.core_shares(5) == [{0}, {2}, {3}, {5}, {7}]
+    assert pipeline.core_shares(6) is None and pipeline.core_shares(1) is None
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # a GPU trains them one after the other
+    assert pipeline.core_shares(2) is None
 
 
 def test_a_run_on_your_data_is_named_after_the_csv_unless_named(tmp_path):
