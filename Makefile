@@ -7,6 +7,7 @@ PROFILE ?= quick
 RUN_DIR ?=
 DATA ?=
 RUN ?=
+ONE_AT_A_TIME ?=
 SEED ?= 0
 STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
@@ -28,10 +29,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-compile "torch==2.13.0" -e ".[dev]"
 	touch $(STAMP)
 
-## run every notebook in order with papermill (PROFILE=smoke|quick|paper, DATA=your.csv, RUN=name, RUN_DIR=..., SEED=...)
+## run every notebook in order with papermill, 03 and 04 side by side where the cores allow
+## (PROFILE=smoke|quick|paper, DATA=your.csv, RUN=name, RUN_DIR=..., SEED=..., ONE_AT_A_TIME=1)
 run: $(STAMP)
 	$(PY) -m nbutils.pipeline --profile $(PROFILE) --seed $(SEED) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
-		$(if $(DATA),--data "$(DATA)") $(if $(RUN),--run "$(RUN)")
+		$(if $(DATA),--data "$(DATA)") $(if $(RUN),--run "$(RUN)") $(if $(ONE_AT_A_TIME),--one-at-a-time)
 
 ## unit tests, then every notebook executed by nbmake with the smoke profile
 test: $(STAMP)

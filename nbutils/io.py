@@ -43,7 +43,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-
 @contextmanager
 def locked(path: str | Path):
     """Hold an exclusive lock tied to ``path`` (on a hidden sibling ``.<name>.lock``) while the

@@ -47,15 +47,17 @@ def test_record_merges_keys_and_require_names_the_notebook(tmp_path):
 def test_records_of_processes_writing_at_once_are_all_kept(tmp_path):
     # notebooks 03 and 04 run side by side (nbutils.pipeline) and both record into one metrics.json:
     # each record reads, changes and writes the whole file, so without the lock one would drop the other's
-    script = ("import sys; from nbutils import config\n"
+    script = ("import os, sys, time; from nbutils import config\n"
               "run = config.setup('smoke', sys.argv[1])\n"
-              "for i in range(40): run.record(f'{sys.argv[2]}_{i}', {'i': i})\n")
+              "open(os.path.join(sys.argv[1], 'ready-' + sys.argv[2]), 'w').close()\n"
+              "while len([f for f in os.listdir(sys.argv[1]) if f.startswith('ready-')]) < 2: time.sleep(0.001)\n"
+              "for i in range(150): run.record(f'{sys.argv[2]}_{i}', {'i': i})\n")
     env = {"PYTHONPATH": str(config.ROOT), "PATH": "/usr/bin:/bin"}
     writers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), name], env=env) for name in "ab"]
     assert [w.wait(timeout=300) for w in writers] == [0, 0]
     metrics = config.read_metrics(tmp_path)
-    assert sorted(metrics) == sorted(f"{name}_{i}" for name in "ab" for i in range(40))
-    assert all(metrics[f"b_{i}"] == {"i": i} for i in range(40))
+    assert sorted(metrics) == sorted(f"{name}_{i}" for name in "ab" for i in range(150))
+    assert all(metrics[f"b_{i}"] == {"i": i} for i in range(150))
 
 
 def test_figures_say_simulated_only_for_a_simulated_set(tmp_path, monkeypatch):

@@ -192,6 +192,36 @@ def test_only_03_and_04_run_together_and_each_gets_its_own_cores(monkeypatch):
     assert pipeline.core_shares(2) is None
 
 
+def test_notebooks_side_by_side_each_run_on_their_own_cores(tmp_path):
+    shares = pipeline.core_shares(2)
+    if shares is None:
+        pytest.skip("one core, a GPU or no CPU affinity here: the pipeline runs 03 and 04 one after the other")
+    import nbformat
+
+    code = "import os, torch\nprint(sorted(os.sched_getaffinity(0)), torch.get_num_threads())"
+    nbs = []
+    for name in ("a.ipynb", "b.ipynb"):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), tmp_path / name)
+        nbs.append(tmp_path / name)
+    (tmp_path / "out").mkdir()
+    results = pipeline.execute_side_by_side(nbs, tmp_path / "out", {}, shares)
+    assert [error for _, error in results] == ["", ""]
+    for nb, cores in zip(nbs, shares):  # the kernel inherits its worker's cores; PyTorch uses as many threads
+        printed = nbformat.read(tmp_path / "out" / nb.name, 4).cells[0].outputs[0]["text"]
+        assert printed.strip() == f"{sorted(cores)} {len(cores)}"
+
+
+def test_a_notebook_that_fails_beside_another_is_reported_not_raised(tmp_path):
+    import nbformat
+
+    nb = tmp_path / "fails.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise ValueError('no GM-VAE')")]), nb)
+    seconds, error = pipeline.execute(nb, tmp_path / "out.ipynb", {}, progress=False)
+    assert error == "ValueError: no GM-VAE" and (tmp_path / "out.ipynb").exists()
+    seconds, error = pipeline.execute(tmp_path / "missing.ipynb", tmp_path / "out2.ipynb", {}, progress=False)
+    assert error.startswith("FileNotFoundError")
+
+
 def test_a_run_on_your_data_is_named_after_the_csv_unless_named(tmp_path):
     runs = config.DATA / "runs"
     assert pipeline.run_folder("quick") == ""  # the built-in data's default run
