@@ -14,14 +14,10 @@ of ``<run>/metrics.json`` is printed (:func:`nbutils.report.results_table`).
 
 Notebooks 03 and 04 train the two stage-2 models, which need nothing of each other (03 reads 02's
 GM-VAE, 04 only 01's slices). On a machine with two or more CPU cores and no GPU they run side by
-side, each in its own process bound to half of the cores (:data:`SIDE_BY_SIDE`): networks this small
-run only 1.45-1.5 x faster on two cores than on one, so the pair finishes sooner than one after the
-other (on 2 cores, 802 s against 1,054 s). Elsewhere (a GPU, a platform without CPU affinity such as
-macOS or Windows, ``--one-at-a-time``) they run one after the other. Each kernel's PyTorch uses its
-share of the cores, and floating-point sums split over another number of threads round
-differently: a notebook run alone (JupyterLab, ``--one-at-a-time``) gives numbers that differ a
-little from ``make run``'s (paired SSIMs by up to 0.0011, probes and residual accuracies by up to
-0.03), each way reproducible.
+side, each in its own process bound to half of the cores (:data:`SIDE_BY_SIDE`); elsewhere (a GPU,
+no CPU affinity as on macOS or Windows, ``--one-at-a-time``) one after the other. Why, what it saves
+and how the numbers then differ from a notebook run alone: docs/design.md, "Notebooks 03 and 04 side
+by side".
 """
 from __future__ import annotations
 
@@ -46,11 +42,11 @@ def notebooks(only: list[str] | None = None):
 SIDE_BY_SIDE = ("03", "04")
 
 
-def steps(found: list[Path], side_by_side=SIDE_BY_SIDE) -> list[list[Path]]:
+def steps(found: list[Path]) -> list[list[Path]]:
     """``found`` in order as steps of notebooks that run together: the notebooks numbered in
-    ``side_by_side`` form one step where the first of them stands, if at least two are in
+    :data:`SIDE_BY_SIDE` form one step where the first of them stands, if at least two are in
     ``found``; every other notebook is a step of its own."""
-    together = [p for p in found if p.name[:2] in side_by_side]
+    together = [p for p in found if p.name[:2] in SIDE_BY_SIDE]
     if len(together) < 2:
         return [[p] for p in found]
     return [together if p == together[0] else [p] for p in found if p not in together[1:]]

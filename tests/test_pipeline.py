@@ -211,7 +211,7 @@ def test_notebooks_side_by_side_each_run_on_their_own_cores(tmp_path):
         assert printed.strip() == f"{sorted(cores)} {len(cores)}"
 
 
-def test_a_notebook_that_fails_beside_another_is_reported_not_raised(tmp_path):
+def test_a_notebook_that_fails_or_is_missing_is_reported_not_raised(tmp_path):
     import nbformat
 
     nb = tmp_path / "fails.ipynb"
