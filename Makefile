@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-compile "torch==2.13.0" -e ".[dev]"
 	touch $(STAMP)
 
-## run every notebook in order with papermill, 03 and 04 side by side where the cores allow
+## run every notebook in order with papermill, in two lanes side by side where the cores allow
 ## (PROFILE=smoke|quick|paper, DATA=your.csv, RUN=name, RUN_DIR=..., SEED=..., ONE_AT_A_TIME=1)
 run: $(STAMP)
 	$(PY) -m nbutils.pipeline --profile $(PROFILE) --seed $(SEED) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \

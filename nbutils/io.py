@@ -1,6 +1,6 @@
 """Atomic writes: a reader sees the old file or the new one, never half of one; and a lock for
-read-modify-write updates of a file that two processes share (``metrics.json`` while notebooks 03
-and 04 run side by side)."""
+read-modify-write updates of a file that two processes share (``metrics.json`` while the pipeline's
+two lanes run side by side)."""
 from __future__ import annotations
 
 import os

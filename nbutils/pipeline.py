@@ -1,4 +1,4 @@
-"""Run the numbered notebooks headless with papermill, in order (03 and 04 side by side where
+"""Run the numbered notebooks headless with papermill, in order (in two lanes side by side where
 the cores allow), into one run folder.
 
     python -m nbutils.pipeline --profile quick                       # what `make run` does
@@ -12,12 +12,13 @@ data") they use those volumes and the run folder is ``data/runs/<name>``, where 
 runs. Executed copies go to ``<run>/notebooks/`` (never next to the sources). At the end a summary
 of ``<run>/metrics.json`` is printed (:func:`nbutils.report.results_table`).
 
-Notebooks 03 and 04 train the two stage-2 models, which need nothing of each other (03 reads 02's
-GM-VAE, 04 only 01's slices). On a machine with two or more CPU cores and no GPU they run side by
-side, each in its own process bound to half of the cores (:data:`SIDE_BY_SIDE`); elsewhere (a GPU,
-no CPU affinity as on macOS or Windows, ``--one-at-a-time``) one after the other. Why, what it saves
-and how the numbers then differ from a notebook run alone: docs/design.md, "Notebooks 03 and 04 side
-by side".
+On a machine with two or more CPU cores and no GPU the pipeline runs in two lanes where it can
+(:data:`LANES`), each lane a process bound to half of the cores whose notebooks run one after the
+other: 02 then 03 beside 04 then the references notebooks 06 and 09 would otherwise train first
+(:func:`train_references`), and later 09 beside 05-08, 10 and 11. Elsewhere (a GPU, no CPU affinity as
+on macOS or Windows, ``--one-at-a-time``) every notebook runs one after the other in its numbered order.
+Why, what it saves and how the numbers then differ from a notebook run alone: docs/design.md,
+"Two lanes".
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from .config import NOTEBOOKS, PROFILES, default_run_dir, get_profile, read_metrics, setup
@@ -38,18 +40,41 @@ def notebooks(only: list[str] | None = None):
     return [p for p in found if not only or p.name[:2] in only]
 
 
-# Run side by side where the machine allows (:func:`core_shares`); see the module's docstring.
-SIDE_BY_SIDE = ("03", "04")
+# A lane task besides the notebooks: see :func:`train_references`; for notebooks NEEDS_REFERENCES.
+REFERENCES = "references"
+NEEDS_REFERENCES = ("06", "09")
+# Where the machine allows (:func:`core_shares`), each group runs as two lanes side by side, each
+# lane's tasks one after the other. A lane's notebooks need only what the notebooks before the group
+# and before them in their lane made: 03 reads 02's GM-VAE, 04 only 01's slices, the references only
+# the slices; 05-11 read the models of 03 and 04, and nothing of 09.
+LANES = ((("02", "03"), ("04", REFERENCES)),
+         (("09",), ("05", "06", "07", "08", "10", "11")))
 
 
-def steps(found: list[Path]) -> list[list[Path]]:
-    """``found`` in order as steps of notebooks that run together: the notebooks numbered in
-    :data:`SIDE_BY_SIDE` form one step where the first of them stands, if at least two are in
-    ``found``; every other notebook is a step of its own."""
-    together = [p for p in found if p.name[:2] in SIDE_BY_SIDE]
-    if len(together) < 2:
-        return [[p] for p in found]
-    return [together if p == together[0] else [p] for p in found if p not in together[1:]]
+def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
+    """``found`` as steps, each a list of lanes that run side by side, each lane a list of tasks (a
+    notebook, or :data:`REFERENCES`) that run one after the other. Without ``lanes``, or where a
+    group of :data:`LANES` leaves fewer than two lanes with a notebook of ``found``, each notebook
+    is a step of its own, in order. A group stands where the first of its notebooks in ``found``
+    stands; the references go with it only if a notebook of :data:`NEEDS_REFERENCES` is in ``found``."""
+    if not lanes:
+        return [[[p]] for p in found]
+    by_number = {p.name[:2]: p for p in found}
+    wanted = by_number | ({REFERENCES: REFERENCES} if set(NEEDS_REFERENCES) & set(by_number) else {})
+    steps, placed = [], set()
+    for p in found:
+        if p in placed:
+            continue
+        group = next((g for g in LANES if any(p.name[:2] in lane for lane in g)), None)
+        tasks = [[wanted[t] for t in lane if t in wanted] for lane in group] if group else []
+        tasks = [lane for lane in tasks if any(isinstance(t, Path) for t in lane)]
+        if len(tasks) < 2:
+            steps.append([[p]])
+            placed.add(p)
+            continue
+        steps.append(tasks)
+        placed |= {t for lane in tasks for t in lane}
+    return steps
 
 
 def core_shares(n: int) -> list[set[int]] | None:
@@ -82,10 +107,41 @@ def execute(nb: Path, out: Path, params: dict, progress: bool = True) -> tuple[f
     return time.perf_counter() - start, ""
 
 
-def _execute_on(cores: set[int], nb: Path, out: Path, params: dict) -> tuple[float, str]:
-    """:func:`execute` in a worker process bound to ``cores``; its kernel inherits them."""
+def train_references(params: dict, log: Path) -> tuple[float, str]:
+    """Train what notebooks 06 and 09 would train first from the run's slices alone, so that they
+    load it: the scanner classifier of the raw training slices (:func:`nbutils.classifier.for_run`)
+    and the paired supervised reference (:func:`nbutils.supervised.for_run`). Their printout and
+    progress bars go to ``log``. (seconds, '' or the error that stopped it), as :func:`execute`."""
+    start = time.perf_counter()
+    try:
+        with open(log, "w") as f, redirect_stdout(f), redirect_stderr(f):
+            import torch
+
+            from . import classifier, supervised
+            from .data import for_run
+
+            torch.set_num_threads(len(os.sched_getaffinity(0)))  # as the lane's kernels have
+            run = setup(params["profile"], params["run_dir"], params["seed"])
+            classifier.for_run(run, for_run(run, "train"))
+            supervised.for_run(run)
+    except Exception as err:
+        return time.perf_counter() - start, f"{type(err).__name__}: {err} (the log: {log})"
+    return time.perf_counter() - start, ""
+
+
+def task_name(task: Path | str, short: bool = False) -> str:
+    """A notebook's file name (``short``: its number), or the references and who needs them."""
+    if isinstance(task, Path):
+        return task.name[:2] if short else task.name
+    return f"{task} (for {', '.join(NEEDS_REFERENCES)})"
+
+
+def _execute_on(cores: set[int], task: Path | str, out: Path, params: dict) -> tuple[float, str]:
+    """A lane's task in its worker process bound to ``cores``; a notebook's kernel inherits them."""
     os.sched_setaffinity(0, cores)
-    return execute(nb, out, params, progress=False)
+    if task == REFERENCES:
+        return train_references(params, out / f"{REFERENCES}.log")
+    return execute(task, out / task.name, params, progress=False)
 
 
 def _result(future) -> tuple[float, str]:
@@ -95,14 +151,32 @@ def _result(future) -> tuple[float, str]:
         return 0.0, f"{type(err).__name__}: {err}"
 
 
-def execute_side_by_side(nbs: list[Path], out: Path, params: dict, shares: list[set[int]]) -> list[tuple[float, str]]:
-    """Run ``nbs`` at once, each in a fresh process on its share of the cores; waits for all."""
+def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares: list[set[int]],
+                  done=lambda task, seconds, error: not error) -> bool:
+    """Run ``lanes`` at once, each in a fresh process on its share of the cores, its tasks one after
+    the other. ``done(task, seconds, error)`` is called as each task ends and returns whether it
+    succeeded; after a failure no task starts (those running finish). Whether all succeeded."""
     spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds kernel sockets
-    pools = [ProcessPoolExecutor(1, mp_context=spawn) for _ in nbs]
+    pools = [ProcessPoolExecutor(1, mp_context=spawn) for _ in lanes]
+    queues, running, ok = [list(lane) for lane in lanes], {}, True
+
+    def start(i: int) -> None:
+        if queues[i]:
+            task = queues[i].pop(0)
+            running[pools[i].submit(_execute_on, shares[i], task, out, params)] = i, task
+
     try:
-        futures = [pool.submit(_execute_on, cores, nb, out / nb.name, params)
-                   for pool, cores, nb in zip(pools, shares, nbs)]
-        return [_result(f) for f in futures]
+        for i in range(len(lanes)):
+            start(i)
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i, task = running.pop(future)
+                if not done(task, *_result(future)):
+                    ok = False
+                elif ok:
+                    start(i)
+        return ok
     finally:
         for pool in pools:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -156,7 +230,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="two-digit notebook numbers to run")
     ap.add_argument("--one-at-a-time", action="store_true",
-                    help=f"never run notebooks {' and '.join(SIDE_BY_SIDE)} side by side")
+                    help="run every notebook one after the other, in order (no lanes side by side)")
     args = ap.parse_args(argv)
     try:
         run_dir = run_folder(args.profile, args.data, args.run, args.run_dir)
@@ -171,32 +245,32 @@ def main(argv=None) -> int:
     os.environ["NB_HEADLESS"] = "1"  # the kernels inherit it: no live widgets (nbutils.explorer)
     timings, started = {}, time.perf_counter()
 
-    def done(nb: Path, seconds: float, error: str) -> bool:
+    def done(task: Path | str, seconds: float, error: str) -> bool:
         if error:
-            print(f"\n{nb.name} stopped: {error}\n(the executed copy with the traceback: {out / nb.name})",
-                  file=sys.stderr)
+            where = f"\n(the executed copy with the traceback: {out / task.name})" if isinstance(task, Path) else ""
+            print(f"\n{task_name(task)} stopped: {error}{where}", file=sys.stderr)
             return False
-        timings[nb.name] = seconds
-        print(f"   {nb.name[:2]} done in {seconds:.0f} s", flush=True)
+        timings[task_name(task, short=True).split()[0]] = seconds
+        print(f"   {task_name(task, short=True)} done in {seconds:.0f} s", flush=True)
         return True
 
-    for step in steps(notebooks(args.only)):
-        shares = None if args.one_at_a_time else core_shares(len(step))
-        if len(step) > 1 and shares:
-            print(f"== {', '.join(nb.name for nb in step)}  side by side, on cores "
-                  f"{' and '.join(','.join(map(str, sorted(c))) for c in shares)} (profile {run.profile.name}, "
-                  f"run folder {run.dir})", flush=True)
-            results = execute_side_by_side(step, out, params, shares)
-            if not all([done(nb, *result) for nb, result in zip(step, results)]):
+    for step in plan(notebooks(args.only), lanes=not args.one_at_a_time and core_shares(2) is not None):
+        if len(step) > 1:
+            shares = core_shares(len(step))
+            print(f"== side by side, on cores {' and '.join(','.join(map(str, sorted(c))) for c in shares)} "
+                  f"(profile {run.profile.name}, run folder {run.dir}):\n"
+                  + "\n".join(f"   lane {i + 1}: {', then '.join(task_name(t) for t in lane)}" for i, lane in enumerate(step)),
+                  flush=True)
+            if not execute_lanes(step, out, params, shares, done):
                 return 1
             continue
-        for nb in step:
-            print(f"== {nb.name}  (profile {run.profile.name}, run folder {run.dir})", flush=True)
-            if not done(nb, *execute(nb, out / nb.name, params)):
-                return 1
+        nb = step[0][0]
+        print(f"== {nb.name}  (profile {run.profile.name}, run folder {run.dir})", flush=True)
+        if not done(nb, *execute(nb, out / nb.name, params)):
+            return 1
     wall = time.perf_counter() - started
-    print("\nwall time per notebook (s): " + ", ".join(f"{k[:2]} {v:.0f}" for k, v in timings.items()))
-    print(f"total: {wall:.0f} s{' (notebooks side by side counted once)' if wall < sum(timings.values()) - 1 else ''}"
+    print("\nwall time per notebook (s): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())))
+    print(f"total: {wall:.0f} s{' (lanes side by side counted once)' if wall < sum(timings.values()) - 1 else ''}"
           f"\n\nheadline numbers ({run.metrics_file}{'; simulated data' if not data else ''}):")
     metrics = read_metrics(run.dir)
     table = results_table(metrics)

@@ -4,6 +4,7 @@ of two sites (smoke profile), and what it leaves: a run folder with its own figu
 import json
 import os
 import shutil
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def csv_run(tmp_path_factory):
 
 def test_one_command_runs_every_notebook_on_your_csv_into_its_run_folder(csv_run):
     run_dir, figures_before = csv_run
-    assert sorted(p.name for p in (run_dir / "notebooks").iterdir()) == NOTEBOOKS
+    assert sorted(p.name for p in (run_dir / "notebooks").glob("*.ipynb")) == NOTEBOOKS
     info = json.loads((run_dir / "slices" / "info.json").read_text())
     assert info["domains"] == ["siteA", "siteB"] and info["source_csv"].endswith("my-site.csv")
     assert {m.checkpoint() for m in methods.MODELS} | {"gmvae.pt"} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
@@ -45,13 +46,21 @@ def test_one_command_runs_every_notebook_on_your_csv_into_its_run_folder(csv_run
     assert listing(config.FIGURES) == figures_before
 
 
-def test_notebooks_03_and_04_ran_side_by_side_where_the_cores_allow(csv_run):
+def test_the_lanes_ran_side_by_side_where_the_cores_allow(csv_run):
+    run_dir = csv_run[0]
     times = {}
-    for nb in ("03_gmmdrit_training.ipynb", "04_dritpp_baseline.ipynb"):
-        meta = json.loads((csv_run[0] / "notebooks" / nb).read_text())["metadata"]["papermill"]
-        times[nb[:2]] = (meta["start_time"], meta["end_time"])  # ISO 8601: ordered as strings
-    overlap = times["03"][0] < times["04"][1] and times["04"][0] < times["03"][1]
-    assert overlap == (pipeline.core_shares(2) is not None)
+    for nb in (run_dir / "notebooks").glob("*.ipynb"):
+        meta = json.loads(nb.read_text())["metadata"]["papermill"]
+        times[nb.name[:2]] = (meta["start_time"], meta["end_time"])  # ISO 8601: ordered as strings
+    overlap = lambda a, b: times[a][0] < times[b][1] and times[b][0] < times[a][1]
+    lanes = pipeline.core_shares(2) is not None
+    assert overlap("02", "04") == lanes and overlap("05", "09") == lanes
+    assert times["02"][1] < times["03"][0] and times["04"][1] < times["05"][0]  # what each needs came first
+    # the references 06 and 09 load were trained beside 04, before either started, only in lanes
+    classifier = (run_dir / "checkpoints" / "scanner-classifier.pt").stat().st_mtime
+    started_06 = datetime.fromisoformat(times["06"][0]).timestamp()
+    assert (run_dir / "notebooks" / "references.log").exists() == lanes
+    assert (classifier < started_06) == lanes
 
 
 def test_results_table_reads_every_headline_number_a_run_records(csv_run, tmp_path):
@@ -177,11 +186,18 @@ def test_each_run_keeps_its_figures_and_only_the_default_run_writes_figures(tmp_
     assert all((run.figures / "01_histograms.png").exists() for run in (default, mine, smoke))
 
 
-def test_only_03_and_04_run_together_and_each_gets_its_own_cores(monkeypatch):
-    found = pipeline.notebooks()
-    assert [[p.name[:2] for p in step] for step in pipeline.steps(found)] == \
-        [["01"], ["02"], ["03", "04"], ["05"], ["06"], ["07"], ["08"], ["09"], ["10"], ["11"]]
-    assert pipeline.steps(pipeline.notebooks(["03", "05"])) == [[p] for p in pipeline.notebooks(["03", "05"])]
+def test_the_plan_puts_only_the_lanes_groups_side_by_side_and_each_lane_gets_its_own_cores(monkeypatch):
+    numbers = lambda steps: [[[pipeline.task_name(t, short=True).split()[0] for t in lane] for lane in step]
+                             for step in steps]
+    assert numbers(pipeline.plan(pipeline.notebooks())) == [
+        [["01"]], [["02", "03"], ["04", "references"]], [["09"], ["05", "06", "07", "08", "10", "11"]]]
+    everything_in_order = [[[p]] for p in pipeline.notebooks()]
+    assert pipeline.plan(pipeline.notebooks(), lanes=False) == everything_in_order
+    assert numbers(pipeline.plan(pipeline.notebooks(["03", "04"]))) == [[["03"], ["04"]]]  # no references asked for
+    assert numbers(pipeline.plan(pipeline.notebooks(["04", "05", "06"]))) == [[["04"]], [["05"]], [["06"]]]
+    assert numbers(pipeline.plan(pipeline.notebooks(["02", "03", "09"]))) == [[["02"]], [["03"]], [["09"]]]
+    assert numbers(pipeline.plan(pipeline.notebooks(["03", "04", "09", "10"]))) == [
+        [["03"], ["04", "references"]], [["09"], ["10"]]]
     monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 2, 3, 5, 7}, raising=False)
     monkeypatch.setattr(pipeline.os, "sched_setaffinity", lambda pid, cores: None, raising=False)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
@@ -192,23 +208,48 @@ def test_only_03_and_04_run_together_and_each_gets_its_own_cores(monkeypatch):
     assert pipeline.core_shares(2) is None
 
 
-def test_notebooks_side_by_side_each_run_on_their_own_cores(tmp_path):
-    shares = pipeline.core_shares(2)
-    if shares is None:
-        pytest.skip("one core, a GPU or no CPU affinity here: the pipeline runs 03 and 04 one after the other")
+def _toy_notebooks(folder, cells):
     import nbformat
 
-    code = "import os, torch\nprint(sorted(os.sched_getaffinity(0)), torch.get_num_threads())"
-    nbs = []
-    for name in ("a.ipynb", "b.ipynb"):
-        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), tmp_path / name)
-        nbs.append(tmp_path / name)
+    out = []
+    for name, code in cells.items():
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), folder / name)
+        out.append(folder / name)
+    return out
+
+
+def test_lanes_run_side_by_side_each_on_its_own_cores_their_notebooks_in_order(tmp_path):
+    shares = pipeline.core_shares(2)
+    if shares is None:
+        pytest.skip("one core, a GPU or no CPU affinity here: the pipeline runs every notebook one after the other")
+    import nbformat
+
+    code = "import os, time, torch\nprint(sorted(os.sched_getaffinity(0)), torch.get_num_threads(), time.time())"
+    a1, a2, b = _toy_notebooks(tmp_path, {"a1.ipynb": code, "a2.ipynb": code, "b.ipynb": code})
     (tmp_path / "out").mkdir()
-    results = pipeline.execute_side_by_side(nbs, tmp_path / "out", {}, shares)
-    assert [error for _, error in results] == ["", ""]
-    for nb, cores in zip(nbs, shares):  # the kernel inherits its worker's cores; PyTorch uses as many threads
-        printed = nbformat.read(tmp_path / "out" / nb.name, 4).cells[0].outputs[0]["text"]
-        assert printed.strip() == f"{sorted(cores)} {len(cores)}"
+    ended = []
+    ok = pipeline.execute_lanes([[a1, a2], [b]], tmp_path / "out", {}, shares,
+                                lambda task, seconds, error: ended.append((task.name, error)) or not error)
+    assert ok and sorted(ended) == [("a1.ipynb", ""), ("a2.ipynb", ""), ("b.ipynb", "")]
+    printed = {}
+    for nb, cores in ((a1, shares[0]), (a2, shares[0]), (b, shares[1])):
+        # the kernel inherits its lane's cores; PyTorch uses as many threads
+        cores_seen, threads, at = nbformat.read(tmp_path / "out" / nb.name, 4).cells[0].outputs[0]["text"].rsplit(" ", 2)
+        assert (cores_seen, int(threads)) == (str(sorted(cores)), len(cores))
+        printed[nb.name] = float(at)
+    assert printed["a1.ipynb"] < printed["a2.ipynb"]
+
+
+def test_after_a_failure_in_one_lane_no_task_starts_and_the_other_lane_s_running_task_ends(tmp_path):
+    shares = pipeline.core_shares(2)
+    if shares is None:
+        pytest.skip("one core, a GPU or no CPU affinity here: no lanes")
+    fails, after, slow = _toy_notebooks(tmp_path, {"fails.ipynb": "raise ValueError('no GM-VAE')",
+                                                   "after.ipynb": "print(1)", "slow.ipynb": "import time; time.sleep(8)"})
+    ended = []
+    ok = pipeline.execute_lanes([[fails, after], [slow, after]], tmp_path, {}, shares,
+                                lambda task, seconds, error: ended.append((task.name, error)) or not error)
+    assert not ok and ended == [("fails.ipynb", "ValueError: no GM-VAE"), ("slow.ipynb", "")]
 
 
 def test_a_notebook_that_fails_or_is_missing_is_reported_not_raised(tmp_path):
