@@ -145,7 +145,7 @@ class Run:
 
     def record(self, key: str, values: dict) -> dict:
         """Add this notebook's headline numbers to ``metrics.json`` under ``key``."""
-        with locked(self.metrics_file):  # notebooks 03 and 04 may record at the same time
+        with locked(self.metrics_file):  # the pipeline's two lanes may record at the same time
             metrics = read_metrics(self.dir)
             metrics[key] = _plain(values)
             atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2, sort_keys=True))

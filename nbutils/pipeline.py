@@ -56,7 +56,9 @@ def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
     notebook, or :data:`REFERENCES`) that run one after the other. Without ``lanes``, or where a
     group of :data:`LANES` leaves fewer than two lanes with a notebook of ``found``, each notebook
     is a step of its own, in order. A group stands where the first of its notebooks in ``found``
-    stands; the references go with it only if a notebook of :data:`NEEDS_REFERENCES` is in ``found``."""
+    stands; the references go with it only if a notebook of :data:`NEEDS_REFERENCES` is in ``found``.
+    If they are wanted but their group does not run as lanes, they are a step of their own before
+    the first lanes that hold a notebook needing them, so that two lanes never train them at once."""
     if not lanes:
         return [[[p]] for p in found]
     by_number = {p.name[:2]: p for p in found}
@@ -74,6 +76,12 @@ def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
             continue
         steps.append(tasks)
         placed |= {t for lane in tasks for t in lane}
+    if REFERENCES in wanted and REFERENCES not in placed:
+        needs = lambda step: len(step) > 1 and any(task_name(t, short=True) in NEEDS_REFERENCES
+                                                   for lane in step for t in lane)
+        first = next((i for i, step in enumerate(steps) if needs(step)), None)
+        if first is not None:
+            steps.insert(first, [[REFERENCES]])
     return steps
 
 
@@ -136,12 +144,17 @@ def task_name(task: Path | str, short: bool = False) -> str:
     return f"{task} (for {', '.join(NEEDS_REFERENCES)})"
 
 
+def run_task(task: Path | str, out: Path, params: dict, progress: bool = True) -> tuple[float, str]:
+    """A notebook (its executed copy into ``out``) or the references (their log into ``out``)."""
+    if task == REFERENCES:
+        return train_references(params, out / f"{REFERENCES}.log")
+    return execute(task, out / task.name, params, progress)
+
+
 def _execute_on(cores: set[int], task: Path | str, out: Path, params: dict) -> tuple[float, str]:
     """A lane's task in its worker process bound to ``cores``; a notebook's kernel inherits them."""
     os.sched_setaffinity(0, cores)
-    if task == REFERENCES:
-        return train_references(params, out / f"{REFERENCES}.log")
-    return execute(task, out / task.name, params, progress=False)
+    return run_task(task, out, params, progress=False)
 
 
 def _result(future) -> tuple[float, str]:
@@ -254,9 +267,9 @@ def main(argv=None) -> int:
         print(f"   {task_name(task, short=True)} done in {seconds:.0f} s", flush=True)
         return True
 
-    for step in plan(notebooks(args.only), lanes=not args.one_at_a_time and core_shares(2) is not None):
+    shares = None if args.one_at_a_time else core_shares(2)  # every group of LANES has two lanes
+    for step in plan(notebooks(args.only), lanes=shares is not None):
         if len(step) > 1:
-            shares = core_shares(len(step))
             print(f"== side by side, on cores {' and '.join(','.join(map(str, sorted(c))) for c in shares)} "
                   f"(profile {run.profile.name}, run folder {run.dir}):\n"
                   + "\n".join(f"   lane {i + 1}: {', then '.join(task_name(t) for t in lane)}" for i, lane in enumerate(step)),
@@ -264,9 +277,9 @@ def main(argv=None) -> int:
             if not execute_lanes(step, out, params, shares, done):
                 return 1
             continue
-        nb = step[0][0]
-        print(f"== {nb.name}  (profile {run.profile.name}, run folder {run.dir})", flush=True)
-        if not done(nb, *execute(nb, out / nb.name, params)):
+        task = step[0][0]
+        print(f"== {task_name(task)}  (profile {run.profile.name}, run folder {run.dir})", flush=True)
+        if not done(task, *run_task(task, out, params)):
             return 1
     wall = time.perf_counter() - started
     print("\nwall time per notebook (s): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())))

@@ -114,6 +114,7 @@ def train_paired(paired: Slices, checkpoint, *, width: int = 16, steps: int = 60
                          "with n_paired > 0 (profile sim_paired_subjects)")
     k = len(paired.domains)
     device = pick_device() if device is None else torch.device(device)
+    torch.manual_seed(seed)  # the initial weights are a function of the seed, not of what ran before
     task = PairedTask(k, width, device=device)
     seen = [np.flatnonzero(r >= 0) for r in rows]
 

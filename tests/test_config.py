@@ -45,7 +45,7 @@ def test_record_merges_keys_and_require_names_the_notebook(tmp_path):
 
 
 def test_records_of_processes_writing_at_once_are_all_kept(tmp_path):
-    # notebooks 03 and 04 run side by side (nbutils.pipeline) and both record into one metrics.json:
+    # the pipeline's two lanes run side by side and both record into one metrics.json:
     # each record reads, changes and writes the whole file, so without the lock one would drop the other's
     script = ("import os, sys, time; from nbutils import config\n"
               "run = config.setup('smoke', sys.argv[1])\n"

@@ -240,6 +240,30 @@ def test_paired_translator_learns_a_known_mapping_on_held_out_anatomy(tmp_path):
     assert err < 0.5 * np.abs(images[0] - images[2]).mean()
 
 
+def test_the_paired_translator_starts_from_the_same_weights_whatever_ran_before(tmp_path):
+    """The pipeline trains it after the scanner classifier (nbutils.pipeline.train_references),
+    notebook 09 right after setting the seed: the same weights either way."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    images, rows = [], []
+    for s in range(4):
+        base, disc = anatomy(rng)
+        for b in range(2):
+            images.append(base ** GAINS[b] * disc)
+            rows.append(dict(subject=f"p{s}", slice_index=0, domain=f"s{b}", domain_index=b))
+    images = np.array(images, np.float32)
+    pairs = Slices(images, images > 0, None, pd.DataFrame(rows), ["s0", "s1"])
+    weights = []
+    for i, before in enumerate((0, 5)):
+        torch.manual_seed(123)
+        torch.randn(before)  # another history of the global random stream
+        model, _ = supervised.train_paired(pairs, tmp_path / f"u{i}.pt", width=4, steps=2, batch_size=2, every=2, seed=7)
+        weights.append(model.state_dict())
+    for name, w in weights[0].items():
+        assert torch.equal(w, weights[1][name]), name
+
+
 def test_paired_rows_keep_scanner_columns_when_one_scanner_misses_an_anatomy():
     man = pd.DataFrame(dict(subject=["a", "a", "b", "b", "c"], slice_index=0,
                             domain=["s0", "s2", "s0", "s1", "s1"], domain_index=[0, 2, 0, 1, 1]))

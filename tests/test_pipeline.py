@@ -59,6 +59,7 @@ def test_the_lanes_ran_side_by_side_where_the_cores_allow(csv_run):
     # the references 06 and 09 load were trained beside 04, before either started, only in lanes
     classifier = (run_dir / "checkpoints" / "scanner-classifier.pt").stat().st_mtime
     started_06 = datetime.fromisoformat(times["06"][0]).timestamp()
+    assert max(times["03"][1], times["04"][1]) < min(times["05"][0], times["09"][0])  # the models came first
     assert (run_dir / "notebooks" / "references.log").exists() == lanes
     assert (classifier < started_06) == lanes
 
@@ -198,6 +199,9 @@ def test_the_plan_puts_only_the_lanes_groups_side_by_side_and_each_lane_gets_its
     assert numbers(pipeline.plan(pipeline.notebooks(["02", "03", "09"]))) == [[["02"]], [["03"]], [["09"]]]
     assert numbers(pipeline.plan(pipeline.notebooks(["03", "04", "09", "10"]))) == [
         [["03"], ["04", "references"]], [["09"], ["10"]]]
+    # without their group's lanes the references come first, so that 06 and 09 do not both train them
+    assert numbers(pipeline.plan(pipeline.notebooks(["01", "06", "09"]))) == [[["01"]], [["references"]], [["09"], ["06"]]]
+    assert numbers(pipeline.plan(pipeline.notebooks(["06"]))) == [[["06"]]]
     monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 2, 3, 5, 7}, raising=False)
     monkeypatch.setattr(pipeline.os, "sched_setaffinity", lambda pid, cores: None, raising=False)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
@@ -237,19 +241,26 @@ def test_lanes_run_side_by_side_each_on_its_own_cores_their_notebooks_in_order(t
         cores_seen, threads, at = nbformat.read(tmp_path / "out" / nb.name, 4).cells[0].outputs[0]["text"].rsplit(" ", 2)
         assert (cores_seen, int(threads)) == (str(sorted(cores)), len(cores))
         printed[nb.name] = float(at)
-    assert printed["a1.ipynb"] < printed["a2.ipynb"]
+    assert printed["a1.ipynb"] < printed["a2.ipynb"]  # one after the other in a lane
+    assert printed["b.ipynb"] < printed["a2.ipynb"]  # beside a1, not after both
 
 
 def test_after_a_failure_in_one_lane_no_task_starts_and_the_other_lane_s_running_task_ends(tmp_path):
     shares = pipeline.core_shares(2)
     if shares is None:
         pytest.skip("one core, a GPU or no CPU affinity here: no lanes")
-    fails, after, slow = _toy_notebooks(tmp_path, {"fails.ipynb": "raise ValueError('no GM-VAE')",
-                                                   "after.ipynb": "print(1)", "slow.ipynb": "import time; time.sleep(8)"})
+    marker = tmp_path / "failed"
+    fails, after, slow = _toy_notebooks(tmp_path, {
+        "fails.ipynb": f"open({str(marker)!r}, 'w').close()\nraise ValueError('no GM-VAE')",
+        "after.ipynb": "print(1)",
+        # still running when the failure is reported: it waits for it, then a little longer
+        "slow.ipynb": f"import os, time\nwhile not os.path.exists({str(marker)!r}): time.sleep(0.1)\ntime.sleep(5)"})
+    (tmp_path / "out").mkdir()
     ended = []
-    ok = pipeline.execute_lanes([[fails, after], [slow, after]], tmp_path, {}, shares,
+    ok = pipeline.execute_lanes([[fails, after], [slow, after]], tmp_path / "out", {}, shares,
                                 lambda task, seconds, error: ended.append((task.name, error)) or not error)
     assert not ok and ended == [("fails.ipynb", "ValueError: no GM-VAE"), ("slow.ipynb", "")]
+    assert not (tmp_path / "out" / "after.ipynb").exists()
 
 
 def test_a_notebook_that_fails_or_is_missing_is_reported_not_raised(tmp_path):
