@@ -215,17 +215,23 @@ def test_blur_control_in_threads_gives_each_scanner_its_own_sigma_and_rows(monke
     np.testing.assert_array_equal(blurred, control)
 
 
+def toy_scans(subjects: int, scanners: int):
+    """Every anatomy p0, p1, ... seen by toy scanners s0, s1, ... that differ by a contrast curve
+    only: (images, manifest rows), anatomy by anatomy."""
+    rng = np.random.default_rng(0)
+    images, rows = [], []
+    for s in range(subjects):
+        base, disc = anatomy(rng)
+        for b in range(scanners):
+            images.append(base ** GAINS[b] * disc)
+            rows.append(dict(subject=f"p{s}", slice_index=0, domain=f"s{b}", domain_index=b))
+    return np.array(images, np.float32), rows
+
+
 def test_paired_translator_learns_a_known_mapping_on_held_out_anatomy(tmp_path):
     """Toy scanners that differ by a contrast curve only: 300 iterations of the U-Net must bring
     the translation of an anatomy it never saw far closer to the target scan than the input is."""
-    rng = np.random.default_rng(0)
-    images, rows = [], []
-    for s in range(13):
-        base, disc = anatomy(rng)
-        for b in range(3):
-            images.append(base ** GAINS[b] * disc)
-            rows.append(dict(subject=f"p{s}", slice_index=0, domain=f"s{b}", domain_index=b))
-    images = np.array(images, np.float32)
+    images, rows = toy_scans(13, 3)
     train, held_out = slice(3, None), slice(0, 3)  # anatomy p0 is never trained on
     pairs = Slices(images[train], images[train] > 0, None, pd.DataFrame(rows[3:]), ["s0", "s1", "s2"])
     assert supervised.pairs_of(pairs).shape == (12, 3)
@@ -245,14 +251,7 @@ def test_the_paired_translator_starts_from_the_same_weights_whatever_ran_before(
     notebook 09 right after setting the seed: the same weights either way."""
     import torch
 
-    rng = np.random.default_rng(0)
-    images, rows = [], []
-    for s in range(4):
-        base, disc = anatomy(rng)
-        for b in range(2):
-            images.append(base ** GAINS[b] * disc)
-            rows.append(dict(subject=f"p{s}", slice_index=0, domain=f"s{b}", domain_index=b))
-    images = np.array(images, np.float32)
+    images, rows = toy_scans(4, 2)
     pairs = Slices(images, images > 0, None, pd.DataFrame(rows), ["s0", "s1"])
     weights = []
     for i, before in enumerate((0, 5)):
