@@ -138,10 +138,11 @@ def train_references(params: dict, log: Path) -> tuple[float, str]:
 
 
 def task_name(task: Path | str, short: bool = False) -> str:
-    """A notebook's file name (``short``: its number), or the references and who needs them."""
+    """A notebook's file name (``short``: its number), or the references (unless ``short``: and who
+    needs them)."""
     if isinstance(task, Path):
         return task.name[:2] if short else task.name
-    return f"{task} (for {', '.join(NEEDS_REFERENCES)})"
+    return task if short else f"{task} (for {', '.join(NEEDS_REFERENCES)})"
 
 
 def run_task(task: Path | str, out: Path, params: dict, progress: bool = True) -> tuple[float, str]:
@@ -164,8 +165,7 @@ def _result(future) -> tuple[float, str]:
         return 0.0, f"{type(err).__name__}: {err}"
 
 
-def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares: list[set[int]],
-                  done=lambda task, seconds, error: not error) -> bool:
+def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares: list[set[int]], done) -> bool:
     """Run ``lanes`` at once, each in a fresh process on its share of the cores, its tasks one after
     the other. ``done(task, seconds, error)`` is called as each task ends and returns whether it
     succeeded; after a failure no task starts (those running finish). Whether all succeeded."""
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
             where = f"\n(the executed copy with the traceback: {out / task.name})" if isinstance(task, Path) else ""
             print(f"\n{task_name(task)} stopped: {error}{where}", file=sys.stderr)
             return False
-        timings[task_name(task, short=True).split()[0]] = seconds
+        timings[task_name(task, short=True)] = seconds
         print(f"   {task_name(task, short=True)} done in {seconds:.0f} s", flush=True)
         return True
 
