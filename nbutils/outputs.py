@@ -11,7 +11,9 @@ For a split (test or train) and each method, two arrays:
 
 The cache lives in ``<run>/outputs/``. Each cached file records what it was computed from (the
 model's checkpoint, every file of the run's slices and the seed, by size and modification time) and
-is recomputed when any of them changed: retraining a model or slicing the data again.
+is recomputed when any of them changed: retraining a model or slicing the data again. A cached file
+is checked and made under a lock (``io.locked``): a process that wants outputs another one is making
+(``make run``'s lanes) waits for them and reads them instead of making them again.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from .config import Run
 from .data import Slices
 from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
-from .io import atomic_path
+from .io import atomic_path, locked
 
 
 @dataclass
@@ -70,7 +72,7 @@ def _cached(cache: Path, stamp: str, targets: bool) -> Outputs | None:
 def method_outputs(run: Run, split: Slices, split_name: str, train: Slices, targets: bool = True,
                    progress: bool = True) -> dict[str, Outputs]:
     """``{method name: Outputs}`` for every method of :data:`nbutils.methods.COMPARED`, from the
-    cache when it is up to date."""
+    cache when it is up to date (waiting for another process that is making them)."""
     images = np.asarray(split.images, np.float32)
     masks = np.asarray(split.masks, bool)
     wanted = range(len(train.domains) if targets else 0)
@@ -82,14 +84,15 @@ def method_outputs(run: Run, split: Slices, split_name: str, train: Slices, targ
         cache = _cache_path(run, split_name, method)
         if method.is_model:
             run.require(run.checkpoints / method.checkpoint(), method.notebook)
-        stamp = inputs_stamp(run, method)
-        result = _cached(cache, stamp, targets)
-        if result is None:
-            if method.is_model:
-                result = _model_outputs(Harmonizer.from_run(run, method), images, wanted, run.seed, method.name)
-            else:
-                result = _histogram_outputs(images, masks, train, wanted)
-            _store(cache, stamp, result)
+        with locked(cache):  # another process making them: wait, then read them
+            stamp = inputs_stamp(run, method)
+            result = _cached(cache, stamp, targets)
+            if result is None:
+                if method.is_model:
+                    result = _model_outputs(Harmonizer.from_run(run, method), images, wanted, run.seed, method.name)
+                else:
+                    result = _histogram_outputs(images, masks, train, wanted)
+                result = _store(cache, stamp, result)
         out[method.name] = result
     return out
 
@@ -98,12 +101,15 @@ def _cache_path(run: Run, split_name: str, method: methods.Method) -> Path:
     return run.dir / "outputs" / f"{split_name}_{method.slug}.npz"
 
 
-def _store(cache: Path, stamp: str, result: Outputs) -> None:
+def _store(cache: Path, stamp: str, result: Outputs) -> Outputs:
+    """Write ``result`` to ``cache`` (in float16); return what a reader of the cache gets, so that
+    what :func:`method_outputs` returns does not depend on who made the outputs."""
     cache.parent.mkdir(exist_ok=True)
+    stored = Outputs(result.scanner_free.astype(np.float16), result.to_target.astype(np.float16))
     with atomic_path(cache) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, scanner_free=result.scanner_free.astype(np.float16),
-                     to_target=result.to_target.astype(np.float16), inputs=np.array(stamp))
+            np.savez(f, scanner_free=stored.scanner_free, to_target=stored.to_target, inputs=np.array(stamp))
+    return Outputs(stored.scanner_free.astype(np.float32), stored.to_target.astype(np.float32))
 
 
 def remember(run: Run, method: methods.Method, split_name: str, result: Outputs, stamp: str) -> None:

@@ -14,8 +14,9 @@ of ``<run>/metrics.json`` is printed (:func:`nbutils.report.results_table`).
 
 On a machine with two or more CPU cores and no GPU the pipeline runs in two lanes where it can
 (:data:`LANES`), each lane a process bound to half of the cores whose notebooks run one after the
-other: 02 then 03 beside 04 then the references notebooks 06 and 09 would otherwise train first
-(:func:`train_references`), and later 09 beside 05-08, 10 and 11. Elsewhere (a GPU, no CPU affinity as
+other: 02 then 03 beside 04 then the references notebooks 06 and 09 would otherwise train first,
+and later 09 beside the training split's outputs 09 would otherwise make first, then 05-08, 10 and 11
+(:func:`prepare`). Elsewhere (a GPU, no CPU affinity as
 on macOS or Windows, ``--one-at-a-time``) every notebook runs one after the other in its numbered order.
 Why, what it saves and how the numbers then differ from a notebook run alone: docs/design.md,
 "Two lanes".
@@ -40,29 +41,33 @@ def notebooks(only: list[str] | None = None):
     return [p for p in found if not only or p.name[:2] in only]
 
 
-# A lane task besides the notebooks: see :func:`train_references`; for notebooks NEEDS_REFERENCES.
+# Lane tasks besides the notebooks (:func:`prepare`): what the notebooks of NEEDED_BY would otherwise
+# make first, made in the other lane so that they load it.
 REFERENCES = "references"
-NEEDS_REFERENCES = ("06", "09")
+TRAINING_OUTPUTS = "training-outputs"
+NEEDED_BY = {REFERENCES: ("06", "09"), TRAINING_OUTPUTS: ("09",)}
 # Where the machine allows (:func:`core_shares`), each group runs as two lanes side by side, each
 # lane's tasks one after the other. A lane's notebooks need only what the notebooks before the group
 # and before them in their lane made: 03 reads 02's GM-VAE, 04 only 01's slices, the references only
-# the slices; 05-11 read the models of 03 and 04, and nothing of 09.
+# the slices; 05-11 and the training outputs read the models of 03 and 04, and nothing of 09. 09 waits
+# for the training outputs if it wants them before they are made (:func:`nbutils.outputs.method_outputs`).
 LANES = ((("02", "03"), ("04", REFERENCES)),
-         (("09",), ("05", "06", "07", "08", "10", "11")))
+         (("09",), (TRAINING_OUTPUTS, "05", "06", "07", "08", "10", "11")))
 
 
 def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
     """``found`` as steps, each a list of lanes that run side by side, each lane a list of tasks (a
-    notebook, or :data:`REFERENCES`) that run one after the other. Without ``lanes``, or where a
-    group of :data:`LANES` leaves fewer than two lanes with a notebook of ``found``, each notebook
-    is a step of its own, in order. A group stands where the first of its notebooks in ``found``
-    stands; the references go with it only if a notebook of :data:`NEEDS_REFERENCES` is in ``found``.
-    If they are wanted but their group does not run as lanes, they are a step of their own before
-    the first lanes that hold a notebook needing them, so that two lanes never train them at once."""
+    notebook, or a task of :data:`NEEDED_BY`) that run one after the other. Without ``lanes``, or
+    where a group of :data:`LANES` leaves fewer than two lanes with a notebook of ``found``, each
+    notebook is a step of its own, in order. A group stands where the first of its notebooks in
+    ``found`` stands; a task of :data:`NEEDED_BY` goes with it only if a notebook that needs it is in
+    ``found``. If it is wanted but its group does not run as lanes, it is a step of its own before the
+    first lanes that hold a notebook needing it, so that two lanes never make it at once; with no
+    such lanes the notebook makes it itself."""
     if not lanes:
         return [[[p]] for p in found]
     by_number = {p.name[:2]: p for p in found}
-    wanted = by_number | ({REFERENCES: REFERENCES} if set(NEEDS_REFERENCES) & set(by_number) else {})
+    wanted = by_number | {task: task for task, needs in NEEDED_BY.items() if set(needs) & set(by_number)}
     steps, placed = [], set()
     for p in found:
         if p in placed:
@@ -76,12 +81,13 @@ def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
             continue
         steps.append(tasks)
         placed |= {t for lane in tasks for t in lane}
-    if REFERENCES in wanted and REFERENCES not in placed:
-        needs = lambda step: len(step) > 1 and any(task_name(t, short=True) in NEEDS_REFERENCES
-                                                   for lane in step for t in lane)
-        first = next((i for i, step in enumerate(steps) if needs(step)), None)
-        if first is not None:
-            steps.insert(first, [[REFERENCES]])
+    for task in NEEDED_BY:
+        if task in wanted and task not in placed:
+            needs = lambda step: len(step) > 1 and any(task_name(t, short=True) in NEEDED_BY[task]
+                                                       for lane in step for t in lane)
+            first = next((i for i, step in enumerate(steps) if needs(step)), None)
+            if first is not None:
+                steps.insert(first, [[task]])
     return steps
 
 
@@ -115,40 +121,51 @@ def execute(nb: Path, out: Path, params: dict, progress: bool = True) -> tuple[f
     return time.perf_counter() - start, ""
 
 
-def train_references(params: dict, log: Path) -> tuple[float, str]:
-    """Train what notebooks 06 and 09 would train first from the run's slices alone, so that they
-    load it: the scanner classifier of the raw training slices (:func:`nbutils.classifier.for_run`)
-    and the paired supervised reference (:func:`nbutils.supervised.for_run`). Their printout and
-    progress bars go to ``log``. (seconds, '' or the error that stopped it), as :func:`execute`."""
+def prepare(task: str, params: dict, log: Path) -> tuple[float, str]:
+    """Make what the notebooks of ``NEEDED_BY[task]`` would otherwise make first, so that they load it:
+
+    - :data:`REFERENCES`, from the run's slices alone: the scanner classifier of the raw training
+      slices (:func:`nbutils.classifier.for_run`) and the paired supervised reference
+      (:func:`nbutils.supervised.for_run`);
+    - :data:`TRAINING_OUTPUTS`, from the models of 03 and 04: every method's scanner-free outputs
+      of the training split (:func:`nbutils.outputs.method_outputs`), on which 09 retrains scanner
+      classifiers.
+
+    The printout and progress bars go to ``log``. (seconds, '' or the error that stopped it), as
+    :func:`execute`."""
     start = time.perf_counter()
     try:
         with open(log, "w") as f, redirect_stdout(f), redirect_stderr(f):
             import torch
 
-            from . import classifier, supervised
+            from . import classifier, outputs, supervised
             from .data import for_run
 
             torch.set_num_threads(len(os.sched_getaffinity(0)))  # as the lane's kernels have
             run = setup(params["profile"], params["run_dir"], params["seed"])
-            classifier.for_run(run, for_run(run, "train"))
-            supervised.for_run(run)
+            train = for_run(run, "train")
+            if task == REFERENCES:
+                classifier.for_run(run, train)
+                supervised.for_run(run)
+            else:
+                outputs.method_outputs(run, train, "train", train, targets=False)
     except Exception as err:
         return time.perf_counter() - start, f"{type(err).__name__}: {err} (the log: {log})"
     return time.perf_counter() - start, ""
 
 
 def task_name(task: Path | str, short: bool = False) -> str:
-    """A notebook's file name (``short``: its number), or the references (unless ``short``: and who
-    needs them)."""
+    """A notebook's file name (``short``: its number), or a task of :data:`NEEDED_BY` (unless
+    ``short``: and who needs it)."""
     if isinstance(task, Path):
         return task.name[:2] if short else task.name
-    return task if short else f"{task} (for {', '.join(NEEDS_REFERENCES)})"
+    return task if short else f"{task} (for {', '.join(NEEDED_BY[task])})"
 
 
 def run_task(task: Path | str, out: Path, params: dict, progress: bool = True) -> tuple[float, str]:
-    """A notebook (its executed copy into ``out``) or the references (their log into ``out``)."""
-    if task == REFERENCES:
-        return train_references(params, out / f"{REFERENCES}.log")
+    """A notebook (its executed copy into ``out``) or a task of :data:`NEEDED_BY` (its log into ``out``)."""
+    if isinstance(task, str):
+        return prepare(task, params, out / f"{task}.log")
     return execute(task, out / task.name, params, progress)
 
 

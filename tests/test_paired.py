@@ -247,7 +247,7 @@ def test_paired_translator_learns_a_known_mapping_on_held_out_anatomy(tmp_path):
 
 
 def test_the_paired_translator_starts_from_the_same_weights_whatever_ran_before(tmp_path):
-    """The pipeline trains it after the scanner classifier (nbutils.pipeline.train_references),
+    """The pipeline trains it after the scanner classifier (nbutils.pipeline.prepare),
     notebook 09 right after setting the seed: the same weights either way."""
     import torch
 

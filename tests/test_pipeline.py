@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import site_csv
 
-from nbutils import config, drit, measures, methods, outputs, pipeline, plots, report, stage2
+from nbutils import config, data, drit, measures, methods, outputs, pipeline, plots, report, stage2
 from nbutils.harmonize import Harmonizer
 
 NOTEBOOKS = sorted(p.name for p in config.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -58,10 +58,14 @@ def test_the_lanes_ran_side_by_side_where_the_cores_allow(csv_run):
     assert times["02"][1] < times["03"][0]  # the GM-VAE before GMM-DRIT
     assert max(times["03"][1], times["04"][1]) < min(times["05"][0], times["09"][0])  # the models came first
     # the references 06 and 09 load were trained beside 04, before either started, only in lanes
+    started = lambda nb: datetime.fromisoformat(times[nb][0]).timestamp()
     classifier = (run_dir / "checkpoints" / "scanner-classifier.pt").stat().st_mtime
-    started_06 = datetime.fromisoformat(times["06"][0]).timestamp()
     assert (run_dir / "notebooks" / "references.log").exists() == lanes
-    assert (classifier < started_06) == lanes
+    assert (classifier < started("06")) == lanes
+    # the training split's outputs 09 retrains classifiers on were made beside 09, before 05, only in lanes
+    made = max(p.stat().st_mtime for p in (run_dir / "outputs").glob("train_*.npz"))
+    assert (run_dir / "notebooks" / "training-outputs.log").exists() == lanes
+    assert (made < started("05")) == lanes
 
 
 def test_results_table_reads_every_headline_number_a_run_records(csv_run, tmp_path):
@@ -139,6 +143,46 @@ def test_cached_outputs_are_recomputed_when_their_inputs_change(csv_run, tmp_pat
     assert changed == {f"test_{methods.DRITPP.slug}.npz"}
 
 
+def test_outputs_another_process_is_making_are_waited_for_and_read_not_made_again(csv_run, tmp_path, monkeypatch):
+    """What lets 09 and the training outputs of `make run`'s other lane ask for the same cache: each
+    method's outputs are made once, under a lock; whoever asks meanwhile waits and reads them."""
+    import threading
+    import time
+
+    copy = tmp_path / "run"
+    shutil.copytree(csv_run[0], copy)
+    for cached in (copy / "outputs").glob("train_*.npz"):
+        cached.unlink()
+    run = config.setup("smoke", str(copy))
+    train = data.for_run(run, "train")
+    made = []
+    for name in ("_model_outputs", "_histogram_outputs"):
+        def slowly(*args, _make=getattr(outputs, name), **kwargs):
+            made.append(threading.get_ident())
+            time.sleep(0.5)  # the other thread asks meanwhile
+            return _make(*args, **kwargs)
+        monkeypatch.setattr(outputs, name, slowly)
+    got = [None, None]
+
+    def ask(i):
+        got[i] = outputs.method_outputs(run, train, "train", train, targets=False, progress=False)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    made_by_either = len([m for m in methods.COMPARED if m != methods.IDENTITY])
+    assert len(made) == made_by_either  # not twice
+    # the maker and the reader get the same (the cache's float16), and so does a later call
+    again = outputs.method_outputs(run, train, "train", train, targets=False, progress=False)
+    assert len(made) == made_by_either
+    for name in again:
+        for first in got:
+            np.testing.assert_array_equal(first[name].scanner_free, again[name].scanner_free)
+            assert first[name].scanner_free.dtype == np.float32
+
+
 def test_gmm_drit_is_trained_with_known_labels_beside_only_when_stage_1_misses_the_scanners(csv_run, tmp_path):
     """Notebook 03, section 5: below the E1 bar GMM-DRIT is trained again with the labels as codes,
     scored and diagnosed in its own section, and shown beside the inferred-code model; at or above
@@ -191,16 +235,22 @@ def test_the_plan_puts_only_the_lanes_groups_side_by_side_and_each_lane_gets_its
     numbers = lambda steps: [[[pipeline.task_name(t, short=True) for t in lane] for lane in step]
                              for step in steps]
     assert numbers(pipeline.plan(pipeline.notebooks())) == [
-        [["01"]], [["02", "03"], ["04", "references"]], [["09"], ["05", "06", "07", "08", "10", "11"]]]
+        [["01"]], [["02", "03"], ["04", "references"]],
+        [["09"], ["training-outputs", "05", "06", "07", "08", "10", "11"]]]
     everything_in_order = [[[p]] for p in pipeline.notebooks()]
     assert pipeline.plan(pipeline.notebooks(), lanes=False) == everything_in_order
     assert numbers(pipeline.plan(pipeline.notebooks(["03", "04"]))) == [[["03"], ["04"]]]  # no references asked for
     assert numbers(pipeline.plan(pipeline.notebooks(["04", "05", "06"]))) == [[["04"]], [["05"]], [["06"]]]
     assert numbers(pipeline.plan(pipeline.notebooks(["02", "03", "09"]))) == [[["02"]], [["03"]], [["09"]]]
     assert numbers(pipeline.plan(pipeline.notebooks(["03", "04", "09", "10"]))) == [
-        [["03"], ["04", "references"]], [["09"], ["10"]]]
+        [["03"], ["04", "references"]], [["09"], ["training-outputs", "10"]]]
     # without their group's lanes the references come first, so that 06 and 09 do not both train them
-    assert numbers(pipeline.plan(pipeline.notebooks(["01", "06", "09"]))) == [[["01"]], [["references"]], [["09"], ["06"]]]
+    assert numbers(pipeline.plan(pipeline.notebooks(["01", "06", "09"]))) == [
+        [["01"]], [["references"]], [["09"], ["training-outputs", "06"]]]
+    assert numbers(pipeline.plan(pipeline.notebooks(["05", "09"]))) == [
+        [["references"]], [["09"], ["training-outputs", "05"]]]
+    # 09 alone makes its references and training outputs itself (they need no step of their own)
+    assert numbers(pipeline.plan(pipeline.notebooks(["01", "09"]))) == [[["01"]], [["09"]]]
     assert numbers(pipeline.plan(pipeline.notebooks(["06"]))) == [[["06"]]]
     monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 2, 3, 5, 7}, raising=False)
     monkeypatch.setattr(pipeline.os, "sched_setaffinity", lambda pid, cores: None, raising=False)
