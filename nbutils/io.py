@@ -47,7 +47,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def locked(path: str | Path):
     """Hold an exclusive lock tied to ``path`` (on a hidden sibling ``.<name>.lock``) while the
     block runs: another process entering ``locked`` on the same path waits. Where the platform has
-    no ``fcntl`` (Windows) the block runs unlocked; the pipeline runs nothing side by side there."""
+    no ``fcntl`` (Windows) the block runs unlocked; the pipeline runs nothing side by side there.
+    Not re-entrant: a process that enters it again on the same path, inside the block, waits for ever."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on Linux or macOS

@@ -119,7 +119,9 @@ def remember(run: Run, method: methods.Method, split_name: str, result: Outputs,
     taken when the model and slices were loaded, so that what changed on disk since is not taken
     for what made them). Notebooks 03/04 make exactly these to score their model on traveling
     subjects; kept, notebooks 05-09 do not translate the test split again."""
-    _store(_cache_path(run, split_name, method), stamp, result)
+    cache = _cache_path(run, split_name, method)
+    with locked(cache):
+        _store(cache, stamp, result)
 
 
 def evaluation_data(run: Run, targets: bool = True, progress: bool = True):

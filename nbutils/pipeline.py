@@ -141,13 +141,15 @@ def prepare(task: str, params: dict, log: Path) -> tuple[float, str]:
             from . import classifier, outputs, supervised
             from .data import for_run
 
+            if task not in NEEDED_BY:
+                raise ValueError(f"no such task {task!r}; the tasks: {', '.join(NEEDED_BY)}")
             torch.set_num_threads(len(os.sched_getaffinity(0)))  # as the lane's kernels have
             run = setup(params["profile"], params["run_dir"], params["seed"])
             train = for_run(run, "train")
             if task == REFERENCES:
                 classifier.for_run(run, train)
                 supervised.for_run(run)
-            else:
+            elif task == TRAINING_OUTPUTS:
                 outputs.method_outputs(run, train, "train", train, targets=False)
     except Exception as err:
         return time.perf_counter() - start, f"{type(err).__name__}: {err} (the log: {log})"

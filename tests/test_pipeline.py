@@ -157,8 +157,8 @@ def test_outputs_another_process_is_making_are_waited_for_and_read_not_made_agai
     train = data.for_run(run, "train")
     made = []
     for name in ("_model_outputs", "_histogram_outputs"):
-        def slowly(*args, _make=getattr(outputs, name), **kwargs):
-            made.append(threading.get_ident())
+        def slowly(*args, _name=name, _make=getattr(outputs, name), **kwargs):
+            made.append(_name)
             time.sleep(0.5)  # the other thread asks meanwhile
             return _make(*args, **kwargs)
         monkeypatch.setattr(outputs, name, slowly)
@@ -172,15 +172,37 @@ def test_outputs_another_process_is_making_are_waited_for_and_read_not_made_agai
         t.start()
     for t in threads:
         t.join()
-    made_by_either = len([m for m in methods.COMPARED if m != methods.IDENTITY])
-    assert len(made) == made_by_either  # not twice
+    assert None not in got  # neither thread raised
+    made_by_either = sorted("_model_outputs" if m.is_model else "_histogram_outputs"
+                            for m in methods.COMPARED if m != methods.IDENTITY)
+    assert sorted(made) == made_by_either  # each once, not twice
     # the maker and the reader get the same (the cache's float16), and so does a later call
     again = outputs.method_outputs(run, train, "train", train, targets=False, progress=False)
-    assert len(made) == made_by_either
+    assert sorted(made) == made_by_either
     for name in again:
         for first in got:
             np.testing.assert_array_equal(first[name].scanner_free, again[name].scanner_free)
             assert first[name].scanner_free.dtype == np.float32
+
+
+def test_the_lane_tasks_make_what_their_notebooks_then_load(csv_run, tmp_path):
+    """What `make run`'s other lane does for 06 and 09 (pipeline.prepare), called directly: it runs
+    here whatever the cores, where the pipeline runs it only in lanes."""
+    copy = tmp_path / "run"
+    shutil.copytree(csv_run[0], copy)
+    for cached in (copy / "outputs").glob("train_*.npz"):
+        cached.unlink()
+    params = dict(profile="smoke", run_dir=str(copy), seed=0)
+    seconds, error = pipeline.prepare(pipeline.TRAINING_OUTPUTS, params, tmp_path / "training-outputs.log")
+    assert error == "" and "harmonizing the train split" in (tmp_path / "training-outputs.log").read_text()
+    run = config.setup("smoke", str(copy))
+    stamps = listing(copy / "outputs")
+    assert {f"train_{m.slug}.npz" for m in methods.COMPARED if m != methods.IDENTITY} <= set(stamps)
+    train = data.for_run(run, "train")
+    outputs.method_outputs(run, train, "train", train, targets=False, progress=False)
+    assert listing(copy / "outputs") == stamps  # read, not made again
+    seconds, error = pipeline.prepare("nothing", params, tmp_path / "nothing.log")
+    assert error.startswith("ValueError: no such task 'nothing'")
 
 
 def test_gmm_drit_is_trained_with_known_labels_beside_only_when_stage_1_misses_the_scanners(csv_run, tmp_path):
