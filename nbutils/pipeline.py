@@ -81,13 +81,11 @@ def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
             continue
         steps.append(tasks)
         placed |= {t for lane in tasks for t in lane}
-    for task in NEEDED_BY:
-        if task in wanted and task not in placed:
-            needs = lambda step: len(step) > 1 and any(task_name(t, short=True) in NEEDED_BY[task]
-                                                       for lane in step for t in lane)
-            first = next((i for i, step in enumerate(steps) if needs(step)), None)
-            if first is not None:
-                steps.insert(first, [[task]])
+    for task in [t for t in NEEDED_BY if t in wanted and t not in placed]:
+        first = next((i for i, step in enumerate(steps) if len(step) > 1 and any(
+            task_name(t, short=True) in NEEDED_BY[task] for lane in step for t in lane)), None)
+        if first is not None:
+            steps.insert(first, [[task]])
     return steps
 
 
@@ -149,7 +147,7 @@ def prepare(task: str, params: dict, log: Path) -> tuple[float, str]:
             if task == REFERENCES:
                 classifier.for_run(run, train)
                 supervised.for_run(run)
-            elif task == TRAINING_OUTPUTS:
+            else:  # TRAINING_OUTPUTS
                 outputs.method_outputs(run, train, "train", train, targets=False)
     except Exception as err:
         return time.perf_counter() - start, f"{type(err).__name__}: {err} (the log: {log})"

@@ -143,16 +143,21 @@ def test_cached_outputs_are_recomputed_when_their_inputs_change(csv_run, tmp_pat
     assert changed == {f"test_{methods.DRITPP.slug}.npz"}
 
 
+def _without_training_outputs(run_dir, copy):
+    """A copy of the run whose training split's outputs (09's, made by the lane task) are not yet made."""
+    shutil.copytree(run_dir, copy)
+    for cached in (copy / "outputs").glob("train_*.npz"):
+        cached.unlink()
+    return copy
+
+
 def test_outputs_another_process_is_making_are_waited_for_and_read_not_made_again(csv_run, tmp_path, monkeypatch):
     """What lets 09 and the training outputs of `make run`'s other lane ask for the same cache: each
     method's outputs are made once, under a lock; whoever asks meanwhile waits and reads them."""
     import threading
     import time
 
-    copy = tmp_path / "run"
-    shutil.copytree(csv_run[0], copy)
-    for cached in (copy / "outputs").glob("train_*.npz"):
-        cached.unlink()
+    copy = _without_training_outputs(csv_run[0], tmp_path / "run")
     run = config.setup("smoke", str(copy))
     train = data.for_run(run, "train")
     made = []
@@ -188,10 +193,7 @@ def test_outputs_another_process_is_making_are_waited_for_and_read_not_made_agai
 def test_the_lane_tasks_make_what_their_notebooks_then_load(csv_run, tmp_path):
     """What `make run`'s other lane does for 06 and 09 (pipeline.prepare), called directly: it runs
     here whatever the cores, where the pipeline runs it only in lanes."""
-    copy = tmp_path / "run"
-    shutil.copytree(csv_run[0], copy)
-    for cached in (copy / "outputs").glob("train_*.npz"):
-        cached.unlink()
+    copy = _without_training_outputs(csv_run[0], tmp_path / "run")
     params = dict(profile="smoke", run_dir=str(copy), seed=0)
     seconds, error = pipeline.prepare(pipeline.TRAINING_OUTPUTS, params, tmp_path / "training-outputs.log")
     assert error == "" and "harmonizing the train split" in (tmp_path / "training-outputs.log").read_text()
