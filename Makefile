@@ -9,6 +9,8 @@ DATA ?=
 RUN ?=
 ONE_AT_A_TIME ?=
 SEED ?= 0
+# the versions the documented results were made with (CPython 3.11); CONSTRAINTS= for open ranges
+CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
 
@@ -19,14 +21,18 @@ unexport PYTHONDONTWRITEBYTECODE
 # --no-compile: pip would byte-compile all ~15,000 files of the environment (about a minute);
 # Python compiles the few thousand that a run imports on first use and caches them in .venv, which is
 # why make lets it write bytecode even where PYTHONDONTWRITEBYTECODE is set.
+# constraints.txt pins every package to the versions the documented numbers came from; it was resolved
+# on CPython 3.11, so on another Python make says so and installs from pyproject.toml's ranges.
 # The environment takes about 1.7 GB (torch alone 0.75 GB): say so before pip fails half-way.
 NEED_MB := 1800
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@free=$$(df -Pm . | awk 'NR==2 {print $$4}'); if [ "$$free" -lt $(NEED_MB) ]; then \
 		echo "make: .venv needs about $(NEED_MB) MB of disk and $$(pwd) has $$free MB free" >&2; exit 1; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile "torch==2.13.0" -e ".[dev]"
+	pins="$(CONSTRAINTS)"; if [ -n "$$pins" ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
+		echo "make: $$pins was resolved on CPython 3.11, this is $$($(PY) -V); installing from pyproject.toml's ranges" >&2; pins=; fi; \
+	$(PY) -m pip install --quiet --no-compile $${pins:+-c "$$pins"} "torch==2.13.0" -e ".[dev]"
 	touch $(STAMP)
 
 ## run every notebook in order with papermill, in two lanes side by side where the cores allow

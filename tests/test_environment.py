@@ -43,3 +43,22 @@ def test_scikit_image_is_pinned_to_the_installed_minor_version():
     bound = dict(normalise(s) for s in project["dependencies"])["scikit-image"]
     assert re.fullmatch(r"~=\d+\.\d+\.\d+", bound), bound
     assert skimage.__version__.startswith(bound[2:].rsplit(".", 1)[0] + ".")
+
+
+def test_constraints_pin_every_dependency_inside_its_range():
+    """constraints.txt (what make installs with) names one version of every package pyproject.toml
+    asks for, torch as the CPU wheel's plain 2.13.0, and each inside pyproject's own range."""
+    from packaging.specifiers import SpecifierSet
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = normalise(line)
+            assert version.startswith("==") and "+" not in version, line
+            pins[name] = version[2:]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = dict(normalise(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"])
+    assert set(wanted) <= set(pins), set(wanted) - set(pins)
+    for name, bound in wanted.items():
+        assert pins[name] in SpecifierSet(bound), (name, pins[name], bound)
+    assert pins["torch"] == "2.13.0"

@@ -39,6 +39,9 @@ def test_one_command_runs_every_notebook_on_your_csv_into_its_run_folder(csv_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"01_data", "02_gmvae", "03_gmmdrit", "04_dritpp", "05_ssim", "06_fid_kid", "08_intensities",
             "09_beyond"} <= set(metrics)
+    # what besides the code made the numbers: the installed packages, the Python, the cores
+    from importlib.metadata import version
+    assert metrics["environment"]["numpy"] == version("numpy") and metrics["environment"]["cores"] >= 1
     # the run's figures stay in the run; the repository's figures/ (the default run's) is untouched
     figures = {p.name for p in (run_dir / "figures").iterdir()}
     assert {"01_histograms.png", "03_gmmdrit_translations.png", "07_e6_dritpp_anatomy0.png",
