@@ -9,7 +9,8 @@ DATA ?=
 RUN ?=
 ONE_AT_A_TIME ?=
 SEED ?= 0
-# the versions the documented results were made with (CPython 3.11); CONSTRAINTS= for open ranges
+# the package versions of the README's clean clones (CPython 3.11); `rm -rf .venv` and CONSTRAINTS=
+# for pyproject.toml's open ranges (an existing .venv is kept as it was built)
 CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
@@ -21,8 +22,8 @@ unexport PYTHONDONTWRITEBYTECODE
 # --no-compile: pip would byte-compile all ~15,000 files of the environment (about a minute);
 # Python compiles the few thousand that a run imports on first use and caches them in .venv, which is
 # why make lets it write bytecode even where PYTHONDONTWRITEBYTECODE is set.
-# constraints.txt pins every package to the versions the documented numbers came from; it was resolved
-# on CPython 3.11, so on another Python make says so and installs from pyproject.toml's ranges.
+# constraints.txt pins every package to the versions of the README's clean clones; it was resolved on
+# CPython 3.11, so on another Python make says so and installs from pyproject.toml's ranges.
 # The environment takes about 1.7 GB (torch alone 0.75 GB): say so before pip fails half-way.
 NEED_MB := 1800
 $(STAMP): pyproject.toml $(CONSTRAINTS)

@@ -212,30 +212,44 @@ def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "scikit-image", "nibabel", "nilearn", "torchmetrics")
+PACKAGES = ("torch", "numpy", "scipy", "pandas", "scikit-learn", "scikit-image", "nibabel", "nilearn",
+            "torchmetrics")
 
 
 def environment() -> dict:
-    """What made this run's numbers besides the code: Python, the packages that compute them, the
-    CPU and its cores. Recorded in ``metrics.json`` under ``environment`` so that two runs' numbers
-    can be told apart by cause (constraints.txt pins the packages ``make`` installs)."""
+    """What made this pipeline call's numbers besides the code: Python, the packages that compute
+    them, the CPU, its cores and torch's threads. Recorded in ``metrics.json`` under ``environment``
+    at each call, so that two runs' numbers can be told apart by cause (constraints.txt pins the
+    packages ``make`` installs). What cannot be read is left empty; it never stops a run."""
     import platform
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "") if Path("/proc/cpuinfo").is_file() else ""
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return ""
+
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")
+    except OSError:  # not Linux, or not readable here
+        cpu = ""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
     return dict(python=platform.python_version(), machine=platform.machine(), cpu=cpu or platform.processor(),
-                cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+                cores=cores, torch_threads=torch.get_num_threads(),
                 device="cuda" if torch.cuda.is_available() else "cpu",
-                **{name: version(name) for name in PACKAGES})
+                **{name: installed(name) for name in PACKAGES})
 
 
 def summary(metrics: dict) -> str:
     """One line per headline number: ``notebook  key  value``."""
     lines = []
     for section, values in metrics.items():
+        if section == "environment":  # not a result
+            continue
         for key, value in (values or {}).items():
             if isinstance(value, (int, float)):
                 lines.append(f"{section:<22} {key:<44} {value:.4g}")
@@ -289,7 +303,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run = setup(args.profile, run_dir, args.seed)
-    run.record("environment", environment())
+    run.record("environment", environment())  # this call's; `--only` rewrites it
     out = run.dir / "notebooks"
     out.mkdir(exist_ok=True)
     params = dict(profile=run.profile.name, run_dir=str(run.dir), seed=run.seed, data_csv=data)

@@ -55,10 +55,12 @@ def test_constraints_pin_every_dependency_inside_its_range():
         if line.strip() and not line.startswith("#"):
             name, version = normalise(line)
             assert version.startswith("==") and "+" not in version, line
+            assert name not in pins, f"{name} pinned twice"
             pins[name] = version[2:]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = dict(normalise(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"])
     assert set(wanted) <= set(pins), set(wanted) - set(pins)
     for name, bound in wanted.items():
-        assert pins[name] in SpecifierSet(bound), (name, pins[name], bound)
+        assert SpecifierSet(bound).contains(pins[name], prereleases=True), (name, pins[name], bound)
     assert pins["torch"] == "2.13.0"
+    assert '-c "$$pins"' in (ROOT / "Makefile").read_text()  # and make installs with them

@@ -348,6 +348,20 @@ def test_a_notebook_that_fails_or_is_missing_is_reported_not_raised(tmp_path):
     assert error.startswith("FileNotFoundError")
 
 
+def test_what_the_environment_record_cannot_read_is_left_empty_and_stops_nothing(monkeypatch):
+    from importlib import metadata
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    monkeypatch.setattr(pipeline.Path, "read_text", lambda self, *a, **k: (_ for _ in ()).throw(PermissionError(self)))
+    env = pipeline.environment()
+    assert all(env[name] == "" for name in pipeline.PACKAGES) and env["python"] and env["cores"] >= 1
+    assert "environment" not in pipeline.summary({"environment": env, "01_data": {"slices": 3}})
+    assert "made with Python" in report.readme_section({"environment": env}, "x")
+
+
 def test_a_run_on_your_data_is_named_after_the_csv_unless_named(tmp_path):
     runs = config.DATA / "runs"
     assert pipeline.run_folder("quick") == ""  # the built-in data's default run
