@@ -130,6 +130,50 @@ def test_report_tells_a_generator_that_ignores_its_codes_from_one_that_uses_them
     assert all(0 <= using[k] <= 1 for k in ("probe_zc", "probe_za", "dc_accuracy", "ds1_accuracy", "ds2_accuracy"))
 
 
+def test_the_probes_and_discriminator_accuracies_read_what_a_model_is_known_to_carry(monkeypatch):
+    """Codes made to carry the scanner (noise plus a per-scanner offset) are probed at 1; codes of
+    noise alone within the probe's margin of chance; discriminators that always name one scanner
+    score exactly that scanner's share of the test slices."""
+    test = traveling(n=6, k=3)
+    model = translator()
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.zeros(1, 1, *test.images.shape[-2:])
+    zc_shape, za_size = model.encode(x0, None).shape[1:], model.attributes(x0, torch.zeros(1, dtype=torch.long))[0].shape[1]
+    noise = lambda n, *shape: torch.randn(n, *shape, generator=gen)
+
+    def models(carry: float):
+        def attributes(x, labels=None, sample=False):
+            c = torch.nn.functional.one_hot(labels, 3).float()
+            return noise(len(x), za_size) + carry * c.repeat(1, za_size // 3 + 1)[:, :za_size], c, x.new_zeros(())
+
+        def encode(x, codes, *args):
+            return noise(len(x), *zc_shape) + carry * codes[1].argmax(1).float()[:, None, None, None]
+
+        monkeypatch.setattr(model, "attributes", attributes)
+        monkeypatch.setattr(model, "encode", encode)
+        return usage.report(model, test, np.stack([np.asarray(test.images)] * 3))
+
+    class Always(torch.nn.Module):  # a discriminator that names scanner k for every input
+        def __init__(self, k, with_adversarial=True):
+            super().__init__()
+            self.k, self.with_adversarial = k, with_adversarial
+
+        def forward(self, x):
+            scores = torch.eye(3)[self.k].expand(len(x), 3)
+            return (None, scores) if self.with_adversarial else scores
+
+    monkeypatch.setattr(model, "dc", Always(1, with_adversarial=False))
+    monkeypatch.setattr(model, "ds1", Always(2))
+    monkeypatch.setattr(model, "ds2", Always(0))
+    carrying, ignoring = models(carry=3.0), models(carry=0.0)
+    assert carrying["probe_zc"] == 1 and carrying["probe_za"] == 1
+    for key in ("probe_zc", "probe_za"):
+        assert ignoring[key] <= ignoring["chance"] + usage.PROBE_MARGIN, (key, ignoring[key])
+    labels = np.asarray(test.labels)
+    for key, k in (("dc_accuracy", 1), ("ds1_accuracy", 2), ("ds2_accuracy", 0)):
+        assert carrying[key] == ignoring[key] == np.mean(labels == k)
+
+
 def test_a_window_trained_model_s_content_is_also_probed_on_a_window():
     """The window's content map is E^c of the slice's central training-sized window, summarised
     as the whole slice's is (each channel's mean and spread, then its 4 x 4 pooled map)."""
