@@ -138,7 +138,8 @@ def test_the_probes_and_discriminator_accuracies_read_what_a_model_is_known_to_c
     model = translator()
     gen = torch.Generator().manual_seed(0)
     x0 = torch.zeros(1, 1, *test.images.shape[-2:])
-    zc_shape, za_size = model.encode(x0, None).shape[1:], model.attributes(x0, torch.zeros(1, dtype=torch.long))[0].shape[1]
+    zc_shape = model.encode(x0, None).shape[1:]
+    za_size = model.attributes(x0, torch.zeros(1, dtype=torch.long))[0].shape[1]
     noise = lambda n, *shape: torch.randn(n, *shape, generator=gen)
 
     def models(carry: float):
