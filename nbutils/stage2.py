@@ -58,8 +58,10 @@ def model_config(p, slices: tuple[int, int], k: int, variant: str, known_labels:
 
 
 def train_variant(run: Run, train_set: Slices, method: methods.Method, known_labels: bool = False,
-                  retrain: bool = False):
-    """Train (or load) ``method`` with the profile's settings; returns (model, history)."""
+                  retrain: bool = False, steps: int = 0):
+    """Train (or load) ``method`` with the profile's settings, for ``steps`` iterations (0: the
+    profile's); returns (model, history). A checkpoint with fewer iterations is trained on from
+    (exactly as if trained in one go: Adam's rate is constant), one with more is used as it is."""
     p = run.profile
     checkpoint = run.checkpoints / method.checkpoint(known_labels)
     if retrain:
@@ -72,7 +74,7 @@ def train_variant(run: Run, train_set: Slices, method: methods.Method, known_lab
         k = gm.cfg.k
     cfg = model_config(p, tuple(train_set.images.shape[1:]), k, method.variant, known_labels=known_labels,
                        attr=gm.cfg.gaussian_size if gm else 64)
-    return drit.train_drit(train_set.images, train_set.labels, cfg, checkpoint, gmvae=gm, steps=p.drit_steps,
+    return drit.train_drit(train_set.images, train_set.labels, cfg, checkpoint, gmvae=gm, steps=steps or p.drit_steps,
                            batch_size=p.drit_batch, every=p.checkpoint_every, seed=run.seed, snapshots=True,
                            masks=train_set.masks)
 
@@ -184,8 +186,9 @@ class Experiment:
     tables are saved to the run's figures folder, headline numbers to ``metrics.json``, both under
     :attr:`key` (the method's section; ``_known_labels`` for the ablation)."""
 
-    def __init__(self, run: Run, method: str | methods.Method, known_labels: bool = False):
+    def __init__(self, run: Run, method: str | methods.Method, known_labels: bool = False, steps: int = 0):
         self.run, self.method, self.known_labels = run, methods.get(method), known_labels
+        self.steps = steps or run.profile.drit_steps  # training iterations (0: the profile's)
         self.label = self.method.name + (" (known labels)" if known_labels else "")  # titles and tables
         self.key = self.method.section + ("_known_labels" if known_labels else "")
         self.train_set, self.test_set = slices_for_run(run, "train"), slices_for_run(run, "test")
@@ -194,12 +197,13 @@ class Experiment:
 
     def __str__(self) -> str:
         p = self.run.profile
-        return (f"profile {p.name}: {len(self.train_set)} training slices, {p.drit_steps} iterations of batch "
+        return (f"profile {p.name}: {len(self.train_set)} training slices, {self.steps} iterations of batch "
                 f"{p.drit_batch} x 2, width {p.drit_width}, device {pick_device()}")
 
     def train(self, retrain: bool = False):
         """Train (or load) the model; save its loss curves. Returns the figure."""
-        self.model, self.history = train_variant(self.run, self.train_set, self.method, self.known_labels, retrain)
+        self.model, self.history = train_variant(self.run, self.train_set, self.method, self.known_labels, retrain,
+                                                 self.steps)
         # what the outputs score() makes are computed from, for notebooks 05-09's cache: only for the
         # checkpoint they read (not the ablation's) and on the CPU, where they translate
         on_cpu = next(self.model.parameters()).device.type == "cpu"
@@ -355,7 +359,7 @@ class Experiment:
                     if self.key + "_known_labels" in metrics else "")
             return (f"stage 1 finds the scanners (E1 ACC {acc:.3f} ≥ {below:.2f}): GMM-DRIT's inferred codes are "
                     "the scanners, no known-labels ablation needed" + left)
-        ablation = Experiment(self.run, self.method, known_labels=True)
+        ablation = Experiment(self.run, self.method, known_labels=True, steps=self.steps)
         ablation.train(retrain)
         ablation.translation_grid()
         ablation.score()

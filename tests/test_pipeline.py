@@ -7,6 +7,7 @@ import shutil
 from datetime import datetime
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import site_csv
 
@@ -208,6 +209,28 @@ def test_the_lane_tasks_make_what_their_notebooks_then_load(csv_run, tmp_path):
     assert listing(copy / "outputs") == stamps  # read, not made again
     seconds, error = pipeline.prepare("nothing", params, tmp_path / "nothing.log")
     assert error.startswith("ValueError: no such task 'nothing'")
+
+
+def test_steps_above_the_checkpoint_s_train_on_from_it_and_below_it_load_it(csv_run, tmp_path):
+    """Notebooks 03/04's ``steps``: the run's DRIT++ trained on by 4 iterations keeps its first
+    iterations' history exactly, ends at the new count with a snapshot there; fewer steps than the
+    checkpoint's load it as it is."""
+    copy = tmp_path / "run"
+    shutil.copytree(csv_run[0], copy)
+    run = config.setup("smoke", str(copy))
+    done = run.profile.drit_steps
+    before = stage2.Experiment(run, methods.DRITPP)
+    before.train()
+    longer = stage2.Experiment(run, methods.DRITPP, steps=done + 4)
+    assert f"{done + 4} iterations" in str(longer)
+    longer.train()
+    assert longer.history["step"].max() == done + 4
+    pd.testing.assert_frame_equal(longer.history.iloc[:done], before.history)
+    snapshots = copy / "checkpoints" / (methods.DRITPP.checkpoint() + ".snapshots")
+    assert f"step_{done + 4:07d}.pt" in {p.name for p in snapshots.iterdir()}
+    shorter = stage2.Experiment(run, methods.DRITPP, steps=2)
+    shorter.train()
+    assert shorter.history["step"].max() == done + 4
 
 
 def test_gmm_drit_is_trained_with_known_labels_beside_only_when_stage_1_misses_the_scanners(csv_run, tmp_path):
