@@ -57,10 +57,10 @@ def model_config(p, slices: tuple[int, int], k: int, variant: str, known_labels:
                            tone_floor=TONE_FLOOR if inferred else 0.0)
 
 
-def train_variant(run: Run, train_set: Slices, method: methods.Method, known_labels: bool = False,
-                  retrain: bool = False, steps: int = 0):
-    """Train (or load) ``method`` with the profile's settings, for ``steps`` iterations (0: the
-    profile's); returns (model, history). A checkpoint with fewer iterations is trained on from
+def train_variant(run: Run, train_set: Slices, method: methods.Method, known_labels: bool, retrain: bool,
+                  steps: int):
+    """Train (or load) ``method`` with the profile's settings for ``steps`` iterations; returns
+    (model, history). A checkpoint with fewer iterations is trained on from
     (exactly as if trained in one go: Adam's rate is constant), one with more is used as it is."""
     p = run.profile
     checkpoint = run.checkpoints / method.checkpoint(known_labels)
@@ -74,7 +74,7 @@ def train_variant(run: Run, train_set: Slices, method: methods.Method, known_lab
         k = gm.cfg.k
     cfg = model_config(p, tuple(train_set.images.shape[1:]), k, method.variant, known_labels=known_labels,
                        attr=gm.cfg.gaussian_size if gm else 64)
-    return drit.train_drit(train_set.images, train_set.labels, cfg, checkpoint, gmvae=gm, steps=steps or p.drit_steps,
+    return drit.train_drit(train_set.images, train_set.labels, cfg, checkpoint, gmvae=gm, steps=steps,
                            batch_size=p.drit_batch, every=p.checkpoint_every, seed=run.seed, snapshots=True,
                            masks=train_set.masks)
 
