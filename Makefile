@@ -9,13 +9,14 @@ DATA ?=
 RUN ?=
 ONE_AT_A_TIME ?=
 SEED ?= 0
+SEEDS ?= 1 2 3 4
 # the package versions of the README's clean clones (CPython 3.11); `rm -rf .venv` and CONSTRAINTS=
 # for pyproject.toml's open ranges (an existing .venv is kept as it was built)
 CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: run test lab clean-runs
+.PHONY: run seeds test lab clean-runs
 
 # torch==2.13.0 is installed in the same pip command as the rest so nothing can resolve
 # another (CUDA, multi-GB) torch build.
@@ -41,6 +42,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 run: $(STAMP)
 	$(PY) -m nbutils.pipeline --profile $(PROFILE) --seed $(SEED) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
 		$(if $(DATA),--data "$(DATA)") $(if $(RUN),--run "$(RUN)") $(if $(ONE_AT_A_TIME),--one-at-a-time)
+
+## stage 2 trained anew with other SEEDS over a run's slices and GM-VAE, and both models' table over
+## seeds (the run as make run names it: PROFILE, DATA, RUN, RUN_DIR; README, "Over seeds")
+seeds: $(STAMP)
+	$(PY) -m nbutils.seeds --profile $(PROFILE) --seeds $(SEEDS) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
+		$(if $(DATA),--data "$(DATA)") $(if $(RUN),--run "$(RUN)")
 
 ## unit tests, then every notebook executed by nbmake with the smoke profile
 test: $(STAMP)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import site_csv
 
-from nbutils import config, data, drit, measures, methods, outputs, pipeline, plots, report, stage2
+from nbutils import config, data, drit, measures, methods, outputs, pipeline, plots, report, seeds, stage2
 from nbutils.harmonize import Harmonizer
 
 NOTEBOOKS = sorted(p.name for p in config.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -263,6 +263,61 @@ def test_gmm_drit_is_trained_with_known_labels_beside_only_when_stage_1_misses_t
     assert drit.from_checkpoint(ablation).cfg.known_labels
     assert (run.figures / f"{exp.key}_beside_known_labels.csv").exists()
     assert (run.figures / f"{exp.key}_known_labels_translations.png").exists()
+
+
+def test_a_seed_trains_stage_2_anew_over_the_run_s_slices_and_gm_vae_and_the_run_s_own_seed_gives_its_numbers(csv_run, tmp_path):
+    """`make seeds`: seed 1 trains notebooks 03, 04 and 09 in a folder of its own that reads the run's
+    slices, GM-VAE and frozen classifier (unchanged); the run's own seed trained there gives the
+    run's numbers, so only the seed differs; a seed with results is not trained again; the table
+    has one row per seed and model."""
+    copy = tmp_path / "run"
+    shutil.copytree(csv_run[0], copy)
+    run = config.setup("smoke", str(copy))
+    assert seeds.run_seed(run) == 0
+    assert seeds.main(["--profile", "smoke", "--run-dir", str(copy), "--seeds", "0", "1"]) == 0
+    one = seeds.seed_folder(run, 1)
+    assert (one / "slices").resolve() == run.slices.resolve()
+    for name in ("gmvae.pt", "scanner-classifier.pt"):
+        assert (one / "checkpoints" / name).read_bytes() == (run.checkpoints / name).read_bytes()
+    mine = config.read_metrics(one)
+    assert mine["03_gmmdrit"]["checkpoint"].endswith("seed 1") and mine["04_dritpp"]["checkpoint"].endswith("seed 1")
+    assert mine["02_gmvae"] == config.read_metrics(copy)["02_gmvae"]
+    assert not (seeds.seed_folder(run, 0)).exists()  # the run's own seed is the run
+    df = seeds.scores(run)
+    assert df[["seed", "model"]].values.tolist() == [[0, "GMM-DRIT"], [0, "DRIT++"], [1, "GMM-DRIT"], [1, "DRIT++"]]
+    assert df.loc[df.seed == 1, "SSIM vs target scan"].tolist() == [mine["03_gmmdrit"]["d2d_reference_guided_ssim_vs_target_scan"],
+                                                                   mine["04_dritpp"]["d2d_reference_guided_ssim_vs_target_scan"]]
+    assert df["SSIM vs clean truth"].isna().all()  # this CSV has no clean truth: no such row in the table
+    table = pd.read_csv(run.figures / "seeds.csv")
+    assert len(table) == 4 and (run.figures / "seeds.png").exists()
+    assert "SSIM vs clean truth" not in (run.figures / "seeds.md").read_text().split("Every seed")[0]
+    stamp = (one / "checkpoints" / methods.DRITPP.checkpoint()).stat().st_mtime_ns
+    assert seeds.train_seed(run, 1) == 0
+    assert (one / "checkpoints" / methods.DRITPP.checkpoint()).stat().st_mtime_ns == stamp
+    assert seeds.train_seed(run, 0) == 0  # the run's own seed in a folder of its own
+    own, theirs = config.read_metrics(copy), config.read_metrics(seeds.seed_folder(run, 0))
+    for label, section, key, _ in seeds.MEASURES:
+        for model, model_section in seeds.MODELS.items():
+            where, k = section or model_section, key.format(model=model)
+            if k in own.get(where, {}):
+                assert theirs[where][k] == own[where][k], (label, model)
+
+
+def test_the_seeds_table_counts_for_each_measure_in_its_own_direction():
+    """Toy scores with a known answer: GMM-DRIT 0.01 higher in SSIM in each of 3 seeds, its probe
+    lower in 2 of them."""
+    rows = []
+    for seed, (probe_a, probe_b) in enumerate([(0.5, 0.9), (0.6, 0.7), (0.9, 0.8)]):
+        base = {label: np.nan for label, *_ in seeds.MEASURES}
+        rows.append({"seed": seed, "model": "GMM-DRIT"} | base | {"SSIM vs target scan": 0.71 + seed / 100, "z^c probe": probe_a})
+        rows.append({"seed": seed, "model": "DRIT++"} | base | {"SSIM vs target scan": 0.70 + seed / 100, "z^c probe": probe_b})
+    table = seeds.compare(pd.DataFrame(rows)).set_index("measure")
+    assert list(table.index) == ["SSIM vs target scan", "z^c probe"]
+    ssim, probe = table.loc["SSIM vs target scan"], table.loc["z^c probe"]
+    assert ssim["GMM-DRIT − DRIT++"] == pytest.approx(0.01) and ssim["GMM-DRIT better in"] == "3 of 3"
+    assert ssim["95 % t-interval"] == "[+0.010, +0.010]" and ssim["GMM-DRIT"] == "0.720 (0.010)"
+    assert probe["GMM-DRIT better in"] == "2 of 3" and probe["better"] == "lower"
+    assert probe["GMM-DRIT − DRIT++"] == pytest.approx(-0.4 / 3)
 
 
 def test_each_run_keeps_its_figures_and_only_the_default_run_writes_figures(tmp_path, monkeypatch):
