@@ -58,8 +58,9 @@ LANES = ((("02", "03"), ("04", REFERENCES)),
 def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
     """``found`` as steps, each a list of lanes that run side by side, each lane a list of tasks (a
     notebook, or a task of :data:`NEEDED_BY`) that run one after the other. Without ``lanes``, or
-    where a group of :data:`LANES` leaves fewer than two lanes with a notebook of ``found``, each
-    notebook is a step of its own, in order. A group stands where the first of its notebooks in
+    where a group of :data:`LANES` leaves fewer than two lanes with a notebook of ``found`` or a task
+    that a notebook of the group needs (09 beside its training outputs, as in the whole pipeline),
+    each notebook is a step of its own, in order. A group stands where the first of its notebooks in
     ``found`` stands; a task of :data:`NEEDED_BY` goes with it only if a notebook that needs it is in
     ``found``. If it is wanted but its group does not run as lanes, it is a step of its own before the
     first lanes that hold a notebook needing it, so that two lanes never make it at once; with no
@@ -74,7 +75,8 @@ def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
             continue
         group = next((g for g in LANES if any(p.name[:2] in lane for lane in g)), None)
         tasks = [[wanted[t] for t in lane if t in wanted] for lane in group] if group else []
-        tasks = [lane for lane in tasks if any(isinstance(t, Path) for t in lane)]
+        here = {t.name[:2] for lane in tasks for t in lane if isinstance(t, Path)}
+        tasks = [lane for lane in tasks if any(isinstance(t, Path) or set(NEEDED_BY[t]) & here for t in lane)]
         if len(tasks) < 2:
             steps.append([[p]])
             placed.add(p)

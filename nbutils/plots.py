@@ -274,6 +274,28 @@ def score_boxes(df: pd.DataFrame, value: str, x: str, hue: str, title: str):
     return fig, pfig
 
 
+def paired_dots(df: pd.DataFrame, columns: list[str], pair: tuple[str, str], by: str, unit: str, title: str):
+    """One panel per column: each ``unit``'s (e.g. seed's) two values, of ``pair`` in column ``by``,
+    joined by a line and labelled with the unit."""
+    ncols = min(4, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False)
+    wide = {name: df[df[by] == name].set_index(unit) for name in pair}
+    for ax, column in zip(axes.flat, columns):
+        for u in wide[pair[0]].index:
+            ys = [wide[name].loc[u, column] for name in pair]
+            ax.plot([0, 1], ys, "o-", color="0.4", alpha=0.7)
+            ax.annotate(str(u), (0, ys[0]), xytext=(-12, 0), textcoords="offset points", fontsize=7, va="center")
+        ax.set_xticks([0, 1], list(pair))
+        ax.set_xlim(-0.4, 1.3)
+        ax.set_title(column, fontsize=9)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def pair_heatmaps(matrices: dict[str, pd.DataFrame], title: str, higher_is_better: bool = True, fmt: str = ".2f"):
     """One heatmap per reference, stacked: rows are methods (ceilings last, below a line),
     columns are 'source → target' pairs; every cell annotated. Greener is better."""

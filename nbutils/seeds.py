@@ -7,24 +7,29 @@ scored as the run scores them, and compared seed by seed.
 
 Another stage-2 seed moves either model's scores by about as much as the two models differ
 (docs/experiments.md, "GMM-DRIT against DRIT++ over seeds"), so which is ahead is a question over
-seeds. Seed ``N`` gets its own run folder, ``<run>/seeds/seed<N>``, holding what stage 2 reads from
-the run: its slices (linked, not copied), its GM-VAE, the frozen scanner classifier and the paired
-reference of notebook 09, and the run's sections 01 and 02 of ``metrics.json``. Only stage 2 and
-what depends on it differ between seeds: the pipeline runs notebooks 03, 04 and 09 there with
-``--seed N``, in two lanes as ``make run`` does. A seed whose folder already has notebook 09's
-numbers is not run again (delete the folder to redo it).
+seeds. The run must be complete up to notebook 09. Seed ``N`` gets its own run folder,
+``<run>/seeds/seed<N>``, holding what stage 2 reads from the run: its slices (a relative link, not
+a copy), its GM-VAE, the frozen scanner classifier and the paired reference of notebook 09, and the
+run's sections 01 and 02 of ``metrics.json``. The pipeline then runs notebooks 03, 04 and 09 there
+with ``--seed N``, in two lanes as ``make run`` does (09 beside its training outputs). So the seed
+changes stage 2's initial weights and batches, and what follows the run's seed in 09: its scanner-free
+draws and its retrained classifiers' weights (`make run SEED=N` would also change the slices and the
+GM-VAE). The run's own seed trained in such a folder gives the run's numbers (tested). A seed whose
+folder has notebook 09's numbers is not run again; a folder made from another state of the run (its
+GM-VAE, slices or classifier since changed) is refused: delete it to redo the seed.
 
-The table has the run itself as its own seed and the seeds' folders beside it: each measure of
-:data:`MEASURES` for GMM-DRIT and DRIT++, the mean difference, in how many seeds it favours
-GMM-DRIT, and a 95 % t-interval over seeds; under it the run's controls and ceilings
-(:data:`CONTROLS`). It is printed and written to ``<run's figures>/seeds.{md,csv}``, with a figure
+The table has the run itself as its own seed and the complete seeds' folders beside it: each
+measure of :data:`MEASURES` for GMM-DRIT and DRIT++ (mean and sd over seeds), the mean of the paired
+differences, in how many seeds GMM-DRIT is better by the measure's direction, and a 95 %
+t-interval over seeds; above it the run's controls and ceilings (:data:`CONTROLS`). It is printed
+and written to ``<run's figures>/seeds.md`` and ``seeds.csv`` (every seed's scores), with a figure
 ``seeds.png`` of every seed's pair of scores.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -32,40 +37,44 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Run, read_metrics, setup
-from .io import atomic_write_text
+from . import measures, methods, plots
+from .config import Run, read_metrics, resolve, setup
+from .io import atomic_path, atomic_write_text
+from .stage2 import BESIDE, Experiment
+from .stats import t_interval
 
-MODELS = {"GMM-DRIT": "03_gmmdrit", "DRIT++": "04_dritpp"}
-# (label, section or None for the model's own, key with {model}, higher is better)
+# (a key of the model's own section (03/04) or a measure of notebook 09, its label, better: higher
+# True, lower False, None for neither: target sensitivity is 1 for an oracle, above 1 overshoots)
 MEASURES = (
-    ("target sensitivity", None, "target_sensitivity", True),
-    ("SSIM vs target scan", None, "d2d_reference_guided_ssim_vs_target_scan", True),
-    ("SSIM vs clean truth", None, "d2d_reference_guided_ssim_vs_clean_truth", True),
-    ("PSNR vs clean truth (dB)", None, "d2d_reference_guided_psnr_vs_clean_truth", True),
-    ("scanner-free agreement", None, "sf_agreement_outputs_ssim", True),
-    ("structure", None, "sf_structure_ssim", True),
-    ("dark_overlap", None, "sf_dark_overlap", True),
-    ("z^c probe", None, "probe_zc", False),
-    ("z^c scanner share", None, "share_zc", False),
-    ("frozen residual, median of 8 draws", "09_beyond", "residual acc frozen draws median {model}", False),
-    ("retrained classifier", "09_beyond", "residual acc retrained {model}", False),
+    ("target_sensitivity", BESIDE["target_sensitivity"], None),
+    ("d2d_reference_guided_ssim_vs_target_scan", BESIDE["d2d_reference_guided_ssim_vs_target_scan"], True),
+    ("d2d_reference_guided_ssim_vs_clean_truth", BESIDE["d2d_reference_guided_ssim_vs_clean_truth"], True),
+    ("d2d_reference_guided_psnr_vs_clean_truth", "PSNR vs clean truth (dB)", True),
+    ("sf_agreement_outputs_ssim", BESIDE["sf_agreement_outputs_ssim"], True),
+    ("sf_structure_ssim", BESIDE["sf_structure_ssim"], True),
+    ("sf_dark_overlap", "scanner-free dark_overlap", True),
+    ("probe_zc", BESIDE["probe_zc"], False),
+    ("share_zc", "scanner share of z^c", False),
+    (measures.RESIDUAL_FROZEN_DRAWS, "frozen residual, median of 8 draws", False),
+    (measures.RESIDUAL_RETRAINED, "retrained classifier residual", False),
 )
-# what each measure is read beside: (label, section, key) of the run's own metrics
+# the run's controls and ceilings, (label, [(section, key)])
 CONTROLS = (
-    ("identity / histogram matching / ceiling vs target scan", "03_gmmdrit",
-     ("d2d_identity_ssim_vs_target_scan", "d2d_histogram_matching_ssim_vs_target_scan",
-      "d2d_ceiling_b_rescanned_ssim_vs_target_scan")),
-    ("identity / histogram matching / ceiling vs clean truth", "03_gmmdrit",
-     ("d2d_identity_ssim_vs_clean_truth", "d2d_histogram_matching_ssim_vs_clean_truth",
-      "d2d_ceiling_bs_own_scan_ssim_vs_clean_truth")),
-    ("agreement of the inputs / GMM-DRIT's / DRIT++'s blur control", None,
-     ("03_gmmdrit:sf_agreement_inputs_ssim", "03_gmmdrit:sf_agreement_blur_control_ssim",
-      "04_dritpp:sf_agreement_blur_control_ssim")),
-    ("structure of the clean truth", "03_gmmdrit", ("sf_structure_clean_truth_ssim",)),
-    ("dark_overlap of the inputs", "03_gmmdrit", ("sf_dark_overlap_inputs",)),
-    ("probe bar / chance", "03_gmmdrit", ("probe_bar", "chance")),
+    ("SSIM vs target scan: identity / histogram matching / rescan ceiling",
+     [("03_gmmdrit", "d2d_identity_ssim_vs_target_scan"), ("03_gmmdrit", "d2d_histogram_matching_ssim_vs_target_scan"),
+      ("03_gmmdrit", "d2d_ceiling_b_rescanned_ssim_vs_target_scan")]),
+    ("SSIM vs clean truth: identity / histogram matching / ceiling (b's own scan)",
+     [("03_gmmdrit", "d2d_identity_ssim_vs_clean_truth"), ("03_gmmdrit", "d2d_histogram_matching_ssim_vs_clean_truth"),
+      ("03_gmmdrit", "d2d_ceiling_bs_own_scan_ssim_vs_clean_truth")]),
+    ("scanner-free agreement: the inputs / GMM-DRIT's / DRIT++'s blur control",
+     [("03_gmmdrit", "sf_agreement_inputs_ssim"), ("03_gmmdrit", "sf_agreement_blur_control_ssim"),
+      ("04_dritpp", "sf_agreement_blur_control_ssim")]),
+    ("structure kept by the clean truth", [("03_gmmdrit", "sf_structure_clean_truth_ssim")]),
+    ("dark_overlap of the inputs", [("03_gmmdrit", "sf_dark_overlap_inputs")]),
+    ("z^c probe: bar / chance", [("03_gmmdrit", "probe_bar"), ("03_gmmdrit", "chance")]),
 )
 FOLDER = "seeds"
+BASE = "base.json"  # in a seed's folder: the state of the run it was made from
 
 
 def seed_folder(run: Run, seed: int) -> Path:
@@ -73,30 +82,60 @@ def seed_folder(run: Run, seed: int) -> Path:
 
 
 def run_seed(run: Run) -> int:
-    """The stage-2 seed of the run itself, as notebook 03 recorded it with its checkpoint."""
-    found = re.search(r"seed (\d+)$", str(read_metrics(run.dir).get("03_gmmdrit", {}).get("checkpoint", "")))
-    if not found:
-        raise ValueError(f"{run.metrics_file} has no stage-2 results: run notebooks 03, 04 and 09 there first")
-    return int(found.group(1))
+    """The stage-2 seed the run itself was scored with (notebooks 03 and 04 record it)."""
+    metrics = read_metrics(run.dir)
+    found = {Experiment.seed_of(metrics.get(m.section, {})) for m in methods.MODELS}
+    if None in found or len(found) != 1:
+        raise ValueError(f"{run.metrics_file} has no stage-2 results of one seed: run notebooks 03, 04 and 09 there first")
+    return found.pop()
+
+
+def _stamp(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size} {stat.st_mtime_ns}"
+
+
+def base_state(run: Run) -> dict:
+    """What a seed's folder takes from the run (profile, iterations, GM-VAE, slices, frozen
+    classifier), to tell whether the run has changed since; raises if the run is not complete up to
+    notebook 09 or its models were trained with other iterations than the profile's."""
+    metrics = read_metrics(run.dir)
+    needed = [run.slices / "manifest.csv", run.checkpoints / "gmvae.pt", run.checkpoints / "scanner-classifier.pt"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    missing += [f"section {s} of metrics.json" for s in ("01_data", "02_gmvae", "09_beyond") if s not in metrics]
+    if missing:
+        raise FileNotFoundError(f"the run {run.dir} lacks {', '.join(missing)}: run notebooks 01-09 there first")
+    steps = {metrics.get(m.section, {}).get("steps") for m in methods.MODELS}
+    if steps != {run.profile.drit_steps}:
+        raise ValueError(f"the run's models were trained for {sorted(steps, key=str)} iterations, profile "
+                         f"{run.profile.name} trains {run.profile.drit_steps}: give the run's profile (PROFILE=)")
+    return {"profile": run.profile.name, "steps": run.profile.drit_steps,
+            **{p.name: _stamp(p) for p in (*needed, *sorted(run.slices.glob("*.npy")))}}
 
 
 def prepare(run: Run, seed: int) -> Path:
     """``<run>/seeds/seed<seed>`` with what notebooks 03, 04 and 09 read from the run (module doc)."""
-    metrics = read_metrics(run.dir)
-    missing = [p for p in (run.slices / "manifest.csv", run.checkpoints / "gmvae.pt") if not p.is_file()]
-    missing += [s for s in ("01_data", "02_gmvae") if s not in metrics]
-    if missing:
-        raise FileNotFoundError(f"the run {run.dir} lacks {', '.join(map(str, missing))}: run notebooks 01 and 02 first")
+    state = base_state(run)
     folder = seed_folder(run, seed)
+    made = json.loads((folder / BASE).read_text()) if (folder / BASE).is_file() else None
+    if made is not None and made != state:
+        raise ValueError(f"{folder} was made from another state of the run (its GM-VAE, slices, classifier or "
+                         "profile have changed since): delete the folder to train this seed again")
     (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-    if not (folder / "slices").exists():
-        (folder / "slices").symlink_to(run.slices.resolve(), target_is_directory=True)
-    for name in ("gmvae.pt", "scanner-classifier.pt", "paired-unet.pt"):  # the references: made if absent
+    link = folder / "slices"
+    if link.is_symlink() and not link.exists():
+        link.unlink()  # the run folder was moved
+    if not link.is_symlink():
+        link.symlink_to(os.path.relpath(run.slices.resolve(), folder.resolve()), target_is_directory=True)
+    metrics = read_metrics(run.dir)
+    for name in ("gmvae.pt", "scanner-classifier.pt", "paired-unet.pt"):  # paired-unet: only with a paired split
         if (run.checkpoints / name).is_file() and not (folder / "checkpoints" / name).exists():
-            shutil.copy2(run.checkpoints / name, folder / "checkpoints" / name)
-    if not (folder / "metrics.json").exists():
+            with atomic_path(folder / "checkpoints" / name) as tmp:
+                shutil.copy2(run.checkpoints / name, tmp)
+    if made is None:
         atomic_write_text(folder / "metrics.json",
                           json.dumps({s: metrics[s] for s in ("01_data", "02_gmvae")}, indent=2, sort_keys=True))
+        atomic_write_text(folder / BASE, json.dumps(state, indent=2, sort_keys=True))
     return folder
 
 
@@ -105,52 +144,70 @@ def train_seed(run: Run, seed: int) -> int:
     from . import pipeline
 
     folder = prepare(run, seed)
-    if "09_beyond" in read_metrics(folder):
+    if _complete(folder):
         print(f"seed {seed}: {folder} has its results already (delete the folder to train it again)")
         return 0
     return pipeline.main(["--profile", run.profile.name, "--run-dir", str(folder), "--seed", str(seed),
                           "--only", "03", "04", "09"])
 
 
-def _value(metrics: dict, section: str, key: str) -> float:
-    value = metrics.get(section, {}).get(key)
+def _complete(folder: Path) -> bool:
+    metrics = read_metrics(folder)
+    return all(m.section in metrics for m in methods.MODELS) and "09_beyond" in metrics
+
+
+def folders(run: Run) -> tuple[dict[int, Path], list[str]]:
+    """{seed: run folder} of the run's own seed and of every complete seed made from the run as it
+    is now, and a note on each seed folder left out."""
+    found, left_out, state = {run_seed(run): run.dir}, [], base_state(run)
+    for path in sorted((run.dir / FOLDER).glob("seed*")):
+        seed = path.name.removeprefix("seed")
+        if not seed.isdigit() or int(seed) in found:
+            continue
+        if not _complete(path):
+            left_out.append(f"seed {seed} (incomplete)")
+        elif not (path / BASE).is_file() or json.loads((path / BASE).read_text()) != state:
+            left_out.append(f"seed {seed} (made from another state of the run)")
+        else:
+            found[int(seed)] = path
+    return dict(sorted(found.items())), left_out
+
+
+def _read(metrics: dict, method, source) -> float:
+    value = (source.read(metrics, method.name) if isinstance(source, measures.Measure)
+             else metrics.get(method.section, {}).get(source))
     return float(value) if isinstance(value, (int, float)) else np.nan
 
 
-def scores(run: Run) -> pd.DataFrame:
-    """One row per seed that has notebook 03's numbers (the run's own seed first) and model, one
-    column per measure of :data:`MEASURES` (NaN where a run has none, e.g. no clean truth)."""
-    folders = {run_seed(run): run.dir}
-    for path in sorted((run.dir / FOLDER).glob("seed*"), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1):
-        if path.name[4:].isdigit() and "03_gmmdrit" in read_metrics(path):
-            folders.setdefault(int(path.name[4:]), path)
+def scores(seeds: dict[int, Path]) -> pd.DataFrame:
+    """One row per seed and model, one column per measure of :data:`MEASURES` (NaN where a run has
+    none, e.g. no clean truth in your data)."""
     rows = []
-    for seed, path in folders.items():
+    for seed, path in seeds.items():
         metrics = read_metrics(path)
-        for model, own in MODELS.items():
-            rows.append({"seed": seed, "model": model} | {
-                label: _value(metrics, section or own, key.format(model=model)) for label, section, key, _ in MEASURES})
+        rows += [{"seed": seed, "model": m.name} | {label: _read(metrics, m, source) for source, label, _ in MEASURES}
+                 for m in methods.MODELS]
     return pd.DataFrame(rows)
 
 
 def compare(df: pd.DataFrame) -> pd.DataFrame:
-    """Per measure: each model's mean (sd) over seeds, GMM-DRIT − DRIT++ (mean, seeds where GMM-DRIT
-    is better by the measure's direction, 95 % t-interval over seeds; none for fewer than 2 seeds)."""
-    from scipy import stats
-
-    a, b = (df[df.model == m].set_index("seed") for m in MODELS)
+    """Per measure: each model's mean (sd) over the seeds, and GMM-DRIT − DRIT++ per seed: its mean,
+    in how many seeds GMM-DRIT is better by the measure's direction, a 95 % t-interval over seeds."""
+    a, b = (df[df.model == m.name].set_index("seed") for m in methods.MODELS)
     rows = []
-    for label, _, _, higher in MEASURES:
+    for _, label, higher in MEASURES:
+        if label not in df:
+            continue
         d = (a[label] - b[label]).dropna()
         if d.empty:
             continue
-        n = len(d)
-        half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n) if n > 1 else np.nan
-        better = int(((d > 0) if higher else (d < 0)).sum())
-        rows.append({"measure": label, "better": "higher" if higher else "lower", "seeds": n,
-                     "GMM-DRIT": _mean_sd(a[label].dropna()), "DRIT++": _mean_sd(b[label].dropna()),
-                     "GMM-DRIT − DRIT++": d.mean(), "GMM-DRIT better in": f"{better} of {n}",
-                     "95 % t-interval": f"[{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]" if n > 1 else ""})
+        mean, lo, hi = t_interval(d)
+        better = "" if higher is None else f"{int(((d > 0) if higher else (d < 0)).sum())} of {len(d)}"
+        rows.append({"measure": label, "better": {True: "higher", False: "lower", None: "1 is the oracle"}[higher],
+                     "seeds": len(d), "GMM-DRIT": _mean_sd(a.loc[d.index, label]),
+                     "DRIT++": _mean_sd(b.loc[d.index, label]), "GMM-DRIT − DRIT++": mean,
+                     "GMM-DRIT better in": better,
+                     "95 % t-interval": f"[{lo:+.3f}, {hi:+.3f}]" if len(d) > 1 else ""})
     return pd.DataFrame(rows)
 
 
@@ -159,71 +216,56 @@ def _mean_sd(v: pd.Series) -> str:
 
 
 def controls(run: Run) -> str:
-    """The run's controls and ceilings of :data:`CONTROLS`, one line each (those it has)."""
+    """The run's controls and ceilings (:data:`CONTROLS`), one line each (those it has)."""
     metrics, lines = read_metrics(run.dir), []
-    for label, section, keys in CONTROLS:
-        values = [_value(metrics, *(k.split(":") if section is None else (section, k))) for k in keys]
-        if not np.isnan(values).all():
-            lines.append(f"- {label}: " + " / ".join(f"{v:.3f}" for v in values))
+    for label, keys in CONTROLS:
+        values = [metrics.get(section, {}).get(key) for section, key in keys]
+        if any(isinstance(v, (int, float)) for v in values):
+            lines.append(f"- {label}: " + " / ".join(f"{v:.3f}" if isinstance(v, (int, float)) else "–" for v in values))
     return "\n".join(lines)
 
 
-def figure(df: pd.DataFrame, title: str):
-    """One panel per measure: each seed's GMM-DRIT and DRIT++ joined by a line."""
-    import matplotlib.pyplot as plt
-
-    labels = [label for label, *_ in MEASURES if df[label].notna().any()]
-    ncols = 4
-    fig, axes = plt.subplots(-(-len(labels) // ncols), ncols, figsize=(3.2 * ncols, 2.6 * -(-len(labels) // ncols)),
-                             squeeze=False)
-    wide = {m: df[df.model == m].set_index("seed") for m in MODELS}
-    for ax, label in zip(axes.flat, labels):
-        for seed in wide["GMM-DRIT"].index:
-            ax.plot([0, 1], [wide[m].loc[seed, label] for m in MODELS], "o-", color="0.4", alpha=0.7)
-            ax.annotate(str(seed), (0, wide["GMM-DRIT"].loc[seed, label]), xytext=(-12, 0),
-                        textcoords="offset points", fontsize=7, va="center")
-        ax.set_xticks([0, 1], list(MODELS))
-        ax.set_xlim(-0.4, 1.3)
-        ax.set_title(label, fontsize=9)
-    for ax in list(axes.flat)[len(labels):]:
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
 def report(run: Run) -> str:
-    """Write ``seeds.md``, ``seeds.csv`` (every seed's scores) and ``seeds.png`` into the run's
-    figures and return the Markdown."""
-    from . import plots
-
-    df = scores(run)
-    table = compare(df)
-    seeds = sorted(df.seed.unique())
-    note = (f"GMM-DRIT and DRIT++ over stage-2 seeds {', '.join(map(str, seeds))} (seed {run_seed(run)}: the run "
-            f"{run.dir.name} itself; the others trained anew over its slices and GM-VAE by nbutils.seeds), "
-            f"profile {run.profile.name}; {plots.SIMULATED}. The run's controls and ceilings:\n{controls(run)}")
-    text = note + "\n\n" + plots.markdown_table(table) + "\n\nEvery seed:\n\n" + plots.markdown_table(df)
-    run.figures.mkdir(parents=True, exist_ok=True)
-    df.to_csv(run.figures / "seeds.csv", index=False)
+    """Write ``seeds.md``, ``seeds.csv`` and ``seeds.png`` into the run's figures; the Markdown."""
+    seeds, left_out = folders(run)
+    df = scores(seeds).dropna(axis=1, how="all")
+    own = run_seed(run)
+    note = (f"GMM-DRIT and DRIT++ over stage-2 seeds {', '.join(map(str, seeds))} (seed {own}: the run {run.dir.name} "
+            f"itself; the others trained anew over its slices and GM-VAE by nbutils.seeds), profile "
+            f"{run.profile.name}; {plots.SIMULATED}."
+            + (f" Left out: {', '.join(left_out)}." if left_out else "")
+            + f" The run's controls and ceilings (seed {own}):\n{controls(run)}")
+    text = note + "\n\n" + plots.markdown_table(compare(df)) + "\n\nEvery seed:\n\n" + plots.markdown_table(df)
+    with atomic_path(run.figures / "seeds.csv") as tmp:
+        df.to_csv(tmp, index=False)
     atomic_write_text(run.figures / "seeds.md", text + "\n")
-    plots.save_figure(figure(df, f"Stage 2 over seeds, run {run.dir.name} ({plots.SIMULATED})"), "seeds", run.figures)
+    columns = [label for _, label, _ in MEASURES if label in df]
+    fig = plots.paired_dots(df, columns, tuple(m.name for m in methods.MODELS), "model", "seed",
+                            f"Stage 2 over seeds, run {run.dir.name} ({plots.SIMULATED})")
+    plots.save_figure(fig, "seeds", run.figures)
     return text
 
 
 def main(argv=None) -> int:
+    from .config import default_run_dir
     from .pipeline import run_folder
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="quick")
-    ap.add_argument("--data", default="", help="the run's data CSV (its run folder is named after it, as in make run)")
+    ap.add_argument("--profile", default="quick", help="the run's profile")
+    ap.add_argument("--data", default="", help="the run's data CSV (the run folder is named after it, as in make run)")
     ap.add_argument("--run", default="", help="run name: data/runs/<name>")
     ap.add_argument("--run-dir", default="")
     ap.add_argument("--seeds", type=int, nargs="*", default=[], help="stage-2 seeds to train (none: only the table)")
     args = ap.parse_args(argv)
     try:
-        run = setup(args.profile, run_folder(args.profile, args.data, args.run, args.run_dir))
+        if any(s < 0 for s in args.seeds):
+            raise ValueError(f"seeds are whole numbers ≥ 0, not {args.seeds}")
+        folder = run_folder(args.profile, args.data, args.run, args.run_dir) or default_run_dir(args.profile)
+        if not (resolve(folder) / "metrics.json").is_file():
+            raise FileNotFoundError(f"{resolve(folder)} holds no run: make run first (with the same PROFILE, DATA, RUN)")
+        run = setup(args.profile, str(folder))
         own = run_seed(run)
+        base_state(run)
         for seed in args.seeds:
             if seed == own:
                 print(f"seed {seed} is the run's own: its numbers are the run's")

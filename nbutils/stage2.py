@@ -8,6 +8,7 @@ against a target scan: then the scores, the target sensitivity and the learning 
 out, with a message, and the rest runs."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -263,6 +264,13 @@ class Experiment:
         f = self.run.checkpoints / self.method.checkpoint(self.known_labels)
         stat = f.stat()
         return f"{f.name} {stat.st_size} {stat.st_mtime_ns} seed {self.run.seed}"
+
+    @staticmethod
+    def seed_of(section: dict) -> int | None:
+        """The seed a section of ``metrics.json`` written by :meth:`score` was scored with (None if
+        it has none)."""
+        found = re.search(r" seed (\d+)$", str(section.get("checkpoint", "")))
+        return int(found.group(1)) if found else None
 
     def _add_metrics(self, values: dict) -> None:
         """Add ``values`` to this model's section of ``metrics.json``, keeping what is there."""

@@ -1,5 +1,5 @@
 """Summaries with uncertainty: mean ± sd, a bootstrap 95 % CI of a mean (resampling clusters) and
-of a difference of means."""
+of a difference of means, and a t-interval of a mean over a few runs (e.g. seeds)."""
 from __future__ import annotations
 
 import numpy as np
@@ -42,6 +42,21 @@ def bootstrap_diff(a: np.ndarray, b: np.ndarray, paired: bool = False, n_boot: i
         boots = (a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
                  - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1))
     return (float(a.mean() - b.mean()), *_interval(boots, level))
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """mean(values) and its Student-t ``level`` interval (NaN bounds for fewer than two values): for
+    a few independent runs, e.g. one paired difference per seed, where a bootstrap has too few
+    values to resample."""
+    from scipy import stats
+
+    v = np.asarray(values, np.float64)
+    if len(v) == 0:
+        raise ValueError("t_interval needs a non-empty sample")
+    if len(v) < 2:
+        return float(v.mean()), np.nan, np.nan
+    half = stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
 def _interval(boots: np.ndarray, level: float) -> tuple[float, float]:

@@ -12,7 +12,7 @@ LAYERS = [  # in the order of docs/design.md's table
     {"harmonize", "apply", "explorer"},
     {"stats", "paired", "measures", "usage", "stage2", "supervised", "classifier",
      "outputs", "evaluations"},
-    {"report", "pipeline", "bench"},
+    {"report", "pipeline", "bench", "seeds"},
 ]
 PACKAGE = Path(nbutils.__file__).parent
 
