@@ -8,6 +8,7 @@ when it does.
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -274,9 +275,10 @@ def score_boxes(df: pd.DataFrame, value: str, x: str, hue: str, title: str):
     return fig, pfig
 
 
-def paired_dots(df: pd.DataFrame, columns: list[str], pair: tuple[str, str], by: str, unit: str, title: str):
+def paired_dots(df: pd.DataFrame, columns: list[str], pair: tuple[str, str], by: str, unit: str, title: str,
+                notes: dict[str, str] | None = None):
     """One panel per column: each ``unit``'s (e.g. seed's) two values, of ``pair`` in column ``by``,
-    joined by a line and labelled with the unit."""
+    joined by a line and labelled with the unit; ``notes[column]`` under its panel (e.g. its controls)."""
     ncols = min(4, len(columns))
     nrows = -(-len(columns) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False)
@@ -289,6 +291,8 @@ def paired_dots(df: pd.DataFrame, columns: list[str], pair: tuple[str, str], by:
         ax.set_xticks([0, 1], list(pair))
         ax.set_xlim(-0.4, 1.3)
         ax.set_title(column, fontsize=9)
+        if notes and column in notes:
+            ax.set_xlabel(textwrap.fill(notes[column], 48), fontsize=7)
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)

@@ -21,9 +21,9 @@ GM-VAE, slices or classifier since changed) is refused: delete it to redo the se
 The table has the run itself as its own seed and the complete seeds' folders beside it: each
 measure of :data:`MEASURES` for GMM-DRIT and DRIT++ (mean and sd over seeds), the mean of the paired
 differences, in how many seeds GMM-DRIT is better by the measure's direction, and a 95 %
-t-interval over seeds; above it the run's controls and ceilings (:data:`CONTROLS`). It is printed
-and written to ``<run's figures>/seeds.md`` and ``seeds.csv`` (every seed's scores), with a figure
-``seeds.png`` of every seed's pair of scores.
+t-interval over seeds; above it, and under each panel of the figure, the run's controls and
+ceilings (:data:`CONTROLS`). It is printed and written to ``<run's figures>/seeds.md`` and
+``seeds.csv`` (every seed's scores), with a figure ``seeds.png`` of every seed's pair of scores.
 """
 from __future__ import annotations
 
@@ -58,21 +58,28 @@ MEASURES = (
     (measures.RESIDUAL_FROZEN_DRAWS, "frozen residual, median of 8 draws", False),
     (measures.RESIDUAL_RETRAINED, "retrained classifier residual", False),
 )
-# the run's controls and ceilings, (label, [(section, key)])
-CONTROLS = (
-    ("SSIM vs target scan: identity / histogram matching / rescan ceiling",
-     [("03_gmmdrit", "d2d_identity_ssim_vs_target_scan"), ("03_gmmdrit", "d2d_histogram_matching_ssim_vs_target_scan"),
-      ("03_gmmdrit", "d2d_ceiling_b_rescanned_ssim_vs_target_scan")]),
-    ("SSIM vs clean truth: identity / histogram matching / ceiling (b's own scan)",
-     [("03_gmmdrit", "d2d_identity_ssim_vs_clean_truth"), ("03_gmmdrit", "d2d_histogram_matching_ssim_vs_clean_truth"),
-      ("03_gmmdrit", "d2d_ceiling_bs_own_scan_ssim_vs_clean_truth")]),
-    ("scanner-free agreement: the inputs / GMM-DRIT's / DRIT++'s blur control",
-     [("03_gmmdrit", "sf_agreement_inputs_ssim"), ("03_gmmdrit", "sf_agreement_blur_control_ssim"),
-      ("04_dritpp", "sf_agreement_blur_control_ssim")]),
-    ("structure kept by the clean truth", [("03_gmmdrit", "sf_structure_clean_truth_ssim")]),
-    ("dark_overlap of the inputs", [("03_gmmdrit", "sf_dark_overlap_inputs")]),
-    ("z^c probe: bar / chance", [("03_gmmdrit", "probe_bar"), ("03_gmmdrit", "chance")]),
-)
+# each measure's controls and ceilings in the run: {measure's source: (what, [(section, key) or (measure, row)])}
+CONTROLS = {
+    "d2d_reference_guided_ssim_vs_target_scan": ("identity / histogram matching / rescan ceiling", [
+        ("03_gmmdrit", "d2d_identity_ssim_vs_target_scan"), ("03_gmmdrit", "d2d_histogram_matching_ssim_vs_target_scan"),
+        ("03_gmmdrit", "d2d_ceiling_b_rescanned_ssim_vs_target_scan")]),
+    "d2d_reference_guided_ssim_vs_clean_truth": ("identity / histogram matching / b's own scan", [
+        ("03_gmmdrit", "d2d_identity_ssim_vs_clean_truth"), ("03_gmmdrit", "d2d_histogram_matching_ssim_vs_clean_truth"),
+        ("03_gmmdrit", "d2d_ceiling_bs_own_scan_ssim_vs_clean_truth")]),
+    "d2d_reference_guided_psnr_vs_clean_truth": ("identity / histogram matching / b's own scan", [
+        ("03_gmmdrit", "d2d_identity_psnr_vs_clean_truth"), ("03_gmmdrit", "d2d_histogram_matching_psnr_vs_clean_truth"),
+        ("03_gmmdrit", "d2d_ceiling_bs_own_scan_psnr_vs_clean_truth")]),
+    "sf_agreement_outputs_ssim": ("the inputs / GMM-DRIT's / DRIT++'s blur control", [
+        ("03_gmmdrit", "sf_agreement_inputs_ssim"), ("03_gmmdrit", "sf_agreement_blur_control_ssim"),
+        ("04_dritpp", "sf_agreement_blur_control_ssim")]),
+    "sf_structure_ssim": ("the clean truth", [("03_gmmdrit", "sf_structure_clean_truth_ssim")]),
+    "sf_dark_overlap": ("the inputs", [("03_gmmdrit", "sf_dark_overlap_inputs")]),
+    "probe_zc": ("bar / chance", [("03_gmmdrit", "probe_bar"), ("03_gmmdrit", "chance")]),
+    measures.RESIDUAL_FROZEN_DRAWS: ("chance / histogram matching", [
+        (measures.RESIDUAL_FROZEN_DRAWS, measures.CHANCE), (measures.RESIDUAL_FROZEN_DRAWS, methods.HISTOGRAM.name)]),
+    measures.RESIDUAL_RETRAINED: ("chance / histogram matching", [
+        (measures.RESIDUAL_RETRAINED, measures.CHANCE), (measures.RESIDUAL_RETRAINED, methods.HISTOGRAM.name)]),
+}
 FOLDER = "seeds"
 BASE = "base.json"  # in a seed's folder: the state of the run it was made from
 
@@ -215,33 +222,37 @@ def _mean_sd(v: pd.Series) -> str:
     return f"{v.mean():.3f} ({v.std(ddof=1):.3f})" if len(v) > 1 else f"{v.mean():.3f}"
 
 
-def controls(run: Run) -> str:
-    """The run's controls and ceilings (:data:`CONTROLS`), one line each (those it has)."""
-    metrics, lines = read_metrics(run.dir), []
-    for label, keys in CONTROLS:
-        values = [metrics.get(section, {}).get(key) for section, key in keys]
+def controls(run: Run) -> dict[str, str]:
+    """{measure's label: its controls and ceilings in the run (:data:`CONTROLS`)}, for those it has."""
+    metrics, out = read_metrics(run.dir), {}
+    for source, label, _ in MEASURES:
+        what, keys = CONTROLS.get(source, ("", []))
+        values = [where.read(metrics, key) if isinstance(where, measures.Measure) else metrics.get(where, {}).get(key)
+                  for where, key in keys]
         if any(isinstance(v, (int, float)) for v in values):
-            lines.append(f"- {label}: " + " / ".join(f"{v:.3f}" if isinstance(v, (int, float)) else "–" for v in values))
-    return "\n".join(lines)
+            out[label] = f"{what} " + " / ".join(f"{v:.3f}" if isinstance(v, (int, float)) else "–" for v in values)
+    return out
 
 
 def report(run: Run) -> str:
     """Write ``seeds.md``, ``seeds.csv`` and ``seeds.png`` into the run's figures; the Markdown."""
     seeds, left_out = folders(run)
     df = scores(seeds).dropna(axis=1, how="all")
-    own = run_seed(run)
+    own, notes = run_seed(run), controls(run)
     note = (f"GMM-DRIT and DRIT++ over stage-2 seeds {', '.join(map(str, seeds))} (seed {own}: the run {run.dir.name} "
             f"itself; the others trained anew over its slices and GM-VAE by nbutils.seeds), profile "
             f"{run.profile.name}; {plots.SIMULATED}."
             + (f" Left out: {', '.join(left_out)}." if left_out else "")
-            + f" The run's controls and ceilings (seed {own}):\n{controls(run)}")
+            + f" The run's controls and ceilings (seed {own}):\n"
+            + "\n".join(f"- {label}: {text}" for label, text in notes.items()))
     text = note + "\n\n" + plots.markdown_table(compare(df)) + "\n\nEvery seed:\n\n" + plots.markdown_table(df)
     with atomic_path(run.figures / "seeds.csv") as tmp:
         df.to_csv(tmp, index=False)
     atomic_write_text(run.figures / "seeds.md", text + "\n")
     columns = [label for _, label, _ in MEASURES if label in df]
     fig = plots.paired_dots(df, columns, tuple(m.name for m in methods.MODELS), "model", "seed",
-                            f"Stage 2 over seeds, run {run.dir.name} ({plots.SIMULATED})")
+                            f"Stage 2 over seeds, run {run.dir.name} ({plots.SIMULATED}); "
+                            f"under each measure the run's controls (seed {own})", notes)
     plots.save_figure(fig, "seeds", run.figures)
     return text
 
