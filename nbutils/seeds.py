@@ -58,17 +58,21 @@ MEASURES = (
     (measures.RESIDUAL_FROZEN_DRAWS, "frozen residual, median of 8 draws", False),
     (measures.RESIDUAL_RETRAINED, "retrained classifier residual", False),
 )
+
+
+def _yardstick(score: str, against: str, ceiling: str) -> list[tuple[str, str]]:
+    """notebook 03's keys of identity, histogram matching and ``ceiling`` scored by ``score`` ``against``."""
+    return [("03_gmmdrit", f"d2d_{row}_{score}_vs_{against}") for row in ("identity", "histogram_matching", ceiling)]
+
+
 # each measure's controls and ceilings in the run: {measure's source: (what, [(section, key) or (measure, row)])}
 CONTROLS = {
-    "d2d_reference_guided_ssim_vs_target_scan": ("identity / histogram matching / rescan ceiling", [
-        ("03_gmmdrit", "d2d_identity_ssim_vs_target_scan"), ("03_gmmdrit", "d2d_histogram_matching_ssim_vs_target_scan"),
-        ("03_gmmdrit", "d2d_ceiling_b_rescanned_ssim_vs_target_scan")]),
-    "d2d_reference_guided_ssim_vs_clean_truth": ("identity / histogram matching / b's own scan", [
-        ("03_gmmdrit", "d2d_identity_ssim_vs_clean_truth"), ("03_gmmdrit", "d2d_histogram_matching_ssim_vs_clean_truth"),
-        ("03_gmmdrit", "d2d_ceiling_bs_own_scan_ssim_vs_clean_truth")]),
-    "d2d_reference_guided_psnr_vs_clean_truth": ("identity / histogram matching / b's own scan", [
-        ("03_gmmdrit", "d2d_identity_psnr_vs_clean_truth"), ("03_gmmdrit", "d2d_histogram_matching_psnr_vs_clean_truth"),
-        ("03_gmmdrit", "d2d_ceiling_bs_own_scan_psnr_vs_clean_truth")]),
+    "d2d_reference_guided_ssim_vs_target_scan": ("identity / histogram matching / rescan ceiling",
+                                                 _yardstick("ssim", "target_scan", "ceiling_b_rescanned")),
+    "d2d_reference_guided_ssim_vs_clean_truth": ("identity / histogram matching / b's own scan",
+                                                 _yardstick("ssim", "clean_truth", "ceiling_bs_own_scan")),
+    "d2d_reference_guided_psnr_vs_clean_truth": ("identity / histogram matching / b's own scan",
+                                                 _yardstick("psnr", "clean_truth", "ceiling_bs_own_scan")),
     "sf_agreement_outputs_ssim": ("the inputs / GMM-DRIT's / DRIT++'s blur control", [
         ("03_gmmdrit", "sf_agreement_inputs_ssim"), ("03_gmmdrit", "sf_agreement_blur_control_ssim"),
         ("04_dritpp", "sf_agreement_blur_control_ssim")]),
