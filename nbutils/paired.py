@@ -140,6 +140,53 @@ def oracle_outputs(test: Slices) -> np.ndarray:
     return out
 
 
+def smooth_field(image: np.ndarray, truth: np.ndarray, mask: np.ndarray, order: int = 3) -> np.ndarray:
+    """The smooth multiplicative field, exp of a polynomial of ``order`` in the pixel coordinates
+    (order 0: a global gain), that best maps ``image`` onto ``truth`` inside ``mask``: least squares
+    on the log ratio where both are above a few % of the range. An oracle: it reads the truth."""
+    h, w = image.shape
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    basis = np.stack([xx**i * yy**j for i in range(order + 1) for j in range(order + 1 - i)], -1)
+    ok = np.asarray(mask, bool) & (truth > 0.05) & (image > 0.02)
+    if ok.sum() < basis.shape[-1]:
+        return np.ones_like(image, np.float64)
+    coef, *_ = np.linalg.lstsq(basis[ok], np.log(image[ok] / truth[ok]), rcond=None)
+    return np.exp(basis @ coef)
+
+
+FIELD_ORDERS = (0, 1, 3)
+
+
+def field_gap(test: Slices, to_target: dict[str, np.ndarray], orders=FIELD_ORDERS, n_pairs: int = 200,
+              seed: int = 0) -> pd.DataFrame:
+    """How much of each method's PSNR against the clean truth is lost to a smooth multiplicative
+    field: mean PSNR of ``n_pairs`` random cross-scanner translations (a ≠ b, the same pairs for
+    every method) as made, and after dividing each by its :func:`smooth_field` of each order; the
+    target scan itself (b's own scan, the ceiling) beside them. The simulated clean truth is a
+    scanner's contrast curve without its coil field, which its scans have: a method that draws the
+    target's field loses PSNR against the truth that this oracle gives back."""
+    if test.clean is None:
+        raise ValueError("the field gap needs the clean truth (the built-in simulated test split)")
+    pairs = traveling_pairs(test)
+    pairs = pairs[pairs["source"] != pairs["target"]]
+    pairs = pairs.iloc[np.sort(np.random.default_rng(seed).choice(len(pairs), min(n_pairs, len(pairs)), replace=False))]
+    masks = np.asarray(test.masks, bool)
+    candidates = {name: lambda p, out=out: out[test.domains.index(p.target), p.src] for name, out in to_target.items()}
+    candidates[SCAN_CEILING] = lambda p: test.images[p.dst]
+    rows = []
+    for name, made in candidates.items():
+        values = {"as made": [], **{f"field of order {k} divided out": [] for k in orders}}
+        for p in pairs.itertuples():
+            image = np.asarray(made(p), np.float64)
+            truth, mask = np.asarray(test.clean[p.dst], np.float64), masks[p.dst]
+            values["as made"].append(metrics.psnr(image, truth, mask))
+            for k in orders:
+                values[f"field of order {k} divided out"].append(
+                    metrics.psnr(image / smooth_field(image, truth, mask, k), truth, mask))
+        rows.append({"method": name} | {k: float(np.mean(v)) for k, v in values.items()})
+    return pd.DataFrame(rows)
+
+
 def summary(scores: pd.DataFrame, cross: bool = True) -> pd.DataFrame:
     """Mean of each measure per method (rows, in order of appearance) and reference (column
     groups); ``cross`` keeps only pairs of two different scanners."""

@@ -268,3 +268,30 @@ def test_paired_rows_keep_scanner_columns_when_one_scanner_misses_an_anatomy():
                             domain=["s0", "s2", "s0", "s1", "s1"], domain_index=[0, 2, 0, 1, 1]))
     pairs = Slices(np.zeros((5, 4, 4), np.float32), np.ones((5, 4, 4), bool), None, man, ["s0", "s1", "s2"])
     np.testing.assert_array_equal(supervised.pairs_of(pairs), [[0, -1, 1], [2, 3, -1]])  # c: one scanner only
+
+
+def test_the_field_gap_gives_back_exactly_a_smooth_field_and_nothing_to_noise():
+    """Known answers: translations = the truth times a smooth field (a gain and a slope) come back to
+    the truth once the oracle field of order 1 is divided out, and a gain alone gives back part of
+    the loss; translations = the truth plus noise gain nothing from any field; the target scans are
+    scored beside them."""
+    test = traveling(n=8, seed=2)
+    k, n = len(test.domains), len(test.images)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, SIZE), np.linspace(-1, 1, SIZE), indexing="ij")
+    field = np.exp(0.3 + 0.4 * xx - 0.2 * yy).astype(np.float32)
+    rng = np.random.default_rng(3)
+    fielded, noisy = np.zeros((k, n, SIZE, SIZE), np.float32), np.zeros((k, n, SIZE, SIZE), np.float32)
+    for p in paired.traveling_pairs(test).itertuples():
+        b = test.domains.index(p.target)
+        fielded[b, p.src] = test.clean[p.dst] * field
+        noisy[b, p.src] = test.clean[p.dst] + rng.normal(0, 0.03, (SIZE, SIZE)) * test.masks[p.dst]
+    gap = paired.field_gap(test, {"fielded": fielded, "noisy": noisy}, n_pairs=20).set_index("method")
+    assert list(gap.index) == ["fielded", "noisy", paired.SCAN_CEILING]
+    f = gap.loc["fielded"]
+    assert f["field of order 1 divided out"] > 80 and f["field of order 3 divided out"] > 80  # exact to rounding
+    assert f["as made"] < f["field of order 0 divided out"] < 40
+    noise = gap.loc["noisy"]
+    assert abs(noise["field of order 3 divided out"] - noise["as made"]) < 0.5
+    assert paired.smooth_field(np.ones((4, 4)), np.ones((4, 4)), np.zeros((4, 4), bool)).tolist() == np.ones((4, 4)).tolist()
+    with pytest.raises(ValueError, match="clean truth"):
+        paired.field_gap(Slices(test.images, test.masks, None, test.manifest, test.domains, test.rescan), {})
