@@ -184,10 +184,17 @@ def folders(run: Run) -> tuple[dict[int, Path], list[str]]:
     return dict(sorted(found.items())), left_out
 
 
-def _read(metrics: dict, method, source) -> float:
-    value = (source.read(metrics, method.name) if isinstance(source, measures.Measure)
-             else metrics.get(method.section, {}).get(source))
+def _value(metrics: dict, where, key: str) -> float:
+    """``key`` of section ``where`` of a whole ``metrics.json``, or row ``key`` of measure ``where``
+    (NaN where it is not recorded)."""
+    value = where.read(metrics, key) if isinstance(where, measures.Measure) else metrics.get(where, {}).get(key)
     return float(value) if isinstance(value, (int, float)) else np.nan
+
+
+def _read(metrics: dict, method, source) -> float:
+    """``method``'s value of the measure ``source`` of :data:`MEASURES`."""
+    return (_value(metrics, source, method.name) if isinstance(source, measures.Measure)
+            else _value(metrics, method.section, source))
 
 
 def scores(seeds: dict[int, Path]) -> pd.DataFrame:
@@ -231,10 +238,9 @@ def controls(run: Run) -> dict[str, str]:
     metrics, out = read_metrics(run.dir), {}
     for source, label, _ in MEASURES:
         what, keys = CONTROLS.get(source, ("", []))
-        values = [where.read(metrics, key) if isinstance(where, measures.Measure) else metrics.get(where, {}).get(key)
-                  for where, key in keys]
-        if any(isinstance(v, (int, float)) for v in values):
-            out[label] = f"{what} " + " / ".join(f"{v:.3f}" if isinstance(v, (int, float)) else "–" for v in values)
+        values = [_value(metrics, where, key) for where, key in keys]
+        if not np.isnan(values).all():
+            out[label] = f"{what} " + " / ".join("–" if np.isnan(v) else f"{v:.3f}" for v in values)
     return out
 
 
