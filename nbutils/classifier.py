@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import clustering
 from .nets import _conv, level_stats, soft_histogram
 from .stats import bootstrap_mean
 from .train import adam
@@ -113,13 +114,18 @@ def for_run(run, train, images=None, name: str = "scanner-classifier") -> Scanne
 
 
 def accuracy(clf: ScannerClassifier, images, labels, groups=None) -> dict[str, float]:
-    """Accuracy of ``clf`` on ``images`` and the chance level (the largest class's share); with
-    ``groups`` (one id per image, e.g. its subject) also the 95 % bootstrap CI of the accuracy
+    """Accuracy of ``clf`` on ``images`` and the chance level (the largest class's share); ``matched``:
+    the accuracy under the best one-to-one renaming of the predictions (Hungarian, as E1's ACC),
+    which says whether the classifier still tells the scanners apart where it names them wrong
+    (outputs that moved each source to another scanner's look score low in accuracy, high here);
+    with ``groups`` (one id per image, e.g. its subject) also the 95 % bootstrap CI of the accuracy
     over those groups (``ci_low``, ``ci_high``: how far another draw of test subjects could move
     it; the classifier and the images' model are held fixed)."""
     labels = np.asarray(labels)
-    hit = predict(clf, images) == labels
-    out = dict(accuracy=float(hit.mean()), chance=float(np.bincount(labels).max() / len(labels)))
+    predicted = predict(clf, images)
+    hit = predicted == labels
+    out = dict(accuracy=float(hit.mean()), matched=clustering.accuracy(labels, predicted),
+               chance=float(np.bincount(labels).max() / len(labels)))
     if groups is not None:
         _, out["ci_low"], out["ci_high"] = bootstrap_mean(hit, groups)
     return out

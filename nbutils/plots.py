@@ -178,13 +178,13 @@ def probe_control(control: pd.DataFrame, chance: float, bar: float, title: str):
     return fig
 
 
-def source_maps(maps: dict[str, np.ndarray], domains: list[str], title: str):
-    """One row per set of images (e.g. inputs, scanner-free outputs), one column per source
-    scanner: its map from :func:`nbutils.usage.source_maps` (what that source leaves, on one
-    symmetric colour scale for all, to the 99.5th percentile of |map|: red brighter than the
-    other sources, blue darker)."""
+def source_maps(maps: dict[str, np.ndarray], domains: list[str], title: str,
+                label: str = "source mean less the mean over sources"):
+    """One row per set of images (e.g. inputs, scanner-free outputs), one column per scanner: its
+    map (e.g. from :func:`nbutils.usage.source_maps`: what that source leaves), on one symmetric
+    colour scale for all, to the 99.5th percentile of |map| (red above zero, blue below; NaN blank)."""
     rows = list(maps)
-    scale = max(float(np.percentile(np.abs(m), 99.5)) for m in maps.values()) or 1.0
+    scale = max(float(np.nanpercentile(np.abs(m), 99.5)) for m in maps.values()) or 1.0
     fig, axes = plt.subplots(len(rows), len(domains), figsize=(2.6 * len(domains), 2.7 * len(rows)), squeeze=False)
     for r, name in enumerate(rows):
         for b, dom in enumerate(domains):
@@ -192,7 +192,7 @@ def source_maps(maps: dict[str, np.ndarray], domains: list[str], title: str):
             im = ax.imshow(maps[name][b], cmap="RdBu_r", vmin=-scale, vmax=scale)
             ax.set_title(f"{name}: {dom}", fontsize=8)
             ax.axis("off")
-    fig.colorbar(im, ax=axes, shrink=0.6, label="source mean less the mean over sources")
+    fig.colorbar(im, ax=axes, shrink=0.6, label=label)
     fig.suptitle(title, fontsize=9)
     return fig
 

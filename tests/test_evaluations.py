@@ -140,7 +140,7 @@ def test_the_residual_scanner_is_read_on_each_draw_of_the_scanner_free_attribute
     """One accuracy per seed, each on the outputs that seed's draw makes: a stub harmonizer whose
     even seeds give the scans back (the scanner fully readable) and odd seeds one scanner's
     appearance for all, and a classifier that tells the scanners apart; with subjects, the
-    accuracy's CI brackets it."""
+    accuracy's CI brackets it; the matched accuracy finds sources shown in each other's looks."""
     test = scanners(n_per=40)
     clf, _ = classifier.train_classifier(test.images, test.labels, tmp_path / "clf.pt", width=4, steps=60,
                                          batch_size=16, every=60)
@@ -154,6 +154,16 @@ def test_the_residual_scanner_is_read_on_each_draw_of_the_scanner_free_attribute
     assert len(acc) == 4 and acc[0] == acc[2] > 0.8 and acc[1] == acc[3] <= 0.5
     full = classifier.accuracy(clf, one_look, test.labels, groups=np.arange(len(test.labels)) // 4)
     assert full["ci_low"] <= full["accuracy"] <= full["ci_high"] and full["ci_high"] - full["ci_low"] > 0
+    assert full["matched"] <= 0.5  # one look for all: no renaming tells the sources apart
+    # each source shown in the next scanner's look: named wrong, still told apart
+    k, labels = len(test.domains), test.labels
+    shifted = np.empty_like(test.images)
+    for b in range(k):
+        shifted[labels == b] = test.images[labels == (b + 1) % k][: (labels == b).sum()]
+    moved = classifier.accuracy(clf, shifted, labels)
+    assert moved["accuracy"] < 0.2 and moved["matched"] > 0.8
+    right = classifier.accuracy(clf, test.images, labels)
+    assert right["matched"] == right["accuracy"]
 
 
 def test_a_classifier_s_training_depends_on_its_seed_not_on_what_ran_before(tmp_path):

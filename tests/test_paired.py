@@ -263,6 +263,48 @@ def test_the_paired_translator_starts_from_the_same_weights_whatever_ran_before(
         assert torch.equal(w, weights[1][name]), name
 
 
+def test_field_transfer_tells_the_target_field_from_the_source_field():
+    """Known answers: toy scanners whose scans carry each its own smooth field (and rescans a field
+    of another strength); a translation that draws b's field, with b's contrast or another one and
+    a gain, is near b's field and far from a's in every pair, one that keeps a's field the other
+    way round, and one without a field is far from both; the mean field drawn toward b is b's."""
+    from dataclasses import replace
+    test = traveling(n=8, seed=4)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, SIZE), np.linspace(-1, 1, SIZE), indexing="ij")
+    shapes = [xx, -yy, xx**2 + yy**2 - 0.5]
+    field = lambda b, strength=0.3: np.exp(strength * shapes[b]).astype(np.float32)
+    labels = test.labels
+    test = replace(test, images=np.array([im * field(b) for im, b in zip(test.images, labels)]),
+                   rescan=np.array([im * field(b, 0.25) for im, b in zip(test.rescan, labels)]))
+    k, n = len(test.domains), len(test.images)
+    made = {name: np.zeros((k, n, SIZE, SIZE), np.float32) for name in ("draws b's", "b's, other contrast", "keeps a's", "none")}
+    for p in paired.traveling_pairs(test).itertuples():
+        b, a = test.domains.index(p.target), test.domains.index(p.source)
+        truth = test.clean[p.dst]
+        made["draws b's"][b, p.src] = truth * field(b)
+        made["b's, other contrast"][b, p.src] = 1.3 * truth**1.6 * field(b)
+        made["keeps a's"][b, p.src] = truth * field(a)
+        made["none"][b, p.src] = truth
+    t, fields = paired.field_transfer(test, made, n_pairs=30)
+    t = t.set_index("method")
+    assert list(t.index) == [*made, paired.RESCAN_CEILING]
+    assert list(fields) == [paired.OWN_SCAN, *made, paired.RESCAN_CEILING]
+    for name in ("draws b's", "b's, other contrast", paired.RESCAN_CEILING):
+        assert t.loc[name, "nearer b's in"] == 1
+        assert t.loc[name, "RMS to b's field"] < 0.06 < 0.12 < t.loc[name, "RMS to a's field"]
+    assert t.loc["keeps a's", "nearer b's in"] == 0
+    assert t.loc["keeps a's", "RMS to a's field"] < 0.06 < 0.12 < t.loc["keeps a's", "RMS to b's field"]
+    assert min(t.loc["none", ["RMS to b's field", "RMS to a's field"]]) > 0.07
+    for b in range(k):  # the mean field drawn toward b is b's, less its mean; none is flat
+        inside = test.masks[test.labels == b].all(0)
+        expected = np.log(field(b))[inside] - np.log(field(b))[inside].mean()
+        error = np.abs(fields["draws b's"][b][inside] - expected).mean()
+        assert error < 0.03 and error < 0.5 * np.abs(expected).mean()
+        assert np.abs(fields["none"][b][inside]).max() < 0.02
+    with pytest.raises(ValueError, match="clean truth"):
+        paired.field_transfer(replace(test, clean=None), {})
+
+
 def test_paired_rows_keep_scanner_columns_when_one_scanner_misses_an_anatomy():
     man = pd.DataFrame(dict(subject=["a", "a", "b", "b", "c"], slice_index=0,
                             domain=["s0", "s2", "s0", "s1", "s1"], domain_index=[0, 2, 0, 1, 1]))
