@@ -117,7 +117,8 @@ def accuracy(clf: ScannerClassifier, images, labels, groups=None) -> dict[str, f
     """Accuracy of ``clf`` on ``images`` and the chance level (the largest class's share); ``matched``:
     the accuracy under the best one-to-one renaming of the predictions (Hungarian, as E1's ACC),
     which says whether the classifier still tells the scanners apart where it names them wrong
-    (outputs that moved each source to another scanner's look score low in accuracy, high here);
+    (outputs that moved each source to another scanner's look score low in accuracy, high here), and
+    its own chance level ``matched_chance`` (:func:`nbutils.clustering.matched_chance`);
     with ``groups`` (one id per image, e.g. its subject) also the 95 % bootstrap CI of the accuracy
     over those groups (``ci_low``, ``ci_high``: how far another draw of test subjects could move
     it; the classifier and the images' model are held fixed)."""
@@ -125,7 +126,7 @@ def accuracy(clf: ScannerClassifier, images, labels, groups=None) -> dict[str, f
     predicted = predict(clf, images)
     hit = predicted == labels
     out = dict(accuracy=float(hit.mean()), matched=clustering.accuracy(labels, predicted),
-               chance=float(np.bincount(labels).max() / len(labels)))
+               chance=float(np.bincount(labels).max() / len(labels)), matched_chance=clustering.matched_chance(labels))
     if groups is not None:
         _, out["ci_low"], out["ci_high"] = bootstrap_mean(hit, groups)
     return out

@@ -214,7 +214,8 @@ def field_transfer(test: Slices, to_target: dict[str, np.ndarray], order: int = 
     brain with the log field of b's own scan against that truth (the target's field) and of a's
     scan against a's truth (the source's): the RMS of the difference less its mean (the shape; a
     gain belongs to the contrast curve), against b's and against a's, and the share of pairs whose
-    field is nearer b's than a's (0.5: neither). b's rescan (another acquisition on b, with its own
+    field is nearer b's than a's (a tie counts as a's; an output with no field is nearer the weaker
+    of the two, 0.5 on average over pairs drawn both ways). b's rescan (another acquisition on b, with its own
     random field strength and b's blur and artefacts, which bias the fit as they do the scan's) is
     the ceiling. Images and truth are smoothed inside the brain (Gaussian ``sigma`` pixels) before
     the fit, so that noise biases it less. Log units: 0.1 is about 10 % of the intensity. An oracle

@@ -50,12 +50,14 @@ MEASURES = (
     ("d2d_reference_guided_ssim_vs_target_scan", BESIDE["d2d_reference_guided_ssim_vs_target_scan"], True),
     ("d2d_reference_guided_ssim_vs_clean_truth", BESIDE["d2d_reference_guided_ssim_vs_clean_truth"], True),
     ("d2d_reference_guided_psnr_vs_clean_truth", "PSNR vs clean truth (dB)", True),
+    (measures.FIELD_NEARER, "a → b: field nearer b's scan's than a's", True),
     ("sf_agreement_outputs_ssim", BESIDE["sf_agreement_outputs_ssim"], True),
     ("sf_structure_ssim", BESIDE["sf_structure_ssim"], True),
     ("sf_dark_overlap", "scanner-free dark_overlap", True),
     ("probe_zc", BESIDE["probe_zc"], False),
     ("share_zc", "scanner share of z^c", False),
     (measures.RESIDUAL_FROZEN_DRAWS, "frozen residual, median of 8 draws", False),
+    (measures.RESIDUAL_FROZEN_MATCHED, "frozen residual, answers best renamed", False),
     (measures.RESIDUAL_RETRAINED, "retrained classifier residual", False),
 )
 
@@ -73,6 +75,9 @@ CONTROLS = {
                                                  _yardstick("ssim", "clean_truth", "ceiling_bs_own_scan")),
     "d2d_reference_guided_psnr_vs_clean_truth": ("identity / histogram matching / b's own scan",
                                                  _yardstick("psnr", "clean_truth", "ceiling_bs_own_scan")),
+    measures.FIELD_NEARER: ("identity / histogram matching / rescan ceiling", [
+        (measures.FIELD_NEARER, methods.IDENTITY.name), (measures.FIELD_NEARER, methods.HISTOGRAM.name),
+        (measures.FIELD_NEARER, measures.RESCAN_CEILING)]),
     "sf_agreement_outputs_ssim": ("the inputs / GMM-DRIT's / DRIT++'s blur control", [
         ("03_gmmdrit", "sf_agreement_inputs_ssim"), ("03_gmmdrit", "sf_agreement_blur_control_ssim"),
         ("04_dritpp", "sf_agreement_blur_control_ssim")]),
@@ -81,6 +86,9 @@ CONTROLS = {
     "probe_zc": ("bar / chance", [("03_gmmdrit", "probe_bar"), ("03_gmmdrit", "chance")]),
     measures.RESIDUAL_FROZEN_DRAWS: ("chance / histogram matching", [
         (measures.RESIDUAL_FROZEN_DRAWS, measures.CHANCE), (measures.RESIDUAL_FROZEN_DRAWS, methods.HISTOGRAM.name)]),
+    measures.RESIDUAL_FROZEN_MATCHED: ("chance / histogram matching", [
+        (measures.RESIDUAL_FROZEN_MATCHED, measures.CHANCE),
+        (measures.RESIDUAL_FROZEN_MATCHED, methods.HISTOGRAM.name)]),
     measures.RESIDUAL_RETRAINED: ("chance / histogram matching", [
         (measures.RESIDUAL_RETRAINED, measures.CHANCE), (measures.RESIDUAL_RETRAINED, methods.HISTOGRAM.name)]),
 }

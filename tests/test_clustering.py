@@ -31,6 +31,21 @@ def test_chance_baseline_is_just_above_one_over_k_and_scores_are_perfect_for_a_p
     assert (perfect["chance_p95"] < 0.4).all()
 
 
+def test_the_renamed_accuracy_s_chance_is_what_blind_predictions_score_not_the_largest_class_s_share():
+    """Predictions that ignore the labels, spread over the classes as evenly as the labels, score
+    well above the largest class's share once renamed: that mean is the floor to read the renamed
+    accuracy against; a blind prediction of one class scores the share itself, under the floor."""
+    rng = np.random.default_rng(7)  # not matched_chance's own seed
+    for k, share in ((4, 0.25), (3, 1 / 3)):
+        labels = np.repeat(np.arange(k), 48)
+        floor = clustering.matched_chance(labels)
+        blind = np.mean([clustering.accuracy(labels, rng.integers(0, k, len(labels))) for _ in range(300)])
+        assert floor > share + 0.04 and abs(blind - floor) < 0.02, (k, floor, blind)
+        one_class = clustering.accuracy(labels, np.zeros_like(labels))
+        assert one_class == pytest.approx(share) and one_class < floor
+        assert clustering.accuracy(labels, labels) == 1.0
+
+
 def test_linear_probe_finds_information_the_clustering_may_miss():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 40)

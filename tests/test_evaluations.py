@@ -155,6 +155,7 @@ def test_the_residual_scanner_is_read_on_each_draw_of_the_scanner_free_attribute
     full = classifier.accuracy(clf, one_look, test.labels, groups=np.arange(len(test.labels)) // 4)
     assert full["ci_low"] <= full["accuracy"] <= full["ci_high"] and full["ci_high"] - full["ci_low"] > 0
     assert full["matched"] <= 0.5  # one look for all: no renaming tells the sources apart
+    assert full["chance"] + 0.03 < full["matched_chance"] < 0.5  # renaming lifts blind answers too
     # each source shown in the next scanner's look: named wrong, still told apart
     k, labels = len(test.domains), test.labels
     shifted = np.empty_like(test.images)

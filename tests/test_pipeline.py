@@ -296,7 +296,7 @@ def test_a_seed_trains_stage_2_anew_over_the_run_s_slices_and_gm_vae_and_the_run
     assert df.loc[df.seed == 1, "frozen residual, median of 8 draws"].tolist() == [
         measures.RESIDUAL_FROZEN_DRAWS.read(mine, m.name) for m in methods.MODELS]
     no_truth = {label for source, label, _ in seeds.MEASURES  # this CSV has no clean truth
-                if "truth" in label or source == "sf_dark_overlap"}
+                if "truth" in label or source in ("sf_dark_overlap", measures.FIELD_NEARER)}
     assert set(df.columns[df.isna().all()]) == no_truth and not df.drop(columns=list(no_truth)).isna().any().any()
     assert len(pd.read_csv(run.figures / "seeds.csv")) == 4 and (run.figures / "seeds.png").exists()
     md = (run.figures / "seeds.md").read_text()
