@@ -176,6 +176,11 @@ def _random_cross_pairs(test: Slices, n_pairs: int, seed: int, what: str) -> pd.
     return pairs.iloc[np.sort(np.random.default_rng(seed).choice(len(pairs), min(n_pairs, len(pairs)), replace=False))]
 
 
+def field_out(order: int) -> str:
+    """:func:`field_gap`'s column of the PSNR with the field of ``order`` divided out."""
+    return f"field of order {order} divided out"
+
+
 def field_gap(test: Slices, to_target: dict[str, np.ndarray], orders=FIELD_ORDERS, n_pairs: int = 200,
               seed: int = 0) -> pd.DataFrame:
     """How much of each method's PSNR against the clean truth is lost to a smooth multiplicative
@@ -190,13 +195,13 @@ def field_gap(test: Slices, to_target: dict[str, np.ndarray], orders=FIELD_ORDER
     candidates[SCAN_CEILING] = lambda p: test.images[p.dst]
     rows = []
     for name, made in candidates.items():
-        values = {"as made": [], **{f"field of order {k} divided out": [] for k in orders}}
+        values = {"as made": [], **{field_out(k): [] for k in orders}}
         for p in pairs.itertuples():
             image = np.asarray(made(p), np.float64)
             truth, mask = np.asarray(test.clean[p.dst], np.float64), masks[p.dst]
             values["as made"].append(metrics.psnr(image, truth, mask))
             for k in orders:
-                values[f"field of order {k} divided out"].append(
+                values[field_out(k)].append(
                     metrics.psnr(image / smooth_field(image, truth, mask, k), truth, mask))
         rows.append({"method": name} | {k: float(np.mean(v)) for k, v in values.items()})
     return pd.DataFrame(rows)

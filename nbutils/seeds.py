@@ -50,6 +50,7 @@ MEASURES = (
     ("d2d_reference_guided_ssim_vs_target_scan", BESIDE["d2d_reference_guided_ssim_vs_target_scan"], True),
     ("d2d_reference_guided_ssim_vs_clean_truth", BESIDE["d2d_reference_guided_ssim_vs_clean_truth"], True),
     ("d2d_reference_guided_psnr_vs_clean_truth", "PSNR vs clean truth (dB)", True),
+    (measures.TRUTH_PSNR_FIELD, "PSNR vs clean truth, smooth field divided out (dB)", True),
     (measures.FIELD_NEARER, "a → b: field nearer b's scan's than a's", True),
     ("sf_agreement_outputs_ssim", BESIDE["sf_agreement_outputs_ssim"], True),
     ("sf_structure_ssim", BESIDE["sf_structure_ssim"], True),
@@ -75,6 +76,9 @@ CONTROLS = {
                                                  _yardstick("ssim", "clean_truth", "ceiling_bs_own_scan")),
     "d2d_reference_guided_psnr_vs_clean_truth": ("identity / histogram matching / b's own scan",
                                                  _yardstick("psnr", "clean_truth", "ceiling_bs_own_scan")),
+    measures.TRUTH_PSNR_FIELD: ("identity / histogram matching / b's own scan", [
+        (measures.TRUTH_PSNR_FIELD, methods.IDENTITY.name), (measures.TRUTH_PSNR_FIELD, methods.HISTOGRAM.name),
+        (measures.TRUTH_PSNR_FIELD, measures.SCAN_CEILING)]),
     measures.FIELD_NEARER: ("identity / histogram matching / rescan ceiling", [
         (measures.FIELD_NEARER, methods.IDENTITY.name), (measures.FIELD_NEARER, methods.HISTOGRAM.name),
         (measures.FIELD_NEARER, measures.RESCAN_CEILING)]),
