@@ -90,8 +90,7 @@ FIELD_NEARER = Measure("a → b: share of pairs whose smooth field is nearer b's
                        "field nearer target", True, "not measurable", RESCAN_CEILING)
 
 TABLE = (E2, E3, E4, E5_FID, E5_KID, E7, SCAN_SSIM, SCAN_PSNR, TRUTH_SSIM, TRUTH_PSNR, TRUTH_PSNR_FIELD, FIELD_NEARER,
-         CONSISTENCY,
-         BLUR_CONTROL, MARGIN, DARK, RESIDUAL_FROZEN, RESIDUAL_FROZEN_MATCHED, RESIDUAL_FROZEN_DRAWS,
+         CONSISTENCY, BLUR_CONTROL, MARGIN, DARK, RESIDUAL_FROZEN, RESIDUAL_FROZEN_MATCHED, RESIDUAL_FROZEN_DRAWS,
          RESIDUAL_RETRAINED)  # the results table's rows, in order
 # the yardstick's (measure, reference) columns of paired.summary -> the measure that records them
 YARDSTICK = {("ssim", TARGET_SCAN): SCAN_SSIM, ("psnr", TARGET_SCAN): SCAN_PSNR,
