@@ -185,7 +185,8 @@ def source_maps(maps: dict[str, np.ndarray], domains: list[str], title: str,
     colour scale for all, to the 99.5th percentile of |map| (red above zero, blue below; NaN blank)."""
     rows = list(maps)
     scale = max(float(np.nanpercentile(np.abs(m), 99.5)) for m in maps.values()) or 1.0
-    fig, axes = plt.subplots(len(rows), len(domains), figsize=(2.6 * len(domains), 2.7 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(domains), figsize=(2.6 * len(domains), 2.7 * len(rows)), squeeze=False,
+                             layout="compressed")  # no blank band where fixed-aspect images leave room
     for r, name in enumerate(rows):
         for b, dom in enumerate(domains):
             ax = axes[r, b]
