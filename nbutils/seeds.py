@@ -68,6 +68,11 @@ def _yardstick(score: str, against: str, ceiling: str) -> list[tuple[str, str]]:
     return [("03_gmmdrit", f"d2d_{row}_{score}_vs_{against}") for row in ("identity", "histogram_matching", ceiling)]
 
 
+def _rows(measure: measures.Measure, *rows: str) -> list[tuple[measures.Measure, str]]:
+    """The rows ``rows`` (methods, ceilings, chance) that ``measure`` records."""
+    return [(measure, row) for row in rows]
+
+
 # each measure's controls and ceilings in the run: {measure's source: (what, [(section, key) or (measure, row)])}
 CONTROLS = {
     "d2d_reference_guided_ssim_vs_target_scan": ("identity / histogram matching / rescan ceiling",
@@ -76,25 +81,18 @@ CONTROLS = {
                                                  _yardstick("ssim", "clean_truth", "ceiling_bs_own_scan")),
     "d2d_reference_guided_psnr_vs_clean_truth": ("identity / histogram matching / b's own scan",
                                                  _yardstick("psnr", "clean_truth", "ceiling_bs_own_scan")),
-    measures.TRUTH_PSNR_FIELD: ("identity / histogram matching / b's own scan", [
-        (measures.TRUTH_PSNR_FIELD, methods.IDENTITY.name), (measures.TRUTH_PSNR_FIELD, methods.HISTOGRAM.name),
-        (measures.TRUTH_PSNR_FIELD, measures.SCAN_CEILING)]),
-    measures.FIELD_NEARER: ("identity / histogram matching / rescan ceiling", [
-        (measures.FIELD_NEARER, methods.IDENTITY.name), (measures.FIELD_NEARER, methods.HISTOGRAM.name),
-        (measures.FIELD_NEARER, measures.RESCAN_CEILING)]),
+    measures.TRUTH_PSNR_FIELD: ("identity / histogram matching / b's own scan", _rows(
+        measures.TRUTH_PSNR_FIELD, methods.IDENTITY.name, methods.HISTOGRAM.name, measures.SCAN_CEILING)),
+    measures.FIELD_NEARER: ("identity / histogram matching / rescan ceiling", _rows(
+        measures.FIELD_NEARER, methods.IDENTITY.name, methods.HISTOGRAM.name, measures.RESCAN_CEILING)),
     "sf_agreement_outputs_ssim": ("the inputs / GMM-DRIT's / DRIT++'s blur control", [
         ("03_gmmdrit", "sf_agreement_inputs_ssim"), ("03_gmmdrit", "sf_agreement_blur_control_ssim"),
         ("04_dritpp", "sf_agreement_blur_control_ssim")]),
     "sf_structure_ssim": ("the clean truth", [("03_gmmdrit", "sf_structure_clean_truth_ssim")]),
     "sf_dark_overlap": ("the inputs", [("03_gmmdrit", "sf_dark_overlap_inputs")]),
     "probe_zc": ("bar / chance", [("03_gmmdrit", "probe_bar"), ("03_gmmdrit", "chance")]),
-    measures.RESIDUAL_FROZEN_DRAWS: ("chance / histogram matching", [
-        (measures.RESIDUAL_FROZEN_DRAWS, measures.CHANCE), (measures.RESIDUAL_FROZEN_DRAWS, methods.HISTOGRAM.name)]),
-    measures.RESIDUAL_FROZEN_MATCHED: ("chance / histogram matching", [
-        (measures.RESIDUAL_FROZEN_MATCHED, measures.CHANCE),
-        (measures.RESIDUAL_FROZEN_MATCHED, methods.HISTOGRAM.name)]),
-    measures.RESIDUAL_RETRAINED: ("chance / histogram matching", [
-        (measures.RESIDUAL_RETRAINED, measures.CHANCE), (measures.RESIDUAL_RETRAINED, methods.HISTOGRAM.name)]),
+    **{m: ("chance / histogram matching", _rows(m, measures.CHANCE, methods.HISTOGRAM.name))
+       for m in (measures.RESIDUAL_FROZEN_DRAWS, measures.RESIDUAL_FROZEN_MATCHED, measures.RESIDUAL_RETRAINED)},
 }
 FOLDER = "seeds"
 BASE = "base.json"  # in a seed's folder: the state of the run it was made from
