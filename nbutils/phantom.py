@@ -302,9 +302,20 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
     return csv
 
 
-if __name__ == "__main__":  # python -m nbutils.phantom OUT_DIR: the second simulated set (OTHER_SCANNERS)
-    import sys
+def main(argv=None) -> Path:
+    """``python -m nbutils.phantom OUT_DIR``: write the second simulated set (:data:`OTHER_SCANNERS`)
+    and its CSV into OUT_DIR, for ``make run DATA=OUT_DIR/volumes.csv``."""
+    import argparse
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m nbutils.phantom OUT_DIR  (writes the second simulated set and its CSV there)")
-    print(build(sys.argv[1], n_train=60, n_test=12, slab=3, seed=11, n_paired=8, scanners=OTHER_SCANNERS))
+    ap = argparse.ArgumentParser(prog="python -m nbutils.phantom",
+                                 description="Write the second simulated multi-scanner set (alt-X, alt-Y, "
+                                             "alt-Z: simulations, not real devices) and its CSV.")
+    ap.add_argument("out_dir", help="folder to write (reused when it already holds this very set)")
+    csv = build(ap.parse_args(argv).out_dir, n_train=60, n_test=12, slab=3, seed=11, n_paired=8,
+                scanners=OTHER_SCANNERS)
+    print(csv)
+    return csv
+
+
+if __name__ == "__main__":
+    main()

@@ -129,3 +129,14 @@ def test_a_second_set_of_other_simulated_scanners_is_labelled_as_such(built, tmp
         assert "alt-X, alt-Y, alt-Z" in label and "simulated" in label and "built-in" not in label
     finally:
         plots.describe_data(csv)
+
+
+def test_command_line_help_and_usage_write_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:  # before argparse, "--help" was taken for OUT_DIR and filled
+        phantom.main(["--help"])
+    assert done.value.code == 0 and "OUT_DIR" in capsys.readouterr().out.upper()
+    with pytest.raises(SystemExit) as done:
+        phantom.main([])
+    assert done.value.code == 2
+    assert list(tmp_path.iterdir()) == []
