@@ -10,7 +10,8 @@ Without ``--data`` the notebooks use the built-in simulated set and the run fold
 data") they use those volumes and the run folder is ``data/runs/<name>``, where ``name`` is
 ``--run``, by default the CSV's file name without ``.csv``. The CSV is checked before anything
 runs. Executed copies go to ``<run>/notebooks/`` (never next to the sources). At the end a summary
-of ``<run>/metrics.json`` is printed (:func:`nbutils.report.results_table`).
+of ``<run>/metrics.json`` is printed (:func:`nbutils.report.results_table`), with the bars stage 2
+is held to (:func:`nbutils.report.bars_table`).
 
 On a machine with two or more CPU cores and no GPU the pipeline runs in two lanes where it can
 (:data:`LANES`), each lane a process bound to half of the cores whose notebooks run one after the
@@ -33,7 +34,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from .config import NOTEBOOKS, PROFILES, default_run_dir, get_profile, read_metrics, setup
-from .report import results_table
+from .report import print_bars, results_table
 
 
 def notebooks(only: list[str] | None = None):
@@ -343,6 +344,7 @@ def main(argv=None) -> int:
     table = results_table(metrics)
     # the evaluations' method x measure table once notebooks 05-09 have run, else every number
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(table) else summary(metrics))
+    print_bars(metrics)
     print(f"\nrun folder: {run.dir}\nfigures and tables: {run.figures}")
     return 0
 

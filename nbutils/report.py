@@ -1,5 +1,6 @@
-"""The results of a run in one table (methods x headline measures), for the end of
-``make run`` and for the README's Results section.
+"""The results of a run in one table (methods x headline measures), and the bars stage 2 is held
+to with each model's value and whether it meets them, for the end of ``make run`` and for the
+README's Results section.
 
     python -m nbutils.report --run-dir data/runs/quick            # print the table
     python -m nbutils.report --run-dir data/runs/quick --readme   # also rewrite README's Results
@@ -41,6 +42,70 @@ def results_table(metrics: dict) -> pd.DataFrame:
     return table
 
 
+# The bars stage 2 is held to (docs/design.md, "What stage 2 must show"), read from a run's
+# metrics.json. The probe's bar is chance + 0.15 (0.40 with four scanners), as notebooks 03/04 record it.
+SENSITIVITY_BAR, STRUCTURE_BAR, RESIDUAL_BAR = 0.5, 0.95, 0.50
+
+
+def bars_table(metrics: dict) -> pd.DataFrame:
+    """One row per bar: each model's value, the controls and ceilings that say what the values mean,
+    and whether the bar is met ("yes" / "no" for GMM-DRIT / DRIT++, or one answer for GMM-DRIT
+    against DRIT++). Bars whose numbers the run did not record (without traveling subjects, without
+    clean truth) are left out."""
+    models = methods.MODELS
+    gmm, dritpp = methods.GMM_DRIT.name, methods.DRITPP.name
+    ident, hm = methods.IDENTITY.name, methods.HISTOGRAM.name
+
+    def num(v, digits=3):  # a control's value as text; a value the run recorded as missing reads "n/a"
+        return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
+    def stage2(key):  # {model: value} from notebooks 03/04's sections
+        return {m.name: metrics.get(m.section, {}).get(key) for m in models}
+
+    def read(measure, row=None):  # one row of a measure, or {model: value} without a row
+        return measure.read(metrics, row) if row else {m.name: measure.read(metrics, m.name) for m in models}
+
+    rows = []
+
+    def add(bar, values, controls, ok=None):
+        """``ok(value, model)`` says whether one model meets the bar; without it the bar is GMM-DRIT ≥ DRIT++."""
+        if all(v is not None and v == v for v in values.values()):  # None or NaN: not recorded
+            met = ("yes" if values[gmm] >= values[dritpp] else "no") if ok is None else " / ".join(
+                "yes" if ok(values[m.name], m.name) else "no" for m in models)
+            rows.append({"bar": bar, **values, "controls and ceilings": controls, "met": met})
+
+    add(f"target sensitivity ≥ {SENSITIVITY_BAR}", stage2("target_sensitivity"),
+        "1 for an oracle, 0 for a generator that ignores its codes", lambda v, m: v >= SENSITIVITY_BAR)
+    bar = stage2("probe_bar")
+    if all(v is not None and v == v for v in bar.values()):
+        add(f"scanner probe from z^c ≤ {bar[gmm]:.2f} (chance + 0.15)", stage2("probe_zc"),
+            f"chance {num(metrics[methods.GMM_DRIT.section].get('chance'), 2)}", lambda v, m: v <= bar[m])
+    scan, truth = measures.SCAN_SSIM, measures.TRUTH_SSIM
+    if read(scan, ident) is not None and read(scan, hm) is not None:
+        add("SSIM vs target scan, a → b: above identity and histogram matching", read(scan),
+            f"identity {num(read(scan, ident))}, histogram matching {num(read(scan, hm))}; "
+            f"ceiling {num(read(scan, scan.reference))}",
+            lambda v, m: v > max(read(scan, ident), read(scan, hm)))
+    if read(truth, ident) is not None:
+        add("SSIM vs clean truth, a → b: above identity", read(truth),
+            f"identity {num(read(truth, ident))}; ceiling {num(read(truth, truth.reference))}",
+            lambda v, m: v > read(truth, ident))
+    for measure in (truth, measures.TRUTH_PSNR):
+        add(f"{measure.label}: GMM-DRIT ≥ DRIT++", read(measure), "one seed (`make seeds` gives the spread)")
+    add("scanner-free agreement above the inputs' and the blur control's", read(measures.CONSISTENCY),
+        f"inputs {num(read(measures.CONSISTENCY, measures.INPUTS))}; blur controls "
+        + " / ".join(num(v) for v in read(measures.BLUR_CONTROL).values()),
+        lambda v, m: (read(measures.MARGIN, m) or 0) > 0)
+    add(f"structure kept, input vs scanner-free (E2) ≥ {STRUCTURE_BAR}", read(measures.E2),
+        f"the clean truth keeps {num(metrics.get(methods.GMM_DRIT.section, {}).get('sf_structure_clean_truth_ssim'))}",
+        lambda v, m: v >= STRUCTURE_BAR)
+    residual = measures.RESIDUAL_FROZEN_DRAWS
+    add(f"frozen classifier's residual accuracy, median over scanner-free draws ≤ {RESIDUAL_BAR:.2f}", read(residual),
+        f"chance {num(read(residual, measures.CHANCE), 2)}, histogram matching {num(read(residual, hm), 2)}",
+        lambda v, m: v <= RESIDUAL_BAR)
+    return pd.DataFrame(rows, columns=["bar", gmm, dritpp, "controls and ceilings", "met"])
+
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -65,7 +130,16 @@ def readme_section(metrics: dict, run_dir) -> str:
             "on a small paired split, it says what paired supervision reaches at this budget and does not "
             "compete (it is not an upper bound: the unpaired models can pass it). The thesis's numbers come from its real "
             "scanners and are quoted, not reproduced.\n\n"
-            + markdown_table(table, ".3f") + f"{END}")
+            + markdown_table(table, ".3f") + bars_section(metrics) + f"{END}")
+
+
+def bars_section(metrics: dict) -> str:
+    """The bars of :func:`bars_table` as Markdown, for the README (empty when none was recorded)."""
+    bars = bars_table(metrics)
+    if bars.empty:
+        return ""
+    return ("\nThe bars stage 2 is held to (docs/design.md, \"What stage 2 must show\"), on this run "
+            "(one seed; **simulated data**):\n\n" + markdown_table(bars, ".3f"))
 
 
 def write_readme(metrics: dict, run_dir, readme=ROOT / "README.md") -> None:
@@ -75,6 +149,15 @@ def write_readme(metrics: dict, run_dir, readme=ROOT / "README.md") -> None:
     head, rest = text.split(START, 1)
     tail = rest.split(END, 1)[1]
     atomic_write_text(readme, head + readme_section(metrics, run_dir) + tail)
+
+
+def print_bars(metrics: dict) -> None:
+    """Print :func:`bars_table` (nothing when none was recorded)."""
+    bars = bars_table(metrics)
+    if not bars.empty:
+        with pd.option_context("display.width", 250, "display.max_colwidth", 90):
+            print("\nthe bars stage 2 is held to (one seed):\n"
+                  + bars.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
 
 
 def main(argv=None) -> int:
@@ -88,6 +171,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{run_dir} has no metrics.json: run `make run` (or the notebooks) first")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(results_table(metrics).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print_bars(metrics)
     if args.readme:
         write_readme(metrics, args.run_dir)
         print(f"README.md Results section rewritten from {run_dir}")

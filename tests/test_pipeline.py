@@ -496,3 +496,36 @@ def test_a_bad_csv_stops_before_any_notebook_runs(case, message, tmp_path, capsy
     run_dir = tmp_path / "run"
     assert pipeline.main(["--profile", "smoke", "--data", str(csv), "--run-dir", str(run_dir)]) == 2
     assert message in capsys.readouterr().err and not run_dir.exists()
+
+
+def test_the_bars_table_says_which_model_meets_which_bar_and_leaves_out_what_was_not_recorded():
+    gmm, dritpp, ident, hm = (m.name for m in (methods.GMM_DRIT, methods.DRITPP, methods.IDENTITY, methods.HISTOGRAM))
+    metrics = {methods.GMM_DRIT.section: dict(target_sensitivity=0.8, probe_zc=0.35, probe_bar=0.40, chance=0.25),
+               methods.DRITPP.section: dict(target_sensitivity=0.3, probe_zc=0.90, probe_bar=0.40, chance=0.25)}
+
+    def record(measure, values):
+        metrics.setdefault(measure.section, {}).update(measure.record(values))
+
+    record(measures.SCAN_SSIM, {gmm: 0.70, dritpp: 0.68, ident: 0.60, hm: 0.69})  # DRIT++ under histogram matching
+    record(measures.E2, {gmm: 0.96, dritpp: 0.95})  # both at the bar of 0.95: met
+    record(measures.RESIDUAL_FROZEN_DRAWS, {gmm: 0.50, dritpp: 0.51, measures.CHANCE: 0.25})
+    record(measures.CONSISTENCY, {gmm: 0.9, dritpp: 0.8, measures.INPUTS: 0.7})
+    record(measures.MARGIN, {gmm: 0.1, dritpp: -0.05})
+    record(measures.TRUTH_PSNR, {gmm: 18.0, dritpp: 18.0})  # level counts as "at least"
+    bars = report.bars_table(metrics).set_index("bar")["met"]
+    met = {bar.split(" ≥")[0].split(" ≤")[0].split(",")[0].split(":")[0]: v for bar, v in bars.items()}
+    assert met == {"target sensitivity": "yes / no", "scanner probe from z^c": "yes / no",
+                   "SSIM vs target scan": "yes / no", "PSNR vs clean truth": "yes",
+                   "scanner-free agreement above the inputs' and the blur control's": "yes / no",
+                   "structure kept": "yes / yes", "frozen classifier's residual accuracy": "yes / no"}
+    # no clean truth recorded: its bars are left out, not shown as failed
+    assert not any("SSIM vs clean truth" in bar for bar in bars.index)
+    assert "| scanner probe from z^c ≤ 0.40 (chance + 0.15) | 0.350 | 0.900 | chance 0.25 | yes / no |" \
+        in report.bars_section(metrics)
+    assert report.bars_table({}).empty and report.bars_section({}) == ""
+    # values recorded as missing (null or NaN in metrics.json) leave their bar out; a missing control reads n/a
+    metrics[methods.GMM_DRIT.section] |= dict(target_sensitivity=None, sf_structure_clean_truth_ssim=None)
+    metrics[methods.DRITPP.section]["probe_zc"] = float("nan")
+    bars = report.bars_table(metrics)
+    assert not bars.bar.str.startswith(("target sensitivity", "scanner probe")).any()
+    assert "the clean truth keeps n/a" in set(bars["controls and ceilings"])
