@@ -25,6 +25,7 @@ same code path as real data.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -305,12 +306,11 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
 def main(argv=None) -> Path:
     """``python -m nbutils.phantom OUT_DIR``: write the second simulated set (:data:`OTHER_SCANNERS`)
     and its CSV into OUT_DIR, for ``make run DATA=OUT_DIR/volumes.csv``."""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m nbutils.phantom",
-                                 description="Write the second simulated multi-scanner set (alt-X, alt-Y, "
-                                             "alt-Z: simulations, not real devices) and its CSV.")
-    ap.add_argument("out_dir", help="folder to write (reused when it already holds this very set)")
+                                 description="Write the second simulated multi-scanner set ("
+                                             + ", ".join(s.name for s in OTHER_SCANNERS)
+                                             + ": simulations, not real devices) and its CSV.")
+    ap.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (reused when it already holds this very set)")
     csv = build(ap.parse_args(argv).out_dir, n_train=60, n_test=12, slab=3, seed=11, n_paired=8,
                 scanners=OTHER_SCANNERS)
     print(csv)

@@ -500,32 +500,46 @@ def test_a_bad_csv_stops_before_any_notebook_runs(case, message, tmp_path, capsy
 
 def test_the_bars_table_says_which_model_meets_which_bar_and_leaves_out_what_was_not_recorded():
     gmm, dritpp, ident, hm = (m.name for m in (methods.GMM_DRIT, methods.DRITPP, methods.IDENTITY, methods.HISTOGRAM))
-    metrics = {methods.GMM_DRIT.section: dict(target_sensitivity=0.8, probe_zc=0.35, probe_bar=0.40, chance=0.25),
+    # GMM-DRIT exactly at the sensitivity and probe bars (met), DRIT++ past them
+    metrics = {methods.GMM_DRIT.section: dict(target_sensitivity=0.5, probe_zc=0.40, probe_bar=0.40, chance=0.25),
                methods.DRITPP.section: dict(target_sensitivity=0.3, probe_zc=0.90, probe_bar=0.40, chance=0.25)}
 
     def record(measure, values):
         metrics.setdefault(measure.section, {}).update(measure.record(values))
 
-    record(measures.SCAN_SSIM, {gmm: 0.70, dritpp: 0.68, ident: 0.60, hm: 0.69})  # DRIT++ under histogram matching
-    record(measures.E2, {gmm: 0.96, dritpp: 0.95})  # both at the bar of 0.95: met
+    record(measures.SCAN_SSIM, {gmm: 0.70, dritpp: 0.66, ident: 0.67, hm: 0.65})  # DRIT++ above HM, under identity
+    record(measures.TRUTH_SSIM, {gmm: 0.80, dritpp: 0.82, ident: 0.81})
+    record(measures.E2, {gmm: 0.95, dritpp: 0.94})  # GMM-DRIT at the bar of 0.95: met
     record(measures.RESIDUAL_FROZEN_DRAWS, {gmm: 0.50, dritpp: 0.51, measures.CHANCE: 0.25})
     record(measures.CONSISTENCY, {gmm: 0.9, dritpp: 0.8, measures.INPUTS: 0.7})
-    record(measures.MARGIN, {gmm: 0.1, dritpp: -0.05})
-    record(measures.TRUTH_PSNR, {gmm: 18.0, dritpp: 18.0})  # level counts as "at least"
-    bars = report.bars_table(metrics).set_index("bar")["met"]
-    met = {bar.split(" ≥")[0].split(" ≤")[0].split(",")[0].split(":")[0]: v for bar, v in bars.items()}
-    assert met == {"target sensitivity": "yes / no", "scanner probe from z^c": "yes / no",
-                   "SSIM vs target scan": "yes / no", "PSNR vs clean truth": "yes",
-                   "scanner-free agreement above the inputs' and the blur control's": "yes / no",
-                   "structure kept": "yes / yes", "frozen classifier's residual accuracy": "yes / no"}
-    # no clean truth recorded: its bars are left out, not shown as failed
-    assert not any("SSIM vs clean truth" in bar for bar in bars.index)
-    assert "| scanner probe from z^c ≤ 0.40 (chance + 0.15) | 0.350 | 0.900 | chance 0.25 | yes / no |" \
+    record(measures.BLUR_CONTROL, {gmm: 0.75, dritpp: 0.85})  # DRIT++ above the inputs, under its blur control
+    record(measures.TRUTH_PSNR, {gmm: 17.0, dritpp: 18.0})
+    bars = report.bars_table(metrics).set_index("bar")
+    assert bars["met"].to_dict() == {
+        "target sensitivity ≥ 0.5": "yes / no",
+        "scanner probe from z^c ≤ 0.40 (chance + 0.15)": "yes / no",
+        "SSIM vs target scan, a → b: above identity and histogram matching": "yes / no",
+        "SSIM vs clean truth, a → b: above identity": "no / yes",
+        "SSIM vs clean truth, a → b: GMM-DRIT ≥ DRIT++": "no",
+        "PSNR vs clean truth, a → b (dB): GMM-DRIT ≥ DRIT++": "no",
+        "scanner-free agreement above the inputs' and the blur control's": "yes / no",
+        "structure kept, input vs scanner-free (E2) ≥ 0.95": "yes / no",
+        "frozen classifier's residual accuracy, median over scanner-free draws ≤ 0.50": "yes / no"}
+    assert bars.loc["scanner-free agreement above the inputs' and the blur control's", "controls and ceilings"] \
+        == "inputs 0.700; blur controls 0.750 / 0.850"
+    assert "| scanner probe from z^c ≤ 0.40 (chance + 0.15) | 0.400 | 0.900 | chance 0.25 | yes / no |" \
         in report.bars_section(metrics)
+    record(measures.TRUTH_PSNR, {gmm: 18.0})  # level counts as "at least"
+    assert report.bars_table(metrics).set_index("bar").loc["PSNR vs clean truth, a → b (dB): GMM-DRIT ≥ DRIT++",
+                                                             "met"] == "yes"
     assert report.bars_table({}).empty and report.bars_section({}) == ""
     # values recorded as missing (null or NaN in metrics.json) leave their bar out; a missing control reads n/a
     metrics[methods.GMM_DRIT.section] |= dict(target_sensitivity=None, sf_structure_clean_truth_ssim=None)
     metrics[methods.DRITPP.section]["probe_zc"] = float("nan")
+    metrics[measures.BLUR_CONTROL.section][measures.BLUR_CONTROL.key(dritpp)] = None
+    metrics[measures.TRUTH_SSIM.section].pop(measures.TRUTH_SSIM.key(ident))
     bars = report.bars_table(metrics)
-    assert not bars.bar.str.startswith(("target sensitivity", "scanner probe")).any()
+    assert not bars.bar.str.startswith(("target sensitivity", "scanner probe", "scanner-free agreement",
+                                        "SSIM vs clean truth, a → b: above")).any()
+    assert "SSIM vs clean truth, a → b: GMM-DRIT ≥ DRIT++" in set(bars.bar)
     assert "the clean truth keeps n/a" in set(bars["controls and ceilings"])
