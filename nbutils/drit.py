@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import appearance, crops, losses
+from . import appearance, crops, layout, losses
 from .gmvae import AttributeEncoder, GMVAE, GMVAEConfig
 from .nets import ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator
 from .train import EpochSampler, adam, fit, load_checkpoint, load_snapshots, pick_device
@@ -89,6 +89,10 @@ class DRITConfig:
     # z^c must not change under a random bias field and gamma, L1(E^c(jitter(x)), z^c)
     # (nbutils.appearance; not in the thesis; docs/experiments.md, "Stage 2")
     w_invariance: float = 0.0
+    # GMM-DRIT: the mean coil field G draws for each scanner code, relative to the other codes', must
+    # move as the code's training slices' smooth layout does (nbutils.layout; field_layout_loss; not in
+    # the thesis; docs/experiments.md, "A field anchored to the slices' layout")
+    w_field_layout: float = 0.0
     # the slices it harmonizes (fully convolutionally) when it trains on windows of them; None = image_shape
     slice_shape: tuple[int, int] | None = None
     # > 0: the attribute encoder reads whole slices as view x view views (nbutils.crops.view; the
@@ -108,6 +112,9 @@ class DRITConfig:
         if self.content_field and self.known_labels:
             raise ValueError("content_field reads the field of the code E^a infers from the image; with known_labels "
                              "G's codes are the labels, which a harmonizer of unlabelled scans does not have")
+        if self.w_field_layout and (self.variant != "gmm-drit" or not self.bias_field):
+            raise ValueError("w_field_layout anchors the field G draws for each inferred scanner code: "
+                             "GMM-DRIT with bias_field > 0")
         if self.content_field and self.variant == "drit++":
             raise ValueError("content_field needs the scanner code of every image E^c reads; DRIT++ has it "
                              "only as a label, which a harmonizer of unlabelled scans does not have: use GMM-DRIT")
@@ -280,7 +287,7 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 
 # options added after the quick run's checkpoints were written, with the value that builds the
 # model those checkpoints hold (DRITTask.meta_of leaves them out while so)
-ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0}
+ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)
@@ -297,6 +304,7 @@ class DRITTask:
         if cfg.variant == "drit++":
             gen_params += list(m.attribute.parameters())
         optimizer = lambda params: adam(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
+        self.layout = None  # (codes, groups, targets) of field_layout_loss when w_field_layout (train_drit)
         self.optimizers = {"dc": optimizer(m.dc.parameters()), "ds1": optimizer(m.ds1.parameters()),
                            "ds2": optimizer(m.ds2.parameters()), "gen": optimizer(gen_params)}
 
@@ -391,6 +399,7 @@ class DRITTask:
             if cfg.w_invariance:
                 jittered = appearance.jitter(real, at(o_a, o_b), cfg.slices)
                 invariance = F.l1_loss(m.encode(jittered, own, at(o_a, o_b), cfg.slices), zc.detach())
+            field_layout = field_layout_loss(m.generator, *self.layout) if self.layout else zc.new_zeros(())
             back = m.generator(zc_back[: 2 * n], torch.cat([za_ba, za_ab]), torch.cat([c_a, c_b]), shape,
                                at(o_a, o_b), cfg.slices)
             x_aba, x_bab = back.split(n)
@@ -400,14 +409,27 @@ class DRITTask:
             sf_content = F.l1_loss(zc_back[2 * n:], zc.detach()) if cfg.w_sf_content else zc_l2.new_zeros(())
             total = (cfg.w_adv * (adv1 + adv2) + cfg.w_cls * (cls1 + cls2) + cfg.w_content * content
                      + cfg.w_self * self_rec + cfg.w_cc * cc + cfg.w_kl * kl + cfg.w_latent * latent
-                     + cfg.w_zc * zc_l2 + cfg.w_sf_content * sf_content + cfg.w_invariance * invariance)
+                     + cfg.w_zc * zc_l2 + cfg.w_sf_content * sf_content + cfg.w_invariance * invariance
+                     + cfg.w_field_layout * field_layout)
         ctx.update(total, "gen")
         for d in (m.dc, m.ds1, m.ds2):
             d.requires_grad_(True)
         out = dict(D_c=loss_dc, D_s1=loss_ds1, D_s2=loss_ds2, G_adv1=adv1, G_cls1=cls1, G_adv2=adv2,
                    G_cls2=cls2, content_adv=content, self_rec=self_rec, cross_cycle=cc, latent=latent, kl=kl,
-                   zc_l2=zc_l2, sf_content=sf_content, invariance=invariance, total=total)
+                   zc_l2=zc_l2, sf_content=sf_content, invariance=invariance, field_layout=field_layout, total=total)
         return {k: float(v.detach()) for k, v in out.items()}
+
+
+def field_layout_loss(generator, codes: tuple[torch.Tensor, torch.Tensor], groups: torch.Tensor,
+                      targets: torch.Tensor) -> torch.Tensor:
+    """How far the fields G draws are from the scanners' layouts: the mean log-field coefficients
+    (constant left out) G draws for each scanner code's slices, from their own codes (z^a, c), less
+    their mean over the codes present in ``groups``, against :func:`nbutils.layout.field_targets`;
+    squared distance, mean over those codes."""
+    coef = generator.field.coef(generator._code(*codes))[:, 1:]
+    present = groups.unique()
+    means = torch.stack([coef[groups == s].mean(0) for s in present])
+    return ((means - means.mean(0)) - targets[present]).square().sum(1).mean()
 
 
 class PairSampler:
@@ -483,6 +505,11 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
                           view=task.modules.view_size)
     if cfg.variant == "gmm-drit":
         sampler.attach_codes(task.modules)
+        if cfg.w_field_layout:  # each inferred scanner code's slices, as E^a reads them (whole slices)
+            groups = sampler.codes[1].argmax(1)
+            whole = sampler.images if sampler.views is None else sampler.views
+            targets = layout.field_targets(np.asarray(whole), groups.cpu().numpy(), cfg.k, cfg.bias_field)
+            task.layout = (sampler.codes, groups, torch.as_tensor(targets, dtype=torch.float32, device=device))
     history = fit(task, sampler, steps, checkpoint, every=every, seed=seed, device=device, desc=cfg.variant,
                   snapshots=snapshots)
     return task.modules.eval(), history

@@ -613,3 +613,34 @@ def test_a_checkpoint_written_before_the_options_loads_as_it_was_trained(tmp_pat
     # today's defaults differ from the old values: without them the old checkpoint would not load
     today = drit.DRITConfig(image_shape=(16, 16), k=3)
     assert any(getattr(today, name) != value for name, value in old.items())
+
+
+def test_the_field_layout_term_pulls_each_code_s_mean_field_to_its_slices_layout(tmp_path):
+    """``w_field_layout``: the squared distance of G's per-code mean field coefficients, less their
+    mean, from the targets; 0 when they match, lowered by training G's field; set up by
+    train_drit from the slices and reported as ``field_layout``; GMM-DRIT with a field only."""
+    m = make_task().modules
+    codes = (torch.randn(12, 8), torch.nn.functional.one_hot(torch.arange(12) % 3, 3).float())
+    groups = codes[1].argmax(1)
+    with torch.no_grad():
+        coef = m.generator.field.coef(m.generator._code(*codes))[:, 1:]
+        means = torch.stack([coef[groups == s].mean(0) for s in range(3)])
+        matched = means - means.mean(0)
+    assert float(drit.field_layout_loss(m.generator, codes, groups, matched).detach()) < 1e-12
+    targets = torch.randn(3, matched.shape[1]) * 0.2
+    targets -= targets.mean(0)
+    before = float(drit.field_layout_loss(m.generator, codes, groups, targets).detach())
+    opt = torch.optim.Adam(m.generator.field.parameters(), lr=0.02)
+    for _ in range(100):
+        loss = drit.field_layout_loss(m.generator, codes, groups, targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert before > 0.01 and float(loss) < before / 10
+    images = np.random.default_rng(0).random((24, 16, 16)).astype(np.float32) * 0.8 + 0.2
+    cfg = make_task(w_field_layout=1.0, known_labels=True).cfg  # an untrained GM-VAE infers one code
+    _, history = drit.train_drit(images, np.arange(24) % 3, cfg, tmp_path / "m.pt", gmvae=tiny_gmvae(), steps=2, batch_size=3,
+                                 device="cpu")
+    assert (history["field_layout"] > 0).all()
+    with pytest.raises(ValueError, match="w_field_layout"):
+        make_task("drit++", w_field_layout=1.0)
