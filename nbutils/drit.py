@@ -113,8 +113,8 @@ class DRITConfig:
             raise ValueError("content_field reads the field of the code E^a infers from the image; with known_labels "
                              "G's codes are the labels, which a harmonizer of unlabelled scans does not have")
         if self.w_field_layout and (self.variant != "gmm-drit" or not self.bias_field):
-            raise ValueError("w_field_layout anchors the field G draws for each inferred scanner code: "
-                             "GMM-DRIT with bias_field > 0")
+            raise ValueError("w_field_layout anchors the field G draws for each scanner code: GMM-DRIT with "
+                             "bias_field > 0")
         if self.content_field and self.variant == "drit++":
             raise ValueError("content_field needs the scanner code of every image E^c reads; DRIT++ has it "
                              "only as a label, which a harmonizer of unlabelled scans does not have: use GMM-DRIT")
@@ -399,7 +399,12 @@ class DRITTask:
             if cfg.w_invariance:
                 jittered = appearance.jitter(real, at(o_a, o_b), cfg.slices)
                 invariance = F.l1_loss(m.encode(jittered, own, at(o_a, o_b), cfg.slices), zc.detach())
-            field_layout = field_layout_loss(m.generator, *self.layout) if self.layout else zc.new_zeros(())
+            field_layout = zc.new_zeros(())
+            if cfg.w_field_layout:
+                if self.layout is None:
+                    raise ValueError("w_field_layout needs the scanner codes' layout targets, which train_drit sets "
+                                     "(task.layout)")
+                field_layout = field_layout_loss(m.generator, *self.layout)
             back = m.generator(zc_back[: 2 * n], torch.cat([za_ba, za_ab]), torch.cat([c_a, c_b]), shape,
                                at(o_a, o_b), cfg.slices)
             x_aba, x_bab = back.split(n)
@@ -420,13 +425,18 @@ class DRITTask:
         return {k: float(v.detach()) for k, v in out.items()}
 
 
+LAYOUT_VIEW = 64  # the size of the whole-slice views the layout targets are read from when training on whole slices
+
+
 def field_layout_loss(generator, codes: tuple[torch.Tensor, torch.Tensor], groups: torch.Tensor,
                       targets: torch.Tensor) -> torch.Tensor:
     """How far the fields G draws are from the scanners' layouts: the mean log-field coefficients
     (constant left out) G draws for each scanner code's slices, from their own codes (z^a, c), less
     their mean over the codes present in ``groups``, against :func:`nbutils.layout.field_targets`;
-    squared distance, mean over those codes."""
-    coef = generator.field.coef(generator._code(*codes))[:, 1:]
+    squared distance, mean over those codes. Its gradient reaches the field's coefficients and the code
+    they are read from (shared with G's residual blocks), as measured; in float32 (not under autocast)."""
+    with torch.autocast(codes[0].device.type, enabled=False):
+        coef = generator.field.coef(generator._code(*(v.float() for v in codes)))[:, 1:]
     present = groups.unique()
     means = torch.stack([coef[groups == s].mean(0) for s in present])
     return ((means - means.mean(0)) - targets[present]).square().sum(1).mean()
@@ -505,9 +515,9 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
                           view=task.modules.view_size)
     if cfg.variant == "gmm-drit":
         sampler.attach_codes(task.modules)
-        if cfg.w_field_layout:  # each inferred scanner code's slices, as E^a reads them (whole slices)
+        if cfg.w_field_layout:  # each scanner code's slices, as whole-slice views (a smooth fit needs no more)
             groups = sampler.codes[1].argmax(1)
-            whole = sampler.images if sampler.views is None else sampler.views
+            whole = crops.views(sampler.images, LAYOUT_VIEW) if sampler.views is None else sampler.views
             targets = layout.field_targets(np.asarray(whole), groups.cpu().numpy(), cfg.k, cfg.bias_field)
             task.layout = (sampler.codes, groups, torch.as_tensor(targets, dtype=torch.float32, device=device))
     history = fit(task, sampler, steps, checkpoint, every=every, seed=seed, device=device, desc=cfg.variant,

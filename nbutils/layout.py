@@ -28,7 +28,10 @@ def coefficients(images: np.ndarray, order: int = 3, floor: float = 0.1) -> np.n
     """(N, P - 1) coefficients of each (N, h, w) [0, 1] whole slice's smooth layout: the log of its
     contrast-matched brain (pixels above ``floor``) least-squares fitted by the monomials
     row^i col^j, i + j <= ``order``, of whole-slice coordinates in [-1, 1], in
-    :func:`nbutils.crops.exponents`' order (the basis of G's bias field), the constant left out."""
+    :func:`nbutils.crops.exponents`' order (the basis of G's bias field), the constant left out.
+    The slices' first and last pixels are taken at -1 and 1: for a down-sampled view of a slice
+    (:func:`nbutils.crops.views`, whose edge pixels sit a little inside: at -0.990 and 0.990 for a
+    182 px slice at 64 px) a coefficient of degree d comes out 0.990^d of the slice's, 1-3 % low."""
     images = np.asarray(images, np.float64)
     if images.ndim != 3:
         raise ValueError(f"expected (N, h, w) slices, got shape {images.shape}")

@@ -616,31 +616,65 @@ def test_a_checkpoint_written_before_the_options_loads_as_it_was_trained(tmp_pat
 
 
 def test_the_field_layout_term_pulls_each_code_s_mean_field_to_its_slices_layout(tmp_path):
-    """``w_field_layout``: the squared distance of G's per-code mean field coefficients, less their
-    mean, from the targets; 0 when they match, lowered by training G's field; set up by
-    train_drit from the slices and reported as ``field_layout``; GMM-DRIT with a field only."""
+    """``w_field_layout``: the squared distance of G's per-code mean field coefficients (constant left
+    out), centred over the codes present, from those codes' targets; a code absent from the slices
+    has no say; lowered by training G's field; set up by train_drit and reported as
+    ``field_layout``; a task not set up by train_drit refuses; GMM-DRIT with a field only."""
     m = make_task().modules
-    codes = (torch.randn(12, 8), torch.nn.functional.one_hot(torch.arange(12) % 3, 3).float())
-    groups = codes[1].argmax(1)
+    torch.manual_seed(3)
+    torch.nn.init.normal_(m.generator.field.coef.weight, std=0.3)
+    codes = (torch.randn(12, 8), torch.nn.functional.one_hot(torch.tensor([0, 2] * 6), 3).float())
+    groups = codes[1].argmax(1)  # code 1 has no slices
     with torch.no_grad():
-        coef = m.generator.field.coef(m.generator._code(*codes))[:, 1:]
-        means = torch.stack([coef[groups == s].mean(0) for s in range(3)])
-        matched = means - means.mean(0)
-    assert float(drit.field_layout_loss(m.generator, codes, groups, matched).detach()) < 1e-12
-    targets = torch.randn(3, matched.shape[1]) * 0.2
-    targets -= targets.mean(0)
-    before = float(drit.field_layout_loss(m.generator, codes, groups, targets).detach())
-    opt = torch.optim.Adam(m.generator.field.parameters(), lr=0.02)
-    for _ in range(100):
-        loss = drit.field_layout_loss(m.generator, codes, groups, targets)
+        coef = m.generator.field.coef(m.generator._code(*codes))[:, 1:].numpy()
+    means = np.stack([coef[groups.numpy() == s].mean(0) for s in (0, 2)])
+    matched = means - means.mean(0)
+    targets = torch.randn(3, coef.shape[1]) * 0.2
+    targets[[0, 2]] -= targets[[0, 2]].mean(0)  # as field_targets centres them over the codes present
+    expected = ((matched - targets[[0, 2]].numpy()) ** 2).sum(1).mean()
+    loss = lambda tg: float(drit.field_layout_loss(m.generator, codes, groups, tg).detach())
+    assert loss(targets) == pytest.approx(expected, rel=1e-5) and expected > 0.01
+    garbage = targets.clone()
+    garbage[1] = 100.0
+    assert loss(garbage) == pytest.approx(expected, rel=1e-5)
+    exact = torch.zeros(3, coef.shape[1])
+    exact[[0, 2]] = torch.from_numpy(matched).float()
+    assert loss(exact) < 1e-10 and loss(-exact) == pytest.approx(4 * (matched ** 2).sum(1).mean(), rel=1e-4)
+    with torch.no_grad():  # a field common to every code is not read
+        m.generator.field.coef.bias[1:] += 0.5
+    assert loss(exact) < 1e-10
+    before = loss(targets)
+    opt = torch.optim.Adam(m.generator.field.parameters(), lr=0.05)
+    for _ in range(300):
+        value = drit.field_layout_loss(m.generator, codes, groups, targets)
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         opt.step()
-    assert before > 0.01 and float(loss) < before / 10
+    assert loss(targets) < before / 10
     images = np.random.default_rng(0).random((24, 16, 16)).astype(np.float32) * 0.8 + 0.2
     cfg = make_task(w_field_layout=1.0, known_labels=True).cfg  # an untrained GM-VAE infers one code
-    _, history = drit.train_drit(images, np.arange(24) % 3, cfg, tmp_path / "m.pt", gmvae=tiny_gmvae(), steps=2, batch_size=3,
-                                 device="cpu")
+    _, history = drit.train_drit(images, np.arange(24) % 3, cfg, tmp_path / "m.pt", gmvae=tiny_gmvae(), steps=2,
+                                 batch_size=3, device="cpu")
     assert (history["field_layout"] > 0).all()
+    task = make_task(w_field_layout=1.0, known_labels=True)
+    with pytest.raises(ValueError, match="train_drit"):
+        task.step(sampler()(0), 0, train.Context(torch.device("cpu"), task.optimizers))
     with pytest.raises(ValueError, match="w_field_layout"):
         make_task("drit++", w_field_layout=1.0)
+
+
+def test_the_layout_reads_the_bias_field_s_own_coefficients():
+    """One slice of one tissue under G's bias field with known coefficients: nbutils.layout gives
+    those coefficients back, in the field's order, orientation and sign (the constant left out)."""
+    from nbutils import layout
+
+    field = nets.BiasField(1, 3)
+    c = torch.tensor([0.0, 0.15, -0.1, 0.05, 0.08, -0.12, 0.04, 0.03, -0.05, 0.06])
+    with torch.no_grad():
+        field.coef.bias.copy_(c)
+    grid = crops.coordinates(None, (64, 64), n=1)
+    with torch.no_grad():
+        f = field(torch.zeros(1, 1), grid)[0, 0].numpy()
+    rows, cols = grid[0, 0].numpy(), grid[0, 1].numpy()
+    brain = rows ** 2 / 0.8 + cols ** 2 / 0.6 < 1
+    np.testing.assert_allclose(layout.coefficients((0.5 * f * brain)[None])[0], c[1:].numpy(), atol=0.01)
