@@ -17,9 +17,10 @@ code to move as much, relative to the other codes', as the code's slices do (doc
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.stats import rankdata
 
-from .crops import exponents
+from .crops import coordinates, monomials
 
 QUANTILES = 1001  # the pooled reference's resolution
 
@@ -27,8 +28,8 @@ QUANTILES = 1001  # the pooled reference's resolution
 def coefficients(images: np.ndarray, order: int = 3, floor: float = 0.1) -> np.ndarray:
     """(N, P - 1) coefficients of each (N, h, w) [0, 1] whole slice's smooth layout: the log of its
     contrast-matched brain (pixels above ``floor``) least-squares fitted by the monomials
-    row^i col^j, i + j <= ``order``, of whole-slice coordinates in [-1, 1], in
-    :func:`nbutils.crops.exponents`' order (the basis of G's bias field), the constant left out.
+    row^i col^j, i + j <= ``order``, of whole-slice coordinates in [-1, 1]
+    (:func:`nbutils.crops.monomials`, the basis of G's bias field), the constant left out.
     The slices' first and last pixels are taken at -1 and 1: for a down-sampled view of a slice
     (:func:`nbutils.crops.views`, whose edge pixels sit a little inside: at -0.990 and 0.990 for a
     182 px slice at 64 px) a coefficient of degree d comes out 0.990^d of the slice's, 1-3 % low."""
@@ -40,9 +41,8 @@ def coefficients(images: np.ndarray, order: int = 3, floor: float = 0.1) -> np.n
         raise ValueError(f"a slice has no pixel above {floor}: no brain to read a layout from")
     q = np.linspace(0, 1, QUANTILES)
     reference = np.quantile(images[brains], q)
-    h, w = images.shape[1:]
-    rows, cols = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-    basis = np.stack([(rows ** i * cols ** j).ravel() for i, j in exponents(order)], 1)
+    grid = coordinates(None, images.shape[1:], dtype=torch.float64)  # the whole slice's, as G's field reads it
+    basis = monomials(grid, order)[0].flatten(1).T.numpy()  # (h w, P)
     out = []
     for x, brain in zip(images, brains):
         values = x[brain]
