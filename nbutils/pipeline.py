@@ -17,7 +17,8 @@ On a machine with two or more CPU cores and no GPU the pipeline runs in two lane
 (:data:`LANES`), each lane a process bound to half of the cores whose notebooks run one after the
 other: 02 then 03 beside 04 then the references notebooks 06 and 09 would otherwise train first,
 and later 09 beside the training split's outputs 09 would otherwise make first, then 05-08, 10 and 11
-(:func:`prepare`). Elsewhere (a GPU, no CPU affinity as
+(:func:`prepare`); a lane that has run out takes the other lane's last waiting notebook among
+05-08, 10 and 11 (:data:`ANY_LANE`). Elsewhere (a GPU, no CPU affinity as
 on macOS or Windows, ``--one-at-a-time``) every notebook runs one after the other in its numbered order.
 Why, what it saves and how the numbers then differ from a notebook run alone: docs/design.md,
 "Two lanes".
@@ -54,6 +55,9 @@ NEEDED_BY = {REFERENCES: ("06", "09"), TRAINING_OUTPUTS: ("09",)}
 # for the training outputs if it wants them before they are made (:func:`nbutils.outputs.method_outputs`).
 LANES = ((("02", "03"), ("04", REFERENCES)),
          (("09",), (TRAINING_OUTPUTS, "05", "06", "07", "08", "10", "11")))
+# Notebooks that need nothing of the other tasks of their group: a lane that has run out of tasks
+# takes the last of them still waiting in the other lane (on a small run 09 ends long before 05-11).
+ANY_LANE = frozenset({"05", "06", "07", "08", "10", "11"})
 
 
 def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
@@ -185,17 +189,33 @@ def _result(future) -> tuple[float, str]:
         return 0.0, f"{type(err).__name__}: {err}"
 
 
-def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares: list[set[int]], done) -> bool:
+def next_task(queues: list[list[Path | str]], i: int, any_lane: frozenset[str]) -> Path | str | None:
+    """Take the task lane ``i`` starts next off its queue: the first of its own, else the last of the
+    longest other queue whose last task's short name is in ``any_lane``; None if there is none."""
+    if queues[i]:
+        return queues[i].pop(0)
+    other = max((q for q in queues if q and task_name(q[-1], short=True) in any_lane), key=len, default=None)
+    return other.pop() if other else None
+
+
+def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares: list[set[int]], done,
+                  any_lane: frozenset[str] = ANY_LANE) -> bool:
     """Run ``lanes`` at once, each in a fresh process on its share of the cores, its tasks one after
-    the other. ``done(task, seconds, error)`` is called as each task ends and returns whether it
-    succeeded; after a failure no task starts (those running finish). Whether all succeeded."""
+    the other. A lane that has run out of tasks takes the last waiting task of another lane if that
+    task's short name (:func:`task_name`) is in ``any_lane`` and the lanes have as many cores each
+    (so that no number depends on which lane ran it: threads split sums differently; docs/design.md,
+    "Two lanes"). ``done(task, seconds, error)`` is
+    called as each task ends and returns whether it succeeded; after a failure no task starts (those
+    running finish). Whether all succeeded."""
     spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds kernel sockets
     pools = [ProcessPoolExecutor(1, mp_context=spawn) for _ in lanes]
     queues, running, ok = [list(lane) for lane in lanes], {}, True
+    if len({len(cores) for cores in shares[:len(lanes)]}) > 1:
+        any_lane = frozenset()
 
     def start(i: int) -> None:
-        if queues[i]:
-            task = queues[i].pop(0)
+        task = next_task(queues, i, any_lane)
+        if task is not None:
             running[pools[i].submit(_execute_on, shares[i], task, out, params)] = i, task
 
     try:

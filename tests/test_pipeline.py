@@ -406,27 +406,60 @@ def _toy_notebooks(folder, cells):
     return out
 
 
-def test_lanes_run_side_by_side_each_on_its_own_cores_their_notebooks_in_order(tmp_path):
+def test_lanes_run_side_by_side_each_on_its_own_cores_their_notebooks_in_order_and_a_free_lane_takes_what_any_may(tmp_path):
+    """Lane 1 runs f0; lane 2 runs h0, which ends only once s0 has run, and would then run k0 and s0.
+    Lane 1, free after f0, takes s0 (the last waiting, and one any lane may take) but not k0."""
     shares = pipeline.core_shares(2)
     if shares is None:
         pytest.skip("one core, a GPU or no CPU affinity here: the pipeline runs every notebook one after the other")
     import nbformat
 
+    marker = tmp_path / "s0-ran"
     code = "import os, time, torch\nprint(sorted(os.sched_getaffinity(0)), torch.get_num_threads(), time.time())"
-    a1, a2, b = _toy_notebooks(tmp_path, {"a1.ipynb": code, "a2.ipynb": code, "b.ipynb": code})
+    hold = (f"import os, time\nfor _ in range(600):\n    if os.path.exists({str(marker)!r}): break\n    time.sleep(0.1)\n"
+            f"else:\n    raise TimeoutError('s0 was not taken by the free lane')\n" + code)
+    f0, h0, k0, s0 = _toy_notebooks(tmp_path, {"f0.ipynb": code, "h0.ipynb": hold, "k0.ipynb": code,
+                                               "s0.ipynb": code + f"\nopen({str(marker)!r}, 'w').close()"})
     (tmp_path / "out").mkdir()
     ended = []
-    ok = pipeline.execute_lanes([[a1, a2], [b]], tmp_path / "out", {}, shares,
-                                lambda task, seconds, error: ended.append((task.name, error)) or not error)
-    assert ok and sorted(ended) == [("a1.ipynb", ""), ("a2.ipynb", ""), ("b.ipynb", "")]
+    ok = pipeline.execute_lanes([[f0], [h0, k0, s0]], tmp_path / "out", {}, shares,
+                                lambda task, seconds, error: ended.append((task.name, error)) or not error,
+                                any_lane=frozenset({"s0"}))
+    assert ok and sorted(ended) == [(n, "") for n in ("f0.ipynb", "h0.ipynb", "k0.ipynb", "s0.ipynb")]
     printed = {}
-    for nb, cores in ((a1, shares[0]), (a2, shares[0]), (b, shares[1])):
+    for nb, cores in ((f0, shares[0]), (s0, shares[0]), (h0, shares[1]), (k0, shares[1])):
         # the kernel inherits its lane's cores; PyTorch uses as many threads
-        cores_seen, threads, at = nbformat.read(tmp_path / "out" / nb.name, 4).cells[0].outputs[0]["text"].rsplit(" ", 2)
-        assert (cores_seen, int(threads)) == (str(sorted(cores)), len(cores))
+        cores_seen, threads, at = nbformat.read(tmp_path / "out" / nb.name, 4).cells[0].outputs[-1]["text"].rsplit(" ", 2)
+        assert (cores_seen, int(threads)) == (str(sorted(cores)), len(cores)), nb.name
         printed[nb.name] = float(at)
-    assert printed["a1.ipynb"] < printed["a2.ipynb"]  # one after the other in a lane
-    assert printed["b.ipynb"] < printed["a2.ipynb"]  # beside a1, not after both
+    assert printed["f0.ipynb"] < printed["s0.ipynb"] < printed["h0.ipynb"] < printed["k0.ipynb"]
+
+
+def test_a_free_lane_takes_the_last_waiting_task_any_lane_may_take():
+    nb = {n: config.NOTEBOOKS / f"{n}_x.ipynb" for n in ("03", "05", "06", "07", "09")}
+    queues = [[nb["09"]], [pipeline.TRAINING_OUTPUTS, nb["05"], nb["06"], nb["07"]]]
+    assert pipeline.next_task(queues, 0, pipeline.ANY_LANE) == nb["09"]  # its own first
+    assert pipeline.next_task(queues, 0, pipeline.ANY_LANE) == nb["07"]  # then the other's last
+    assert pipeline.next_task(queues, 1, pipeline.ANY_LANE) == pipeline.TRAINING_OUTPUTS
+    assert queues == [[], [nb["05"], nb["06"]]]
+    assert pipeline.next_task([[], [nb["05"], nb["03"]]], 0, pipeline.ANY_LANE) is None  # 03 is not for any lane
+    assert pipeline.next_task([[], [nb["05"]]], 0, frozenset()) is None
+    assert pipeline.next_task([[], []], 1, pipeline.ANY_LANE) is None
+
+
+def test_lanes_of_unequal_cores_take_nothing_of_each_other(tmp_path, monkeypatch):
+    """With a lane on 1 core and one on 2, a notebook's threads, and so its numbers, would depend on
+    which lane ran it: no task is taken across lanes."""
+    if pipeline.core_shares(2) is None:
+        pytest.skip("one core, a GPU or no CPU affinity here: no lanes")
+    cores = sorted(os.sched_getaffinity(0))
+    seen, take = [], pipeline.next_task
+    monkeypatch.setattr(pipeline, "next_task", lambda queues, i, any_lane: seen.append(any_lane) or take(queues, i, any_lane))
+    for shares, expected in (([{cores[0]}, set(cores[:2])], frozenset()), ([{cores[0]}, {cores[1]}], pipeline.ANY_LANE)):
+        seen.clear()
+        # tasks no lane knows end at once with an error, which this `done` accepts
+        assert pipeline.execute_lanes([["x"], ["y"]], tmp_path, {}, shares, lambda task, seconds, error: True)
+        assert seen and set(seen) == {expected}
 
 
 def test_after_a_failure_in_one_lane_no_task_starts_and_the_other_lane_s_running_task_ends(tmp_path):
