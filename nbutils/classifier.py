@@ -113,6 +113,35 @@ def for_run(run, train, images=None, name: str = "scanner-classifier") -> Scanne
     return clf
 
 
+def retrained(run, train, method: str, images) -> ScannerClassifier:
+    """The scanner classifier retrained on ``images``, the scanner-free outputs of the training split
+    by ``method`` (a name of :data:`nbutils.methods.COMPARED`; notebook 09, and `make run`'s other
+    lane before it, :func:`nbutils.pipeline.prepare`): trained once into
+    ``<run>/checkpoints/classifier-<slug>.pt``, then loaded, and trained anew when what those outputs
+    are made from has changed since (a model trained again, other slices, another seed:
+    :func:`nbutils.outputs.inputs_stamp`, kept beside it in ``.inputs``). A process asking while
+    another trains it waits and loads it. Identity's "outputs" are the raw slices: its classifier is
+    :func:`for_run`'s."""
+    from . import methods
+    from .io import atomic_write_text, locked
+    from .outputs import inputs_stamp
+
+    m = methods.get(method)
+    if m == methods.IDENTITY:
+        return for_run(run, train)
+    checkpoint = run.checkpoints / f"classifier-{m.slug}.pt"
+    made_from = checkpoint.with_name(checkpoint.name + ".inputs")
+    stamp = inputs_stamp(run, m)
+    with locked(checkpoint):
+        fresh = made_from.exists() and made_from.read_text() == stamp
+        if not fresh:
+            checkpoint.unlink(missing_ok=True)
+        clf = for_run(run, train, images=images, name=checkpoint.stem)
+        if not fresh:
+            atomic_write_text(made_from, stamp)
+    return clf
+
+
 def accuracy(clf: ScannerClassifier, images, labels, groups=None) -> dict[str, float]:
     """Accuracy of ``clf`` on ``images`` and the chance level (the largest class's share); ``matched``:
     the accuracy under the best one-to-one renaming of the predictions (Hungarian, as E1's ACC),

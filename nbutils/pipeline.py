@@ -16,7 +16,8 @@ is held to (:func:`nbutils.report.bars_table`).
 On a machine with two or more CPU cores and no GPU the pipeline runs in two lanes where it can
 (:data:`LANES`), each lane a process bound to half of the cores whose notebooks run one after the
 other: 02 then 03 beside 04 then the references notebooks 06 and 09 would otherwise train first,
-and later 09 beside the training split's outputs 09 would otherwise make first, then 05-08, 10 and 11
+and later 09 beside the training split's outputs and the classifiers retrained on them, which 09
+would otherwise make first, then 05-08, 10 and 11
 (:func:`prepare`); a lane that has run out takes the other lane's last waiting notebook among
 05-08, 10 and 11 (:data:`ANY_LANE`). Elsewhere (a GPU, no CPU affinity as
 on macOS or Windows, ``--one-at-a-time``) every notebook runs one after the other in its numbered order.
@@ -133,8 +134,8 @@ def prepare(task: str, params: dict, log: Path) -> tuple[float, str]:
       slices (:func:`nbutils.classifier.for_run`) and the paired supervised reference
       (:func:`nbutils.supervised.for_run`);
     - :data:`TRAINING_OUTPUTS`, from the models of 03 and 04: every method's scanner-free outputs
-      of the training split (:func:`nbutils.outputs.method_outputs`), on which 09 retrains scanner
-      classifiers.
+      of the training split (:func:`nbutils.outputs.method_outputs`) and the scanner classifier 09
+      retrains on each (:func:`nbutils.classifier.retrained`).
 
     The printout and progress bars go to ``log``. (seconds, '' or the error that stopped it), as
     :func:`execute`."""
@@ -155,7 +156,8 @@ def prepare(task: str, params: dict, log: Path) -> tuple[float, str]:
                 classifier.for_run(run, train)
                 supervised.for_run(run)
             else:  # TRAINING_OUTPUTS
-                outputs.method_outputs(run, train, "train", train, targets=False)
+                for method, made in outputs.method_outputs(run, train, "train", train, targets=False).items():
+                    classifier.retrained(run, train, method, made.scanner_free)
     except Exception as err:
         return time.perf_counter() - start, f"{type(err).__name__}: {err} (the log: {log})"
     return time.perf_counter() - start, ""

@@ -9,9 +9,10 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import site_csv
 
-from nbutils import config, data, drit, measures, methods, outputs, pipeline, plots, report, seeds, stage2
+from nbutils import classifier, config, data, drit, measures, methods, outputs, pipeline, plots, report, seeds, stage2
 from nbutils.harmonize import Harmonizer
 
 NOTEBOOKS = sorted(p.name for p in config.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -198,17 +199,49 @@ def test_the_lane_tasks_make_what_their_notebooks_then_load(csv_run, tmp_path):
     """What `make run`'s other lane does for 06 and 09 (pipeline.prepare), called directly: it runs
     here whatever the cores, where the pipeline runs it only in lanes."""
     copy = _without_training_outputs(csv_run[0], tmp_path / "run")
+    retrained = {f"classifier-{m.slug}.pt" for m in methods.COMPARED if m != methods.IDENTITY}
+    for name in retrained:
+        (copy / "checkpoints" / name).unlink()
     params = dict(profile="smoke", run_dir=str(copy), seed=0)
     seconds, error = pipeline.prepare(pipeline.TRAINING_OUTPUTS, params, tmp_path / "training-outputs.log")
     assert error == "" and "harmonizing the train split" in (tmp_path / "training-outputs.log").read_text()
     run = config.setup("smoke", str(copy))
-    stamps = listing(copy / "outputs")
+    stamps, made = listing(copy / "outputs"), listing(copy / "checkpoints")
     assert {f"train_{m.slug}.npz" for m in methods.COMPARED if m != methods.IDENTITY} <= set(stamps)
+    assert retrained <= set(made)
     train = data.for_run(run, "train")
-    outputs.method_outputs(run, train, "train", train, targets=False, progress=False)
-    assert listing(copy / "outputs") == stamps  # read, not made again
+    for method, o in outputs.method_outputs(run, train, "train", train, targets=False, progress=False).items():
+        classifier.retrained(run, train, method, o.scanner_free)
+    assert listing(copy / "outputs") == stamps and listing(copy / "checkpoints") == made  # read, not made again
     seconds, error = pipeline.prepare("nothing", params, tmp_path / "nothing.log")
     assert error.startswith("ValueError: no such task 'nothing'")
+
+
+def test_a_retrained_classifier_is_trained_anew_when_the_outputs_it_learnt_from_would_be(csv_run, tmp_path):
+    """Notebook 09's classifier retrained on GMM-DRIT's scanner-free training outputs follows what
+    those outputs are made from: loaded while the model's checkpoint is the same, trained anew
+    once it has changed (as when notebook 03 trains again)."""
+    copy = tmp_path / "run"
+    shutil.copytree(csv_run[0], copy)
+    run = config.setup("smoke", str(copy))
+    train = data.for_run(run, "train")
+    images = outputs.method_outputs(run, train, "train", train, targets=False, progress=False)[methods.GMM_DRIT.name].scanner_free
+    checkpoint = copy / "checkpoints" / f"classifier-{methods.GMM_DRIT.slug}.pt"
+    first = classifier.retrained(run, train, methods.GMM_DRIT.name, images)
+    stamp = checkpoint.stat().st_mtime_ns
+    classifier.retrained(run, train, methods.GMM_DRIT.name, images)
+    assert checkpoint.stat().st_mtime_ns == stamp  # loaded
+    model = copy / "checkpoints" / methods.GMM_DRIT.checkpoint()
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))  # "trained again"
+    noise = np.random.default_rng(0).random(images.shape, np.float32)  # outputs it would now learn from
+    again = classifier.retrained(run, train, methods.GMM_DRIT.name, noise)
+    assert checkpoint.stat().st_mtime_ns != stamp
+    assert (checkpoint.with_name(checkpoint.name + ".inputs")).read_text() == outputs.inputs_stamp(run, methods.GMM_DRIT)
+    assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    # identity's is the raw slices' classifier
+    raw = classifier.for_run(run, train)
+    assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(), classifier.retrained(
+        run, train, methods.IDENTITY.name, train.images).state_dict().values()))
 
 
 def test_steps_above_the_checkpoint_s_train_on_from_it_and_below_it_load_it(csv_run, tmp_path):
