@@ -19,7 +19,7 @@ other: 02 then 03 beside 04 then the references notebooks 06 and 09 would otherw
 and later 09 beside the training split's outputs and the classifiers retrained on them, which 09
 would otherwise make first, then 05-08, 10 and 11
 (:func:`prepare`); a lane that has run out takes the other lane's last waiting notebook among
-05-08, 10 and 11 (:data:`ANY_LANE`). Elsewhere (a GPU, no CPU affinity as
+05-08, 10 and 11 (:data:`ANY_LANE`). Both lanes get as many cores (:func:`core_shares`). Elsewhere (a GPU, no CPU affinity as
 on macOS or Windows, ``--one-at-a-time``) every notebook runs one after the other in its numbered order.
 Why, what it saves and how the numbers then differ from a notebook run alone: docs/design.md,
 "Two lanes".
@@ -53,7 +53,8 @@ NEEDED_BY = {REFERENCES: ("06", "09"), TRAINING_OUTPUTS: ("09",)}
 # lane's tasks one after the other. A lane's notebooks need only what the notebooks before the group
 # and before them in their lane made: 03 reads 02's GM-VAE, 04 only 01's slices, the references only
 # the slices; 05-11 and the training outputs read the models of 03 and 04, and nothing of 09. 09 waits
-# for the training outputs if it wants them before they are made (:func:`nbutils.outputs.method_outputs`).
+# for the training outputs and the classifiers retrained on them if it wants them before they are made
+# (:func:`nbutils.outputs.method_outputs`, :func:`nbutils.classifier.retrained`).
 LANES = ((("02", "03"), ("04", REFERENCES)),
          (("09",), (TRAINING_OUTPUTS, "05", "06", "07", "08", "10", "11")))
 # Notebooks that need nothing of the other tasks of their group: a lane that has run out of tasks
@@ -98,9 +99,12 @@ def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
 
 
 def core_shares(n: int) -> list[set[int]] | None:
-    """The CPU cores this process may use, split into ``n`` disjoint shares of (nearly) equal size;
-    None if they cannot be: fewer cores than ``n``, a platform without CPU affinity, or a GPU
-    (which the models train on instead, one at a time)."""
+    """The CPU cores this process may use, split into ``n`` disjoint shares of equal size (the last
+    ``len(cores) % n`` cores left out): every lane's PyTorch then runs as many threads, so a task's
+    numbers do not depend on the lane that ran it (:func:`next_task`; the classifiers 09 retrains,
+    made by whichever of 09 and the other lane gets there first); None if they cannot be: fewer
+    cores than ``n``, a platform without CPU affinity, or a GPU (which the models train on instead,
+    one at a time)."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
     if n < 2 or len(cores) < n:
         return None
@@ -108,7 +112,8 @@ def core_shares(n: int) -> list[set[int]] | None:
 
     if torch.cuda.is_available():
         return None
-    return [set(cores[len(cores) * i // n: len(cores) * (i + 1) // n]) for i in range(n)]
+    size = len(cores) // n
+    return [set(cores[size * i: size * (i + 1)]) for i in range(n)]
 
 
 def execute(nb: Path, out: Path, params: dict, progress: bool = True) -> tuple[float, str]:
