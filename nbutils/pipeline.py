@@ -17,10 +17,10 @@ On a machine with two or more CPU cores and no GPU the pipeline runs in two lane
 (:data:`LANES`), each lane a process bound to half of the cores whose notebooks run one after the
 other: 02 then 03 beside 04 then the references notebooks 06 and 09 would otherwise train first,
 and later 09 beside the training split's outputs and the classifiers retrained on them, which 09
-would otherwise make first, then 05-08, 10 and 11
-(:func:`prepare`); a lane that has run out takes the other lane's last waiting notebook among
-05-08, 10 and 11 (:data:`ANY_LANE`). Both lanes get as many cores (:func:`core_shares`). Elsewhere (a GPU, no CPU affinity as
-on macOS or Windows, ``--one-at-a-time``) every notebook runs one after the other in its numbered order.
+would otherwise make first, then 05-08, 10 and 11 (:func:`prepare`); a lane that has run out takes
+the other lane's last waiting notebook among 05-08, 10 and 11 (:data:`ANY_LANE`). Both lanes get as
+many cores (:func:`core_shares`). Elsewhere (a GPU, no CPU affinity as on macOS or Windows,
+``--one-at-a-time``) every notebook runs one after the other in its numbered order.
 Why, what it saves and how the numbers then differ from a notebook run alone: docs/design.md,
 "Two lanes".
 """
@@ -211,9 +211,8 @@ def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares
     the other. A lane that has run out of tasks takes the last waiting task of another lane if that
     task's short name (:func:`task_name`) is in ``any_lane`` and the lanes have as many cores each
     (so that no number depends on which lane ran it: threads split sums differently; docs/design.md,
-    "Two lanes"). ``done(task, seconds, error)`` is
-    called as each task ends and returns whether it succeeded; after a failure no task starts (those
-    running finish). Whether all succeeded."""
+    "Two lanes"). ``done(task, seconds, error)`` is called as each task ends and returns whether it
+    succeeded; after a failure no task starts (those running finish). Whether all succeeded."""
     spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds kernel sockets
     pools = [ProcessPoolExecutor(1, mp_context=spawn) for _ in lanes]
     queues, running, ok = [list(lane) for lane in lanes], {}, True
