@@ -113,30 +113,33 @@ def for_run(run, train, images=None, name: str = "scanner-classifier") -> Scanne
     return clf
 
 
-def retrained(run, train, method: str, images) -> ScannerClassifier:
-    """The scanner classifier retrained on ``images``, the scanner-free outputs of the training split
-    by ``method`` (a name of :data:`nbutils.methods.COMPARED`; notebook 09, and `make run`'s other
-    lane before it, :func:`nbutils.pipeline.prepare`): trained once into
-    ``<run>/checkpoints/classifier-<slug>.pt``, then loaded, and trained anew when what those outputs
-    are made from has changed since (a model trained again, other slices, another seed:
-    :func:`nbutils.outputs.inputs_stamp`, kept beside it in ``.inputs``). A process asking while
-    another trains it waits and loads it. Identity's "outputs" are the raw slices: its classifier is
-    :func:`for_run`'s."""
+def retrained(run, train, method: str, made) -> ScannerClassifier:
+    """The scanner classifier retrained on ``made.scanner_free``, the scanner-free outputs of the
+    training split by ``method`` (a name of :data:`nbutils.methods.COMPARED`; ``made``: its
+    :class:`nbutils.outputs.Outputs` from :func:`nbutils.outputs.method_outputs`; notebook 09, and
+    `make run`'s other lane before it, :func:`nbutils.pipeline.prepare`): trained once into
+    ``<run>/checkpoints/classifier-<slug>.pt``, then loaded, and trained anew when the outputs were
+    made from other inputs than the ones it learnt from (a model trained again, other slices,
+    another seed: ``made.inputs``, :func:`nbutils.outputs.inputs_stamp` taken when the outputs were
+    made, kept beside the checkpoint in ``.inputs``). A process asking while another trains it waits
+    and loads it. Identity's "outputs" are the raw slices: its classifier is :func:`for_run`'s."""
     from . import methods
     from .io import atomic_write_text, locked
-    from .outputs import inputs_stamp
 
     m = methods.get(method)
     if m == methods.IDENTITY:
         return for_run(run, train)
+    if not made.inputs:
+        raise ValueError(f"{method}'s outputs carry no stamp of what they were made from: "
+                         "take them from nbutils.outputs.method_outputs")
     checkpoint = run.checkpoints / f"classifier-{m.slug}.pt"
     made_from = checkpoint.with_name(checkpoint.name + ".inputs")
-    stamp = inputs_stamp(run, m)
+    stamp = made.inputs
     with locked(checkpoint):
         fresh = made_from.exists() and made_from.read_text() == stamp
         if not fresh:
             checkpoint.unlink(missing_ok=True)
-        clf = for_run(run, train, images=images, name=checkpoint.stem)
+        clf = for_run(run, train, images=made.scanner_free, name=checkpoint.stem)
         if not fresh:
             atomic_write_text(made_from, stamp)
     return clf

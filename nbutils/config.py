@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +151,34 @@ class Run:
             metrics[key] = _plain(values)
             atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
         return metrics
+
+
+    def set_aside(self) -> Path | None:
+        """Move what the run made from its slices (checkpoints, cached outputs, ``metrics.json``,
+        harmonized volumes, seeds: everything but the slices, the executed notebooks, the figures,
+        which the notebooks write anew, and hidden lock files) into ``<run>/superseded/<UTC time>/``,
+        and say so. Notebook 01 calls it when it replaces the run's slices with other ones (other
+        volumes or settings), so that no notebook loads a model trained on other data. Returns that
+        folder (None when there was nothing to move)."""
+        kept = {self.slices.name, "notebooks", "figures", SUPERSEDED}
+        made = sorted(p for p in self.dir.iterdir() if p.name not in kept and not p.name.startswith("."))
+        if not made:
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        to = self.dir / SUPERSEDED / stamp
+        n = 1
+        while to.exists():
+            n += 1
+            to = self.dir / SUPERSEDED / f"{stamp}-{n}"
+        to.mkdir(parents=True)
+        for p in made:
+            os.replace(p, to / p.name)
+        print(f"The run's slices changed: what was made from the old ones ({', '.join(p.name for p in made)}) "
+              f"was moved to {to}; delete it once you no longer need it.")
+        return to
+
+
+SUPERSEDED = "superseded"  # Run.set_aside's folder in a run
 
 
 def setup(profile: str = "", run_dir: str = "", seed: int = 0) -> Run:

@@ -21,6 +21,8 @@ Output (``<run>/slices/``, written atomically as one folder):
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import pandas as pd
 from skimage.transform import resize
 from tqdm.auto import tqdm
 
-from .io import atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_text, same_files
 from .volumes import DataError, brain_mask, coronal_slice, load_volume, robust_normalise, to_mni_grid
 
 SPLITS = ("train", "test", "paired")
@@ -159,8 +161,14 @@ def resize_slices(slices: np.ndarray, size: int) -> np.ndarray:
 
 def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_volume: int = 0,
                   min_fraction: float = 0.6, test_fraction: float = 0.2, seed: int = 0,
-                  progress: bool = True) -> pd.DataFrame:
-    """Slice every volume of ``csv`` into ``out_dir`` (atomically); return the manifest."""
+                  progress: bool = True, replacing: Callable[[], object] | None = None) -> pd.DataFrame:
+    """Slice every volume of ``csv`` into ``out_dir`` (atomically); return the manifest.
+
+    Slices equal byte for byte to those ``out_dir`` already holds leave it untouched, so that its
+    files keep their modification times, which the caches of what is made from them read
+    (:func:`nbutils.outputs.inputs_stamp`, :func:`nbutils.seeds.base_state`). ``replacing`` is
+    called when ``out_dir`` holds other slices, just before the new ones replace them
+    (:meth:`nbutils.config.Run.set_aside`)."""
     table = read_table(csv, test_fraction, seed)
     domains = sorted(table["domain"].unique())
     rows, store = [], {s: {"image": [], "mask": [], **{e: [] for e in EXTRAS}} for s in SPLITS}
@@ -200,6 +208,10 @@ def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_vol
                     min_fraction=min_fraction, test_fraction=test_fraction, seed=seed,
                     source_csv=str(Path(csv).resolve()))
         atomic_write_text(tmp / "info.json", json.dumps(info, indent=2))
+        if same_files(tmp, out_dir):
+            shutil.rmtree(tmp)  # atomic_path leaves out_dir as it was
+        elif replacing is not None and (Path(out_dir) / "manifest.csv").exists():
+            replacing()
     return manifest
 
 

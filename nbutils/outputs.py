@@ -36,6 +36,7 @@ from .io import atomic_path, locked
 class Outputs:
     scanner_free: np.ndarray  # (N, H, W) float32 in [0, 1]
     to_target: np.ndarray  # (K, N, H, W)
+    inputs: str = ""  # what they were made from (inputs_stamp); "" for identity's and outputs not cached
 
 
 def _model_outputs(harm: Harmonizer, images, targets: range, seed: int, desc: str) -> Outputs:
@@ -66,7 +67,7 @@ def _cached(cache: Path, stamp: str, targets: bool) -> Outputs | None:
     with np.load(cache) as z:
         if "inputs" not in z or str(z["inputs"]) != stamp or (targets and z["to_target"].shape[0] == 0):
             return None
-        return Outputs(z["scanner_free"].astype(np.float32), z["to_target"].astype(np.float32))
+        return Outputs(z["scanner_free"].astype(np.float32), z["to_target"].astype(np.float32), stamp)
 
 
 def method_outputs(run: Run, split: Slices, split_name: str, train: Slices, targets: bool = True,
@@ -109,7 +110,7 @@ def _store(cache: Path, stamp: str, result: Outputs) -> Outputs:
     with atomic_path(cache) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, scanner_free=stored.scanner_free, to_target=stored.to_target, inputs=np.array(stamp))
-    return Outputs(stored.scanner_free.astype(np.float32), stored.to_target.astype(np.float32))
+    return Outputs(stored.scanner_free.astype(np.float32), stored.to_target.astype(np.float32), stamp)
 
 
 def remember(run: Run, method: methods.Method, split_name: str, result: Outputs, stamp: str) -> None:

@@ -162,7 +162,7 @@ def prepare(task: str, params: dict, log: Path) -> tuple[float, str]:
                 supervised.for_run(run)
             else:  # TRAINING_OUTPUTS
                 for method, made in outputs.method_outputs(run, train, "train", train, targets=False).items():
-                    classifier.retrained(run, train, method, made.scanner_free)
+                    classifier.retrained(run, train, method, made)
     except Exception as err:
         return time.perf_counter() - start, f"{type(err).__name__}: {err} (the log: {log})"
     return time.perf_counter() - start, ""
@@ -221,6 +221,8 @@ def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares
 
     def start(i: int) -> None:
         task = next_task(queues, i, any_lane)
+        if task is not None and task not in lanes[i]:  # the plan printed before no longer says where it runs
+            print(f"   lane {i + 1} is free and takes {task_name(task, short=True)}", flush=True)
         if task is not None:
             running[pools[i].submit(_execute_on, shares[i], task, out, params)] = i, task
 

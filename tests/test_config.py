@@ -89,3 +89,24 @@ def test_figures_say_simulated_only_for_a_simulated_set(tmp_path, monkeypatch):
     (run_dir / "slices" / "info.json").write_text(json.dumps({"source_csv": str(sim / "volumes.csv")}))
     config.setup("smoke", str(run_dir))
     assert plots.SIMULATED == plots.BUILT_IN
+
+
+def test_set_aside_moves_what_was_made_from_the_slices_and_keeps_the_rest(tmp_path):
+    run = config.setup("smoke", str(tmp_path / "run"), seed=0)
+    assert run.set_aside() is None  # nothing made yet
+    made = {"checkpoints/gmvae.pt": "w", "outputs/test_dritpp.npz": "o", "metrics.json": "{}", "seeds/seed1/x": "s"}
+    kept = {"slices/manifest.csv": "m", "notebooks/01_data_slicing.ipynb": "n", "figures/01_histograms.png": "f",
+            ".metrics.json.lock": ""}
+    for name, text in (made | kept).items():
+        (run.dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run.dir / name).write_text(text)
+    to = run.set_aside()
+    assert to.parent == run.dir / config.SUPERSEDED
+    for name, text in made.items():
+        assert not (run.dir / name).exists() and (to / name).read_text() == text
+    for name, text in kept.items():
+        assert (run.dir / name).read_text() == text
+    assert sorted(p.name for p in to.iterdir()) == ["checkpoints", "metrics.json", "outputs", "seeds"]
+    run.record("01_data", {"a": 1})  # a second set-aside within the same second gets a folder of its own
+    again = run.set_aside()
+    assert again != to and (again / "metrics.json").exists() and (to / "metrics.json").read_text() == "{}"

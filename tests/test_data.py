@@ -98,3 +98,22 @@ def test_counts_table_totals(small_csv, tmp_path):
     manifest = data.slice_dataset(small_csv, tmp_path / "s", image_size=32, per_volume=2, progress=False)
     counts = data.counts_table(manifest).set_index("domain")
     assert counts.loc["total"].sum() == 6 + 6 * 2
+
+
+def test_the_same_slices_again_leave_the_folder_untouched_and_other_ones_call_replacing(small_csv, tmp_path):
+    out = tmp_path / "slices"
+    data.slice_dataset(small_csv, out, image_size=32, per_volume=2, progress=False)
+    times = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    calls = []
+    data.slice_dataset(small_csv, out, image_size=32, per_volume=2, progress=False, replacing=lambda: calls.append(1))
+    assert calls == [] and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == times  # not rewritten
+    old = (out / "manifest.csv").read_text()
+    # other settings: replacing is called while the old slices are still in place, then they are replaced
+    seen = lambda: calls.append((out / "manifest.csv").read_text())
+    manifest = data.slice_dataset(small_csv, out, image_size=32, per_volume=1, progress=False, replacing=seen)
+    assert calls == [old]
+    assert len(manifest) == 6 and (out / "manifest.csv").read_text() != old
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    # the first slicing of a folder replaces nothing
+    data.slice_dataset(small_csv, tmp_path / "new", image_size=32, per_volume=1, progress=False, replacing=seen)
+    assert len(calls) == 1

@@ -211,7 +211,7 @@ def test_the_lane_tasks_make_what_their_notebooks_then_load(csv_run, tmp_path):
     assert retrained <= set(made)
     train = data.for_run(run, "train")
     for method, o in outputs.method_outputs(run, train, "train", train, targets=False, progress=False).items():
-        classifier.retrained(run, train, method, o.scanner_free)
+        classifier.retrained(run, train, method, o)
     assert listing(copy / "outputs") == stamps and listing(copy / "checkpoints") == made  # read, not made again
     seconds, error = pipeline.prepare("nothing", params, tmp_path / "nothing.log")
     assert error.startswith("ValueError: no such task 'nothing'")
@@ -219,29 +219,34 @@ def test_the_lane_tasks_make_what_their_notebooks_then_load(csv_run, tmp_path):
 
 def test_a_retrained_classifier_is_trained_anew_when_the_outputs_it_learnt_from_would_be(csv_run, tmp_path):
     """Notebook 09's classifier retrained on GMM-DRIT's scanner-free training outputs follows what
-    those outputs are made from: loaded while the model's checkpoint is the same, trained anew
-    once it has changed (as when notebook 03 trains again)."""
+    those outputs were made from: loaded while it is the same, trained anew once it has changed (as
+    when notebook 03 trains again), by the stamp the outputs carry, not by the model on disk."""
     copy = tmp_path / "run"
     shutil.copytree(csv_run[0], copy)
     run = config.setup("smoke", str(copy))
     train = data.for_run(run, "train")
-    images = outputs.method_outputs(run, train, "train", train, targets=False, progress=False)[methods.GMM_DRIT.name].scanner_free
+    made = outputs.method_outputs(run, train, "train", train, targets=False, progress=False)[methods.GMM_DRIT.name]
+    assert made.inputs == outputs.inputs_stamp(run, methods.GMM_DRIT)
     checkpoint = copy / "checkpoints" / f"classifier-{methods.GMM_DRIT.slug}.pt"
-    first = classifier.retrained(run, train, methods.GMM_DRIT.name, images)
+    first = classifier.retrained(run, train, methods.GMM_DRIT.name, made)
     stamp = checkpoint.stat().st_mtime_ns
-    classifier.retrained(run, train, methods.GMM_DRIT.name, images)
-    assert checkpoint.stat().st_mtime_ns == stamp  # loaded
     model = copy / "checkpoints" / methods.GMM_DRIT.checkpoint()
     os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))  # "trained again"
-    noise = np.random.default_rng(0).random(images.shape, np.float32)  # outputs it would now learn from
-    again = classifier.retrained(run, train, methods.GMM_DRIT.name, noise)
+    classifier.retrained(run, train, methods.GMM_DRIT.name, made)  # outputs made before: what it learnt from
+    assert checkpoint.stat().st_mtime_ns == stamp  # loaded
+    noise = np.random.default_rng(0).random(made.scanner_free.shape, np.float32)  # the new model's outputs
+    new = outputs.Outputs(noise, made.to_target, outputs.inputs_stamp(run, methods.GMM_DRIT))
+    again = classifier.retrained(run, train, methods.GMM_DRIT.name, new)
     assert checkpoint.stat().st_mtime_ns != stamp
-    assert (checkpoint.with_name(checkpoint.name + ".inputs")).read_text() == outputs.inputs_stamp(run, methods.GMM_DRIT)
+    assert (checkpoint.with_name(checkpoint.name + ".inputs")).read_text() == new.inputs != made.inputs
     assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="no stamp"):  # outputs that do not say what made them
+        classifier.retrained(run, train, methods.GMM_DRIT.name, outputs.Outputs(noise, made.to_target))
     # identity's is the raw slices' classifier
     raw = classifier.for_run(run, train)
+    identity = outputs.Outputs(np.asarray(train.images, np.float32), made.to_target)
     assert all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(), classifier.retrained(
-        run, train, methods.IDENTITY.name, train.images).state_dict().values()))
+        run, train, methods.IDENTITY.name, identity).state_dict().values()))
 
 
 def test_steps_above_the_checkpoint_s_train_on_from_it_and_below_it_load_it(csv_run, tmp_path):
@@ -439,7 +444,7 @@ def _toy_notebooks(folder, cells):
     return out
 
 
-def test_lanes_run_side_by_side_each_on_its_own_cores_their_notebooks_in_order_and_a_free_lane_takes_what_any_may(tmp_path):
+def test_lanes_run_side_by_side_each_on_its_own_cores_their_notebooks_in_order_and_a_free_lane_takes_what_any_may(tmp_path, capsys):
     """Lane 1 runs f0; lane 2 runs h0, which ends only once s0 has run, and would then run k0 and s0.
     Lane 1, free after f0, takes s0 (the last waiting, and one any lane may take) but not k0."""
     shares = pipeline.core_shares(2)
@@ -459,6 +464,8 @@ def test_lanes_run_side_by_side_each_on_its_own_cores_their_notebooks_in_order_a
                                 lambda task, seconds, error: ended.append((task.name, error)) or not error,
                                 any_lane=frozenset({"s0"}))
     assert ok and sorted(ended) == [(n, "") for n in ("f0.ipynb", "h0.ipynb", "k0.ipynb", "s0.ipynb")]
+    assert [line.strip() for line in capsys.readouterr().out.splitlines() if "takes" in line] == [
+        "lane 1 is free and takes s0"]  # said, as the plan printed before the lanes started no longer holds
     printed = {}
     for nb, cores in ((f0, shares[0]), (s0, shares[0]), (h0, shares[1]), (k0, shares[1])):
         # the kernel inherits its lane's cores; PyTorch uses as many threads
