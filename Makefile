@@ -31,9 +31,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@free=$$(df -Pm . | awk 'NR==2 {print $$4}'); if [ "$$free" -lt $(NEED_MB) ]; then \
 		echo "make: .venv needs about $(NEED_MB) MB of disk and $$(pwd) has $$free MB free" >&2; exit 1; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	pins="$(CONSTRAINTS)"; if [ -n "$$pins" ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
 		echo "make: $$pins was resolved on CPython 3.11, this is $$($(PY) -V); installing from pyproject.toml's ranges" >&2; pins=; fi; \
+	$(PY) -m pip install --quiet --upgrade $${pins:+-c "$$pins"} pip && \
 	$(PY) -m pip install --quiet --no-compile $${pins:+-c "$$pins"} "torch==2.13.0" -e ".[dev]"
 	touch $(STAMP)
 

@@ -152,33 +152,41 @@ class Run:
             atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2, sort_keys=True))
         return metrics
 
-
     def set_aside(self) -> Path | None:
-        """Move what the run made from its slices (checkpoints, cached outputs, ``metrics.json``,
-        harmonized volumes, seeds: everything but the slices, the executed notebooks, the figures,
-        which the notebooks write anew, and hidden lock files) into ``<run>/superseded/<UTC time>/``,
-        and say so. Notebook 01 calls it when it replaces the run's slices with other ones (other
-        volumes or settings), so that no notebook loads a model trained on other data. Returns that
-        folder (None when there was nothing to move)."""
-        kept = {self.slices.name, "notebooks", "figures", SUPERSEDED}
-        made = sorted(p for p in self.dir.iterdir() if p.name not in kept and not p.name.startswith("."))
-        if not made:
-            return None
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        to = self.dir / SUPERSEDED / stamp
-        n = 1
-        while to.exists():
-            n += 1
-            to = self.dir / SUPERSEDED / f"{stamp}-{n}"
-        to.mkdir(parents=True)
-        for p in made:
-            os.replace(p, to / p.name)
-        print(f"The run's slices changed: what was made from the old ones ({', '.join(p.name for p in made)}) "
-              f"was moved to {to}; delete it once you no longer need it.")
+        """Move the run's data set and what the notebooks made from it into
+        ``<run>/superseded/<UTC time>/``, and say so: the slices, the folders of :data:`MADE` and the
+        results of ``metrics.json`` (it keeps only :data:`NOT_RESULTS`). Notebook 01 calls it just
+        before other slices (other volumes, their contents, another seed or profile) replace the
+        run's, so that no notebook loads a model trained on other data. Nothing else is moved: the
+        executed notebooks and figures, which each notebook writes anew when it runs, and whatever
+        else the folder holds (a run folder may be the user's own). Returns that folder; None, with
+        nothing moved, when the run has made nothing from its slices yet."""
+        with locked(self.metrics_file):
+            metrics = read_metrics(self.dir)
+            kept = {k: v for k, v in metrics.items() if k in NOT_RESULTS}
+            made = [self.dir / name for name in MADE if (self.dir / name).exists()]
+            if not made and metrics == kept:
+                return None
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            to, n = self.dir / SUPERSEDED / stamp, 1
+            while to.exists():
+                n += 1
+                to = self.dir / SUPERSEDED / f"{stamp}-{n}"
+            to.mkdir(parents=True)
+            print(f"The run's slices are being replaced by other ones: moving the old slices and what was made "
+                  f"from them to {to}; delete that folder once you no longer need it.", flush=True)
+            for p in ([self.slices] if self.slices.exists() else []) + made:
+                os.replace(p, to / p.name)
+            if metrics != kept:
+                atomic_write_text(to / self.metrics_file.name, json.dumps(metrics, indent=2, sort_keys=True))
+                atomic_write_text(self.metrics_file, json.dumps(kept, indent=2, sort_keys=True))
         return to
 
 
 SUPERSEDED = "superseded"  # Run.set_aside's folder in a run
+# what the notebooks make in a run folder from its slices besides metrics.json (set_aside)
+MADE = ("checkpoints", "outputs", "harmonized", "seeds")
+NOT_RESULTS = ("environment",)  # metrics.json's record of the machine (nbutils.pipeline), kept by set_aside
 
 
 def setup(profile: str = "", run_dir: str = "", seed: int = 0) -> Run:

@@ -20,7 +20,9 @@ Output (``<run>/slices/``, written atomically as one folder):
 """
 from __future__ import annotations
 
+import filecmp
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,7 +34,7 @@ import pandas as pd
 from skimage.transform import resize
 from tqdm.auto import tqdm
 
-from .io import atomic_path, atomic_write_text, same_files
+from .io import atomic_path, atomic_write_text
 from .volumes import DataError, brain_mask, coronal_slice, load_volume, robust_normalise, to_mni_grid
 
 SPLITS = ("train", "test", "paired")
@@ -166,9 +168,10 @@ def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_vol
 
     Slices equal byte for byte to those ``out_dir`` already holds leave it untouched, so that its
     files keep their modification times, which the caches of what is made from them read
-    (:func:`nbutils.outputs.inputs_stamp`, :func:`nbutils.seeds.base_state`). ``replacing`` is
-    called when ``out_dir`` holds other slices, just before the new ones replace them
-    (:meth:`nbutils.config.Run.set_aside`)."""
+    (:func:`nbutils.outputs.inputs_stamp`, :func:`nbutils.seeds.base_state`); if only the volumes'
+    paths differ (the data or the repository moved), only the manifest and ``info.json`` are
+    rewritten. Otherwise ``replacing`` is called just before the new slices replace what
+    ``out_dir`` holds, if anything (:meth:`nbutils.config.Run.set_aside`)."""
     table = read_table(csv, test_fraction, seed)
     domains = sorted(table["domain"].unique())
     rows, store = [], {s: {"image": [], "mask": [], **{e: [] for e in EXTRAS}} for s in SPLITS}
@@ -193,7 +196,8 @@ def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_vol
                              domain_index=domains.index(rec.domain), subject=rec.subject,
                              source=rec.path, slice_index=int(y), has_clean=clean is not None))
     manifest = pd.DataFrame(rows)
-    with atomic_path(out_dir) as tmp:
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir, optional=True) as tmp:
         tmp.mkdir(parents=True)
         for split, part in store.items():
             if not part["image"]:
@@ -208,11 +212,33 @@ def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_vol
                     min_fraction=min_fraction, test_fraction=test_fraction, seed=seed,
                     source_csv=str(Path(csv).resolve()))
         atomic_write_text(tmp / "info.json", json.dumps(info, indent=2))
-        if same_files(tmp, out_dir):
+        found = compare_slices(tmp, out_dir)
+        if found == "moved":
+            for name in ("manifest.csv", "info.json"):
+                os.replace(tmp / name, out_dir / name)
+        if found != "other":
             shutil.rmtree(tmp)  # atomic_path leaves out_dir as it was
-        elif replacing is not None and (Path(out_dir) / "manifest.csv").exists():
+        elif replacing is not None:
             replacing()
     return manifest
+
+
+def compare_slices(new: Path, old: Path) -> str:
+    """How the sliced data set in folder ``new`` stands to ``old``'s: "same" (every file byte for
+    byte), "moved" (the same arrays and slices; only the volumes' paths in the manifest and
+    ``info.json`` differ) or "other" (also when ``old`` holds none)."""
+    names = lambda d: sorted(p.name for p in d.iterdir() if p.is_file()) if d.is_dir() else []
+    same = lambda *files: all(filecmp.cmp(new / f, old / f, shallow=False) for f in files)
+    if not (old / "manifest.csv").is_file() or names(new) != names(old):
+        return "other"
+    if not same(*(f for f in names(new) if f.endswith(".npy"))):
+        return "other"
+    if same("manifest.csv", "info.json"):
+        return "same"
+    without_paths = lambda d: (pd.read_csv(d / "manifest.csv", dtype=str).drop(columns="source"),
+                               {k: v for k, v in json.loads((d / "info.json").read_text()).items() if k != "source_csv"})
+    (manifest_new, info_new), (manifest_old, info_old) = without_paths(new), without_paths(old)
+    return "moved" if manifest_new.equals(manifest_old) and info_new == info_old else "other"
 
 
 @dataclass

@@ -3,7 +3,6 @@ read-modify-write updates of a file that two processes share (``metrics.json`` w
 two lanes run side by side)."""
 from __future__ import annotations
 
-import filecmp
 import os
 import shutil
 from contextlib import contextmanager
@@ -11,12 +10,12 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(path: str | Path):
+def atomic_path(path: str | Path, optional: bool = False):
     """Yield a temporary sibling of ``path``; rename it onto ``path`` only on success.
 
-    Works for files and folders: write whatever you like at the yielded path; write nothing there
-    (or remove what you wrote) to leave ``path`` as it was. On an exception the temporary is
-    removed and ``path`` is left as it was.
+    Works for files and folders: write whatever you like at the yielded path. ``optional``: writing
+    nothing there (or removing what was written) leaves ``path`` as it was; otherwise that is an
+    error. On an exception the temporary is removed and ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +24,7 @@ def atomic_path(path: str | Path):
                          f"{''.join(path.suffixes)}")
     try:
         yield tmp
-        if not tmp.exists():
+        if optional and not tmp.exists():
             return
         if path.is_dir() and tmp.is_dir():
             old = path.with_name(f".{path.name}.old-{os.urandom(3).hex()}")
@@ -39,16 +38,6 @@ def atomic_path(path: str | Path):
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
-
-
-def same_files(a: str | Path, b: str | Path) -> bool:
-    """Whether folders ``a`` and ``b`` hold files of the same names with the same bytes (their
-    sub-folders are not compared). False when either is not a folder."""
-    a, b = Path(a), Path(b)
-    if not (a.is_dir() and b.is_dir()):
-        return False
-    names = lambda d: sorted(p.name for p in d.iterdir() if p.is_file())
-    return names(a) == names(b) and all(filecmp.cmp(a / n, b / n, shallow=False) for n in names(a))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -35,7 +35,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from .config import NOTEBOOKS, PROFILES, default_run_dir, get_profile, read_metrics, setup
+from .config import NOTEBOOKS, PROFILES, SUPERSEDED, default_run_dir, get_profile, read_metrics, setup
 from .report import print_bars, results_table
 
 
@@ -340,8 +340,14 @@ def main(argv=None) -> int:
     params = dict(profile=run.profile.name, run_dir=str(run.dir), seed=run.seed, data_csv=data)
     os.environ["NB_HEADLESS"] = "1"  # the kernels inherit it: no live widgets (nbutils.explorer)
     timings, started = {}, time.perf_counter()
+    aside = set((run.dir / SUPERSEDED).glob("*"))
 
     def done(task: Path | str, seconds: float, error: str) -> bool:
+        for folder in sorted(set((run.dir / SUPERSEDED).glob("*")) - aside):  # notebook 01 (Run.set_aside)
+            aside.add(folder)
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+            print(f"   the run's slices changed: what was made from the old ones ({size:,.0f} MB) was moved to "
+                  f"{folder}; everything is made anew", flush=True)
         if error:
             where = f"\n(the executed copy with the traceback: {out / task.name})" if isinstance(task, Path) else ""
             print(f"\n{task_name(task)} stopped: {error}{where}", file=sys.stderr)

@@ -91,22 +91,31 @@ def test_figures_say_simulated_only_for_a_simulated_set(tmp_path, monkeypatch):
     assert plots.SIMULATED == plots.BUILT_IN
 
 
-def test_set_aside_moves_what_was_made_from_the_slices_and_keeps_the_rest(tmp_path):
+def test_set_aside_moves_the_slices_and_what_was_made_from_them_and_nothing_else(tmp_path, monkeypatch):
     run = config.setup("smoke", str(tmp_path / "run"), seed=0)
-    assert run.set_aside() is None  # nothing made yet
-    made = {"checkpoints/gmvae.pt": "w", "outputs/test_dritpp.npz": "o", "metrics.json": "{}", "seeds/seed1/x": "s"}
-    kept = {"slices/manifest.csv": "m", "notebooks/01_data_slicing.ipynb": "n", "figures/01_histograms.png": "f",
-            ".metrics.json.lock": ""}
-    for name, text in (made | kept).items():
-        (run.dir / name).parent.mkdir(parents=True, exist_ok=True)
-        (run.dir / name).write_text(text)
+    write = lambda files: [((run.dir / n).parent.mkdir(parents=True, exist_ok=True), (run.dir / n).write_text(t))
+                           for n, t in files.items()]
+    write({"slices/manifest.csv": "old slices"})
+    run.record("environment", {"python": "3.11"})
+    assert run.set_aside() is None and (run.slices / "manifest.csv").exists()  # nothing made from them yet
+    made = {"slices/manifest.csv": "old slices", "checkpoints/gmvae.pt": "w", "outputs/test_dritpp.npz": "o",
+            "seeds/seed1/x": "s", "harmonized/scanner-free/a.nii.gz": "h"}
+    kept = {"notebooks/01_data_slicing.ipynb": "n", "figures/01_histograms.png": "f", ".metrics.json.lock": "",
+            "volumes.csv": "the user's own", "raw/a.nii": "the user's own"}
+    write(made | kept)
+    run.record("02_gmvae", {"acc": 0.9})
+    monkeypatch.setattr(config.time, "gmtime", lambda: config.time.struct_time((2026, 1, 2, 3, 4, 5, 0, 1, 0)))
     to = run.set_aside()
-    assert to.parent == run.dir / config.SUPERSEDED
+    assert to == run.dir / config.SUPERSEDED / "20260102-030405"
     for name, text in made.items():
         assert not (run.dir / name).exists() and (to / name).read_text() == text
     for name, text in kept.items():
         assert (run.dir / name).read_text() == text
-    assert sorted(p.name for p in to.iterdir()) == ["checkpoints", "metrics.json", "outputs", "seeds"]
-    run.record("01_data", {"a": 1})  # a second set-aside within the same second gets a folder of its own
+    assert sorted(p.name for p in to.iterdir()) == ["checkpoints", "harmonized", "metrics.json", "outputs", "seeds",
+                                                    "slices"]
+    assert json.loads((to / "metrics.json").read_text()) == {"environment": {"python": "3.11"}, "02_gmvae": {"acc": 0.9}}
+    assert json.loads(run.metrics_file.read_text()) == {"environment": {"python": "3.11"}}  # the machine's record stays
+    run.record("01_data", {"a": 1})  # a second set-aside in the same second gets a folder of its own
     again = run.set_aside()
-    assert again != to and (again / "metrics.json").exists() and (to / "metrics.json").read_text() == "{}"
+    assert again == to.with_name(to.name + "-2") and json.loads((again / "metrics.json").read_text())["01_data"] == {"a": 1}
+    assert json.loads((to / "metrics.json").read_text())["02_gmvae"] == {"acc": 0.9}

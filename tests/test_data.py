@@ -1,4 +1,6 @@
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -102,18 +104,28 @@ def test_counts_table_totals(small_csv, tmp_path):
 
 def test_the_same_slices_again_leave_the_folder_untouched_and_other_ones_call_replacing(small_csv, tmp_path):
     out = tmp_path / "slices"
-    data.slice_dataset(small_csv, out, image_size=32, per_volume=2, progress=False)
-    times = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    files = lambda: {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
     calls = []
+    data.slice_dataset(small_csv, out, image_size=32, per_volume=2, progress=False, replacing=lambda: calls.append(0))
+    assert calls == [0]  # a first slicing calls it too (Run.set_aside then finds nothing made)
+    before = files()
     data.slice_dataset(small_csv, out, image_size=32, per_volume=2, progress=False, replacing=lambda: calls.append(1))
-    assert calls == [] and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == times  # not rewritten
-    old = (out / "manifest.csv").read_text()
+    assert calls == [0] and files() == before  # not rewritten: the same files, with their times
+    # the volumes and the CSV moved: the arrays stay, the manifest and info.json get the new paths
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in [small_csv, *tmp_path.glob("*.nii")]:
+        shutil.copy(f, moved / f.name)
+    data.slice_dataset(moved / small_csv.name, out, image_size=32, per_volume=2, progress=False,
+                       replacing=lambda: calls.append(2))
+    assert calls == [0]
+    assert {n: v for n, v in files().items() if n.endswith(".npy")} == {n: v for n, v in before.items() if n.endswith(".npy")}
+    assert set(pd.read_csv(out / "manifest.csv")["source"].map(lambda p: Path(p).parent)) == {moved.resolve()}
+    assert json.loads((out / "info.json").read_text())["source_csv"] == str((moved / small_csv.name).resolve())
     # other settings: replacing is called while the old slices are still in place, then they are replaced
+    old = (out / "manifest.csv").read_text()
     seen = lambda: calls.append((out / "manifest.csv").read_text())
     manifest = data.slice_dataset(small_csv, out, image_size=32, per_volume=1, progress=False, replacing=seen)
-    assert calls == [old]
+    assert calls == [0, old]
     assert len(manifest) == 6 and (out / "manifest.csv").read_text() != old
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
-    # the first slicing of a folder replaces nothing
-    data.slice_dataset(small_csv, tmp_path / "new", image_size=32, per_volume=1, progress=False, replacing=seen)
-    assert len(calls) == 1

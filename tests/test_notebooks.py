@@ -3,6 +3,7 @@
 nbmake runs every notebook on the built-in data; this covers the other path."""
 import json
 
+import pandas as pd
 import papermill as pm
 import pytest
 
@@ -21,9 +22,15 @@ def test_notebook_01_slices_a_user_csv(small_csv, tmp_path, write_volume):
     assert set(metrics) == {f"slices_{s}_{d}" for s in ("train", "test") for d in ("siteA", "siteB")}
     assert (run_dir / "slices" / "train.npy").exists() and not (run_dir / "slices" / "test_clean.npy").exists()
     assert (run_dir / "figures" / "01_histograms.png").exists()
-    # the CSV lists more volumes: what the run made from the old slices is set aside, not loaded later
+    # the same volumes again: the slices stay as they were, nothing is set aside
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "gmvae.pt").write_text("trained on the old slices")
+    files = lambda: {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (run_dir / "slices").iterdir()}
+    before = files()
+    execute()
+    assert files() == before and (run_dir / "checkpoints" / "gmvae.pt").exists()
+    assert not (run_dir / "superseded").exists()
+    # the CSV lists more volumes: what the run made from the old slices is set aside, not loaded later
     with open(small_csv, "a") as f:
         for d in ("siteA", "siteB"):
             write_volume(f"{d}_3.nii", seed=3)
@@ -33,6 +40,7 @@ def test_notebook_01_slices_a_user_csv(small_csv, tmp_path, write_volume):
     assert not (run_dir / "checkpoints").exists()
     (moved,) = (run_dir / "superseded").iterdir()
     assert (moved / "checkpoints" / "gmvae.pt").read_text() == "trained on the old slices"
+    assert len(pd.read_csv(moved / "slices" / "manifest.csv")) == 6 * 2
     assert sum(json.loads((moved / "metrics.json").read_text())["01_data"].values()) == 6 * 2
 
 
@@ -47,3 +55,14 @@ def test_pipeline_runs_notebooks_into_the_run_folder_and_summarises(tmp_path, ca
     summary = [line.split() for line in out.splitlines() if line.startswith("01_data ")]
     recorded = json.loads((tmp_path / "metrics.json").read_text())["01_data"]
     assert {row[1]: float(row[2]) for row in summary} == pytest.approx(recorded, rel=1e-3)
+    # another seed draws another simulated set: the pipeline says that the old run was set aside, and
+    # its record of the machine stays in metrics.json
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "gmvae.pt").write_text("trained on the old slices")
+    pipeline.main(["--profile", "smoke", "--run-dir", str(tmp_path), "--only", "01", "--seed", "1"])
+    (moved,) = (tmp_path / "superseded").iterdir()
+    assert (moved / "checkpoints" / "gmvae.pt").exists() and not (tmp_path / "checkpoints").exists()
+    said = [line for line in capsys.readouterr().out.splitlines() if "slices changed" in line]
+    assert len(said) == 1 and str(moved) in said[0]
+    assert {"environment", "01_data"} <= set(json.loads((tmp_path / "metrics.json").read_text()))
+    assert json.loads((moved / "metrics.json").read_text())["01_data"] == recorded
