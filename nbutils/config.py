@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,13 +160,14 @@ class Run:
         before other slices (other volumes, their contents, another seed or profile) replace the
         run's, so that no notebook loads a model trained on other data. Nothing else is moved: the
         executed notebooks and figures, which each notebook writes anew when it runs, and whatever
-        else the folder holds (a run folder may be the user's own). Returns that folder; None, with
-        nothing moved, when the run has made nothing from its slices yet."""
+        else the folder holds (a run folder may be the user's own; the names of :data:`MADE` are the
+        run's). Returns that folder; None, with nothing moved, when the run has made nothing from its
+        slices yet (no results, and no slices or none of :data:`MADE`)."""
         with locked(self.metrics_file):
             metrics = read_metrics(self.dir)
             kept = {k: v for k, v in metrics.items() if k in NOT_RESULTS}
             made = [self.dir / name for name in MADE if (self.dir / name).exists()]
-            if not made and metrics == kept:
+            if metrics == kept and not (made and self.slices.exists()):  # nothing made, or a new folder's own
                 return None
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
             to, n = self.dir / SUPERSEDED / stamp, 1
@@ -176,7 +178,7 @@ class Run:
             print(f"The run's slices are being replaced by other ones: moving the old slices and what was made "
                   f"from them to {to}; delete that folder once you no longer need it.", flush=True)
             for p in ([self.slices] if self.slices.exists() else []) + made:
-                os.replace(p, to / p.name)
+                shutil.move(p, to / p.name)  # a rename, unless p is a mount point of its own
             if metrics != kept:
                 atomic_write_text(to / self.metrics_file.name, json.dumps(metrics, indent=2, sort_keys=True))
                 atomic_write_text(self.metrics_file, json.dumps(kept, indent=2, sort_keys=True))

@@ -167,10 +167,9 @@ def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_vol
     """Slice every volume of ``csv`` into ``out_dir`` (atomically); return the manifest.
 
     Slices equal byte for byte to those ``out_dir`` already holds leave it untouched, so that its
-    files keep their modification times, which the caches of what is made from them read
-    (:func:`nbutils.outputs.inputs_stamp`, :func:`nbutils.seeds.base_state`); if only the volumes'
-    paths differ (the data or the repository moved), only the manifest and ``info.json`` are
-    rewritten. Otherwise ``replacing`` is called just before the new slices replace what
+    arrays keep their modification times, which the caches of what is made from them read
+    (:func:`array_files`); if only the volumes' paths differ (the data or the repository moved),
+    only the manifest and ``info.json`` are rewritten. Otherwise ``replacing`` is called just before the new slices replace what
     ``out_dir`` holds, if anything (:meth:`nbutils.config.Run.set_aside`)."""
     table = read_table(csv, test_fraction, seed)
     domains = sorted(table["domain"].unique())
@@ -226,19 +225,29 @@ def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_vol
 def compare_slices(new: Path, old: Path) -> str:
     """How the sliced data set in folder ``new`` stands to ``old``'s: "same" (every file byte for
     byte), "moved" (the same arrays and slices; only the volumes' paths in the manifest and
-    ``info.json`` differ) or "other" (also when ``old`` holds none)."""
-    names = lambda d: sorted(p.name for p in d.iterdir() if p.is_file()) if d.is_dir() else []
+    ``info.json`` differ) or "other" (also when ``old`` holds none or cannot be read). Hidden files
+    are left out."""
+    names = lambda d: sorted(p.name for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
     same = lambda *files: all(filecmp.cmp(new / f, old / f, shallow=False) for f in files)
-    if not (old / "manifest.csv").is_file() or names(new) != names(old):
-        return "other"
-    if not same(*(f for f in names(new) if f.endswith(".npy"))):
+    if not (old / "manifest.csv").is_file() or names(new) != names(old) or not same(*[p.name for p in array_files(new)]):
         return "other"
     if same("manifest.csv", "info.json"):
         return "same"
     without_paths = lambda d: (pd.read_csv(d / "manifest.csv", dtype=str).drop(columns="source"),
                                {k: v for k, v in json.loads((d / "info.json").read_text()).items() if k != "source_csv"})
-    (manifest_new, info_new), (manifest_old, info_old) = without_paths(new), without_paths(old)
+    try:
+        (manifest_new, info_new), (manifest_old, info_old) = without_paths(new), without_paths(old)
+    except (ValueError, KeyError, OSError):  # an old manifest or info.json damaged or of another layout
+        return "other"
     return "moved" if manifest_new.equals(manifest_old) and info_new == info_old else "other"
+
+
+def array_files(slice_dir: str | Path) -> list[Path]:
+    """The arrays of a sliced data set (``*.npy``): its slices. :func:`slice_dataset` writes every
+    one of them anew whenever it makes other slices, and rewrites only ``manifest.csv`` and
+    ``info.json`` when just the volumes' paths changed, so the stamps of what is made from the slices
+    read these files alone (:func:`nbutils.outputs.inputs_stamp`, :func:`nbutils.seeds.base_state`)."""
+    return sorted(Path(slice_dir).glob("*.npy"))
 
 
 @dataclass

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from . import baselines, methods
 from .config import Run
 from .data import Slices
+from .data import array_files
 from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
 from .io import atomic_path, locked
@@ -52,9 +53,9 @@ def _histogram_outputs(images, masks, train: Slices, targets: range) -> Outputs:
 
 def inputs_stamp(run: Run, method: methods.Method) -> str:
     """What ``method``'s outputs are computed from, as a string that changes when any of it
-    changes: the seed, and the size and modification time of every file of the run's slices and
-    (models) of the checkpoint."""
-    files = sorted(p for p in run.slices.iterdir() if p.is_file()) if run.slices.is_dir() else []
+    changes: the seed, and the size and modification time of the run's slice arrays
+    (:func:`nbutils.data.array_files`) and (models) of the checkpoint."""
+    files = array_files(run.slices)
     if method.is_model:
         files.append(run.checkpoints / method.checkpoint())
     stat = {str(f.relative_to(run.dir)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}

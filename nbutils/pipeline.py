@@ -340,14 +340,14 @@ def main(argv=None) -> int:
     params = dict(profile=run.profile.name, run_dir=str(run.dir), seed=run.seed, data_csv=data)
     os.environ["NB_HEADLESS"] = "1"  # the kernels inherit it: no live widgets (nbutils.explorer)
     timings, started = {}, time.perf_counter()
-    aside = set((run.dir / SUPERSEDED).glob("*"))
+    aside = set((run.dir / SUPERSEDED).glob("*"))  # what notebook 01 sets aside is said when it ends
 
     def done(task: Path | str, seconds: float, error: str) -> bool:
-        for folder in sorted(set((run.dir / SUPERSEDED).glob("*")) - aside):  # notebook 01 (Run.set_aside)
-            aside.add(folder)
-            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
-            print(f"   the run's slices changed: what was made from the old ones ({size:,.0f} MB) was moved to "
-                  f"{folder}; everything is made anew", flush=True)
+        new = sorted(set((run.dir / SUPERSEDED).glob("*")) - aside) if task_name(task, short=True) == "01" else []
+        for folder in new:
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6  # Run.set_aside's
+            print(f"   notebook 01 made other slices than the run's: the old ones and what was made from them "
+                  f"({size:,.0f} MB) were moved to {folder}", flush=True)
         if error:
             where = f"\n(the executed copy with the traceback: {out / task.name})" if isinstance(task, Path) else ""
             print(f"\n{task_name(task)} stopped: {error}{where}", file=sys.stderr)

@@ -39,6 +39,7 @@ import pandas as pd
 
 from . import measures, methods, plots
 from .config import Run, read_metrics, resolve, setup
+from .data import array_files
 from .io import atomic_path, atomic_write_text
 from .stage2 import BESIDE, Experiment
 from .stats import t_interval
@@ -121,7 +122,8 @@ def base_state(run: Run) -> dict:
     classifier), to tell whether the run has changed since; raises if the run is not complete up to
     notebook 09 or its models were trained with other iterations than the profile's."""
     metrics = read_metrics(run.dir)
-    needed = [run.slices / "manifest.csv", run.checkpoints / "gmvae.pt", run.checkpoints / "scanner-classifier.pt"]
+    stamped = [run.checkpoints / "gmvae.pt", run.checkpoints / "scanner-classifier.pt"]
+    needed = [run.slices / "manifest.csv", *stamped]
     missing = [str(p) for p in needed if not p.is_file()]
     missing += [f"section {s} of metrics.json" for s in ("01_data", "02_gmvae", "09_beyond") if s not in metrics]
     if missing:
@@ -131,14 +133,25 @@ def base_state(run: Run) -> dict:
         raise ValueError(f"the run's models were trained for {sorted(steps, key=str)} iterations, profile "
                          f"{run.profile.name} trains {run.profile.drit_steps}: give the run's profile (PROFILE=)")
     return {"profile": run.profile.name, "steps": run.profile.drit_steps,
-            **{p.name: _stamp(p) for p in (*needed, *sorted(run.slices.glob("*.npy")))}}
+            **{p.name: _stamp(p) for p in (*stamped, *array_files(run.slices))}}
+
+
+def made_from(folder: Path) -> dict | None:
+    """The :func:`base_state` a seed's folder was made from (None if it has none). Folders made while
+    the state also stamped the manifest, which notebook 01 now rewrites when only the volumes' paths
+    changed, are read without it."""
+    if not (folder / BASE).is_file():
+        return None
+    made = json.loads((folder / BASE).read_text())
+    made.pop("manifest.csv", None)
+    return made
 
 
 def prepare(run: Run, seed: int) -> Path:
     """``<run>/seeds/seed<seed>`` with what notebooks 03, 04 and 09 read from the run (module doc)."""
     state = base_state(run)
     folder = seed_folder(run, seed)
-    made = json.loads((folder / BASE).read_text()) if (folder / BASE).is_file() else None
+    made = made_from(folder)
     if made is not None and made != state:
         raise ValueError(f"{folder} was made from another state of the run (its GM-VAE, slices, classifier or "
                          "profile have changed since): delete the folder to train this seed again")
@@ -187,7 +200,7 @@ def folders(run: Run) -> tuple[dict[int, Path], list[str]]:
             continue
         if not _complete(path):
             left_out.append(f"seed {seed} (incomplete)")
-        elif not (path / BASE).is_file() or json.loads((path / BASE).read_text()) != state:
+        elif made_from(path) != state:
             left_out.append(f"seed {seed} (made from another state of the run)")
         else:
             found[int(seed)] = path

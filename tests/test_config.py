@@ -98,6 +98,9 @@ def test_set_aside_moves_the_slices_and_what_was_made_from_them_and_nothing_else
     write({"slices/manifest.csv": "old slices"})
     run.record("environment", {"python": "3.11"})
     assert run.set_aside() is None and (run.slices / "manifest.csv").exists()  # nothing made from them yet
+    fresh = config.setup("smoke", str(tmp_path / "fresh"), seed=0)
+    (fresh.dir / "outputs").mkdir()  # a folder of the user's in a run folder that has no slices yet
+    assert fresh.set_aside() is None and (fresh.dir / "outputs").is_dir()
     made = {"slices/manifest.csv": "old slices", "checkpoints/gmvae.pt": "w", "outputs/test_dritpp.npz": "o",
             "seeds/seed1/x": "s", "harmonized/scanner-free/a.nii.gz": "h"}
     kept = {"notebooks/01_data_slicing.ipynb": "n", "figures/01_histograms.png": "f", ".metrics.json.lock": "",

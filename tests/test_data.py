@@ -1,3 +1,4 @@
+import filecmp
 import json
 import shutil
 from pathlib import Path
@@ -103,7 +104,10 @@ def test_counts_table_totals(small_csv, tmp_path):
 
 
 def test_the_same_slices_again_leave_the_folder_untouched_and_other_ones_call_replacing(small_csv, tmp_path):
-    out = tmp_path / "slices"
+    from nbutils import config, methods, outputs
+
+    run = config.setup("smoke", str(tmp_path / "run"))
+    out = run.slices
     files = lambda: {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
     calls = []
     data.slice_dataset(small_csv, out, image_size=32, per_volume=2, progress=False, replacing=lambda: calls.append(0))
@@ -111,6 +115,8 @@ def test_the_same_slices_again_leave_the_folder_untouched_and_other_ones_call_re
     before = files()
     data.slice_dataset(small_csv, out, image_size=32, per_volume=2, progress=False, replacing=lambda: calls.append(1))
     assert calls == [0] and files() == before  # not rewritten: the same files, with their times
+    stamp = outputs.inputs_stamp(run, methods.HISTOGRAM)
+    (out / ".DS_Store").write_text("")  # hidden files are not slices
     # the volumes and the CSV moved: the arrays stay, the manifest and info.json get the new paths
     moved = tmp_path / "moved"
     moved.mkdir()
@@ -122,6 +128,13 @@ def test_the_same_slices_again_leave_the_folder_untouched_and_other_ones_call_re
     assert {n: v for n, v in files().items() if n.endswith(".npy")} == {n: v for n, v in before.items() if n.endswith(".npy")}
     assert set(pd.read_csv(out / "manifest.csv")["source"].map(lambda p: Path(p).parent)) == {moved.resolve()}
     assert json.loads((out / "info.json").read_text())["source_csv"] == str((moved / small_csv.name).resolve())
+    assert outputs.inputs_stamp(run, methods.HISTOGRAM) == stamp  # the caches stay valid
+    # the same arrays under another scanner name: other slices (the manifest's domains differ)
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(small_csv.read_text().replace(",siteB,", ",siteC,"))
+    data.slice_dataset(renamed, tmp_path / "renamed", image_size=32, per_volume=2, progress=False)
+    assert all(filecmp.cmp(tmp_path / "renamed" / p.name, p, shallow=False) for p in data.array_files(out))
+    assert data.compare_slices(tmp_path / "renamed", out) == "other"
     # other settings: replacing is called while the old slices are still in place, then they are replaced
     old = (out / "manifest.csv").read_text()
     seen = lambda: calls.append((out / "manifest.csv").read_text())

@@ -63,4 +63,5 @@ def test_constraints_pin_every_dependency_inside_its_range():
     for name, bound in wanted.items():
         assert SpecifierSet(bound).contains(pins[name], prereleases=True), (name, pins[name], bound)
     assert pins["torch"] == "2.13.0"
+    assert "pip" in pins  # make upgrades pip with these pins too (pip freeze leaves it out: add it)
     assert '-c "$$pins"' in (ROOT / "Makefile").read_text()  # and make installs with them

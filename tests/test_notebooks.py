@@ -44,7 +44,7 @@ def test_notebook_01_slices_a_user_csv(small_csv, tmp_path, write_volume):
     assert sum(json.loads((moved / "metrics.json").read_text())["01_data"].values()) == 6 * 2
 
 
-def test_pipeline_runs_notebooks_into_the_run_folder_and_summarises(tmp_path, capsys):
+def test_pipeline_runs_notebooks_into_the_run_folder_and_summarises(tmp_path, capsys, small_csv):
     from nbutils import pipeline
 
     assert [p.name[:2] for p in pipeline.notebooks(["01"])] == ["01"]
@@ -55,14 +55,16 @@ def test_pipeline_runs_notebooks_into_the_run_folder_and_summarises(tmp_path, ca
     summary = [line.split() for line in out.splitlines() if line.startswith("01_data ")]
     recorded = json.loads((tmp_path / "metrics.json").read_text())["01_data"]
     assert {row[1]: float(row[2]) for row in summary} == pytest.approx(recorded, rel=1e-3)
-    # another seed draws another simulated set: the pipeline says that the old run was set aside, and
-    # its record of the machine stays in metrics.json
+    # other volumes into the same folder: the pipeline says that the old run was set aside, the
+    # record of the machine stays in metrics.json, and the user's CSV and volumes (here in the run
+    # folder) stay where they are
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "gmvae.pt").write_text("trained on the old slices")
-    pipeline.main(["--profile", "smoke", "--run-dir", str(tmp_path), "--only", "01", "--seed", "1"])
+    pipeline.main(["--profile", "smoke", "--run-dir", str(tmp_path), "--only", "01", "--data", str(small_csv)])
     (moved,) = (tmp_path / "superseded").iterdir()
     assert (moved / "checkpoints" / "gmvae.pt").exists() and not (tmp_path / "checkpoints").exists()
-    said = [line for line in capsys.readouterr().out.splitlines() if "slices changed" in line]
+    said = [line for line in capsys.readouterr().out.splitlines() if "other slices than the run's" in line]
     assert len(said) == 1 and str(moved) in said[0]
     assert {"environment", "01_data"} <= set(json.loads((tmp_path / "metrics.json").read_text()))
     assert json.loads((moved / "metrics.json").read_text())["01_data"] == recorded
+    assert small_csv.exists() and (tmp_path / "siteA_0.nii").exists()

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -217,6 +218,42 @@ def test_the_lane_tasks_make_what_their_notebooks_then_load(csv_run, tmp_path):
     assert error.startswith("ValueError: no such task 'nothing'")
 
 
+def test_a_retrained_classifier_asked_for_twice_at_once_is_trained_once(csv_run, tmp_path, monkeypatch):
+    """09 and `make run`'s other lane may ask for the same retrained classifier at once: it is
+    trained under a file lock, and whoever asks meanwhile waits and loads it (two threads here: the
+    lock is per open file, so it holds between threads as between processes)."""
+    import threading
+    import time
+
+    copy = tmp_path / "run"
+    shutil.copytree(csv_run[0], copy)
+    checkpoint = copy / "checkpoints" / f"classifier-{methods.GMM_DRIT.slug}.pt"
+    checkpoint.unlink()
+    run = config.setup("smoke", str(copy))
+    train = data.for_run(run, "train")
+    made = outputs.method_outputs(run, train, "train", train, targets=False, progress=False)[methods.GMM_DRIT.name]
+    trained = []
+
+    def slowly(*args, _train=classifier.train_classifier, **kwargs):
+        trained.append(Path(args[2]).exists())  # False: this call trains it, True: it loads it
+        time.sleep(0.5)  # the other thread asks meanwhile
+        return _train(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "train_classifier", slowly)
+    got = [None, None]
+
+    def ask(i):
+        got[i] = classifier.retrained(run, train, methods.GMM_DRIT.name, made)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert None not in got and sorted(trained) == [False, True]  # trained once, then loaded
+    assert all(torch.equal(a, b) for a, b in zip(got[0].state_dict().values(), got[1].state_dict().values()))
+
+
 def test_a_retrained_classifier_is_trained_anew_when_the_outputs_it_learnt_from_would_be(csv_run, tmp_path):
     """Notebook 09's classifier retrained on GMM-DRIT's scanner-free training outputs follows what
     those outputs were made from: loaded while it is the same, trained anew once it has changed (as
@@ -348,6 +385,9 @@ def test_a_seed_trains_stage_2_anew_over_the_run_s_slices_and_gm_vae_and_the_run
         if label not in no_truth:
             for m in methods.MODELS:
                 assert seeds._read(theirs, m, source) == seeds._read(sections, m, source), (label, m.name)
+    base = json.loads((one / "base.json").read_text())
+    (one / "base.json").write_text(json.dumps(base | {"manifest.csv": "1 2"}))  # made while the manifest was stamped
+    assert seeds.folders(run)[1] == [] and seeds.prepare(run, 1) == one
     (one / "base.json").write_text("{}")  # as if the run had changed since seed 1 was made
     assert seeds.folders(run)[1] == ["seed 1 (made from another state of the run)"]
     with pytest.raises(ValueError, match="another state of the run"):
