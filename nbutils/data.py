@@ -169,8 +169,9 @@ def slice_dataset(csv: str | Path, out_dir: str | Path, image_size: int, per_vol
     Slices equal byte for byte to those ``out_dir`` already holds leave it untouched, so that its
     arrays keep their modification times, which the caches of what is made from them read
     (:func:`array_files`); if only the volumes' paths differ (the data or the repository moved),
-    only the manifest and ``info.json`` are rewritten. Otherwise ``replacing`` is called just before the new slices replace what
-    ``out_dir`` holds, if anything (:meth:`nbutils.config.Run.set_aside`)."""
+    only the manifest and ``info.json`` are rewritten. Otherwise ``replacing`` is called just
+    before the new slices replace what ``out_dir`` holds, if anything
+    (:meth:`nbutils.config.Run.set_aside`)."""
     table = read_table(csv, test_fraction, seed)
     domains = sorted(table["domain"].unique())
     rows, store = [], {s: {"image": [], "mask": [], **{e: [] for e in EXTRAS}} for s in SPLITS}
@@ -229,7 +230,9 @@ def compare_slices(new: Path, old: Path) -> str:
     are left out."""
     names = lambda d: sorted(p.name for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
     same = lambda *files: all(filecmp.cmp(new / f, old / f, shallow=False) for f in files)
-    if not (old / "manifest.csv").is_file() or names(new) != names(old) or not same(*[p.name for p in array_files(new)]):
+    if not (old / "manifest.csv").is_file() or names(new) != names(old):
+        return "other"
+    if not same(*[p.name for p in array_files(new)]):
         return "other"
     if same("manifest.csv", "info.json"):
         return "same"

@@ -26,8 +26,7 @@ from tqdm.auto import tqdm
 
 from . import baselines, methods
 from .config import Run
-from .data import Slices
-from .data import array_files
+from .data import Slices, array_files
 from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
 from .io import atomic_path, locked
