@@ -113,16 +113,18 @@ def _store(cache: Path, stamp: str, result: Outputs) -> Outputs:
     return Outputs(stored.scanner_free.astype(np.float32), stored.to_target.astype(np.float32), stamp)
 
 
-def remember(run: Run, method: methods.Method, split_name: str, result: Outputs, stamp: str) -> None:
+def remember(run: Run, method: methods.Method, split_name: str, result: Outputs) -> None:
     """Cache ``result``: the outputs of the run's trained ``method`` (its checkpoint) on the split
     ``split_name``, made as :func:`method_outputs` makes them (the run's training slices as
-    references, the run's seed, on the CPU), from the inputs ``stamp`` (:func:`inputs_stamp`,
+    references, the run's seed, on the CPU), from the inputs ``result.inputs`` (:func:`inputs_stamp`,
     taken when the model and slices were loaded, so that what changed on disk since is not taken
     for what made them). Notebooks 03/04 make exactly these to score their model on traveling
     subjects; kept, notebooks 05-09 do not translate the test split again."""
+    if not result.inputs:
+        raise ValueError("outputs to cache must say what they were made from (Outputs.inputs)")
     cache = _cache_path(run, split_name, method)
     with locked(cache):
-        _store(cache, stamp, result)
+        _store(cache, result.inputs, result)
 
 
 def evaluation_data(run: Run, targets: bool = True, progress: bool = True):

@@ -221,10 +221,11 @@ def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares
 
     def start(i: int) -> None:
         task = next_task(queues, i, any_lane)
-        if task is not None and task not in lanes[i]:  # the plan printed before no longer says where it runs
+        if task is None:
+            return
+        if task not in lanes[i]:  # the plan printed before no longer says where it runs
             print(f"   lane {i + 1} is free and takes {task_name(task, short=True)}", flush=True)
-        if task is not None:
-            running[pools[i].submit(_execute_on, shares[i], task, out, params)] = i, task
+        running[pools[i].submit(_execute_on, shares[i], task, out, params)] = i, task
 
     try:
         for i in range(len(lanes)):

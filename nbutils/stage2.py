@@ -245,7 +245,7 @@ class Experiment:
             headline_ |= summary(self.result, self.label)
             if self.stamp is not None:
                 outputs.remember(run, self.method, "test",
-                                 outputs.Outputs(self.result["scanner_free"], self.result["guided"]), self.stamp)
+                                 outputs.Outputs(self.result["scanner_free"], self.result["guided"], self.stamp))
         # what diagnose() and the other steps added stays if it was computed from this same checkpoint
         section, checkpoint = self._section(), self._checkpoint_id()
         kept = section if section.get("checkpoint") == checkpoint else {}
