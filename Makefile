@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	pins="$(CONSTRAINTS)"; if [ -n "$$pins" ] && ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then \
 		echo "make: $$pins was resolved on CPython 3.11, this is $$($(PY) -V); installing from pyproject.toml's ranges" >&2; pins=; fi; \
 	$(PY) -m pip install --quiet --upgrade $${pins:+-c "$$pins"} pip && \
-	$(PY) -m pip install --quiet --no-compile $${pins:+-c "$$pins"} "torch==2.13.0" -e ".[dev]"
+	$(PY) -m pip install --quiet --no-compile $${pins:+-c "$$pins" --build-constraint "$$pins"} "torch==2.13.0" -e ".[dev]"
 	touch $(STAMP)
 
 ## run every notebook in order with papermill, in two lanes side by side where the cores allow

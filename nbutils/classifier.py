@@ -73,8 +73,9 @@ class ClassifierTask:
 
 
 def train_classifier(images, labels, checkpoint, *, k: int | None = None, width: int = 8, steps: int = 400,
-                     batch_size: int = 32, every: int = 200, seed: int = 0, device=None):
-    """Train (or load) a scanner classifier on (N, H, W) [0, 1] images and their scanner labels."""
+                     batch_size: int = 32, every: int = 200, seed: int = 0, device=None, any_seed: bool = False):
+    """Train (or load) a scanner classifier on (N, H, W) [0, 1] images and their scanner labels
+    (``any_seed``: load a checkpoint trained with another seed, :func:`nbutils.train.fit`)."""
     from .train import EpochSampler, fit, images_to_tensor, pick_device
 
     labels = np.asarray(labels)
@@ -88,7 +89,8 @@ def train_classifier(images, labels, checkpoint, *, k: int | None = None, width:
         idx = np.sort(sampler(i))
         return images_to_tensor(images, idx, device), torch.from_numpy(labels[idx]).long().to(device)
 
-    history = fit(task, batch, steps, checkpoint, every=every, seed=seed, device=device, desc="scanner classifier")
+    history = fit(task, batch, steps, checkpoint, every=every, seed=seed, device=device, desc="scanner classifier",
+                  any_seed=any_seed)
     return task.modules.eval(), history
 
 
@@ -105,11 +107,13 @@ def predict(clf: ScannerClassifier, images, batch_size: int = 256) -> np.ndarray
 
 def for_run(run, train, images=None, name: str = "scanner-classifier") -> ScannerClassifier:
     """The run's scanner classifier (trained on ``images``, default the raw training slices),
-    trained once with the profile's settings and then loaded from ``<run>/checkpoints/<name>.pt``."""
+    trained once with the profile's settings and then loaded from ``<run>/checkpoints/<name>.pt``.
+    The raw-slice one is the run's frozen reference, which ``make seeds`` shares with every seed:
+    it is loaded whatever seed trained it."""
     p = run.profile
     clf, _ = train_classifier(train.images if images is None else images, train.labels,
                               run.checkpoints / f"{name}.pt", k=len(train.domains), steps=p.clf_steps,
-                              every=p.checkpoint_every, seed=run.seed)
+                              every=p.checkpoint_every, seed=run.seed, any_seed=images is None)
     return clf
 
 

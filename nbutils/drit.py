@@ -30,7 +30,7 @@ from torch import nn
 from . import appearance, crops, layout, losses
 from .gmvae import AttributeEncoder, GMVAE, GMVAEConfig
 from .nets import ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator
-from .train import EpochSampler, adam, fit, load_checkpoint, load_snapshots, pick_device
+from .train import EpochSampler, adam, fit, load_checkpoint, load_snapshots, pick_device, refuse_other_seed
 
 
 @dataclass(frozen=True)
@@ -540,9 +540,12 @@ def snapshot_models(checkpoint, model: Translator) -> list[tuple[int, float, Tra
     return out
 
 
-def from_checkpoint(path, device="cpu") -> Translator:
-    """The trained stage-2 model stored in a checkpoint (its GM-VAE included), in eval mode."""
+def from_checkpoint(path, device="cpu", seed: int | None = None) -> Translator:
+    """The trained stage-2 model stored in a checkpoint (its GM-VAE included), in eval mode;
+    ``seed``: refused if trained with another (:func:`nbutils.train.refuse_other_seed`)."""
     state = load_checkpoint(path, device)
+    if seed is not None:
+        refuse_other_seed(path, state.get("seed"), seed)
     if state["meta"].get("kind") != "drit":
         raise ValueError(f"{path} is not a GMM-DRIT / DRIT++ checkpoint (it holds {state['meta'].get('kind')!r})")
     raw = dict(state["meta"]["config"], image_shape=tuple(state["meta"]["config"]["image_shape"]))

@@ -67,11 +67,12 @@ class Harmonizer:
     @classmethod
     def from_run(cls, run, method: str | methods.Method = methods.GMM_DRIT, checkpoint=None,
                  known_labels: bool = False) -> Harmonizer:
-        """The run's trained ``method`` (default ``<run>/checkpoints/<method's checkpoint>``, else the
-        file ``checkpoint``), with the run's training slices and seed."""
+        """The run's trained ``method`` (default ``<run>/checkpoints/<method's checkpoint>``, which
+        must have been trained with the run's seed; else the file ``checkpoint``, any model), with
+        the run's training slices and seed."""
         method = methods.get(method)
         path = checkpoint or run.checkpoints / method.checkpoint(known_labels)
-        model = drit.from_checkpoint(run.require(path, method.notebook))
+        model = drit.from_checkpoint(run.require(path, method.notebook), seed=None if checkpoint else run.seed)
         return cls(model, slices_for_run(run, "train"), seed=run.seed)
 
     def _check(self, images: np.ndarray) -> np.ndarray:

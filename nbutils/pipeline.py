@@ -8,7 +8,8 @@ the cores allow), into one run folder.
 Without ``--data`` the notebooks use the built-in simulated set and the run folder is
 ``data/runs/<profile>``. With ``--data CSV`` (the CSV notebook 01 reads; README, "Use it on your
 data") they use those volumes and the run folder is ``data/runs/<name>``, where ``name`` is
-``--run``, by default the CSV's file name without ``.csv``. The CSV is checked before anything
+``--run``, by default the CSV's file name without ``.csv`` (and ``-<profile>`` for a profile
+other than quick). The CSV is checked before anything
 runs. Executed copies go to ``<run>/notebooks/`` (never next to the sources). At the end a summary
 of ``<run>/metrics.json`` is printed (:func:`nbutils.report.results_table`), with the bars stage 2
 is held to (:func:`nbutils.report.bars_table`).
@@ -290,13 +291,17 @@ def summary(metrics: dict) -> str:
 
 def run_folder(profile: str, data: str = "", name: str = "", run_dir: str = "") -> str:
     """The run folder the arguments name ('' = the profile's default). A run on your data gets
-    ``data/runs/<name>``, ``name`` defaulting to the CSV's file name; it may not take a profile's
-    name, whose folder belongs to the built-in data."""
+    ``data/runs/<name>``, ``name`` defaulting to the CSV's file name, followed by ``-<profile>``
+    for a profile other than quick (so that a smoke or paper run of the same CSV does not replace
+    the quick run's slices and models); it may not take a profile's name, whose folder belongs to
+    the built-in data."""
     if name and run_dir:
         raise ValueError("give a run name (--run, RUN=) or a run folder (--run-dir, RUN_DIR=), not both")
     if run_dir or not (data or name):
         return run_dir
-    name = name or Path(data).name.removesuffix(".csv")
+    if not name:
+        name, profile = Path(data).name.removesuffix(".csv"), get_profile(profile).name
+        name += "" if profile == "quick" else f"-{profile}"
     if name in PROFILES or not name or Path(name).name != name:
         raise ValueError(f"run name {name!r}: choose a plain folder name other than {', '.join(PROFILES)} "
                          "(those are the built-in data's runs), e.g. RUN=my-site")
@@ -321,7 +326,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="", help="a data CSV (path,domain[,subject][,split][,rescan]); "
                                                 "default: the built-in simulated set")
     ap.add_argument("--run", default="", help="run name: the run folder is data/runs/<name> "
-                                               "(default with --data: the CSV's file name)")
+                                               "(default with --data: the CSV's file name, "
+                                               "-<profile> added for a profile other than quick)")
     ap.add_argument("--run-dir", default="")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="two-digit notebook numbers to run")
@@ -335,7 +341,12 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run = setup(args.profile, run_dir, args.seed)
-    run.record("environment", environment())  # this call's; `--only` rewrites it
+    tasks = notebooks(args.only)
+    # the record of this call's machine and packages (`--only` rewrites it); when notebook 01 runs,
+    # only after it, so that what it sets aside keeps the record of the call that made it
+    slicing = any(task_name(t, short=True) == "01" for t in tasks)
+    if not slicing:
+        run.record("environment", environment())
     out = run.dir / "notebooks"
     out.mkdir(exist_ok=True)
     params = dict(profile=run.profile.name, run_dir=str(run.dir), seed=run.seed, data_csv=data)
@@ -344,7 +355,10 @@ def main(argv=None) -> int:
     aside = set((run.dir / SUPERSEDED).glob("*"))  # what notebook 01 sets aside is said when it ends
 
     def done(task: Path | str, seconds: float, error: str) -> bool:
-        new = sorted(set((run.dir / SUPERSEDED).glob("*")) - aside) if task_name(task, short=True) == "01" else []
+        first = task_name(task, short=True) == "01"
+        if first:
+            run.record("environment", environment())
+        new = sorted(set((run.dir / SUPERSEDED).glob("*")) - aside) if first else []
         for folder in new:
             size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6  # Run.set_aside's
             print(f"   notebook 01 made other slices than the run's: the old ones and what was made from them "
@@ -358,7 +372,7 @@ def main(argv=None) -> int:
         return True
 
     shares = None if args.one_at_a_time else core_shares(2)  # every group of LANES has two lanes
-    for step in plan(notebooks(args.only), lanes=shares is not None):
+    for step in plan(tasks, lanes=shares is not None):
         if len(step) > 1:
             print(f"== side by side, on cores {' and '.join(','.join(map(str, sorted(c))) for c in shares)} "
                   f"(profile {run.profile.name}, run folder {run.dir}):\n"

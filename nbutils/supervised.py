@@ -101,10 +101,11 @@ class PairedTask:
 
 
 def train_paired(paired: Slices, checkpoint, *, width: int = 16, steps: int = 600, batch_size: int = 16,
-                 every: int = 200, seed: int = 0, device=None, crop: int = 0) -> tuple[PairedUNet, pd.DataFrame]:
+                 every: int = 200, seed: int = 0, device=None, crop: int = 0,
+                 any_seed: bool = False) -> tuple[PairedUNet, pd.DataFrame]:
     """Train (or load) the paired translator on ``paired`` (a split whose anatomies every
     scanner saw); returns (model, history). ``crop`` > 0: on random ``crop`` windows centred on the
-    brain, the same window of both scans."""
+    brain, the same window of both scans; ``any_seed``: as :func:`nbutils.train.fit`."""
     from .crops import crop_starts, take
     from .train import fit, pick_device
 
@@ -134,7 +135,8 @@ def train_paired(paired: Slices, checkpoint, *, width: int = 16, steps: int = 60
         origin = torch.from_numpy(starts).float().to(device) if crop else None
         return load(src), load(dst), label(a), label(b), origin, full
 
-    history = fit(task, batch, steps, checkpoint, every=every, seed=seed, device=device, desc="paired translator")
+    history = fit(task, batch, steps, checkpoint, every=every, seed=seed, device=device, desc="paired translator",
+                  any_seed=any_seed)
     return task.modules.eval(), history
 
 
@@ -168,5 +170,6 @@ def for_run(run) -> PairedUNet | None:
         return None
     p = run.profile
     model, _ = train_paired(slices_for_run(run, "paired"), run.checkpoints / SUPERVISED.checkpoint(), width=p.paired_width,
-                            steps=p.paired_steps, every=p.checkpoint_every, seed=run.seed, crop=p.crop)
+                            steps=p.paired_steps, every=p.checkpoint_every, seed=run.seed, crop=p.crop,
+                            any_seed=True)  # the run's reference, which make seeds shares with every seed
     return model

@@ -104,13 +104,15 @@ def images_to_tensor(images: np.ndarray, idx: np.ndarray, device: torch.device) 
 
 def fit(task: Task, batches: Callable[[int], object], steps: int, checkpoint: str | Path,
         every: int = 200, seed: int = 0, device: torch.device | None = None,
-        desc: str = "training", snapshots: bool = False) -> pd.DataFrame:
+        desc: str = "training", snapshots: bool = False, any_seed: bool = False) -> pd.DataFrame:
     """Train ``task`` until iteration ``steps``, resuming from ``checkpoint`` if it exists.
 
     ``batches(i)`` returns the batch of iteration ``i`` on ``device``. Returns the loss
     history (one row per iteration, with ``seconds``: training time so far). A checkpoint
     written for other networks (another ``task.meta()``) is refused rather than silently mixed
-    in. ``snapshots``: also keep the weights of every ``every``-th iteration (for a learning
+    in, and so is one trained with another ``seed`` (:func:`refuse_other_seed`), unless it is
+    complete and ``any_seed`` is set (a reference a run shares with the stage-2 seeds of
+    ``make seeds``: loaded, never trained on with another seed's batches). ``snapshots``: also keep the weights of every ``every``-th iteration (for a learning
     curve) in the folder ``<checkpoint>.snapshots/``; see :func:`load_snapshots`.
     """
     from tqdm.auto import tqdm
@@ -120,7 +122,9 @@ def fit(task: Task, batches: Callable[[int], object], steps: int, checkpoint: st
     ctx = Context(device, task.optimizers)
     start, history = 0, []
     if checkpoint.exists():
-        start, history = _load(checkpoint, task, ctx)
+        start, history, trained = _load(checkpoint, task, ctx)
+        if not (any_seed and start >= steps):
+            refuse_other_seed(checkpoint, trained, seed)
     start_time = time.perf_counter()
     before = history[-1].get("seconds", 0.0) if history else 0.0
     with tqdm(total=steps, initial=min(start, steps), desc=desc, unit="it") as bar:
@@ -132,7 +136,7 @@ def fit(task: Task, batches: Callable[[int], object], steps: int, checkpoint: st
             if (it + 1) % 10 == 0 or it + 1 == steps:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in list(losses.items())[:4]})
             if (it + 1) % every == 0 or it + 1 == steps:
-                _save(checkpoint, task, ctx, it + 1, history)
+                _save(checkpoint, task, ctx, it + 1, history, seed)
                 if snapshots:
                     folder = snapshot_folder(checkpoint)
                     folder.mkdir(parents=True, exist_ok=True)
@@ -157,15 +161,28 @@ def load_snapshots(checkpoint: str | Path, device: torch.device | str = "cpu") -
     return [torch.load(f, map_location=device, weights_only=False) for f in files]
 
 
-def _save(path: Path, task: Task, ctx: Context, step: int, history: list) -> None:
-    state = dict(step=step, history=history, meta=task.meta(), modules=task.modules.state_dict(),
+def _save(path: Path, task: Task, ctx: Context, step: int, history: list, seed: int) -> None:
+    state = dict(step=step, history=history, meta=task.meta(), seed=seed, modules=task.modules.state_dict(),
                  optimizers={k: o.state_dict() for k, o in task.optimizers.items()},
                  scalers={k: s.state_dict() for k, s in ctx.scalers.items()})
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def _load(path: Path, task: Task, ctx: Context) -> tuple[int, list]:
+def refuse_other_seed(path: str | Path, trained: int | None, seed: int) -> None:
+    """Raise if the checkpoint ``path`` was ``trained`` with another seed than ``seed``: a run folder
+    holds one seed's models, and a notebook run with another seed over it without notebook 01
+    (papermill, ``--only``) would otherwise score them as its own. ``trained`` None: a checkpoint
+    written before checkpoints kept their seed, taken as it is."""
+    if trained is not None and trained != seed:
+        raise ValueError(f"{path} was trained with seed {trained}, not {seed}: run notebook 01 with seed {seed} "
+                         "first (it sets the run's slices and models of the other seed aside), give this seed a "
+                         f"run folder of its own (make run SEED={seed} RUN=name), or, for stage 2 over this run's "
+                         f"slices, make seeds SEEDS={seed}.")
+
+
+def _load(path: Path, task: Task, ctx: Context) -> tuple[int, list, int | None]:
+    """Load ``task``'s networks and optimizers from ``path``; (step, history, the seed it was trained with)."""
     state = load_checkpoint(path, ctx.device)
     if state["meta"] != task.meta():
         raise ValueError(f"{path} was written for other settings ({state['meta']}) than these "
@@ -180,7 +197,7 @@ def _load(path: Path, task: Task, ctx: Context) -> tuple[int, list]:
     for k, scaler in ctx.scalers.items():
         if state["scalers"].get(k):
             scaler.load_state_dict(state["scalers"][k])
-    return state["step"], list(state["history"])
+    return state["step"], list(state["history"]), state.get("seed")
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

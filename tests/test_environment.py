@@ -65,3 +65,7 @@ def test_constraints_pin_every_dependency_inside_its_range():
     assert pins["torch"] == "2.13.0"
     assert "pip" in pins  # make upgrades pip with these pins too (pip freeze leaves it out: add it)
     assert '-c "$$pins"' in (ROOT / "Makefile").read_text()  # and make installs with them
+    # and builds this package with the pinned setuptools, inside pyproject's build requirement
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert all(SpecifierSet(normalise(r)[1]).contains(pins[normalise(r)[0]]) for r in build), build
+    assert '--build-constraint "$$pins"' in (ROOT / "Makefile").read_text()

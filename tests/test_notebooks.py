@@ -56,10 +56,13 @@ def test_pipeline_runs_notebooks_into_the_run_folder_and_summarises(tmp_path, ca
     recorded = json.loads((tmp_path / "metrics.json").read_text())["01_data"]
     assert {row[1]: float(row[2]) for row in summary} == pytest.approx(recorded, rel=1e-3)
     # other volumes into the same folder: the pipeline says that the old run was set aside, the
-    # record of the machine stays in metrics.json, and the user's CSV and volumes (here in the run
-    # folder) stay where they are
+    # record of the machine stays in metrics.json (this call's) and goes with what was set aside (the
+    # call's that made it), and the user's CSV and volumes (here in the run folder) stay where they are
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "gmvae.pt").write_text("trained on the old slices")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    old_machine = metrics["environment"] | {"python": "the old run's"}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics | {"environment": old_machine}))
     pipeline.main(["--profile", "smoke", "--run-dir", str(tmp_path), "--only", "01", "--data", str(small_csv)])
     (moved,) = (tmp_path / "superseded").iterdir()
     assert (moved / "checkpoints" / "gmvae.pt").exists() and not (tmp_path / "checkpoints").exists()
@@ -67,4 +70,6 @@ def test_pipeline_runs_notebooks_into_the_run_folder_and_summarises(tmp_path, ca
     assert len(said) == 1 and str(moved) in said[0]
     assert {"environment", "01_data"} <= set(json.loads((tmp_path / "metrics.json").read_text()))
     assert json.loads((moved / "metrics.json").read_text())["01_data"] == recorded
+    assert json.loads((moved / "metrics.json").read_text())["environment"] == old_machine
+    assert json.loads((tmp_path / "metrics.json").read_text())["environment"] == pipeline.environment()
     assert small_csv.exists() and (tmp_path / "siteA_0.nii").exists()

@@ -122,6 +122,19 @@ def test_the_models_test_outputs_notebooks_03_04_cache_are_those_notebook_05_wou
         np.testing.assert_allclose(cached[method.name].scanner_free, fresh.scanner_free, atol=2.5e-4)
 
 
+def test_a_run_s_models_are_not_loaded_for_another_seed(csv_run, tmp_path):
+    """Notebooks 05-11 load the run's stage-2 models through Harmonizer.from_run: run with another
+    seed over the folder (without notebook 01), they stop instead of scoring seed 0's models as that
+    seed's; a checkpoint named explicitly (notebook 10's parameter) is any model."""
+    copy = tmp_path / "run"
+    shutil.copytree(csv_run[0], copy)
+    run = config.setup("smoke", str(copy), seed=1)
+    for method in methods.MODELS:
+        with pytest.raises(ValueError, match="trained with seed 0, not 1"):
+            Harmonizer.from_run(run, method)
+        assert Harmonizer.from_run(run, method, checkpoint=run.checkpoints / method.checkpoint()).model
+
+
 def test_cached_outputs_are_recomputed_when_their_inputs_change(csv_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(csv_run[0], copy)  # copies keep their modification times
@@ -586,6 +599,9 @@ def test_a_run_on_your_data_is_named_after_the_csv_unless_named(tmp_path):
     runs = config.DATA / "runs"
     assert pipeline.run_folder("quick") == ""  # the built-in data's default run
     assert pipeline.run_folder("quick", data="x/ixi.csv") == str(runs / "ixi")
+    # another profile's run of the same CSV does not replace the quick run's slices and models
+    assert pipeline.run_folder("smoke", data="x/ixi.csv") == str(runs / "ixi-smoke")
+    assert pipeline.run_folder("paper", data="x/ixi.csv", name="guys") == str(runs / "guys")
     assert pipeline.run_folder("quick", data="x/ixi.csv", name="guys") == str(runs / "guys")
     assert pipeline.run_folder("quick", data="x/ixi.csv", run_dir="/tmp/r") == "/tmp/r"
     for bad in ("quick", "smoke", "../up", "a/b"):

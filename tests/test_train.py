@@ -54,7 +54,7 @@ def test_interrupted_then_resumed_run_ends_with_the_same_weights(tmp_path):
     assert resumed_history["loss"].tolist() == history["loss"].tolist()
     # and a finished run is loaded, not retrained
     done, batches = _task_and_batches(images)
-    assert len(train.fit(done, lambda i: pytest.fail("retrained"), 12, tmp_path / "whole.pt")) == 12
+    assert len(train.fit(done, lambda i: pytest.fail("retrained"), 12, tmp_path / "whole.pt", seed=3)) == 12
 
 
 def test_checkpoint_of_other_settings_is_refused(tmp_path):
@@ -67,6 +67,30 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt is not a readable checkpoint"):
         train.load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_a_checkpoint_trained_with_another_seed_is_refused_unless_any_seed_is_asked(tmp_path):
+    """A run folder holds one seed's models: a notebook run with another seed over it (papermill,
+    or `make run`'s `--only` without notebook 01, which would set the run aside) must not load the
+    first seed's model and score it as its own, nor train on from it."""
+    images = np.random.default_rng(0).random((30, 16, 16)).astype(np.float16)
+    task, batches = _task_and_batches(images)
+    train.fit(task, batches, 2, tmp_path / "g.pt", seed=0)
+    assert train.load_checkpoint(tmp_path / "g.pt")["seed"] == 0
+    again, _ = _task_and_batches(images)
+    for steps in (2, 4):  # loading it, training on from it
+        with pytest.raises(ValueError, match="trained with seed 0, not 1: run notebook 01 with seed 1"):
+            train.fit(again, batches, steps, tmp_path / "g.pt", seed=1)
+    # a reference shared by the seeds of `make seeds` is loaded whatever seed trained it, but not
+    # trained on with another seed's batches
+    assert len(train.fit(again, lambda i: pytest.fail("retrained"), 2, tmp_path / "g.pt", seed=1, any_seed=True)) == 2
+    with pytest.raises(ValueError, match="trained with seed 0, not 1"):
+        train.fit(again, batches, 4, tmp_path / "g.pt", seed=1, any_seed=True)
+    # a checkpoint written before the seed was kept is taken as it is
+    state = train.load_checkpoint(tmp_path / "g.pt")
+    del state["seed"]
+    torch.save(state, tmp_path / "old.pt")
+    assert len(train.fit(again, lambda i: pytest.fail("retrained"), 2, tmp_path / "old.pt", seed=1)) == 2
 
 
 def test_cpu_runs_in_float32_without_autocast():
