@@ -112,8 +112,9 @@ def fit(task: Task, batches: Callable[[int], object], steps: int, checkpoint: st
     written for other networks (another ``task.meta()``) is refused rather than silently mixed
     in, and so is one trained with another ``seed`` (:func:`refuse_other_seed`), unless it is
     complete and ``any_seed`` is set (a reference a run shares with the stage-2 seeds of
-    ``make seeds``: loaded, never trained on with another seed's batches). ``snapshots``: also keep the weights of every ``every``-th iteration (for a learning
-    curve) in the folder ``<checkpoint>.snapshots/``; see :func:`load_snapshots`.
+    ``make seeds``: loaded, never trained on with another seed's batches). ``snapshots``: also
+    keep the weights of every ``every``-th iteration (for a learning curve) in the folder
+    ``<checkpoint>.snapshots/``; see :func:`load_snapshots`.
     """
     from tqdm.auto import tqdm
 
@@ -175,10 +176,11 @@ def refuse_other_seed(path: str | Path, trained: int | None, seed: int) -> None:
     (papermill, ``--only``) would otherwise score them as its own. ``trained`` None: a checkpoint
     written before checkpoints kept their seed, taken as it is."""
     if trained is not None and trained != seed:
-        raise ValueError(f"{path} was trained with seed {trained}, not {seed}: run notebook 01 with seed {seed} "
-                         "first (it sets the run's slices and models of the other seed aside), give this seed a "
-                         f"run folder of its own (make run SEED={seed} RUN=name), or, for stage 2 over this run's "
-                         f"slices, make seeds SEEDS={seed}.")
+        raise ValueError(f"{path} was trained with seed {trained}, not {seed}. If the run is seed {trained}'s, "
+                         f"give the notebook its seed (papermill -p seed {trained}, make run SEED={trained}). "
+                         f"For seed {seed}: run notebook 01 with seed {seed} first (it sets the run's slices and "
+                         f"models of seed {trained} aside), give seed {seed} a run folder of its own (make run "
+                         f"SEED={seed} RUN=name), or, for stage 2 over this run's slices, make seeds SEEDS={seed}.")
 
 
 def _load(path: Path, task: Task, ctx: Context) -> tuple[int, list, int | None]:

@@ -79,7 +79,9 @@ def test_a_checkpoint_trained_with_another_seed_is_refused_unless_any_seed_is_as
     assert train.load_checkpoint(tmp_path / "g.pt")["seed"] == 0
     again, _ = _task_and_batches(images)
     for steps in (2, 4):  # loading it, training on from it
-        with pytest.raises(ValueError, match="trained with seed 0, not 1: run notebook 01 with seed 1"):
+        # the message names the run's seed first: most often the notebook was not given it
+        with pytest.raises(ValueError, match=r"trained with seed 0, not 1\. If the run is seed 0's, give the "
+                                             r"notebook its seed \(papermill -p seed 0"):
             train.fit(again, batches, steps, tmp_path / "g.pt", seed=1)
     # a reference shared by the seeds of `make seeds` is loaded whatever seed trained it, but not
     # trained on with another seed's batches
