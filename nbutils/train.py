@@ -176,11 +176,11 @@ def refuse_other_seed(path: str | Path, trained: int | None, seed: int) -> None:
     (papermill, ``--only``) would otherwise score them as its own. ``trained`` None: a checkpoint
     written before checkpoints kept their seed, taken as it is."""
     if trained is not None and trained != seed:
-        raise ValueError(f"{path} was trained with seed {trained}, not {seed}. If the run is seed {trained}'s, "
-                         f"give the notebook its seed (papermill -p seed {trained}, make run SEED={trained}). "
-                         f"For seed {seed}: run notebook 01 with seed {seed} first (it sets the run's slices and "
-                         f"models of seed {trained} aside), give seed {seed} a run folder of its own (make run "
-                         f"SEED={seed} RUN=name), or, for stage 2 over this run's slices, make seeds SEEDS={seed}.")
+        raise ValueError(f"{path} was trained with seed {trained}, not {seed}. If this run folder is seed "
+                         f"{trained}'s, set the notebook's seed parameter to {trained} (papermill -p seed {trained}). "
+                         f"To train seed {seed}: run notebook 01 with seed {seed} first (it sets this folder's slices "
+                         f"and models aside), give seed {seed} a run folder of its own (make run SEED={seed} "
+                         f"RUN=name), or, for stage 2 over a run's slices, make seeds SEEDS={seed}.")
 
 
 def _load(path: Path, task: Task, ctx: Context) -> tuple[int, list, int | None]:
