@@ -344,8 +344,7 @@ def main(argv=None) -> int:
     tasks = notebooks(args.only)
     # the record of this call's machine and packages (`--only` rewrites it); when notebook 01 runs,
     # only after it, so that what it sets aside keeps the record of the call that made it
-    slicing = any(task_name(t, short=True) == "01" for t in tasks)
-    if not slicing:
+    if not any(task_name(t, short=True) == "01" for t in tasks):
         run.record("environment", environment())
     out = run.dir / "notebooks"
     out.mkdir(exist_ok=True)
@@ -355,14 +354,12 @@ def main(argv=None) -> int:
     aside = set((run.dir / SUPERSEDED).glob("*"))  # what notebook 01 sets aside is said when it ends
 
     def done(task: Path | str, seconds: float, error: str) -> bool:
-        first = task_name(task, short=True) == "01"
-        if first:
+        if task_name(task, short=True) == "01":
             run.record("environment", environment())
-        new = sorted(set((run.dir / SUPERSEDED).glob("*")) - aside) if first else []
-        for folder in new:
-            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6  # Run.set_aside's
-            print(f"   notebook 01 made other slices than the run's: the old ones and what was made from them "
-                  f"({size:,.0f} MB) were moved to {folder}", flush=True)
+            for folder in sorted(set((run.dir / SUPERSEDED).glob("*")) - aside):  # Run.set_aside's
+                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+                print(f"   notebook 01 made other slices than the run's: the old ones and what was made from them "
+                      f"({size:,.0f} MB) were moved to {folder}", flush=True)
         if error:
             where = f"\n(the executed copy with the traceback: {out / task.name})" if isinstance(task, Path) else ""
             print(f"\n{task_name(task)} stopped: {error}{where}", file=sys.stderr)
