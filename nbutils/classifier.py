@@ -162,7 +162,7 @@ def accuracy(clf: ScannerClassifier, images, labels, groups=None) -> dict[str, f
     predicted = predict(clf, images)
     hit = predicted == labels
     out = dict(accuracy=float(hit.mean()), matched=clustering.accuracy(labels, predicted),
-               chance=float(np.bincount(labels).max() / len(labels)), matched_chance=clustering.matched_chance(labels))
+               chance=clustering.majority_chance(labels), matched_chance=clustering.matched_chance(labels))
     if groups is not None:
         _, out["ci_low"], out["ci_high"] = bootstrap_mean(hit, groups)
     return out

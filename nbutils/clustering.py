@@ -32,6 +32,12 @@ def accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
     return float(table[rows, cols].sum() / len(labels))
 
 
+def majority_chance(labels: np.ndarray) -> float:
+    """The accuracy of always naming the most frequent label: a probe's or classifier's chance
+    level (1/K only when the K labels are balanced)."""
+    return float(np.unique(np.asarray(labels), return_counts=True)[1].max() / len(labels))
+
+
 def matched_chance(labels: np.ndarray, permutations: int = 200, seed: int = 0) -> float:
     """The chance level of :func:`accuracy` for predictions that ignore the labels: its mean over
     shuffles of ``labels`` scored against ``labels`` (a blind prediction spread over the classes as

@@ -199,13 +199,18 @@ def setup(profile: str = "", run_dir: str = "", seed: int = 0) -> Run:
     seed_everything(seed)
     run = Run(prof, int(seed), path.resolve())
     run.figures.mkdir(parents=True, exist_ok=True)
-    info = run.slices / "info.json"
-    source = json.loads(info.read_text()).get("source_csv", "") if info.is_file() else ""
+    source = source_csv(run.dir)
     if source:  # label this run's figures by where its volumes came from
         from .plots import describe_data
 
         describe_data(source)
     return run
+
+
+def source_csv(run_dir: str | Path) -> str:
+    """The CSV of volumes a run's slices were made from (notebook 01's ``info.json``; empty before)."""
+    info = resolve(run_dir) / "slices" / "info.json"
+    return json.loads(info.read_text()).get("source_csv", "") if info.is_file() else ""
 
 
 def default_run_dir(name: str) -> Path:

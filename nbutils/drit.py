@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import appearance, crops, layout, losses
-from .gmvae import AttributeEncoder, GMVAE, GMVAEConfig
+from .gmvae import AttributeEncoder, GMVAE, GMVAEConfig, majority_components
 from .nets import ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator
 from .train import EpochSampler, adam, fit, load_checkpoint, load_snapshots, pick_device, refuse_other_seed
 
@@ -141,6 +141,8 @@ class Translator(nn.Module):
             self.attribute = AttributeEncoder(gmvae)
         else:
             self.attribute = GaussianAttributeEncoder(w, cfg.attr)
+        # known_labels: each scanner label's GM-VAE component, for random_code (set by train_drit)
+        self.label_component: torch.Tensor | None = None
 
     @property
     def view_size(self) -> int:
@@ -245,9 +247,18 @@ class Translator(nn.Module):
 
     def random_code(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(z^a, c) for a random target per sample: GMM-DRIT draws z^a from the GM-VAE's prior
-        component of a random scanner code, DRIT++ from N(0, I) with a random scanner label."""
-        y = F.one_hot(torch.randint(self.cfg.k, (n,), device=device), self.cfg.k).float()
+        component of a random scanner code, DRIT++ from N(0, I) with a random scanner label. With
+        ``known_labels`` the code is a scanner label, and z^a is drawn from that scanner's component
+        (:attr:`label_component`), as the harmonizer draws it: component numbers are an arbitrary
+        order of the scanners."""
+        r = torch.randint(self.cfg.k, (n,), device=device)
+        y = F.one_hot(r, self.cfg.k).float()
         if self.cfg.variant == "gmm-drit":
+            if self.cfg.known_labels:  # the code is the scanner r; its z^a comes from r's own component
+                if self.label_component is None:
+                    raise ValueError("known_labels: random_code needs each scanner's GM-VAE component "
+                                     "(label_component), which train_drit sets")
+                return self.attribute.draw(F.one_hot(self.label_component.to(device)[r], self.cfg.k).float()), y
             return self.attribute.draw(y), y
         return torch.randn(n, self.cfg.attr, device=device), y
 
@@ -261,8 +272,10 @@ class Translator(nn.Module):
         (SSIM vs target scan 0.34)."""
         if self.cfg.variant == "gmm-drit":
             mean = self.attribute.encode((x_r + 1) / 2)["mean"]
-        else:
-            mean = self.attribute(x_r)[0]
+        else:  # DRIT++'s E^a reads x_r with its weights held: the term trains G (and E^c), not E^a, as
+            # DRIT++'s code steps only E^c and G after it
+            held = {name: p.detach() for name, p in self.attribute.named_parameters()}
+            mean = torch.func.functional_call(self.attribute, held, (x_r,))[0]
         return F.l1_loss(mean.float(), z_r.float())
 
     def scanner_free_code(self, n: int, device, generator: torch.Generator | None = None):
@@ -515,6 +528,9 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
                           view=task.modules.view_size)
     if cfg.variant == "gmm-drit":
         sampler.attach_codes(task.modules)
+        if cfg.known_labels:
+            comps = majority_components(task.modules.attribute.gmvae, images, labels, cfg.k)
+            task.modules.label_component = torch.as_tensor(comps, device=device)
         if cfg.w_field_layout:  # each scanner code's slices, as whole-slice views (a smooth fit needs no more)
             groups = sampler.codes[1].argmax(1)
             whole = crops.views(sampler.images, LAYOUT_VIEW) if sampler.views is None else sampler.views

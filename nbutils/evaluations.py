@@ -23,7 +23,7 @@ import torch
 
 from .baselines import match_all, reference_quantiles
 from .data import Slices
-from .measures import BEFORE, FLOOR, REAL_VS_REAL
+from .measures import BEFORE, FLOOR, OWN_SCANS, REAL_VS_REAL
 from .methods import IDENTITY
 from .metrics import Windowed, components_pairs, require_regions
 from .outputs import Outputs
@@ -34,10 +34,16 @@ def _component(a: Windowed, ia, b: Windowed, ib, masks: np.ndarray, name: str) -
     return components_pairs(a, ia, b, ib, masks, parts=(name,))[name]
 
 
+def subjects(test: Slices) -> np.ndarray:
+    """Each slice's subject: E2-E4's units are resampled by subject (:func:`nbutils.stats.compare`'s
+    ``clusters``), since the slices of one anatomy, in every scanner, are not independent."""
+    return test.manifest["subject"].astype(str).to_numpy()
+
+
 def e2_structure(test: Slices, outs: dict[str, Outputs]) -> pd.DataFrame:
     images, masks = Windowed(np.asarray(test.images, np.float32)), np.asarray(test.masks, bool)
     every = np.arange(len(images))
-    rows = [pd.DataFrame(dict(method=m, slice=every, scanner=test.manifest["domain"],
+    rows = [pd.DataFrame(dict(method=m, slice=every, scanner=test.manifest["domain"], subject=subjects(test),
                               structure=_component(images, every, Windowed(o.scanner_free), every, masks, "structure")))
             for m, o in outs.items()]
     return pd.concat(rows, ignore_index=True)
@@ -64,7 +70,10 @@ def e3_luminance(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed: in
     p = e3_pairs(test.labels, m, seed)
     mask = np.asarray(test.masks, bool)[p.real]
     name = np.asarray(test.domains)[p.target]
-    rows = [pd.DataFrame(dict(method=REAL_VS_REAL, pair=p.pair, target=name,
+    subject = subjects(test)
+    # the subjects of the real slice and of the image set beside it (for the subject bootstrap)
+    rows = [pd.DataFrame(dict(method=REAL_VS_REAL, pair=p.pair, target=name, subject_real=subject[p.real],
+                              subject_other=subject[p.real2],
                               luminance=_component(images, p.real, images, p.real2, mask, "luminance")))]
     for meth, o in outs.items():
         luminance = np.empty(len(p))
@@ -73,7 +82,8 @@ def e3_luminance(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed: in
             fake = Windowed(np.asarray(o.to_target[b], np.float32), squares=False)
             luminance[on_b] = _component(images, p.real.to_numpy()[on_b], fake, p.source.to_numpy()[on_b], mask[on_b],
                                          "luminance")
-        rows.append(pd.DataFrame(dict(method=meth, pair=p.pair, target=name, luminance=luminance)))
+        rows.append(pd.DataFrame(dict(method=meth, pair=p.pair, target=name, subject_real=subject[p.real],
+                                      subject_other=subject[p.source], luminance=luminance)))
     return pd.concat(rows, ignore_index=True)
 
 
@@ -88,14 +98,13 @@ def e4_cross_scanner(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed
     i, j = i[keep][:m], j[keep][:m]
     images, masks = Windowed(np.asarray(test.images, np.float32), squares=False), np.asarray(test.masks, bool)
     mask = masks[i] & masks[j]
-    rows = [pd.DataFrame(dict(method=BEFORE, pair=np.arange(len(i)),
-                              luminance=_component(images, i, images, j, mask, "luminance")))]
+    pairs = dict(pair=np.arange(len(i)), subject_i=subjects(test)[i], subject_j=subjects(test)[j])
+    rows = [pd.DataFrame(dict(method=BEFORE, **pairs, luminance=_component(images, i, images, j, mask, "luminance")))]
     for meth, o in outs.items():
         if meth == IDENTITY.name:
             continue  # identical to 'before'
         free = Windowed(o.scanner_free, squares=False)
-        rows.append(pd.DataFrame(dict(method=meth, pair=np.arange(len(i)),
-                                      luminance=_component(free, i, free, j, mask, "luminance"))))
+        rows.append(pd.DataFrame(dict(method=meth, **pairs, luminance=_component(free, i, free, j, mask, "luminance"))))
     return pd.concat(rows, ignore_index=True)
 
 
@@ -157,15 +166,23 @@ def fid_kid(features: torch.nn.Module, real, fake, subset: int = 50, seed: int =
 def e5_table(features: torch.nn.Module, train: Slices, test: Slices, outs: dict[str, Outputs],
              seed: int = 0) -> pd.DataFrame:
     """E5 per target scanner b and method: FID and KID between the real training slices of b and
-    every test slice of another scanner translated to b, beside the split-half floor of the real
-    set (method :data:`~nbutils.measures.FLOOR`); ``enough samples`` says whether both sets hold at
-    least twice the feature dimension (below it FID's covariance is poorly estimated)."""
+    every test slice of another scanner translated to b, beside two controls: the split-half floor
+    of the real set (method :data:`~nbutils.measures.FLOOR`: two halves of the same training
+    slices, which the feature network was trained on) and b's own real test slices against its
+    training slices (:data:`~nbutils.measures.OWN_SCANS`: unseen images of b, as a perfect
+    translation of the test anatomies would be; fewer images than the translations, one scanner's
+    share against the other scanners', so its FID carries more small-sample bias; KID does not).
+    ``enough samples`` says whether both sets hold at least twice the feature dimension (below it
+    FID's covariance is poorly estimated)."""
     rows = []
     for b, name in enumerate(test.domains):
         real = np.asarray(train.domain(b)[0])
         others = test.labels != b
         rows.append(dict(target=name, method=FLOOR, **fid_kid(features, *split_half(real, seed=seed), seed=seed)))
         real = embed(features, real)
+        if (test.labels == b).sum() >= 2:
+            own = np.asarray(test.images)[np.flatnonzero(test.labels == b)]
+            rows.append(dict(target=name, method=OWN_SCANS, **fid_kid(features, real, own, seed=seed)))
         rows += [dict(target=name, method=method, **fid_kid(features, real, o.to_target[b][others], seed=seed))
                  for method, o in outs.items()]
     table = pd.DataFrame(rows)

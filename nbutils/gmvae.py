@@ -443,8 +443,19 @@ def encode_all(model: GMVAE, images, batch_size: int = 256) -> dict[str, "np.nda
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def majority_components(model: GMVAE, images, labels, k: int) -> "np.ndarray":
+    """For each scanner label 0 … k-1: the mixture component most of its ``images`` fall in (the
+    argmax of q(y|x)). Component numbers are an arbitrary order of the scanners; this is the
+    scanner's component, e.g. to draw z^a for a known scanner from its own part of the mixture."""
+    import numpy as np
+
+    comps = encode_all(model, images)["prob"].argmax(1)
+    labels = np.asarray(labels)
+    return np.array([np.bincount(comps[labels == b], minlength=model.cfg.k).argmax() for b in range(k)])
+
+
 @torch.no_grad()
-def diagnostics(model: GMVAE, images, labels, seed: int = 0, batch_size: int = 256) -> dict:
+def diagnostics(model: GMVAE, images, labels, seed: int = 0, batch_size: int = 256, groups=None) -> dict:
     """Is the posterior collapsed? On (N, H, W) [0, 1] ``images`` with scanner ``labels``:
 
     - ``active_units``: latent dimensions whose posterior mean varies across images
@@ -454,7 +465,8 @@ def diagnostics(model: GMVAE, images, labels, seed: int = 0, batch_size: int = 2
       the variance criterion, which a learned narrow prior can satisfy without information);
     - ``occupancy``: the share of images whose argmax q(y|x) is each component;
     - ``probe_mean`` / ``probe_sample``: cross-validated linear-probe accuracy of the scanner from
-      the posterior mean and from one posterior sample (stage 2 is fed one of the two)."""
+      the posterior mean and from one posterior sample (stage 2 is fed one of the two); ``groups``
+      (e.g. the subjects) fall in one fold together (:func:`nbutils.clustering.linear_probe`)."""
     import numpy as np
 
     from .clustering import linear_probe
@@ -473,4 +485,5 @@ def diagnostics(model: GMVAE, images, labels, seed: int = 0, batch_size: int = 2
     return dict(active_units=int((var > 0.01).sum()), mean_variance=var, kl_per_dim=kl.mean(0),
                 informative_units=int((kl.mean(0) > 0.1).sum()),
                 occupancy=np.bincount(comp, minlength=model.cfg.k) / len(comp),
-                probe_mean=linear_probe(mu, labels, seed=seed), probe_sample=linear_probe(sample, labels, seed=seed))
+                probe_mean=linear_probe(mu, labels, seed=seed, groups=groups),
+                probe_sample=linear_probe(sample, labels, seed=seed, groups=groups))

@@ -33,9 +33,9 @@ def scanner_codes(model: Translator, train: Slices) -> pd.DataFrame:
     rows = []
     comps = None
     if model.cfg.variant == "gmm-drit":
-        comps = gmvae.encode_all(model.attribute.gmvae, train.images)["prob"].argmax(1)
+        comps = gmvae.majority_components(model.attribute.gmvae, train.images, train.labels, len(train.domains))
     for b, name in enumerate(train.domains):
-        comp = int(np.bincount(comps[train.labels == b], minlength=model.cfg.k).argmax()) if comps is not None else None
+        comp = int(comps[b]) if comps is not None else None
         code = b if (model.cfg.variant == "drit++" or model.cfg.known_labels) else comp
         rows.append(dict(scanner=name, code=code, component=comp))
     return pd.DataFrame(rows)

@@ -18,6 +18,7 @@ from .paired import CLEAN_TRUTH, RESCAN_CEILING, SCAN_CEILING, TARGET_SCAN
 REAL_VS_REAL = "real vs real"  # E3: two real slices of the target
 BEFORE = "before (inputs)"  # E4: the inputs, before harmonization
 FLOOR = "floor (real vs real)"  # E5: two random halves of the real set
+OWN_SCANS = "control: b's own test scans"  # E5: the target's real scans of the test anatomies
 INPUTS = "inputs"  # scanner-free consistency of the inputs themselves
 CHANCE = "chance"  # residual scanner: the largest class's share
 

@@ -37,7 +37,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from .config import NOTEBOOKS, PROFILES, SUPERSEDED, default_run_dir, get_profile, read_metrics, setup
-from .report import print_bars, results_table
+from .report import data_label, print_bars, results_table
 
 
 def notebooks(only: list[str] | None = None):
@@ -385,12 +385,12 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - started
     print("\nwall time per notebook (s): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())))
     print(f"total: {wall:.0f} s{' (lanes side by side counted once)' if wall < sum(timings.values()) - 1 else ''}"
-          f"\n\nheadline numbers ({run.metrics_file}{'; simulated data' if not data else ''}):")
+          f"\n\nheadline numbers ({run.metrics_file}; {data_label(run.dir)}):")
     metrics = read_metrics(run.dir)
     table = results_table(metrics)
     # the evaluations' method x measure table once notebooks 05-09 have run, else every number
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(table) else summary(metrics))
-    print_bars(metrics)
+    print_bars(metrics, data_label(run.dir))
     print(f"\nrun folder: {run.dir}\nfigures and tables: {run.figures}")
     return 0
 

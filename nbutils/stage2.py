@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from . import baselines, drit, gmvae, methods, outputs, paired, plots, usage
-from .config import Run, read_metrics
+from .config import Run, read_metrics, seed_everything
 from .data import Slices
 from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
@@ -368,6 +368,9 @@ class Experiment:
             return (f"stage 1 finds the scanners (E1 ACC {acc:.3f} ≥ {below:.2f}): GMM-DRIT's inferred codes are "
                     "the scanners, no known-labels ablation needed" + left)
         ablation = Experiment(self.run, self.method, known_labels=True, steps=self.steps)
+        # its initial weights from the run's seed, not from whatever this kernel drew before (which
+        # differs when the model above was trained rather than loaded)
+        seed_everything(self.run.seed)
         ablation.train(retrain)
         ablation.translation_grid()
         ablation.score()

@@ -1,5 +1,6 @@
-"""Summaries with uncertainty: mean ± sd, a bootstrap 95 % CI of a mean (resampling clusters) and
-of a difference of means, and a t-interval of a mean over a few runs (e.g. seeds)."""
+"""Summaries with uncertainty: mean ± sd, a bootstrap 95 % CI of a mean (resampling clusters, or the
+subjects of crossed pairs) and of a difference of means, and a t-interval of a mean over a few runs
+(e.g. seeds)."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,6 +21,34 @@ def bootstrap_mean(values: np.ndarray, groups=None, n_boot: int = 2000, level: f
     sums, counts = np.bincount(ids, weights=v), np.bincount(ids).astype(np.float64)
     pick = np.random.default_rng(seed).integers(0, len(sums), (n_boot, len(sums)))
     boots = sums[pick].sum(1) / counts[pick].sum(1)
+    return (float(v.mean()), *_interval(boots, level))
+
+
+def bootstrap_crossed(values: np.ndarray, clusters, n_boot: int = 2000, level: float = 0.95,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """mean(values) and its percentile bootstrap CI when each value is made of several clusters:
+    ``clusters`` (N, R) holds, per value, the cluster (e.g. the subject) of each of the R images it
+    compares. The clusters are resampled with replacement, and each value weighs the product of
+    how often its R clusters were drawn (the product-weight bootstrap of crossed designs, Owen
+    2007). A random pair of slices from a few subjects shares its subjects with many other pairs;
+    resampling the pairs as if they were independent gives too narrow an interval. With R = 1 this
+    is :func:`bootstrap_mean` with groups."""
+    v = np.asarray(values, np.float64)
+    ids = np.asarray(clusters)
+    ids = ids[:, None] if ids.ndim == 1 else ids
+    if len(v) == 0 or ids.shape[0] != len(v):
+        raise ValueError(f"one row of clusters per value: {len(v)} values, {ids.shape[0]} rows")
+    codes, names = pd.factorize(ids.ravel())
+    codes = codes.reshape(ids.shape)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(names), (n_boot, len(names)))
+    counts = np.stack([np.bincount(p, minlength=len(names)) for p in pick]).astype(np.float64)
+    weights = counts[:, codes[:, 0]]  # (n_boot, N)
+    for r in range(1, codes.shape[1]):
+        weights *= counts[:, codes[:, r]]
+    total = weights.sum(1)
+    keep = total > 0  # a draw that left out every value's clusters says nothing
+    boots = (weights[keep] @ v) / total[keep]
     return (float(v.mean()), *_interval(boots, level))
 
 
@@ -67,12 +96,15 @@ def _interval(boots: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def compare(df: pd.DataFrame, value: str, reference: str, by: str = "method", unit: str | None = None,
-            within: str | None = None, seed: int = 0) -> pd.DataFrame:
+            within: str | None = None, seed: int = 0, clusters: list[str] | None = None) -> pd.DataFrame:
     """One row per group of ``by`` (per stratum of ``within`` when given): n, mean, sd, and
     the ``reference`` group's mean minus this group's, with a bootstrap 95 % CI. With ``unit``
-    the rows of both groups sharing a unit id are matched and resampled together (paired)."""
+    the rows of both groups sharing a unit id are matched and resampled together (paired).
+    ``clusters`` (with ``unit``): the columns naming the subject of each image a row compares;
+    subjects are resampled, not units (:func:`bootstrap_crossed`), over the clusters of both rows
+    of a matched unit (a column that is the same in both counted once)."""
     if within:
-        return pd.concat([compare(g, value, reference, by, unit, seed=seed).assign(**{within: w})
+        return pd.concat([compare(g, value, reference, by, unit, seed=seed, clusters=clusters).assign(**{within: w})
                           [[within, by, "n", "mean ± sd", "mean", "sd", f"{reference} − this", "CI low", "CI high"]]
                           for w, g in df.groupby(within)], ignore_index=True)
     groups = dict(tuple(df.groupby(by, sort=False)))
@@ -85,7 +117,12 @@ def compare(df: pd.DataFrame, value: str, reference: str, by: str = "method", un
                "mean": g[value].mean(), "sd": g[value].std(ddof=1),
                f"{reference} − this": np.nan, "CI low": np.nan, "CI high": np.nan}
         if name != reference:
-            if unit:
+            if unit and clusters:
+                m = ref[[unit, value, *clusters]].merge(g[[unit, value, *clusters]], on=unit, suffixes=("", "_other"))
+                ids = [m[c] for c in clusters] + [m[f"{c}_other"] for c in clusters
+                                                  if not m[c].equals(m[f"{c}_other"])]
+                d, lo, hi = bootstrap_crossed(m[value] - m[f"{value}_other"], np.column_stack(ids), seed=seed)
+            elif unit:
                 m = ref[[unit, value]].merge(g[[unit, value]], on=unit, suffixes=("", "_other"))
                 d, lo, hi = bootstrap_diff(m[value], m[f"{value}_other"], paired=True, seed=seed)
             else:

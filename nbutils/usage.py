@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .clustering import linear_probe
+from .clustering import linear_probe, majority_chance
 from .data import Slices
 from .drit import Translator
 
@@ -158,7 +158,7 @@ def probe_control(features: dict[str, np.ndarray], test: Slices, scales=SCALES) 
     rows = np.concatenate(groups)
     labels = np.asarray(test.labels)[rows]
     folds = _subject_folds(test)[rows]
-    chance = float(np.unique(labels, return_counts=True)[1].max() / len(labels))
+    chance = majority_chance(labels)
     out = []
     for name, f in features.items():
         f = np.asarray(f, np.float64)
@@ -240,6 +240,6 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
                 share_zc=scanner_share(c["zc"], test), share_inputs=scanner_share(inputs, test),
                 probe_zc=probe(c["zc"]), probe_za=probe(c["za"]),
                 probe_zc_window=probe(c["zc_window"]) if "zc_window" in c else float("nan"),
-                chance=float(np.bincount(labels).max() / len(labels)),
+                chance=majority_chance(labels),
                 dc_accuracy=float((c["dc"] == c["c"]).mean()), ds1_accuracy=float((c["ds1"] == c["c"]).mean()),
                 ds2_accuracy=float((c["ds2"] == c["c"]).mean()))

@@ -440,6 +440,7 @@ def test_gmm_drit_trains_on_the_frozen_codes_computed_once(known_labels):
     encoding the batch's slices again, and the step uses them; DRIT++'s encoder trains, so it
     refuses."""
     task = make_task(known_labels=known_labels)
+    task.modules.label_component = torch.arange(3) if known_labels else None
     s = sampler()
     plain = s(4)
     s.attach_codes(task.modules)
@@ -470,6 +471,49 @@ def test_gmm_drit_infers_the_scanner_code_unless_told_to_use_the_labels():
     assert torch.equal(known, torch.nn.functional.one_hot(labels, 3).float())
     za, c = make_task().modules.scanner_free_code(4, "cpu")
     assert za.shape == (4, 8) and not c.any()
+
+
+def test_with_known_labels_a_random_target_s_attribute_comes_from_that_scanner_s_own_component(tmp_path, monkeypatch):
+    """GMM-DRIT with ``known_labels``: the code of a random target is a scanner label r, and its z^a
+    is drawn from the GM-VAE component most of r's training slices fall in (component numbers are
+    an arbitrary order of the scanners), as the harmonizer draws it; train_drit sets that map.
+    With inferred codes the code is the component itself."""
+    task = make_task(known_labels=True)
+    m = task.modules
+    with pytest.raises(ValueError, match="train_drit"):
+        m.random_code(4, "cpu")
+    drawn = []
+    monkeypatch.setattr(m.attribute, "draw", lambda y: drawn.append(y) or torch.zeros(len(y), 8))
+    m.label_component = torch.tensor([2, 0, 1])
+    torch.manual_seed(0)
+    _, c = m.random_code(64, "cpu")
+    r = c.argmax(1)
+    assert len(r.unique()) == 3 and torch.equal(drawn[-1].argmax(1), torch.tensor([2, 0, 1])[r])
+    inferred = make_task().modules
+    monkeypatch.setattr(inferred.attribute, "draw", lambda y: drawn.append(y) or torch.zeros(len(y), 8))
+    _, c = inferred.random_code(64, "cpu")
+    assert torch.equal(drawn[-1], c)
+    # train_drit maps each label to its majority component (labels 0, 1, 2 fall in 1, 2, 1)
+    images = np.random.default_rng(0).random((24, 16, 16)).astype(np.float32)
+    labels = np.arange(24) % 3
+    comps = np.where(labels == 1, 2, 1)
+    comps[0] = 0  # one slice of label 0 elsewhere: the majority decides
+    prob = np.eye(3)[comps]
+    monkeypatch.setattr(gmvae, "encode_all", lambda model, x: {"prob": prob})
+    cfg = make_task(known_labels=True).cfg
+    model, _ = drit.train_drit(images, labels, cfg, tmp_path / "m.pt", gmvae=tiny_gmvae(), steps=1, batch_size=3,
+                               device="cpu")
+    assert model.label_component.tolist() == [1, 2, 1]
+
+
+def test_dritpp_s_latent_regression_trains_the_generator_not_its_attribute_encoder():
+    """DRIT++'s code steps only E^c and G after the latent regression: its gradient reaches G's
+    output, not E^a's weights."""
+    m = make_task("drit++").modules
+    x_r = (torch.rand(2, 1, 16, 16) * 2 - 1).requires_grad_()
+    m.latent_regression(x_r, torch.randn(2, 8)).backward()
+    assert x_r.grad is not None and x_r.grad.abs().sum() > 0
+    assert all(p.grad is None for p in m.attribute.parameters())
 
 
 def test_configuration_errors_are_explained():
@@ -657,6 +701,7 @@ def test_the_field_layout_term_pulls_each_code_s_mean_field_to_its_slices_layout
                                  batch_size=3, device="cpu")
     assert (history["field_layout"] > 0).all()
     task = make_task(w_field_layout=1.0, known_labels=True)
+    task.modules.label_component = torch.arange(3)
     with pytest.raises(ValueError, match="train_drit"):
         task.step(sampler()(0), 0, train.Context(torch.device("cpu"), task.optimizers))
     with pytest.raises(ValueError, match="w_field_layout"):

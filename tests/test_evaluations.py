@@ -24,7 +24,8 @@ def scanners(n_per=12, k=3, size=24, seed=0):
             images.append(np.clip(base ** (0.6 + 0.5 * b) + rng.normal(0, 0.02, base.shape) * disc, 0, 1))
             masks.append(disc)
             labels.append(b)
-    manifest = pd.DataFrame(dict(domain=[f"s{b}" for b in labels], domain_index=labels))
+    manifest = pd.DataFrame(dict(domain=[f"s{b}" for b in labels], domain_index=labels,
+                                 subject=[f"x{i}" for i in range(len(labels))]))
     return Slices(np.array(images, np.float32), np.array(masks), np.array(clean, np.float32), manifest,
                   [f"s{b}" for b in range(k)])
 
@@ -125,6 +126,14 @@ def test_fid_and_kid_separate_scanners_and_are_near_zero_within_one(tmp_path):
     assert different["fid"] > 5 * same["fid"] and different["kid"] > same["kid"]
     with pytest.raises(ValueError, match="at least two"):
         evaluations.fid_kid(feats, a[:1], b)
+    # E5's table: per target, both controls and every method; b's own unseen scans lie near b's
+    # training slices, other scanners' slices left untouched (identity) far from them
+    unseen = scanners(n_per=12, seed=1)
+    table = evaluations.e5_table(feats, test, unseen, outputs(unseen)).set_index(["target", "method"])
+    assert set(table.index.get_level_values("method")) == {measures.FLOOR, measures.OWN_SCANS, "perfect", "identity"}
+    for b in test.domains:
+        assert table.loc[(b, measures.OWN_SCANS), "n_fake"] == 12 and table.loc[(b, "identity"), "n_fake"] == 24
+        assert table.loc[(b, measures.OWN_SCANS), "kid"] < table.loc[(b, "identity"), "kid"] / 5
 
 
 def test_e7_wasserstein_drops_to_zero_when_scanners_share_one_appearance():

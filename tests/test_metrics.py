@@ -165,6 +165,63 @@ def test_bootstrap_mean_resamples_whole_groups():
         bootstrap_mean(hits, subjects[:10])
 
 
+def test_random_pairs_of_a_few_subjects_are_resampled_by_subject():
+    """Values of random pairs of 30 subjects, each value the sum of its two subjects' effects (as a
+    score of two slices depends on both anatomies): the mean over 3,000 pairs is no better known than
+    the 30 subjects allow. Resampling the subjects covers the population mean (0) about as often as
+    a 95 % interval should; resampling the pairs as if independent covers it rarely. With one
+    cluster per value it is the grouped bootstrap of the mean."""
+    from nbutils.stats import bootstrap_crossed, bootstrap_diff, bootstrap_mean
+
+    crossed, naive = [], []
+    for rep in range(40):
+        rng = np.random.default_rng(rep)
+        effect = rng.normal(0, 1, 30)
+        i, j = rng.integers(0, 30, 3000), rng.integers(0, 30, 3000)
+        v = effect[i] + effect[j] + rng.normal(0, 0.1, 3000)
+        m, lo, hi = bootstrap_crossed(v, np.column_stack([i, j]), n_boot=500, seed=rep)
+        assert m == pytest.approx(v.mean()) and lo < m < hi
+        crossed.append(lo < 0 < hi)
+        _, nlo, nhi = bootstrap_diff(v, np.zeros_like(v), paired=True, n_boot=500, seed=rep)
+        naive.append(nlo < 0 < nhi)
+    assert np.mean(crossed) >= 0.85 and np.mean(naive) <= 0.4
+    rng = np.random.default_rng(0)
+    hits, subjects = rng.random(320), np.repeat(np.arange(40), 8)
+    _, lo, hi = bootstrap_crossed(hits, subjects)
+    _, glo, ghi = bootstrap_mean(hits, subjects)
+    assert abs((hi - lo) - (ghi - glo)) < 0.1 * (ghi - glo)
+    with pytest.raises(ValueError, match="one row of clusters per value"):
+        bootstrap_crossed(hits, subjects[:10])
+
+
+def test_compare_resamples_the_subjects_of_both_rows_of_a_matched_pair(monkeypatch):
+    """E3-like: every pair compares a real slice with a second image (a translated slice or a second
+    real one), and how a pair scores depends on its subjects, differently for the two rows: the
+    interval over subjects is wider than over pairs, and a column both rows share counts once."""
+    import pandas as pd
+
+    from nbutils.stats import compare
+
+    rng = np.random.default_rng(0)
+    effect = rng.normal(0, 0.2, 12)
+    real, other, real2 = (rng.integers(0, 12, 2000) for _ in range(3))
+    df = pd.concat([pd.DataFrame(dict(method="ref", pair=np.arange(2000), real=real, other=other,
+                                      v=effect[real] + effect[other])),
+                    pd.DataFrame(dict(method="b", pair=np.arange(2000), real=real, other=real2,
+                                      v=effect[real] + 0.5 * effect[real2] + 0.05))])
+    plain = compare(df, "v", "ref", unit="pair").set_index("method").loc["b"]
+    by_subject = compare(df, "v", "ref", unit="pair", clusters=["real", "other"]).set_index("method").loc["b"]
+    assert by_subject["ref − this"] == pytest.approx(plain["ref − this"])
+    assert (by_subject["CI high"] - by_subject["CI low"]) > 3 * (plain["CI high"] - plain["CI low"])
+    assert by_subject["CI low"] < by_subject["ref − this"] < by_subject["CI high"]
+    from nbutils import stats
+
+    seen = []
+    monkeypatch.setattr(stats, "bootstrap_crossed", lambda v, ids, seed: seen.append(ids) or (0.0, 0.0, 0.0))
+    compare(df, "v", "ref", unit="pair", clusters=["real", "other"])
+    np.testing.assert_array_equal(seen[0], np.column_stack([real, other, real2]))  # the shared real once
+
+
 def test_compare_table_reports_every_group_against_the_reference():
     import pandas as pd
 

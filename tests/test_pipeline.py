@@ -595,6 +595,24 @@ def test_what_the_environment_record_cannot_read_is_left_empty_and_stops_nothing
     assert "made with Python" in report.readme_section({"environment": env}, "x")
 
 
+def test_the_results_say_what_the_run_s_data_are_and_call_only_simulated_sets_simulated(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(plots, "SIMULATED", plots.SIMULATED)  # describe_data sets it for the kernel
+    run = tmp_path / "run"
+    (run / "slices").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"environment": {"python": "3.11"}}))
+    assert "**Simulated data**" in report.readme_section({}, run)  # no slices yet: the built-in set's run
+    csv = tmp_path / "mine" / "scans.csv"
+    csv.parent.mkdir()
+    (run / "slices" / "info.json").write_text(json.dumps({"source_csv": str(csv)}))
+    text = report.readme_section({}, run)
+    assert "Simulated data" not in text and "sim-A" not in text
+    assert "**Data**: data of scans.csv (not simulated by this project)" in text
+    assert report.main(["--run-dir", str(run)]) == 0
+    assert "data of scans.csv (not simulated by this project)" in capsys.readouterr().out
+    (csv.parent / "README.txt").write_text(plots.SIMULATION_MARK + "\n")  # a set nbutils.phantom made
+    assert "**Simulated data**" in report.readme_section({}, run)
+
+
 def test_a_run_on_your_data_is_named_after_the_csv_unless_named(tmp_path):
     runs = config.DATA / "runs"
     assert pipeline.run_folder("quick") == ""  # the built-in data's default run

@@ -113,3 +113,30 @@ def test_only_gmm_drit_with_inferred_codes_draws_and_undoes_a_tone_curve_and_fie
     for cfg in (stage2.model_config(p, (182, 182), 4, "gmm-drit", known_labels=True),
                 stage2.model_config(p, (182, 182), 4, "drit++")):
         assert not cfg.content_field and cfg.tone_curve == 0 and cfg.tone_floor == 0
+
+
+def test_the_known_labels_ablation_starts_from_the_run_s_seed_whatever_the_kernel_drew_before(tmp_path, monkeypatch):
+    """Notebook 03 trains the ablation after many cells that draw random numbers, and what they draw
+    depends on whether the model above was trained or loaded: its initial weights must not."""
+    run = config.setup("smoke", str(tmp_path / "run"), seed=5)
+    run.record("02_gmvae", {"ACC": 0.5})
+    monkeypatch.setattr(stage2, "slices_for_run", lambda run, split: None)
+    monkeypatch.setattr(stage2.paired, "has_traveling", lambda test: False)
+
+    class Started(Exception):
+        pass
+
+    seen = []
+
+    def train_variant(*args, **kwargs):  # what the networks' initial weights would be drawn from
+        seen.append(torch.rand(3))
+        raise Started
+
+    monkeypatch.setattr(stage2, "train_variant", train_variant)
+    exp = stage2.Experiment(run, methods.GMM_DRIT)
+    for before in (0, 7):
+        torch.rand(before)
+        with pytest.raises(Started):
+            exp.beside_known_labels()
+    config.seed_everything(5)
+    assert torch.equal(seen[0], seen[1]) and torch.equal(seen[0], torch.rand(3))
