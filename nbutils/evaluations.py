@@ -42,8 +42,8 @@ def subjects(test: Slices) -> np.ndarray:
 
 def e2_structure(test: Slices, outs: dict[str, Outputs]) -> pd.DataFrame:
     images, masks = Windowed(np.asarray(test.images, np.float32)), np.asarray(test.masks, bool)
-    every = np.arange(len(images))
-    rows = [pd.DataFrame(dict(method=m, slice=every, scanner=test.manifest["domain"], subject=subjects(test),
+    every, subject = np.arange(len(images)), subjects(test)
+    rows = [pd.DataFrame(dict(method=m, slice=every, scanner=test.manifest["domain"], subject=subject,
                               structure=_component(images, every, Windowed(o.scanner_free), every, masks, "structure")))
             for m, o in outs.items()]
     return pd.concat(rows, ignore_index=True)
@@ -98,7 +98,8 @@ def e4_cross_scanner(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed
     i, j = i[keep][:m], j[keep][:m]
     images, masks = Windowed(np.asarray(test.images, np.float32), squares=False), np.asarray(test.masks, bool)
     mask = masks[i] & masks[j]
-    pairs = dict(pair=np.arange(len(i)), subject_i=subjects(test)[i], subject_j=subjects(test)[j])
+    subject = subjects(test)
+    pairs = dict(pair=np.arange(len(i)), subject_i=subject[i], subject_j=subject[j])
     rows = [pd.DataFrame(dict(method=BEFORE, **pairs, luminance=_component(images, i, images, j, mask, "luminance")))]
     for meth, o in outs.items():
         if meth == IDENTITY.name:

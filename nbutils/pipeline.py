@@ -382,15 +382,15 @@ def main(argv=None) -> int:
         print(f"== {task_name(task)}  (profile {run.profile.name}, run folder {run.dir})", flush=True)
         if not done(task, *run_task(task, out, params)):
             return 1
-    wall = time.perf_counter() - started
+    wall, label = time.perf_counter() - started, data_label(run.dir)  # what the run's data are, once
     print("\nwall time per notebook (s): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())))
     print(f"total: {wall:.0f} s{' (lanes side by side counted once)' if wall < sum(timings.values()) - 1 else ''}"
-          f"\n\nheadline numbers ({run.metrics_file}; {data_label(run.dir)}):")
+          f"\n\nheadline numbers ({run.metrics_file}; {label}):")
     metrics = read_metrics(run.dir)
     table = results_table(metrics)
     # the evaluations' method x measure table once notebooks 05-09 have run, else every number
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(table) else summary(metrics))
-    print_bars(metrics, data_label(run.dir))
+    print_bars(metrics, label)
     print(f"\nrun folder: {run.dir}\nfigures and tables: {run.figures}")
     return 0
 
