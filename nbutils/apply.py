@@ -151,8 +151,8 @@ def agreement(volumes: pd.DataFrame, outputs: list[str]) -> tuple[pd.DataFrame, 
     v = volumes.assign(output=outputs).reset_index(drop=True)
     pairs, rows = [], []
     for subject, g in v.groupby("subject", sort=False):
-        _, ys = volume_slices(g.path.iloc[0])
-        read = lambda path: volume_slices(path, ys=ys)[0].astype(np.float32)
+        first, ys = volume_slices(g.path.iloc[0])
+        read = lambda path: (first if path == g.path.iloc[0] else volume_slices(path, ys=ys)[0]).astype(np.float32)
         seen = {}
         for r in g.itertuples():
             x, y = read(r.path), read(r.output)

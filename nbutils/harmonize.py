@@ -202,13 +202,12 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     from pathlib import Path
 
     import nibabel as nib
-    from scipy import ndimage
     from skimage.transform import resize
 
     from .data import MASK_THRESHOLD, resize_slices
     from .io import atomic_path
     from .volumes import (MNI_AFFINE, MNI_SHAPE, DataError, coronal_slice, coronal_to_volume, load_volume,
-                          normalisation_range, to_mni_grid)
+                          normalisation_range, regrid, to_mni_grid)
 
     if mode not in ("scanner-free", "to-scanner"):
         raise ValueError(f"mode must be 'scanner-free' or 'to-scanner', got {mode!r}")
@@ -234,9 +233,8 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
             out[:, y, :] = coronal_to_volume(s if s.shape == (182, 182) else resize(s, (182, 182), order=1, preserve_range=True))
     # back from the MNI grid onto the (canonical) input grid, then the input's orientation
     vox = np.linalg.inv(MNI_AFFINE) @ canon.affine  # input voxel -> MNI voxel
-    back = ndimage.affine_transform(out, vox[:3, :3], vox[:3, 3], output_shape=data.shape, order=1)
-    brain = ndimage.affine_transform((vol > MASK_THRESHOLD).astype(np.float32), vox[:3, :3], vox[:3, 3],
-                                     output_shape=data.shape, order=0) > 0.5
+    back = regrid(out, vox, data.shape, order=1)
+    brain = regrid((vol > MASK_THRESHOLD).astype(np.float32), vox, data.shape, order=0) > 0.5
     result = np.where(brain, back * (hi - lo) + lo, data).astype(np.float32)
     ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(canon.affine),
                                            nib.orientations.io_orientation(original.affine))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from .crops import coordinates, monomials
 
@@ -33,6 +32,8 @@ def coefficients(images: np.ndarray, order: int = 3, floor: float = 0.1) -> np.n
     The slices' first and last pixels are taken at -1 and 1: for a down-sampled view of a slice
     (:func:`nbutils.crops.views`, whose edge pixels sit a little inside: at -0.990 and 0.990 for a
     182 px slice at 64 px) a coefficient of degree d comes out 0.990^d of the slice's, 1-3 % low."""
+    from scipy.stats import rankdata  # here: scipy.stats takes about a second to import
+
     images = np.asarray(images, np.float64)
     if images.ndim != 3:
         raise ValueError(f"expected (N, h, w) slices, got shape {images.shape}")

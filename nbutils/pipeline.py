@@ -37,7 +37,6 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from .config import NOTEBOOKS, PROFILES, SUPERSEDED, default_run_dir, get_profile, read_metrics, setup
-from .report import data_label, print_bars, results_table
 
 
 def notebooks(only: list[str] | None = None):
@@ -206,16 +205,23 @@ def next_task(queues: list[list[Path | str]], i: int, any_lane: frozenset[str]) 
     return other.pop() if other else None
 
 
+def lane_processes(n: int) -> list[ProcessPoolExecutor]:
+    """``n`` worker processes, one per lane; a pipeline call keeps them for all its steps of lanes,
+    since each spends seconds importing papermill (jsonschema's format checkers) before its first task."""
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds kernel sockets
+    return [ProcessPoolExecutor(1, mp_context=spawn) for _ in range(n)]
+
+
 def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares: list[set[int]], done,
-                  any_lane: frozenset[str] = ANY_LANE) -> bool:
-    """Run ``lanes`` at once, each in a fresh process on its share of the cores, its tasks one after
-    the other. A lane that has run out of tasks takes the last waiting task of another lane if that
+                  any_lane: frozenset[str] = ANY_LANE, pools: list[ProcessPoolExecutor] | None = None) -> bool:
+    """Run ``lanes`` at once, each in a process of its own (``pools``, one per lane, else fresh ones)
+    on its share of the cores, its tasks one after the other. A lane that has run out of tasks takes the last waiting task of another lane if that
     task's short name (:func:`task_name`) is in ``any_lane`` and the lanes have as many cores each
     (so that no number depends on which lane ran it: threads split sums differently; docs/design.md,
     "Two lanes"). ``done(task, seconds, error)`` is called as each task ends and returns whether it
     succeeded; after a failure no task starts (those running finish). Whether all succeeded."""
-    spawn = multiprocessing.get_context("spawn")  # no fork of a process that holds kernel sockets
-    pools = [ProcessPoolExecutor(1, mp_context=spawn) for _ in lanes]
+    own = pools is None
+    pools = lane_processes(len(lanes)) if own else pools
     queues, running, ok = [list(lane) for lane in lanes], {}, True
     if len({len(cores) for cores in shares[:len(lanes)]}) > 1:
         any_lane = frozenset()
@@ -241,7 +247,7 @@ def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares
                     start(i)
         return ok
     finally:
-        for pool in pools:
+        for pool in pools if own else ():
             pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -319,6 +325,7 @@ def check_data(csv: str, profile: str, seed: int) -> str:
 
 
 def main(argv=None) -> int:
+    from .report import data_label, print_bars, results_table  # here: a lane's process needs none of it
     from .volumes import DataError
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -369,19 +376,25 @@ def main(argv=None) -> int:
         return True
 
     shares = None if args.one_at_a_time else core_shares(2)  # every group of LANES has two lanes
-    for step in plan(tasks, lanes=shares is not None):
-        if len(step) > 1:
-            print(f"== side by side, on cores {' and '.join(','.join(map(str, sorted(c))) for c in shares)} "
-                  f"(profile {run.profile.name}, run folder {run.dir}):\n"
-                  + "\n".join(f"   lane {i + 1}: {', then '.join(task_name(t) for t in lane)}" for i, lane in enumerate(step)),
-                  flush=True)
-            if not execute_lanes(step, out, params, shares, done):
+    pools = []  # the lanes' processes, made at the first step of lanes, kept to the last
+    try:
+        for step in plan(tasks, lanes=shares is not None):
+            if len(step) > 1:
+                print(f"== side by side, on cores {' and '.join(','.join(map(str, sorted(c))) for c in shares)} "
+                      f"(profile {run.profile.name}, run folder {run.dir}):\n"
+                      + "\n".join(f"   lane {i + 1}: {', then '.join(task_name(t) for t in lane)}"
+                                   for i, lane in enumerate(step)), flush=True)
+                pools = pools or lane_processes(len(shares))
+                if not execute_lanes(step, out, params, shares, done, pools=pools):
+                    return 1
+                continue
+            task = step[0][0]
+            print(f"== {task_name(task)}  (profile {run.profile.name}, run folder {run.dir})", flush=True)
+            if not done(task, *run_task(task, out, params)):
                 return 1
-            continue
-        task = step[0][0]
-        print(f"== {task_name(task)}  (profile {run.profile.name}, run folder {run.dir})", flush=True)
-        if not done(task, *run_task(task, out, params)):
-            return 1
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
     wall, label = time.perf_counter() - started, data_label(run.dir)  # what the run's data are, once
     print("\nwall time per notebook (s): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(timings.items())))
     print(f"total: {wall:.0f} s{' (lanes side by side counted once)' if wall < sum(timings.values()) - 1 else ''}"

@@ -87,7 +87,8 @@ def montage(images: dict[str, np.ndarray], title: str = "", ncols: int | None = 
     nrows = int(np.ceil(len(names) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.3 * nrows), squeeze=False)
     for ax in axes.flat:
-        ax.axis("off")
+        ax.set_axis_off()
+        ax.set(xticks=[], yticks=[])  # no ticks to lay out (axes off alone still computes them)
     for ax, name in zip(axes.flat, names):
         ax.imshow(np.asarray(images[name], np.float32), cmap=cmap, vmin=0, vmax=vmax)
         ax.set_title(name, fontsize=8)

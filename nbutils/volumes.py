@@ -86,6 +86,23 @@ def robust_normalise(data: np.ndarray, low_pct: float = 0.5, high_pct: float = 9
     return np.clip((np.asarray(data, np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+def regrid(data: np.ndarray, vox: np.ndarray, shape: tuple, order: int = 1) -> np.ndarray:
+    """``data`` resampled onto a grid of ``shape`` whose voxel v reads ``data`` at ``vox @ v``
+    (a 4 x 4 voxel-to-voxel affine; zeros outside). A whole-voxel shift is copied exactly, which
+    is what interpolating at whole voxels gives, without interpolating."""
+    shift = vox[:3, 3]
+    if not (np.allclose(vox[:3, :3], np.eye(3), atol=1e-4) and np.allclose(shift, np.round(shift), atol=1e-3)):
+        return ndimage.affine_transform(data, vox[:3, :3], shift, output_shape=tuple(shape),
+                                        order=order, cval=0.0).astype(np.float32)
+    out = np.zeros(shape, np.float32)
+    s = np.round(shift).astype(int)
+    src = [slice(max(s[i], 0), min(s[i] + shape[i], data.shape[i])) for i in range(3)]
+    dst = [slice(sl.start - s[i], sl.stop - s[i]) for i, sl in enumerate(src)]
+    if all(sl.stop > sl.start for sl in src):
+        out[tuple(dst)] = data[tuple(src)]
+    return out
+
+
 def to_mni_grid(img: nib.Nifti1Image, source: str | Path = "", order: int = 1) -> np.ndarray:
     """Resample a canonical volume onto the MNI 1 mm 182 x 218 x 182 grid (zeros outside).
 
@@ -95,18 +112,7 @@ def to_mni_grid(img: nib.Nifti1Image, source: str | Path = "", order: int = 1) -
     interpolated (``order`` 1 = trilinear).
     """
     data = np.asarray(img.dataobj, dtype=np.float32)
-    vox = np.linalg.inv(img.affine) @ MNI_AFFINE  # MNI voxel -> source voxel
-    shift = vox[:3, 3]
-    if np.allclose(vox[:3, :3], np.eye(3), atol=1e-4) and np.allclose(shift, np.round(shift), atol=1e-3):
-        out = np.zeros(MNI_SHAPE, np.float32)
-        s = np.round(shift).astype(int)
-        src = [slice(max(s[i], 0), min(s[i] + MNI_SHAPE[i], data.shape[i])) for i in range(3)]
-        dst = [slice(sl.start - s[i], sl.stop - s[i]) for i, sl in enumerate(src)]
-        if all(sl.stop > sl.start for sl in src):
-            out[tuple(dst)] = data[tuple(src)]
-    else:
-        out = ndimage.affine_transform(data, vox[:3, :3], vox[:3, 3], output_shape=MNI_SHAPE,
-                                       order=order, cval=0.0).astype(np.float32)
+    out = regrid(data, np.linalg.inv(img.affine) @ MNI_AFFINE, MNI_SHAPE, order)  # MNI voxel -> source voxel
     inside, total = float(np.abs(out).sum()), float(np.abs(data).sum())
     # the resampled grid has ~1 voxel per mm^3 of the source: compare masses per mm^3
     voxel_mm3 = abs(float(np.linalg.det(img.affine[:3, :3])))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nbutils.volumes import (MNI_AFFINE, MNI_SHAPE, DataError, coronal_slice, coronal_to_volume,
-                             load_volume, robust_normalise, to_mni_grid)
+                             load_volume, regrid, robust_normalise, to_mni_grid)
 from conftest import blob_volume
 
 
@@ -77,6 +77,24 @@ def test_whole_voxel_shift_is_copied_exactly():
     out = to_mni_grid(nib.Nifti1Image(data, big_affine))
     assert out.shape == MNI_SHAPE
     np.testing.assert_array_equal(out, data[7:189, 8:226, 0:182])
+
+
+@pytest.mark.parametrize("shift", [(3, -2, 0), (-5, 4, 7), (0, 0, 0)])
+@pytest.mark.parametrize("order", [0, 1])
+def test_a_whole_voxel_shift_is_regridded_as_interpolation_would(shift, order):
+    """Both ways between grids (onto MNI and back onto the input's, larger and smaller): the exact
+    copy equals trilinear or nearest interpolation at those whole voxels, zeros outside."""
+    data = np.random.default_rng(1).random((20, 17, 23)).astype(np.float32)
+    vox = np.eye(4)
+    vox[:3, 3] = shift
+    from scipy import ndimage
+    for shape in ((20, 17, 23), (25, 12, 30)):
+        want = ndimage.affine_transform(data, vox[:3, :3], vox[:3, 3], output_shape=shape, order=order, cval=0.0)
+        np.testing.assert_array_equal(regrid(data, vox, shape, order), want)
+    half = np.diag([0.5, 0.5, 0.5, 1.0])  # not a shift: interpolated
+    np.testing.assert_allclose(regrid(data, half, (30, 30, 30), order),
+                               ndimage.affine_transform(data, half[:3, :3], half[:3, 3], output_shape=(30, 30, 30),
+                                                        order=order, cval=0.0))
 
 
 def test_other_grids_are_interpolated_onto_mni():
