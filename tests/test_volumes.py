@@ -81,7 +81,7 @@ def test_whole_voxel_shift_is_copied_exactly():
 
 @pytest.mark.parametrize("shift", [(3, -2, 0), (-5, 4, 7), (0, 0, 0)])
 @pytest.mark.parametrize("order", [0, 1])
-def test_a_whole_voxel_shift_is_regridded_as_interpolation_would(shift, order):
+def test_a_whole_voxel_shift_is_regridded_as_interpolation_would(shift, order, monkeypatch):
     """Both ways between grids (onto MNI and back onto the input's, larger and smaller): the exact
     copy equals trilinear or nearest interpolation at those whole voxels, zeros outside."""
     data = np.random.default_rng(1).random((20, 17, 23)).astype(np.float32)
@@ -91,6 +91,10 @@ def test_a_whole_voxel_shift_is_regridded_as_interpolation_would(shift, order):
     for shape in ((20, 17, 23), (25, 12, 30)):
         want = ndimage.affine_transform(data, vox[:3, :3], vox[:3, 3], output_shape=shape, order=order, cval=0.0)
         np.testing.assert_array_equal(regrid(data, vox, shape, order), want)
+    import nbutils.volumes as volumes
+    monkeypatch.setattr(volumes.ndimage, "affine_transform", lambda *a, **k: pytest.fail("interpolated a shift"))
+    regrid(data, vox, (25, 12, 30), order)  # the copy, not the interpolation
+    monkeypatch.undo()
     half = np.diag([0.5, 0.5, 0.5, 1.0])  # not a shift: interpolated
     np.testing.assert_allclose(regrid(data, half, (30, 30, 30), order),
                                ndimage.affine_transform(data, half[:3, :3], half[:3, 3], output_shape=(30, 30, 30),
