@@ -88,8 +88,8 @@ def robust_normalise(data: np.ndarray, low_pct: float = 0.5, high_pct: float = 9
 
 def regrid(data: np.ndarray, vox: np.ndarray, shape: tuple, order: int = 1) -> np.ndarray:
     """``data`` resampled onto a grid of ``shape`` whose voxel v reads ``data`` at ``vox @ v``
-    (a 4 x 4 voxel-to-voxel affine; zeros outside). A whole-voxel shift is copied exactly, which
-    is what interpolating at whole voxels gives, without interpolating."""
+    (a 4 x 4 voxel-to-voxel affine; zeros outside). A shift by whole voxels (within 1e-3 voxel) is
+    copied, which for an exact shift is what interpolating at whole voxels gives."""
     shift = vox[:3, 3]
     if not (np.allclose(vox[:3, :3], np.eye(3), atol=1e-4) and np.allclose(shift, np.round(shift), atol=1e-3)):
         return ndimage.affine_transform(data, vox[:3, :3], shift, output_shape=tuple(shape),
