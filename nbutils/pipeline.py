@@ -219,7 +219,8 @@ def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares
     the last waiting task of another lane if that task's short name (:func:`task_name`) is in
     ``any_lane`` and the lanes have as many cores each (so that no number depends on which lane ran
     it: threads split sums differently; docs/design.md, "Two lanes"). ``done(task, seconds, error)``
-    is called as each task ends and returns whether it succeeded; after a failure no task starts (those running finish). Whether all succeeded."""
+    is called as each task ends and returns whether it succeeded; after a failure no task starts
+    (those running finish). Whether all succeeded."""
     own = pools is None
     pools = lane_processes(len(lanes)) if own else pools
     queues, running, ok = [list(lane) for lane in lanes], {}, True
