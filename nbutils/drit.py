@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -536,9 +537,26 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
             whole = crops.views(sampler.images, LAYOUT_VIEW) if sampler.views is None else sampler.views
             targets = layout.field_targets(np.asarray(whole), groups.cpu().numpy(), cfg.k, cfg.bias_field)
             task.layout = (sampler.codes, groups, torch.as_tensor(targets, dtype=torch.float32, device=device))
+    if gmvae is not None:
+        refuse_other_gmvae(checkpoint, task.modules)
     history = fit(task, sampler, steps, checkpoint, every=every, seed=seed, device=device, desc=cfg.variant,
                   snapshots=snapshots)
     return task.modules.eval(), history
+
+
+def refuse_other_gmvae(checkpoint, model: Translator) -> None:
+    """Raise if the stage-2 ``checkpoint`` holds another frozen GM-VAE than ``model``'s (notebook
+    02 trained it again since): its E^a, and the codes it was trained on, are not the run's, and
+    loading it would overwrite the GM-VAE given. No checkpoint yet, or DRIT++: nothing to check."""
+    path = Path(checkpoint)
+    if not path.exists() or model.cfg.variant != "gmm-drit":
+        return
+    held = load_checkpoint(path, "cpu")["modules"]
+    ours = {k: v for k, v in model.state_dict().items() if k.startswith("attribute.gmvae.")}
+    if not all(k in held and torch.equal(held[k].cpu(), v.cpu()) for k, v in ours.items()):
+        raise ValueError(f"{path} was trained over another GM-VAE than the one given (notebook 02 has trained "
+                         f"it again since). Train stage 2 anew over it: set retrain (papermill -p retrain True), "
+                         f"or delete {path.name}.")
 
 
 def snapshot_models(checkpoint, model: Translator) -> list[tuple[int, float, Translator]]:

@@ -228,16 +228,22 @@ def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares
         any_lane = frozenset()
 
     def start(i: int) -> None:
+        nonlocal ok
         task = next_task(queues, i, any_lane)
         if task is None:
             return
         if task not in lanes[i]:  # the plan printed before no longer says where it runs
             print(f"   lane {i + 1} is free and takes {task_name(task, short=True)}", flush=True)
-        running[pools[i].submit(_execute_on, shares[i], task, out, params)] = i, task
+        try:
+            running[pools[i].submit(_execute_on, shares[i], task, out, params)] = i, task
+        except RuntimeError as err:  # the lane's process died while it waited (killed, out of memory)
+            done(task, 0.0, f"{type(err).__name__}: {err}")
+            ok = False
 
     try:
         for i in range(len(lanes)):
-            start(i)
+            if ok:
+                start(i)
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:

@@ -543,6 +543,23 @@ def test_stage_two_resumes_exactly(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_a_checkpoint_trained_over_another_gm_vae_is_refused(tmp_path):
+    """Notebook 02 trained again: its GM-VAE is not the one a GMM-DRIT checkpoint froze, and loading
+    the checkpoint would overwrite it. Refused, saying what to do; over the same GM-VAE it loads."""
+    images = np.random.default_rng(0).random((24, 16, 16)).astype(np.float32)
+    labels, cfg, path = np.arange(24) % 3, make_task().cfg, tmp_path / "m.pt"
+    kw = dict(steps=1, batch_size=3, device="cpu")
+    trained, _ = drit.train_drit(images, labels, cfg, path, gmvae=tiny_gmvae(), **kw)
+    loaded, _ = drit.train_drit(images, labels, cfg, path, gmvae=tiny_gmvae(), **kw)
+    for (name, a), b in zip(trained.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    other = tiny_gmvae()
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    with pytest.raises(ValueError, match="another GM-VAE.*retrain"):
+        drit.train_drit(images, labels, cfg, path, gmvae=other, **kw)
+
+
 def test_soft_histogram_sees_brightness_and_ignores_background():
     from nbutils.nets import soft_histogram
 

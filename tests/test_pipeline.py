@@ -4,6 +4,7 @@ of two sites (smoke profile), and what it leaves: a run folder with its own figu
 import json
 import os
 import shutil
+import signal
 from datetime import datetime
 from pathlib import Path
 
@@ -571,6 +572,33 @@ def test_after_a_failure_in_one_lane_no_task_starts_and_the_other_lane_s_running
                                 lambda task, seconds, error: ended.append((task.name, error)) or not error)
     assert not ok and ended == [("fails.ipynb", "ValueError: no GM-VAE"), ("slow.ipynb", "")]
     assert not (tmp_path / "out" / "after.ipynb").exists()
+
+
+def test_a_lane_whose_process_died_while_it_waited_reports_its_task_failed(tmp_path):
+    """A pipeline call keeps its lanes' processes between steps (:func:`pipeline.lane_processes`). One
+    killed in between (out of memory) fails the next task it is given, reported as any failure is,
+    not raised; and no other task starts."""
+    shares = pipeline.core_shares(2)
+    if shares is None:
+        pytest.skip("one core, a GPU or no CPU affinity here: no lanes")
+    from concurrent.futures.process import BrokenProcessPool
+
+    first, second = _toy_notebooks(tmp_path, {"first.ipynb": "print(1)", "second.ipynb": "print(2)"})
+    pools = pipeline.lane_processes(2)
+    try:
+        os.kill(pools[0].submit(os.getpid).result(timeout=60), signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool):  # broken by now, at the submission or in its result
+            pools[0].submit(os.getpid).result(timeout=60)
+        ended = []
+        (tmp_path / "out").mkdir()
+        ok = pipeline.execute_lanes([[first], [second]], tmp_path / "out", {}, shares,
+                                    lambda task, seconds, error: ended.append((task.name, error)) or not error,
+                                    pools=pools)
+    finally:
+        for pool in pools:
+            pool.shutdown(cancel_futures=True)
+    assert not ok and [name for name, _ in ended] == ["first.ipynb"] and "BrokenProcessPool" in ended[0][1]
+    assert not (tmp_path / "out" / "second.ipynb").exists()
 
 
 def test_a_notebook_that_fails_or_is_missing_is_reported_not_raised(tmp_path):
