@@ -31,7 +31,9 @@ import argparse
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
+import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -116,6 +118,28 @@ def core_shares(n: int) -> list[set[int]] | None:
     return [set(cores[size * i: size * (i + 1)]) for i in range(n)]
 
 
+def kernel_manager():
+    """The kernel manager papermill starts kernels with: on POSIX one that talks to its kernel over
+    Unix sockets (ZeroMQ's ``ipc`` transport) rather than TCP ports on localhost, which no other
+    machine or container can reach and which ipykernel does not warn about; elsewhere the default.
+    Each kernel's sockets get a name of their own in the temporary folder (the default,
+    ``kernel-ipc-N`` in the notebook's folder, would be shared by the two lanes' kernels)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import Unicode, default
+
+    if os.name != "posix":
+        return AsyncKernelManager
+
+    class UnixSocketKernelManager(AsyncKernelManager):
+        transport = Unicode("ipc")
+
+        @default("ip")
+        def _ip_default(self):
+            return str(Path(tempfile.gettempdir()) / f"kernel-{uuid.uuid4().hex}-ipc")
+
+    return UnixSocketKernelManager
+
+
 def execute(nb: Path, out: Path, params: dict, progress: bool = True) -> tuple[float, str]:
     """Run one notebook with papermill into ``out``: (seconds, '' or the error that stopped it)."""
     import papermill as pm
@@ -124,7 +148,8 @@ def execute(nb: Path, out: Path, params: dict, progress: bool = True) -> tuple[f
     try:
         declared = pm.inspect_notebook(str(nb))
         pm.execute_notebook(str(nb), str(out), parameters={k: v for k, v in params.items() if k in declared},
-                            cwd=str(NOTEBOOKS), progress_bar=progress, kernel_name="python3")
+                            cwd=str(NOTEBOOKS), progress_bar=progress, kernel_name="python3",
+                            kernel_manager_class=kernel_manager())
     except pm.PapermillExecutionError as err:  # a cell raised
         return time.perf_counter() - start, f"{err.ename}: {err.evalue}"
     except Exception as err:  # the kernel died, a timeout, ...: reported the same way, not as a traceback

@@ -609,6 +609,25 @@ def test_a_notebook_that_fails_or_is_missing_is_reported_not_raised(tmp_path):
     assert error.startswith("FileNotFoundError")
 
 
+@pytest.mark.skipif(os.name != "posix", reason="Unix sockets: POSIX only")
+def test_the_kernels_talk_over_sockets_of_their_own_and_leave_none_behind(tmp_path, capfd):
+    """Over TCP every kernel warned that its traffic was unencrypted; over ZeroMQ's ipc transport it does
+    not, and each kernel's sockets are named apart, so the two lanes' kernels cannot take the same ones."""
+    code = "from ipykernel.kernelapp import IPKernelApp\napp = IPKernelApp.instance()\nprint(app.transport, app.ip)"
+    import nbformat
+
+    nbs = _toy_notebooks(tmp_path, {"a.ipynb": code, "b.ipynb": code})
+    seen = []
+    for nb in nbs:
+        assert pipeline.execute(nb, tmp_path / f"out-{nb.name}", {}, progress=False)[1] == ""
+        transport, ip = nbformat.read(tmp_path / f"out-{nb.name}", 4).cells[0].outputs[0]["text"].split()
+        assert transport == "ipc" and Path(ip).is_absolute()
+        seen.append(ip)
+        assert not list(Path(ip).parent.glob(Path(ip).name + "*"))  # the socket files were removed
+    assert seen[0] != seen[1]
+    assert "without encryption" not in capfd.readouterr().err
+
+
 def test_what_the_environment_record_cannot_read_is_left_empty_and_stops_nothing(monkeypatch):
     from importlib import metadata
 
