@@ -35,7 +35,7 @@ from . import metrics
 from .baselines import histogram_match, reference_quantiles
 from .data import Slices
 from .parallel import thread_map
-from .stats import bootstrap_diff
+from .stats import bootstrap_mean
 
 TARGET_SCAN, CLEAN_TRUTH = "target scan", "clean truth"
 REFERENCES = (TARGET_SCAN, CLEAN_TRUTH)
@@ -321,7 +321,8 @@ def scanner_free_scores(test: Slices, outputs: np.ndarray, control: np.ndarray |
     inputs, outs = metrics.Windowed(test.images), metrics.Windowed(outputs)
     control = None if control is None else metrics.Windowed(control)
     agree = lambda w: metrics.ssim_pairs(w, src, w, dst, masks[src])
-    agreement = pd.DataFrame(dict(anatomy=anatomy.to_numpy()[src], source=pairs["source"].to_numpy(),
+    agreement = pd.DataFrame(dict(anatomy=anatomy.to_numpy()[src], subject=test.manifest["subject"].to_numpy()[src],
+                                  source=pairs["source"].to_numpy(),
                                   target=pairs["target"].to_numpy(), inputs=agree(inputs), outputs=agree(outs)))
     every = np.arange(len(test))
     kept = lambda w: metrics.components_pairs(inputs, every, w, every, masks, parts=("structure",))["structure"]
@@ -363,8 +364,9 @@ def blur_control(test: Slices, outputs: np.ndarray) -> tuple[dict[str, float], n
 def agreement_table(test: Slices, scanner_free: dict[str, np.ndarray], seed: int = 0) -> pd.DataFrame:
     """Scanner-free agreement of each method beside its controls: one row per method with the
     inputs' agreement, its blur control (and the sigma per scanner, pixels), the outputs'
-    agreement, the margin of the outputs over the stronger control with its 95 % bootstrap CI
-    (anatomies resampled: their scanner pairs are not independent), whether that CI lies above 0
+    agreement, the margin of the outputs over the stronger control (the mean over anatomies) with
+    its 95 % bootstrap CI (whole subjects resampled, as everywhere else: an anatomy's scanner pairs
+    are not independent, nor are a subject's adjacent slices), whether that CI lies above 0
     (``beats_inputs_and_blur``), and the structure SSIM input vs output beside input vs blur control
     and input vs clean truth, and (with a clean truth) where the darkest pixels of the outputs, the
     inputs and the blur control lie against the truth's (``dark_overlap``: :func:`scanner_free_scores`)."""
@@ -372,9 +374,9 @@ def agreement_table(test: Slices, scanner_free: dict[str, np.ndarray], seed: int
     for method, out in scanner_free.items():
         sigmas, control = blur_control(test, out)
         agree, structure = scanner_free_scores(test, out, control)
-        per = agree.groupby("anatomy")[["inputs", "blur_control", "outputs"]].mean()
+        per = agree.groupby("anatomy").agg(dict(subject="first", inputs="mean", blur_control="mean", outputs="mean"))
         stronger = "blur_control" if per["blur_control"].mean() >= per["inputs"].mean() else "inputs"
-        d, lo, hi = bootstrap_diff(per["outputs"], per[stronger], paired=True, seed=seed)
+        d, lo, hi = bootstrap_mean(per["outputs"] - per[stronger], groups=per["subject"], seed=seed)
         rows.append(dict(method=method, n_pairs=len(agree), n_anatomies=len(per), inputs=per["inputs"].mean(),
                          blur_control=per["blur_control"].mean(),
                          blur_sigma_px=" / ".join(f"{v:g}" for v in sigmas.values()),

@@ -175,13 +175,24 @@ PROBE_MARGIN = 0.15  # a probe "at chance": within this of it (0.40 for four bal
 
 def share_at_probe(control: pd.DataFrame, code: str, bar: float) -> float:
     """How small the scanner's part of ``code`` must be for the probe to fall to ``bar``: on
-    ``control``'s curve (a grid of scales, so a point of it), the largest share up to which the
-    probe reads at most ``bar`` at every smaller share too (a dip above the first crossing does not
-    count); NaN if the probe is above ``bar`` even at the smallest share."""
+    ``control``'s curve, where the probe first rises above ``bar`` as the share grows (a dip above
+    that crossing does not count), interpolated between the two scales around it, linearly in the
+    logarithm of the share (the scales are a coarse grid: the shares of neighbouring scales differ
+    4-6 fold; linearly where the smaller share is 0); the largest share if the probe never rises
+    above ``bar``; NaN if it is above ``bar`` even at the smallest share."""
     c = control[control.code == code].sort_values("share")
-    above = np.flatnonzero(~(c.probe.to_numpy() <= bar))
-    last = (above[0] if len(above) else len(c)) - 1
-    return float(c.share.iloc[last]) if last >= 0 else float("nan")
+    share, probe = c.share.to_numpy(float), c.probe.to_numpy(float)
+    above = np.flatnonzero(~(probe <= bar))
+    if not len(above):
+        return float(share[-1]) if len(share) else float("nan")
+    hi = above[0]
+    if hi == 0:
+        return float("nan")
+    lo = hi - 1
+    t = (bar - probe[lo]) / (probe[hi] - probe[lo])
+    if share[lo] <= 0:
+        return float(share[lo] + t * (share[hi] - share[lo]))
+    return float(np.exp(np.log(share[lo]) + t * (np.log(share[hi]) - np.log(share[lo]))))
 
 
 @torch.no_grad()

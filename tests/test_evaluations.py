@@ -68,6 +68,24 @@ def test_e3_uses_the_same_pairs_for_every_method_and_real_targets_only():
         assert got[i] == pytest.approx(lum, abs=1e-12)
 
 
+def test_e3_pairs_compare_other_subjects_wherever_the_data_have_them():
+    """Traveling subjects (every subject in every scanner): without subjects some pairs compare an anatomy
+    with itself; with them none does. A scanner whose slices are all one subject's still gets pairs."""
+    labels = np.repeat(np.arange(3), 8)
+    subject = np.tile(np.repeat(np.arange(4), 2), 3)  # 4 subjects x 2 slices, in each of 3 scanners
+    blind = evaluations.e3_pairs(labels, 2000)
+    assert (subject[blind.source] == subject[blind.real]).any() and (subject[blind.real2] == subject[blind.real]).any()
+    p = evaluations.e3_pairs(labels, 2000, groups=subject)
+    assert (subject[p.source] != subject[p.real]).all() and (subject[p.real2] != subject[p.real]).all()
+    assert (labels[p.real] == p.target).all() and (labels[p.real2] == p.target).all()
+    assert (labels[p.source] != p.target).all()
+    lonely = subject.copy()
+    lonely[labels == 0] = 9  # scanner 0 saw one subject only
+    q = evaluations.e3_pairs(labels, 2000, groups=lonely)
+    on0 = q.target == 0
+    assert on0.any() and (q.real2 != q.real).all() and (lonely[q.source] != lonely[q.real]).all()
+
+
 def test_e2_to_e4_refuse_a_pair_with_nothing_to_score():
     test = scanners()
     masks = np.array(test.masks)
@@ -143,6 +161,14 @@ def test_e7_wasserstein_drops_to_zero_when_scanners_share_one_appearance():
     w = table.set_index("method")["mean_pairwise_wasserstein"]
     assert w["identity"] > 0.05 and w["perfect"] < 0.02
     assert set(values["identity"]) == set(test.domains)
+    assert np.isnan(table["sampling_floor"]).all()  # 1,300 voxels a scanner: no second sample of 20,000
+    floor = evaluations.e7_intensities(test, outs, per_scanner=500)[1].set_index("method")["sampling_floor"]
+    assert (floor > 0).all() and floor["identity"] < w["identity"] / 5  # what samples of one distribution read
+    # every method's sample is of the same voxels, whatever the order of the methods
+    again = evaluations.e7_intensities(test, dict(reversed(list(outs.items()))))[0]
+    for meth in outs:
+        for b in test.domains:
+            np.testing.assert_array_equal(again[meth][b], values[meth][b])
 
 
 def test_the_residual_scanner_is_read_on_each_draw_of_the_scanner_free_attribute(tmp_path):

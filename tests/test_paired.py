@@ -194,6 +194,28 @@ def test_blur_control_agrees_better_than_noisy_inputs_and_exposes_a_blurring_har
     assert table.loc["only blur", "dark_overlap"] < 0.9
 
 
+def test_the_agreement_margin_s_interval_resamples_whole_subjects_not_their_slices():
+    """A subject's adjacent slices stand or fall together: three copies of each anatomy as slices 0, 1, 2
+    give the interval of the anatomies alone, not one narrower by about 1 / sqrt(3)."""
+    test = traveling(n=8)
+    rng = np.random.default_rng(5)
+    first = {s: i for i, s in reversed(list(enumerate(test.manifest.subject)))}
+    # each anatomy's first scan, with noise of its own: outputs that agree, some anatomies better than others
+    outputs = np.stack([np.clip(test.images[first[s]] + rng.normal(0, rng.uniform(0, 0.1), test.images.shape[1:]), 0, 1)
+                        for s in test.manifest.subject]).astype(np.float32) * test.masks
+    rows = [i for s in test.manifest.subject.unique() for _ in range(3)
+            for i in np.flatnonzero(test.manifest.subject == s)]
+    copies = test.manifest.iloc[rows].reset_index(drop=True)
+    copies["slice_index"] = [j for _ in test.manifest.subject.unique() for j in range(3) for _ in test.domains]
+    tripled = Slices(test.images[rows], test.masks[rows], test.clean[rows], copies, test.domains, test.rescan[rows])
+    once = paired.agreement_table(test, {"m": outputs}).iloc[0]
+    thrice = paired.agreement_table(tripled, {"m": outputs[rows]}).iloc[0]
+    assert thrice["n_anatomies"] == 3 * once["n_anatomies"]
+    assert thrice["margin"] == pytest.approx(once["margin"])
+    assert (thrice["margin_ci_low"], thrice["margin_ci_high"]) == pytest.approx((once["margin_ci_low"], once["margin_ci_high"]))
+    assert once["margin_ci_low"] < once["margin"] < once["margin_ci_high"]
+
+
 def test_blur_control_in_threads_gives_each_scanner_its_own_sigma_and_rows(monkeypatch):
     from nbutils import parallel
 

@@ -91,10 +91,13 @@ def test_probe_control_reads_chance_once_the_scanner_part_is_gone_and_the_scanne
     assert strong.loc[1.0, "share"] == pytest.approx(usage.scanner_share(anatomy + scanner, test))
     assert np.allclose(control[control.code == "none"].probe, 1 / 3)  # nothing to read at any scale
     assert np.allclose(control.chance, 1 / 3)
-    # the share up to which the probe stays at the bar: a dip above the first crossing does not count
+    # where the probe first rises above the bar (a dip above that crossing does not count), between the
+    # scales around it: 0.48 lies 52 % of the way from 0.35 (share 0.01) to 0.6 (share 0.05), in log share
     curve = pd.DataFrame(dict(code="c", share=[0.4, 0.2, 0.05, 0.01, 0.0], probe=[1.0, 0.45, 0.6, 0.35, 0.33]))
-    assert usage.share_at_probe(curve, "c", 0.48) == 0.01
-    assert usage.share_at_probe(curve, "c", 1.0) == 0.4
+    assert usage.share_at_probe(curve, "c", 0.48) == pytest.approx(0.01 * 5 ** 0.52)
+    assert usage.share_at_probe(curve, "c", 0.34) == pytest.approx(0.005)  # from share 0: linearly
+    assert usage.share_at_probe(curve, "c", 0.35) == pytest.approx(0.01)  # on a grid point: that point
+    assert usage.share_at_probe(curve, "c", 1.0) == 0.4  # never above the bar: the largest share
     assert np.isnan(usage.share_at_probe(curve, "c", 0.3))
     lonely = type(test)(test.images[:3], test.masks[:3], None, m.iloc[:3].assign(subject=["a", "b", "c"]), test.domains)
     assert usage.probe_control({"strong": scanner[:3]}, lonely).empty
