@@ -45,7 +45,7 @@ from .stage2 import BESIDE, Experiment
 from .stats import t_interval
 
 # (a key of the model's own section (03/04) or a measure of notebook 09, its label, better: higher
-# True, lower False, None for neither: target sensitivity is 1 for an oracle, above 1 overshoots)
+# True, lower False, None for neither: target sensitivity is 1 as far as the scans differ, above overshoots)
 MEASURES = (
     ("target_sensitivity", BESIDE["target_sensitivity"], None),
     ("d2d_reference_guided_ssim_vs_target_scan", BESIDE["d2d_reference_guided_ssim_vs_target_scan"], True),

@@ -3,7 +3,8 @@
 - **target sensitivity**: how much the translation of one image changes when only its target
   changes, divided by how much the same anatomy really differs between those scanners (the
   traveling subjects). 0: the generator ignores its target; about 1: it moves as far as the
-  scanners really differ.
+  scans really differ, each scan's own noise included. Beside it the same ratio of the clean
+  truths, a noise-free oracle's reading (below 1 by the scans' noise).
 - **code probes**: a cross-validated linear probe (folds by subject: an anatomy's slices, in every
   scanner that saw it, are held out together) that reads the scanner from the content map
   z^c (its 4 x 4 average-pooled map, a coarse spatial pattern, and, unless z^c is
@@ -23,8 +24,9 @@
   before the probe falls to chance (:func:`probe_control`). It puts the probe's 1.00 beside what
   it would read for a content map a tenth or a hundredth as scanner-dependent.
 - **discriminator accuracy**: how often D_c (on z^c) and the scanner heads of D_s1 / D_s2 (on
-  real images) name the code each image was trained with. D_c near chance with a probe near 1
-  means D_c cannot see what carries the scanner.
+  real images) name the code each image was trained with, on whole slices and, for a model trained
+  on windows, on the central training-sized window (``*_accuracy_window``), the kind of input they
+  were trained on. D_c near chance with a probe near 1 means D_c cannot see what carries the scanner.
 
 The learning curve (paired scores at each training snapshot) is :func:`nbutils.stage2.learning_curve`.
 """
@@ -46,19 +48,26 @@ def target_sensitivity(outputs: np.ndarray, test: Slices) -> dict[str, float]:
 
     ``change`` = mean |out_b − out_b'| over images and target pairs; ``gap`` = mean |x_b − x_b'|
     over the same anatomy seen by scanners b and b' (brain mask, both); ``ratio`` = change / gap.
-    Without traveling subjects there is no gap to compare with: ``gap`` and ``ratio`` are NaN."""
+    ``oracle``: the ratio of the clean truths themselves, mean |clean_b − clean_b'| / gap, what a
+    generator that draws each anatomy's noise-free rendering on the target reads. It is below 1:
+    the observed gap also holds each scan's own noise and nuisance, which no translation can know.
+    Without traveling subjects there is no gap to compare with: ``gap``, ``ratio`` and ``oracle``
+    are NaN; without a clean truth ``oracle`` is."""
     from .paired import has_traveling, traveling_pairs
 
     masks = np.asarray(test.masks, bool)
     k = outputs.shape[0]
     change = np.mean([np.abs(outputs[b] - outputs[c])[masks].mean() for b, c in itertools.combinations(range(k), 2)])
+    nan = float("nan")
     if not has_traveling(test):
-        return dict(change=float(change), gap=float("nan"), ratio=float("nan"))
+        return dict(change=float(change), gap=nan, ratio=nan, oracle=nan)
     pairs = traveling_pairs(test)
     pairs = pairs[pairs.source < pairs.target]
-    images = np.asarray(test.images, np.float32)
-    gap = np.mean([np.abs(images[s] - images[d])[masks[s] | masks[d]].mean() for s, d in zip(pairs.src, pairs.dst)])
-    return dict(change=float(change), gap=float(gap), ratio=float(change / gap))
+    apart = lambda images: np.mean([np.abs(images[s] - images[d])[masks[s] | masks[d]].mean()
+                                    for s, d in zip(pairs.src, pairs.dst)])
+    gap = apart(np.asarray(test.images, np.float32))
+    oracle = nan if test.clean is None else apart(np.asarray(test.clean, np.float32)) / gap
+    return dict(change=float(change), gap=float(gap), ratio=float(change / gap), oracle=float(oracle))
 
 
 def _batches(images: np.ndarray, model: Translator, size: int = 64):
@@ -201,9 +210,9 @@ def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str
     instance-normalised, then its 4 x 4 average-pooled map; for a window-trained model also that
     of the central training-sized window), the z^a G
     is fed (the posterior mean, as at inference), the training code c, and the argmax of D_c,
-    D_s1, D_s2."""
+    D_s1, D_s2 (for a window-trained model also on that central window, as they were trained)."""
     model.eval()
-    out = {k: [] for k in ("zc", "zc_window", "za", "c", "dc", "ds1", "ds2")}
+    out = {k: [] for k in ("zc", "zc_window", "za", "c", "dc", "ds1", "ds2", "dc_window", "ds1_window", "ds2_window")}
     (th, tw), windowed = model.cfg.image_shape, tuple(model.cfg.image_shape) != model.cfg.slices
     moments = not model.cfg.content_norm
     labels = torch.from_numpy(np.array(labels, dtype=np.int64))
@@ -217,8 +226,13 @@ def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str
         if windowed:
             y0, x0 = (x.shape[-2] - th) // 2, (x.shape[-1] - tw) // 2
             corner = torch.tensor([[y0, x0]] * len(x), device=x.device, dtype=torch.float32)
-            window = model.encode(x[..., y0: y0 + th, x0: x0 + tw], (za, c), corner, tuple(x.shape[-2:]))
+            xw = x[..., y0: y0 + th, x0: x0 + tw]
+            window = model.encode(xw, (za, c), corner, tuple(x.shape[-2:]))
             out["zc_window"].append(summarise(window, moments))
+            # the discriminators on what they were trained on: windows (D_c told where its cells lie)
+            out["dc_window"].append(model.dc(window, model.content_grid(corner, window.shape[-2:])).argmax(1))
+            out["ds1_window"].append(model.ds1(xw)[1].argmax(1))
+            out["ds2_window"].append(model.ds2(xw)[1].argmax(1))
         out["za"].append(za.float())
         out["c"].append(c.argmax(1))
         out["dc"].append(model.dc(zc).argmax(1))
@@ -248,9 +262,10 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
     groups = _subject_folds(test)
     probe = lambda f: linear_probe(f, labels, groups=groups)
     return dict(target_change=sens["change"], scanner_gap=sens["gap"], target_sensitivity=sens["ratio"],
+                target_sensitivity_oracle=sens["oracle"],
                 share_zc=scanner_share(c["zc"], test), share_inputs=scanner_share(inputs, test),
                 probe_zc=probe(c["zc"]), probe_za=probe(c["za"]),
                 probe_zc_window=probe(c["zc_window"]) if "zc_window" in c else float("nan"),
                 chance=majority_chance(labels),
-                dc_accuracy=float((c["dc"] == c["c"]).mean()), ds1_accuracy=float((c["ds1"] == c["c"]).mean()),
-                ds2_accuracy=float((c["ds2"] == c["c"]).mean()))
+                **{f"{d}_accuracy{w}": float((c[d + w] == c["c"]).mean()) if d + w in c else float("nan")
+                   for w in ("", "_window") for d in ("dc", "ds1", "ds2")})

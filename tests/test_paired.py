@@ -27,7 +27,7 @@ def scan(clean, disc, b, rng, noise=0.03):
     return np.clip(gaussian_filter(clean, 0.6 * b) + rng.normal(0, noise, clean.shape), 0, 1) * disc
 
 
-def traveling(n=6, k=3, seed=0) -> Slices:
+def traveling(n=6, k=3, seed=0, noise=0.03) -> Slices:
     """n anatomies, each seen by k toy scanners; clean truth and an independent rescan kept."""
     rng = np.random.default_rng(seed)
     images, masks, clean, rescan, rows = [], [], [], [], []
@@ -35,8 +35,8 @@ def traveling(n=6, k=3, seed=0) -> Slices:
         base, disc = anatomy(rng)
         for b in range(k):
             truth = base ** GAINS[b] * disc
-            images.append(scan(truth, disc, b, rng))
-            rescan.append(scan(truth, disc, b, rng))
+            images.append(scan(truth, disc, b, rng, noise))
+            rescan.append(scan(truth, disc, b, rng, noise))
             clean.append(truth)
             masks.append(disc)
             rows.append(dict(subject=f"t{s}", slice_index=0, domain=f"s{b}", domain_index=b))

@@ -695,7 +695,8 @@ def test_a_bad_csv_stops_before_any_notebook_runs(case, message, tmp_path, capsy
 def test_the_bars_table_says_which_model_meets_which_bar_and_leaves_out_what_was_not_recorded():
     gmm, dritpp, ident, hm = (m.name for m in (methods.GMM_DRIT, methods.DRITPP, methods.IDENTITY, methods.HISTOGRAM))
     # GMM-DRIT exactly at the sensitivity and probe bars (met), DRIT++ past them
-    metrics = {methods.GMM_DRIT.section: dict(target_sensitivity=0.5, probe_zc=0.40, probe_bar=0.40, chance=0.25),
+    metrics = {methods.GMM_DRIT.section: dict(target_sensitivity=0.5, probe_zc=0.40, probe_bar=0.40, chance=0.25,
+                                              target_sensitivity_oracle=0.8),
                methods.DRITPP.section: dict(target_sensitivity=0.3, probe_zc=0.90, probe_bar=0.40, chance=0.25)}
 
     def record(measure, values):
@@ -719,6 +720,8 @@ def test_the_bars_table_says_which_model_meets_which_bar_and_leaves_out_what_was
         "scanner-free agreement above the inputs' and the blur control's": "yes / no",
         "structure kept, input vs scanner-free (E2) ≥ 0.95": "yes / no",
         "frozen classifier's residual accuracy, median over scanner-free draws ≤ 0.50": "yes / no"}
+    assert bars.loc["target sensitivity ≥ 0.5", "controls and ceilings"].startswith(
+        "the clean truths (a noise-free oracle) 0.800, 1 = as far as the scans differ")
     assert bars.loc["scanner-free agreement above the inputs' and the blur control's", "controls and ceilings"] \
         == "inputs 0.700; blur controls 0.750 / 0.850"
     assert "| scanner probe from z^c ≤ 0.40 (chance + 0.15) | 0.400 | 0.900 | chance 0.25 | yes / no |" \

@@ -1,4 +1,6 @@
 """Stage-2 diagnostics (nbutils.usage) on models and outputs whose answer is known."""
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,13 +22,25 @@ def oracle_and_ignoring_outputs(test):
     return oracle, ignoring
 
 
-def test_target_sensitivity_is_one_for_an_oracle_and_zero_when_the_target_is_ignored():
+def test_target_sensitivity_is_one_for_the_target_scans_and_zero_when_the_target_is_ignored():
     test = traveling(n=6, k=3)
     oracle, ignoring = oracle_and_ignoring_outputs(test)
     assert abs(usage.target_sensitivity(oracle, test)["ratio"] - 1) < 0.05
     assert usage.target_sensitivity(ignoring, test)["ratio"] == 0
     half = (oracle + ignoring) / 2  # moves half way
     assert abs(usage.target_sensitivity(half, test)["ratio"] - 0.5) < 0.05
+
+
+def test_the_noise_free_oracle_reads_what_clean_renderings_on_the_target_read_and_less_than_the_scans():
+    test = traveling(n=6, k=3, noise=0.1)
+    m = test.manifest.reset_index(drop=True)
+    row = {(s, b): i for i, (s, b) in enumerate(zip(m.subject, m.domain_index))}
+    clean = np.stack([np.stack([test.clean[row[(s, b)]] for s in m.subject]) for b in range(len(test.domains))])
+    sens = usage.target_sensitivity(clean, test)
+    assert abs(sens["oracle"] - sens["ratio"]) < 0.02
+    # the scans differ by their own noise as well as by their scanners: the clean truths move less
+    assert 0.5 < sens["oracle"] < 0.9
+    assert np.isnan(usage.target_sensitivity(clean, replace(test, clean=None))["oracle"])
 
 
 def test_scanner_share_is_zero_for_invariant_features_one_for_scanner_only_and_graded_between():
@@ -162,7 +176,7 @@ def test_the_probes_and_discriminator_accuracies_read_what_a_model_is_known_to_c
             super().__init__()
             self.k, self.with_adversarial = k, with_adversarial
 
-        def forward(self, x):
+        def forward(self, x, *grid):
             scores = torch.eye(3)[self.k].expand(len(x), 3)
             return (None, scores) if self.with_adversarial else scores
 
@@ -194,3 +208,38 @@ def test_a_window_trained_model_s_content_is_also_probed_on_a_window():
     summary = torch.cat([centre.flatten(2).mean(2), centre.flatten(2).std(2, correction=0), pooled], 1).numpy()
     assert np.allclose(c["zc_window"][:3], summary, atol=1e-5)
     assert not np.allclose(c["zc_window"], c["zc"], atol=1e-3)  # not the whole slice's map
+
+
+def test_a_window_trained_model_s_discriminators_are_also_read_on_the_central_window(monkeypatch):
+    """Discriminators that name scanner 1 for a window-sized input and 0 otherwise: the whole-slice
+    accuracies score scanner 0's share, the window accuracies scanner 1's; D_c is told where the
+    window's cells lie."""
+    test = traveling(n=4, k=2)
+    torch.manual_seed(0)
+    cfg = drit.DRITConfig(image_shape=(16, 16), slice_shape=test.images.shape[1:], view=16, k=2, variant="drit++",
+                          width=4, attr=8, n_res=1, content_norm=False, dc_field=3)
+    model = drit.Translator(cfg).eval()
+    zc_window = model.encode(torch.zeros(1, 1, 16, 16), None).shape[-1]
+    grids = []
+
+    class BySize(torch.nn.Module):
+        def __init__(self, size, adversarial):
+            super().__init__()
+            self.size, self.adversarial = size, adversarial
+
+        def forward(self, x, grid=None):
+            if not self.adversarial:
+                grids.append(grid)
+            scores = torch.eye(2)[int(x.shape[-1] == self.size)].expand(len(x), 2)
+            return (None, scores) if self.adversarial else scores
+
+    monkeypatch.setattr(model, "dc", BySize(zc_window, adversarial=False))
+    monkeypatch.setattr(model, "ds1", BySize(16, adversarial=True))
+    monkeypatch.setattr(model, "ds2", BySize(16, adversarial=True))
+    diag = usage.report(model, test, np.stack([np.asarray(test.images)] * 2))
+    labels = np.asarray(test.labels)
+    for d in ("dc", "ds1", "ds2"):
+        assert diag[f"{d}_accuracy"] == np.mean(labels == 0) and diag[f"{d}_accuracy_window"] == np.mean(labels == 1)
+    # whole slices: D_c finds its own grid; the window: the cells' whole-slice coordinates
+    assert len(grids) == 2 and sum(g is None for g in grids) == 1
+    assert next(g for g in grids if g is not None).shape[-1] == zc_window
