@@ -38,7 +38,7 @@ def test_the_noise_free_oracle_reads_what_clean_renderings_on_the_target_read_an
     clean = np.stack([np.stack([test.clean[row[(s, b)]] for s in m.subject]) for b in range(len(test.domains))])
     sens = usage.target_sensitivity(clean, test)
     assert abs(sens["oracle"] - sens["ratio"]) < 0.02
-    # the scans differ by their own noise as well as by their scanners: the clean truths move less
+    # these toy scans differ by their own noise as well as by their scanners: the clean truths move less
     assert 0.5 < sens["oracle"] < 0.9
     assert np.isnan(usage.target_sensitivity(clean, replace(test, clean=None))["oracle"])
 
