@@ -1,0 +1,20 @@
+"""The notebooks as committed: valid for nbformat without its warnings (every cell has an id, which
+nbformat will require), no outputs and no execution counts (executed copies go to the run folder)."""
+import json
+import warnings
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_committed_notebook_is_valid_with_cell_ids_and_without_outputs(path):
+    assert len(NOTEBOOKS) == 11
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # MissingIDFieldWarning and the like fail the test
+        nbformat.validate(json.loads(path.read_text()))
+    code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    assert code and all(not c["outputs"] and c["execution_count"] is None for c in code)
