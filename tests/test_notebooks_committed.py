@@ -10,9 +10,12 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
+def test_the_eleven_notebooks_are_found():
+    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(1, 12)]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_a_committed_notebook_is_valid_with_cell_ids_and_without_outputs(path):
-    assert len(NOTEBOOKS) == 11
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # MissingIDFieldWarning and the like fail the test
         nbformat.validate(json.loads(path.read_text()))

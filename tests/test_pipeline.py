@@ -434,6 +434,7 @@ def test_the_seeds_table_counts_for_each_measure_in_its_own_direction():
     assert table.loc[ssim, "GMM-DRIT"] == f"{np.mean(a):.3f} ({np.std(a, ddof=1):.3f})"
     assert table.loc[probe, "GMM-DRIT better in"] == "2 of 5" and table.loc[probe, "better"] == "lower"
     assert table.loc[sens, "GMM-DRIT better in"] == "" and table.loc[sens, "GMM-DRIT − DRIT++"] == 0
+    assert table.loc[sens, "better"] == "neither (1: as far as the scans differ)"
 
 
 def test_each_run_keeps_its_figures_and_only_the_default_run_writes_figures(tmp_path, monkeypatch):

@@ -211,10 +211,14 @@ def test_a_window_trained_model_s_content_is_also_probed_on_a_window():
 
 
 def test_a_window_trained_model_s_discriminators_are_also_read_on_the_central_window(monkeypatch):
-    """Discriminators that name scanner 1 for a window-sized input and 0 otherwise: the whole-slice
-    accuracies score scanner 0's share, the window accuracies scanner 1's; D_c is told where the
-    window's cells lie."""
-    test = traveling(n=4, k=2)
+    """Discriminators that name scanner 1 for a window-sized input and 0 otherwise, on toy scanners
+    of unequal shares: the whole-slice accuracies score scanner 0's share, the window accuracies
+    scanner 1's; D_c reads the whole slice without a grid and the window with its cells'
+    whole-slice coordinates, those of the central window's corner."""
+    full = traveling(n=6, k=2)
+    test = full.take(np.flatnonzero((full.labels == 0) | (np.arange(len(full)) < 6)))  # scanner 1 in 3 rows of 9
+    labels = np.asarray(test.labels)
+    assert np.mean(labels == 1) not in (0, 0.5, 1)
     torch.manual_seed(0)
     cfg = drit.DRITConfig(image_shape=(16, 16), slice_shape=test.images.shape[1:], view=16, k=2, variant="drit++",
                           width=4, attr=8, n_res=1, content_norm=False, dc_field=3)
@@ -237,9 +241,11 @@ def test_a_window_trained_model_s_discriminators_are_also_read_on_the_central_wi
     monkeypatch.setattr(model, "ds1", BySize(16, adversarial=True))
     monkeypatch.setattr(model, "ds2", BySize(16, adversarial=True))
     diag = usage.report(model, test, np.stack([np.asarray(test.images)] * 2))
-    labels = np.asarray(test.labels)
     for d in ("dc", "ds1", "ds2"):
         assert diag[f"{d}_accuracy"] == np.mean(labels == 0) and diag[f"{d}_accuracy_window"] == np.mean(labels == 1)
-    # whole slices: D_c finds its own grid; the window: the cells' whole-slice coordinates
+    h, w = test.images.shape[1:]
+    corner = torch.tensor([[(h - 16) // 2, (w - 16) // 2]] * len(test), dtype=torch.float32)
     assert len(grids) == 2 and sum(g is None for g in grids) == 1
-    assert next(g for g in grids if g is not None).shape[-1] == zc_window
+    window_grid = next(g for g in grids if g is not None)
+    assert torch.equal(window_grid, model.content_grid(corner, (zc_window, zc_window)))
+    assert not torch.equal(window_grid, model.content_grid(corner * 0, (zc_window, zc_window)))
