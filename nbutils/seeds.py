@@ -244,7 +244,8 @@ def compare(df: pd.DataFrame) -> pd.DataFrame:
             continue
         mean, lo, hi = t_interval(d)
         better = "" if higher is None else f"{int(((d > 0) if higher else (d < 0)).sum())} of {len(d)}"
-        rows.append({"measure": label, "better": {True: "higher", False: "lower", None: "neither (1: as far as the scans differ)"}[higher],
+        side = {True: "higher", False: "lower", None: "neither (1: as far as the scans differ)"}[higher]
+        rows.append({"measure": label, "better": side,
                      "seeds": len(d), "GMM-DRIT": _mean_sd(a.loc[d.index, label]),
                      "DRIT++": _mean_sd(b.loc[d.index, label]), "GMM-DRIT − DRIT++": mean,
                      "GMM-DRIT better in": better,

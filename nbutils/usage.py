@@ -52,8 +52,8 @@ def target_sensitivity(outputs: np.ndarray, test: Slices) -> dict[str, float]:
     generator that draws each anatomy's noise-free rendering on the target reads. It is neither 1
     nor a bound: the scans' gap also holds each scan's own noise and nuisance (which raise it), and
     the clean truths' intensities need not spread between scanners as the scans' do (0.70 on the
-    built-in set, 1.24 on a second simulated set). Without traveling subjects there is no gap to compare with: ``gap``, ``ratio`` and ``oracle``
-    are NaN; without a clean truth ``oracle`` is."""
+    built-in set, 1.24 on a second simulated set). Without traveling subjects there is no gap to
+    compare with: ``gap``, ``ratio`` and ``oracle`` are NaN; without a clean truth ``oracle`` is."""
     from .paired import has_traveling, traveling_pairs
 
     masks = np.asarray(test.masks, bool)

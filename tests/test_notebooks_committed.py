@@ -16,8 +16,9 @@ def test_the_eleven_notebooks_are_found():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_a_committed_notebook_is_valid_with_cell_ids_and_without_outputs(path):
+    nb = json.loads(path.read_text())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # MissingIDFieldWarning and the like fail the test
-        nbformat.validate(json.loads(path.read_text()))
-    code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        nbformat.validate(nb)
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code and all(not c["outputs"] and c["execution_count"] is None for c in code)

@@ -11,15 +11,18 @@ from nbutils import drit, usage
 from nbutils.harmonize import Harmonizer
 
 
+def on_every_target(test, images):
+    """(K, N, H, W): each image of ``test`` replaced by its anatomy's image of ``images`` (one per
+    row of ``test``) on each target scanner."""
+    m = test.manifest.reset_index(drop=True)
+    row = {(s, b): i for i, (s, b) in enumerate(zip(m.subject, m.domain_index))}
+    return np.stack([np.stack([images[row[(s, b)]] for s in m.subject]) for b in range(len(test.domains))])
+
+
 def oracle_and_ignoring_outputs(test):
     """(K, N, H, W) outputs: each image replaced by its anatomy's scan on the target (an oracle
     that moves exactly as far as the scanners differ), and the inputs whatever the target."""
-    m = test.manifest.reset_index(drop=True)
-    k = len(test.domains)
-    row = {(s, b): i for i, (s, b) in enumerate(zip(m.subject, m.domain_index))}
-    oracle = np.stack([np.stack([test.images[row[(s, b)]] for s in m.subject]) for b in range(k)])
-    ignoring = np.stack([np.asarray(test.images)] * k)
-    return oracle, ignoring
+    return on_every_target(test, test.images), np.stack([np.asarray(test.images)] * len(test.domains))
 
 
 def test_target_sensitivity_is_one_for_the_target_scans_and_zero_when_the_target_is_ignored():
@@ -33,9 +36,7 @@ def test_target_sensitivity_is_one_for_the_target_scans_and_zero_when_the_target
 
 def test_the_noise_free_oracle_reads_what_clean_renderings_on_the_target_read_and_less_than_the_scans():
     test = traveling(n=6, k=3, noise=0.1)
-    m = test.manifest.reset_index(drop=True)
-    row = {(s, b): i for i, (s, b) in enumerate(zip(m.subject, m.domain_index))}
-    clean = np.stack([np.stack([test.clean[row[(s, b)]] for s in m.subject]) for b in range(len(test.domains))])
+    clean = on_every_target(test, test.clean)
     sens = usage.target_sensitivity(clean, test)
     assert abs(sens["oracle"] - sens["ratio"]) < 0.02
     # these toy scans differ by their own noise as well as by their scanners: the clean truths move less
