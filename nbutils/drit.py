@@ -202,7 +202,7 @@ class Translator(nn.Module):
 
         A model trained on windows translates a larger slice window by window: training-sized
         windows at half-window strides, blended with a sine taper (:meth:`_windows`; longer strides,
-        Gaussian and flat tapers scored 0.006-0.018 SSIM lower: docs/experiments.md). E^c and G
+        Gaussian and flat tapers scored up to 0.018 SSIM lower: docs/experiments.md). E^c and G
         instance-normalise their feature maps; over a whole 1 mm slice, half of it background,
         those statistics are not the ones they were trained with, and translating the whole slice
         in one pass scored 0.03-0.04 SSIM lower against the target scan and the clean truth
