@@ -30,7 +30,8 @@ from torch import nn
 
 from . import appearance, crops, layout, losses
 from .gmvae import AttributeEncoder, GMVAE, GMVAEConfig, majority_components
-from .nets import ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator
+from .nets import (ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator,
+                   reflect_padding)
 from .train import EpochSampler, adam, fit, load_checkpoint, load_snapshots, pick_device, refuse_other_seed
 
 
@@ -84,6 +85,9 @@ class DRITConfig:
     # how G doubles its maps: "resize" (nearest neighbour, then a 3 x 3 conv) or DRIT's 4 x 4
     # stride-2 transposed conv, "transpose", which leaves a checkerboard (nets.Generator)
     upsample: str = "resize"
+    # how E^c's and G's convolutions pad: "reflect", as DRIT's networks do, or "zeros", as checkpoints
+    # written before this option were built (nets.reflect_padding; docs/experiments.md, "Reflection padding")
+    padding: str = "reflect"
     # the scanner-free outputs must keep their input's content, L1(E^c(G(z^c, z, 0)), z^c): without
     # it nothing but D_s2 constrains that branch (not in the thesis; docs/experiments.md, "Stage 2")
     w_sf_content: float = 10.0
@@ -108,6 +112,8 @@ class DRITConfig:
     def __post_init__(self):
         if self.variant not in ("gmm-drit", "drit++"):
             raise ValueError(f"variant must be 'gmm-drit' or 'drit++', got {self.variant!r}")
+        if self.padding not in ("reflect", "zeros"):
+            raise ValueError(f"padding must be 'reflect' or 'zeros', got {self.padding!r}")
         if self.content_field and not self.bias_field:
             raise ValueError("content_field divides E^c's input by G's bias field: set bias_field > 0")
         if self.content_field and self.known_labels:
@@ -131,6 +137,8 @@ class Translator(nn.Module):
         self.content = ContentEncoder(w, cfg.n_res, cfg.down, cfg.content_norm)
         self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down, cfg.bias_field, cfg.upsample,
                                    cfg.tone_curve, cfg.tone_floor)
+        if cfg.padding == "reflect":
+            reflect_padding(self.content), reflect_padding(self.generator)
         self.ds1, self.ds2 = ScannerDiscriminator(w, k), ScannerDiscriminator(w, k)
         self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm, cfg.dc_depth, cfg.dc_field)
         if cfg.variant == "gmm-drit":
@@ -302,7 +310,7 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 
 # options added after the quick run's checkpoints were written, with the value that builds the
 # model those checkpoints hold (DRITTask.meta_of leaves them out while so)
-ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0}
+ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding": "zeros"}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)

@@ -170,6 +170,18 @@ class ToneCurve(nn.Module):
         return ((i + (v - lo) / (hi - lo)) / m).view_as(y01)
 
 
+def reflect_padding(module: nn.Module) -> nn.Module:
+    """Pad every convolution of ``module`` that pads by reflecting its input at the border instead
+    of with zeros, as DRIT's content encoder and generator do (``nn.ReflectionPad2d``). A model
+    trained on windows then sees no dark frame round each window, which it otherwise learns to
+    correct near the edges and which the windows of a whole slice each put elsewhere
+    (docs/experiments.md, "Reflection padding"). Returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d) and any(p > 0 for p in m.padding):
+            m.padding_mode = "reflect"
+    return module
+
+
 class UpConv(nn.Conv2d):
     """Nearest-neighbour 2x up-sampling followed by this 3 x 3 convolution (padding 1), computed
     without the up-sampled map: each of the four output phases (2i + a, 2j + b) sees only a 2 x 2
@@ -178,7 +190,8 @@ class UpConv(nn.Conv2d):
     all four phases, which are then interleaved. The same function (to float rounding; tested)
     at 4 instead of 9 multiply-adds per output pixel and input-output channel pair, and no 2x
     copy to write and back-propagate through (docs/experiments.md, "Speed"). Types as ``nn.Conv2d``'s (autocast
-    casts the folded weights)."""
+    casts the folded weights). With ``padding_mode`` "reflect" (:func:`reflect_padding`) the
+    up-sampled map is padded by reflection."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, 3, 1, 1)
@@ -194,7 +207,9 @@ class UpConv(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (n, _, h, w), c = x.shape, self.out_channels
-        y = F.conv2d(x, self.phase_weights(), self.bias.repeat_interleave(4), 1, 1).view(n, c, 2, 2, h + 1, w + 1)
+        # reflecting the doubled map by one pixel repeats the small map's border pixel
+        x, pad = (F.pad(x, (1, 1, 1, 1), mode="replicate"), 0) if self.padding_mode == "reflect" else (x, 1)
+        y = F.conv2d(x, self.phase_weights(), self.bias.repeat_interleave(4), 1, pad).view(n, c, 2, 2, h + 1, w + 1)
         # phase (a, b) of output pixel (2i + a, 2j + b) is y[..., a, b, i + a, j + b]
         rows = [torch.stack([y[:, :, a, b, a: a + h, b: b + w] for b in (0, 1)], -1) for a in (0, 1)]
         return torch.stack(rows, 3).reshape(n, c, 2 * h, 2 * w)

@@ -80,16 +80,22 @@ def test_the_generator_leaves_no_checkerboard():
     assert drit.DRITConfig(image_shape=(8, 8), k=2).upsample == "resize"
 
 
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
 @pytest.mark.parametrize("shape", [(1, 1), (5, 7), (16, 16)])
-def test_the_up_convolution_is_nearest_up_sampling_then_the_convolution(shape):
+def test_the_up_convolution_is_nearest_up_sampling_then_the_convolution(shape, padding):
     """:class:`nets.UpConv` computes conv3x3(nearest 2x(x)) on the small map: the same outputs and
-    the same gradients for the input, the weights and the bias, borders included."""
+    the same gradients for the input, the weights and the bias, borders included, the up-sampled
+    map padded with zeros or (:func:`nets.reflect_padding`) by reflection."""
     torch.manual_seed(0)
     up = nets.UpConv(5, 3)
+    if padding == "reflect":
+        nets.reflect_padding(up)
     x = torch.randn(2, 5, *shape, dtype=torch.float64, requires_grad=True)
     up = up.double()
-    direct = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"),
-                                        up.weight, up.bias, 1, 1)
+    doubled = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    if padding == "reflect":
+        doubled = torch.nn.functional.pad(doubled, (1, 1, 1, 1), mode="reflect")
+    direct = torch.nn.functional.conv2d(doubled, up.weight, up.bias, 1, 1 if padding == "zeros" else 0)
     fused = up(x)
     assert fused.shape == direct.shape == (2, 3, 2 * shape[0], 2 * shape[1])
     assert torch.allclose(fused, direct, atol=1e-12)
@@ -97,6 +103,28 @@ def test_the_up_convolution_is_nearest_up_sampling_then_the_convolution(shape):
     for a, b in zip(torch.autograd.grad(direct, [x, up.weight, up.bias], seed),
                     torch.autograd.grad(fused, [x, up.weight, up.bias], seed)):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_with_reflection_padding_a_flat_image_gives_flat_maps_to_the_border():
+    """E^c and G pad by reflection (``padding``, the default, as DRIT does): a flat input gives a
+    flat content map and a flat content map a flat image, up to their borders, so a window's edge
+    looks like its centre. With zero padding the borders differ. The discriminators keep zeros."""
+    def spread(padding):
+        torch.manual_seed(0)
+        m = drit.Translator(drit.DRITConfig(image_shape=(16, 16), k=3, variant="drit++", width=4, n_res=1, down=1,
+                                            content_norm=False, bias_field=0, padding=padding))
+        with torch.no_grad():
+            zc = m.content(torch.full((1, 1, 16, 16), 0.3))
+            y = m.generator.up(torch.ones(1, 8, 8, 8))
+        return zc.std(dim=(2, 3)).max().item(), y.std().item()
+    assert max(spread("reflect")) < 1e-5
+    assert min(spread("zeros")) > 1e-3
+    m = drit.Translator(drit.DRITConfig(image_shape=(16, 16), k=3, variant="drit++"))
+    padded = lambda part: {c.padding_mode for c in part.modules() if isinstance(c, torch.nn.Conv2d) and any(c.padding)}
+    assert padded(m.content) == padded(m.generator) == {"reflect"}
+    assert padded(m.dc) | padded(m.ds1) | padded(m.ds2) == {"zeros"}
+    with pytest.raises(ValueError, match="padding"):
+        drit.DRITConfig(image_shape=(16, 16), k=3, padding="circular")
 
 
 def test_the_up_convolution_runs_under_autocast_and_keeps_the_checkpoints_names():
