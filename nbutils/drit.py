@@ -85,9 +85,10 @@ class DRITConfig:
     # how G doubles its maps: "resize" (nearest neighbour, then a 3 x 3 conv) or DRIT's 4 x 4
     # stride-2 transposed conv, "transpose", which leaves a checkerboard (nets.Generator)
     upsample: str = "resize"
-    # how E^c's and G's convolutions pad: "reflect", as DRIT's networks do, or "zeros", as checkpoints
-    # written before this option were built (nets.reflect_padding; docs/experiments.md, "Reflection padding")
-    padding: str = "reflect"
+    # how E^c's and G's convolutions pad: "zeros", or "reflect", as DRIT's networks do (nets.reflect_padding);
+    # tried, not yet the default: no gain told apart from another seed's, 6 % more time per iteration
+    # (docs/experiments.md, "Reflection padding")
+    padding: str = "zeros"
     # the scanner-free outputs must keep their input's content, L1(E^c(G(z^c, z, 0)), z^c): without
     # it nothing but D_s2 constrains that branch (not in the thesis; docs/experiments.md, "Stage 2")
     w_sf_content: float = 10.0

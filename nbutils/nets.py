@@ -172,10 +172,9 @@ class ToneCurve(nn.Module):
 
 def reflect_padding(module: nn.Module) -> nn.Module:
     """Pad every convolution of ``module`` that pads by reflecting its input at the border instead
-    of with zeros, as DRIT's content encoder and generator do (``nn.ReflectionPad2d``). A model
-    trained on windows then sees no dark frame round each window, which it otherwise learns to
-    correct near the edges and which the windows of a whole slice each put elsewhere
-    (docs/experiments.md, "Reflection padding"). Returns ``module``."""
+    of with zeros, as DRIT's content encoder and generator do (``nn.ReflectionPad2d``): a model
+    trained on windows then sees no dark frame round each window (``DRITConfig.padding``; tried,
+    off by default: docs/experiments.md, "Reflection padding"). Returns ``module``."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d) and any(p > 0 for p in m.padding):
             m.padding_mode = "reflect"

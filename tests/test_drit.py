@@ -106,9 +106,10 @@ def test_the_up_convolution_is_nearest_up_sampling_then_the_convolution(shape, p
 
 
 def test_with_reflection_padding_a_flat_image_gives_flat_maps_to_the_border():
-    """E^c and G pad by reflection (``padding``, the default, as DRIT does): a flat input gives a
-    flat content map and a flat content map a flat image, up to their borders, so a window's edge
-    looks like its centre. With zero padding the borders differ. The discriminators keep zeros."""
+    """With ``padding`` "reflect" (as DRIT does; off by default) E^c and G pad by reflection: a flat
+    input gives a flat content map and a flat content map a flat image, up to their borders, so a
+    window's edge looks like its centre. With zero padding the borders differ. The discriminators
+    keep zeros."""
     def spread(padding):
         torch.manual_seed(0)
         m = drit.Translator(drit.DRITConfig(image_shape=(16, 16), k=3, variant="drit++", width=4, n_res=1, down=1,
@@ -119,10 +120,11 @@ def test_with_reflection_padding_a_flat_image_gives_flat_maps_to_the_border():
         return zc.std(dim=(2, 3)).max().item(), y.std().item()
     assert max(spread("reflect")) < 1e-5
     assert min(spread("zeros")) > 1e-3
-    m = drit.Translator(drit.DRITConfig(image_shape=(16, 16), k=3, variant="drit++"))
+    m = drit.Translator(drit.DRITConfig(image_shape=(16, 16), k=3, variant="drit++", padding="reflect"))
     padded = lambda part: {c.padding_mode for c in part.modules() if isinstance(c, torch.nn.Conv2d) and any(c.padding)}
     assert padded(m.content) == padded(m.generator) == {"reflect"}
     assert padded(m.dc) | padded(m.ds1) | padded(m.ds2) == {"zeros"}
+    assert drit.DRITConfig(image_shape=(16, 16), k=3).padding == "zeros"
     with pytest.raises(ValueError, match="padding"):
         drit.DRITConfig(image_shape=(16, 16), k=3, padding="circular")
 
