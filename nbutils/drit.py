@@ -85,7 +85,8 @@ class DRITConfig:
     # how G doubles its maps: "resize" (nearest neighbour, then a 3 x 3 conv) or DRIT's 4 x 4
     # stride-2 transposed conv, "transpose", which leaves a checkerboard (nets.Generator)
     upsample: str = "resize"
-    # how E^c's and G's convolutions pad: "zeros", or "reflect", as DRIT's networks do (nets.reflect_padding);
+    # how E^c's and G's convolutions pad: "zeros", or "reflect", as DRIT's networks do (nets.reflect_padding;
+    # a transposed up-sampling, upsample "transpose", keeps zeros);
     # tried, not yet the default: no gain told apart from another seed's, 6 % more time per iteration
     # (docs/experiments.md, "Reflection padding")
     padding: str = "zeros"
