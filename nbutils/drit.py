@@ -140,7 +140,8 @@ class Translator(nn.Module):
         self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down, cfg.bias_field, cfg.upsample,
                                    cfg.tone_curve, cfg.tone_floor)
         if cfg.padding == "reflect":
-            reflect_padding(self.content), reflect_padding(self.generator)
+            for part in (self.content, self.generator):
+                reflect_padding(part)
         self.ds1, self.ds2 = ScannerDiscriminator(w, k), ScannerDiscriminator(w, k)
         self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm, cfg.dc_depth, cfg.dc_field)
         if cfg.variant == "gmm-drit":

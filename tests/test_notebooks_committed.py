@@ -2,12 +2,12 @@
 nbformat will require), no outputs and no execution counts (executed copies go to the run folder)."""
 import json
 import warnings
-from pathlib import Path
-
 import nbformat
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+from nbutils import config
+
+NOTEBOOKS = sorted(config.NOTEBOOKS.glob("*.ipynb"))
 
 
 def test_the_eleven_notebooks_are_found():
