@@ -533,6 +533,7 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
     Returns the :class:`Translator` in eval mode and the loss history. ``snapshots``: keep the
     weights every ``every`` iterations (see :func:`snapshot_models`)."""
     device = pick_device() if device is None else torch.device(device)
+    torch.manual_seed(seed)  # the initial weights are a function of the seed, not of what ran before
     task = DRITTask(cfg, None if gmvae is None else gmvae.to(device), device)
     if cfg.slices != tuple(images.shape[1:]):
         raise ValueError(f"the model is set up for {cfg.slices} slices, the images are {tuple(images.shape[1:])}")

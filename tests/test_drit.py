@@ -573,6 +573,24 @@ def test_stage_two_resumes_exactly(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_the_initial_weights_are_a_function_of_the_seed_not_of_what_ran_before(tmp_path):
+    """A script that draws once more before training trains the same model as the notebook; another
+    seed starts from other weights (steps=0: the weights train_drit builds, untrained)."""
+    images = np.random.default_rng(0).random((24, 16, 16)).astype(np.float32)
+    labels, cfg = np.arange(24) % 3, make_task().cfg
+    kw = dict(steps=0, batch_size=3, device="cpu")
+    first, _ = drit.train_drit(images, labels, cfg, tmp_path / "a.pt", gmvae=tiny_gmvae(), seed=3, **kw)
+    gm = tiny_gmvae()
+    torch.rand(1000)  # a draw of the caller's before training
+    again, _ = drit.train_drit(images, labels, cfg, tmp_path / "b.pt", gmvae=gm, seed=3, **kw)
+    other, _ = drit.train_drit(images, labels, cfg, tmp_path / "c.pt", gmvae=tiny_gmvae(), seed=4, **kw)
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    mine = {k: v for k, v in first.state_dict().items() if not k.startswith("attribute.gmvae.")}
+    theirs = other.state_dict()
+    assert not all(torch.equal(v, theirs[k]) for k, v in mine.items() if v.is_floating_point())
+
+
 def test_a_checkpoint_trained_over_another_gm_vae_is_refused(tmp_path):
     """Notebook 02 trained again: its GM-VAE is not the one a GMM-DRIT checkpoint froze, and loading
     the checkpoint would overwrite it. Refused, saying what to do; over the same GM-VAE it loads."""
