@@ -2,6 +2,7 @@
 nbformat will require), no outputs and no execution counts (executed copies go to the run folder)."""
 import json
 import warnings
+
 import nbformat
 import pytest
 
