@@ -238,14 +238,12 @@ class Translator(nn.Module):
 
     def _windows(self, x: torch.Tensor, codes, source=None) -> list[torch.Tensor]:
         (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
-        starts = lambda size, t: sorted({*range(0, max(size - t, 0), t // 2), max(size - t, 0)})
-        taper = lambda t: torch.sin(torch.pi * (torch.arange(t, device=x.device, dtype=torch.float32) + 0.5) / t)
-        weight = taper(th)[:, None] * taper(tw)[None]
+        weight = taper(th, x.device)[:, None] * taper(tw, x.device)[None]
         outs = [x.new_zeros(x.shape, dtype=torch.float32) for _ in codes]
         total = torch.zeros(x.shape[-2:], device=x.device)
         n = len(x)
-        for y0 in starts(h, th):
-            xs = starts(w, tw)
+        for y0 in window_starts(h, th):
+            xs = window_starts(w, tw)
             tiles = torch.cat([x[..., y0: y0 + th, x0: x0 + tw] for x0 in xs])
             origin = torch.tensor([[y0, x0] for x0 in xs for _ in range(n)], device=x.device, dtype=torch.float32)
             zc = self.encode(tiles, None if source is None else [v.repeat(len(xs), 1) for v in source], origin, (h, w))
@@ -257,6 +255,38 @@ class Translator(nn.Module):
             for x0 in xs:
                 total[y0: y0 + th, x0: x0 + tw] += weight
         return [(out / total).to(x.dtype) for out in outs]
+
+    def content_as_fed(self, x: torch.Tensor) -> torch.Tensor:
+        """The content map G is fed when it translates (N, 1, H, W) slices in [-1, 1]: for a model
+        trained on windows, E^c's reading of each window :meth:`translate` cuts, put back where the
+        window lies and blended with the same sine taper at the map's scale, so that every cell is
+        what G reads there (a slice read in one pass is normalised over all of it, half of it
+        background, which G never sees); for a model trained on whole slices, E^c's reading of the
+        slice. A window that does not start on one of E^c's cells is put back at the cell it starts in."""
+        source = self.attributes(x)[:2] if self.cfg.content_field else None
+        (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
+        if tuple(self.cfg.image_shape) == self.cfg.slices or h <= th and w <= tw:
+            return self.encode(x, source)
+        f = self.content.factor
+        out = total = None
+        n = len(x)
+        for y0 in window_starts(h, th):
+            xs = window_starts(w, tw)
+            tiles = torch.cat([x[..., y0: y0 + th, x0: x0 + tw] for x0 in xs])
+            origin = torch.tensor([[y0, x0] for x0 in xs for _ in range(n)], device=x.device, dtype=torch.float32)
+            zc = self.encode(tiles, None if source is None else [v.repeat(len(xs), 1) for v in source], origin,
+                             (h, w)).float()
+            if out is None:
+                total = torch.zeros(-(-h // f), -(-w // f), device=x.device)
+                out = zc.new_zeros(n, zc.shape[1], *total.shape)
+                mh, mw = zc.shape[-2:]
+                weight = taper(mh, x.device)[:, None] * taper(mw, x.device)[None]
+            for i, x0 in enumerate(xs):
+                cy, cx = min(y0 // f, total.shape[0] - mh), min(x0 // f, total.shape[1] - mw)
+                cells = (slice(cy, cy + mh), slice(cx, cx + mw))
+                out[(..., *cells)] += zc[i * n: (i + 1) * n] * weight
+                total[cells] += weight
+        return out / total
 
     def random_code(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(z^a, c) for a random target per sample: GMM-DRIT draws z^a from the GM-VAE's prior
@@ -294,6 +324,17 @@ class Translator(nn.Module):
     def scanner_free_code(self, n: int, device, generator: torch.Generator | None = None):
         za = torch.randn(n, self.cfg.attr, generator=generator, device=device)
         return za, torch.zeros(n, self.cfg.k, device=device)
+
+
+def window_starts(size: int, t: int) -> list[int]:
+    """Where the windows of length ``t`` that tile ``size`` pixels start: at half-window strides, the
+    last one flush with the end."""
+    return sorted({*range(0, max(size - t, 0), t // 2), max(size - t, 0)})
+
+
+def taper(t: int, device=None) -> torch.Tensor:
+    """The sine taper (length ``t``) that blends overlapping windows."""
+    return torch.sin(torch.pi * (torch.arange(t, device=device, dtype=torch.float32) + 0.5) / t)
 
 
 def outside(x: torch.Tensor) -> torch.Tensor:

@@ -84,8 +84,11 @@ def bars_table(metrics: dict) -> pd.DataFrame:
         + "1 = as far as the scans differ, 0 for a generator that ignores its codes", lambda v, m: v >= SENSITIVITY_BAR)
     probe_bar, chance = stage2("probe_bar"), stage2("chance")[gmm]
     if all(_recorded(v) for v in probe_bar.values()) and _recorded(chance):
+        fed = stage2("probe_zc_fed")
         add(f"scanner probe from z^c ≤ {probe_bar[gmm]:.2f} (chance + {probe_bar[gmm] - chance:.2f})",
-            stage2("probe_zc"), f"chance {chance:.2f}", lambda v, m: v <= probe_bar[m])
+            stage2("probe_zc"), f"chance {chance:.2f}" + (
+                "; z^c as G is fed, window by window: " + " / ".join(num(v) for v in fed.values())
+                if all(_recorded(v) for v in fed.values()) else ""), lambda v, m: v <= probe_bar[m])
     scan, truth = measures.SCAN_SSIM, measures.TRUTH_SSIM
     scan_controls = [scan.read(metrics, row) for row in (ident, hm)]
     if all(_recorded(v) for v in scan_controls):

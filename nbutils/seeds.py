@@ -57,6 +57,7 @@ MEASURES = (
     ("sf_structure_ssim", BESIDE["sf_structure_ssim"], True),
     ("sf_dark_overlap", "scanner-free dark_overlap", True),
     ("probe_zc", BESIDE["probe_zc"], False),
+    ("probe_zc_fed", BESIDE["probe_zc_fed"], False),
     ("share_zc", "scanner share of z^c", False),
     (measures.RESIDUAL_FROZEN_DRAWS, "frozen residual, median of 8 draws", False),
     (measures.RESIDUAL_FROZEN_MATCHED, "frozen residual, answers best renamed", False),
@@ -91,7 +92,8 @@ CONTROLS = {
         ("04_dritpp", "sf_agreement_blur_control_ssim")]),
     "sf_structure_ssim": ("the clean truth", [("03_gmmdrit", "sf_structure_clean_truth_ssim")]),
     "sf_dark_overlap": ("the inputs", [("03_gmmdrit", "sf_dark_overlap_inputs")]),
-    "probe_zc": ("bar / chance", [("03_gmmdrit", "probe_bar"), ("03_gmmdrit", "chance")]),
+    **{k: ("bar / chance", [("03_gmmdrit", "probe_bar"), ("03_gmmdrit", "chance")])
+       for k in ("probe_zc", "probe_zc_fed")},
     **{m: ("chance / histogram matching", _rows(m, measures.CHANCE, methods.HISTOGRAM.name))
        for m in (measures.RESIDUAL_FROZEN_DRAWS, measures.RESIDUAL_FROZEN_MATCHED, measures.RESIDUAL_RETRAINED)},
 }

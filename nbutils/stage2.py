@@ -34,6 +34,7 @@ E1_BAR = 0.90
 BESIDE = {"d2d_reference_guided_ssim_vs_target_scan": "SSIM vs target scan (reference-guided, a ≠ b)",
           "d2d_reference_guided_ssim_vs_clean_truth": "SSIM vs clean truth (reference-guided, a ≠ b)",
           "target_sensitivity": "target sensitivity", "probe_zc": "scanner probe from z^c",
+          "probe_zc_fed": "scanner probe from z^c as G is fed (window by window)",
           "sf_agreement_outputs_ssim": "scanner-free agreement", "sf_structure_ssim": "scanner-free structure kept",
           "train_seconds": "training seconds"}
 

@@ -10,9 +10,11 @@
   z^c (its 4 x 4 average-pooled map, a coarse spatial pattern, and, unless z^c is
   instance-normalised, each channel's spatial mean and spread, its gain and offset) and from the attribute
   code z^a that G is fed. z^c should not carry the scanner (chance), z^a should. For a model
-  trained on windows (which also translates window by window) z^c is probed twice: encoded from
-  the whole slice in one pass, and from the training-sized window at the slice's centre, the
-  kind of content map G is fed.
+  trained on windows (which also translates window by window) z^c is probed three times: encoded
+  from the whole slice in one pass (normalised over a slice half of which is background, which G
+  never reads), from the training-sized window at the slice's centre, and as G is fed it
+  (``zc_fed``: every window the translation cuts, encoded and put back where it lies,
+  :meth:`~nbutils.drit.Translator.content_as_fed`), with its scanner share.
 - **scanner share**: the share of the variance of that same z^c summary (each feature
   standardised) that lies between the scanners that saw the same anatomy and slice (traveling
   subjects): 0 when z^c is the same whatever the scanner, 1 when only the scanner moves it; beside
@@ -209,11 +211,12 @@ def share_at_probe(control: pd.DataFrame, code: str, bar: float) -> float:
 def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     """Per image: z^c summarised (:func:`summarise`: each channel's mean and std, unless z^c is
     instance-normalised, then its 4 x 4 average-pooled map; for a window-trained model also that
-    of the central training-sized window), the z^a G
+    of the central training-sized window and that of the map G is fed, window by window), the z^a G
     is fed (the posterior mean, as at inference), the training code c, and the argmax of D_c,
     D_s1, D_s2 (for a window-trained model also on that central window, as they were trained)."""
     model.eval()
-    out = {k: [] for k in ("zc", "zc_window", "za", "c", "dc", "ds1", "ds2", "dc_window", "ds1_window", "ds2_window")}
+    out = {k: [] for k in ("zc", "zc_window", "zc_fed", "za", "c", "dc", "ds1", "ds2", "dc_window", "ds1_window",
+                           "ds2_window")}
     (th, tw), windowed = model.cfg.image_shape, tuple(model.cfg.image_shape) != model.cfg.slices
     moments = not model.cfg.content_norm
     labels = torch.from_numpy(np.array(labels, dtype=np.int64))
@@ -230,6 +233,7 @@ def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str
             xw = x[..., y0: y0 + th, x0: x0 + tw]
             window = model.encode(xw, (za, c), corner, tuple(x.shape[-2:]))
             out["zc_window"].append(summarise(window, moments))
+            out["zc_fed"].append(summarise(model.content_as_fed(x), moments))
             # the discriminators on what they were trained on: windows (D_c told where its cells lie)
             out["dc_window"].append(model.dc(window, model.content_grid(corner, window.shape[-2:])).argmax(1))
             out["ds1_window"].append(model.ds1(xw)[1].argmax(1))
@@ -267,6 +271,8 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
                 share_zc=scanner_share(c["zc"], test), share_inputs=scanner_share(inputs, test),
                 probe_zc=probe(c["zc"]), probe_za=probe(c["za"]),
                 probe_zc_window=probe(c["zc_window"]) if "zc_window" in c else float("nan"),
+                probe_zc_fed=probe(c["zc_fed"]) if "zc_fed" in c else float("nan"),
+                share_zc_fed=scanner_share(c["zc_fed"], test) if "zc_fed" in c else float("nan"),
                 chance=majority_chance(labels),
                 **{f"{d}_accuracy{w}": float((c[d + w] == c["c"]).mean()) if d + w in c else float("nan")
                    for w in ("", "_window") for d in ("dc", "ds1", "ds2")})

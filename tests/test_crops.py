@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -143,6 +145,37 @@ def test_a_window_trained_translator_harmonizes_a_slice_window_by_window():
         assert not drit.outside(empty)[..., :24, :24].any()
         window = x[..., :16, :16]
         assert torch.equal(model.translate(window, za, c), model.generator(model.content(window), za, c, (16, 16)))
+
+
+def test_the_content_map_g_is_fed_is_each_window_s_reading_put_back_where_it_lies():
+    """Trained on 16 px windows, the model translates a 48 px slice window by window, so the
+    content map G is fed is made of the windows' readings: a corner cell that only one window
+    covers is that window's own reading (not the whole slice's, which is normalised over all of
+    it), and a content map that is a local function of the image comes back exactly as read from
+    the whole slice (every window put back at its place, the overlaps blended). A model trained
+    on whole slices is fed E^c's reading of the slice."""
+    torch.manual_seed(0)
+    cfg = drit.DRITConfig(image_shape=(16, 16), slice_shape=(48, 48), view=16, k=3, variant="drit++", width=4,
+                          attr=8, n_res=1)
+    model = drit.Translator(cfg).eval()
+    x = torch.rand(2, 1, 48, 48) * 2 - 1
+    with torch.no_grad():
+        fed = model.content_as_fed(x)
+        corner = model.content(x[..., :16, :16])
+        assert fed.shape == model.content(x).shape == (2, model.content.channels, 12, 12)
+        torch.testing.assert_close(fed[..., :2, :2], corner[..., :2, :2])  # cells 2-3 are shared with the next window
+        assert not torch.allclose(fed[..., :2, :2], model.content(x)[..., :2, :2], atol=1e-3)
+
+        class Pool(torch.nn.Module):  # a content map that is a local function of the image: its 4 x 4 means
+            factor = 4
+
+            def forward(self, image):
+                return torch.nn.functional.avg_pool2d(image, 4)
+
+        model.content = Pool()
+        torch.testing.assert_close(model.content_as_fed(x), Pool()(x))
+        whole = drit.Translator(dataclasses.replace(cfg, image_shape=(48, 48), slice_shape=None)).eval()
+        assert torch.equal(whole.content_as_fed(x), whole.content(x))
 
 
 @pytest.mark.parametrize("variant", ["drit++", "gmm-drit"])

@@ -727,6 +727,12 @@ def test_the_bars_table_says_which_model_meets_which_bar_and_leaves_out_what_was
         == "inputs 0.700; blur controls 0.750 / 0.850"
     assert "| scanner probe from z^c ≤ 0.40 (chance + 0.15) | 0.400 | 0.900 | chance 0.25 | yes / no |" \
         in report.bars_section(metrics)
+    # the probe of z^c as G is fed it (models trained on windows) beside, once both models recorded it
+    metrics[methods.GMM_DRIT.section]["probe_zc_fed"] = 0.35
+    assert "| chance 0.25 | yes / no |" in report.bars_section(metrics)
+    metrics[methods.DRITPP.section]["probe_zc_fed"] = 0.85
+    assert "| 0.400 | 0.900 | chance 0.25; z^c as G is fed, window by window: 0.350 / 0.850 | yes / no |" \
+        in report.bars_section(metrics)
     record(measures.TRUTH_PSNR, {gmm: 18.0})  # level counts as "at least"
     assert report.bars_table(metrics).set_index("bar").loc["PSNR vs clean truth, a → b (dB): GMM-DRIT ≥ DRIT++",
                                                              "met"] == "yes"

@@ -144,7 +144,7 @@ def test_report_tells_a_generator_that_ignores_its_codes_from_one_that_uses_them
     assert set(using) >= {"probe_zc", "probe_za", "dc_accuracy", "ds1_accuracy", "ds2_accuracy", "share_zc",
                           "share_inputs"}
     assert 0 < using["share_inputs"] < 1 and 0 <= using["share_zc"] <= 1
-    assert np.isnan(using["probe_zc_window"])  # trained on whole slices: one content map to probe
+    assert np.isnan(using["probe_zc_window"]) and np.isnan(using["probe_zc_fed"])  # whole slices: one map to probe
     assert all(0 <= using[k] <= 1 for k in ("probe_zc", "probe_za", "dc_accuracy", "ds1_accuracy", "ds2_accuracy"))
 
 
@@ -193,9 +193,10 @@ def test_the_probes_and_discriminator_accuracies_read_what_a_model_is_known_to_c
         assert carrying[key] == ignoring[key] == np.mean(labels == k)
 
 
-def test_a_window_trained_model_s_content_is_also_probed_on_a_window():
+def test_a_window_trained_model_s_content_is_also_probed_on_a_window_and_as_g_is_fed_it():
     """The window's content map is E^c of the slice's central training-sized window, summarised
-    as the whole slice's is (each channel's mean and spread, then its 4 x 4 pooled map)."""
+    as the whole slice's is (each channel's mean and spread, then its 4 x 4 pooled map); the map G
+    is fed (the windows' readings put back, ``Translator.content_as_fed``) is summarised so too."""
     test = traveling(n=4, k=2)
     torch.manual_seed(0)
     cfg = drit.DRITConfig(image_shape=(16, 16), slice_shape=test.images.shape[1:], view=16, k=2, variant="drit++",
@@ -209,6 +210,12 @@ def test_a_window_trained_model_s_content_is_also_probed_on_a_window():
     summary = torch.cat([centre.flatten(2).mean(2), centre.flatten(2).std(2, correction=0), pooled], 1).numpy()
     assert np.allclose(c["zc_window"][:3], summary, atol=1e-5)
     assert not np.allclose(c["zc_window"], c["zc"], atol=1e-3)  # not the whole slice's map
+    with torch.no_grad():
+        fed = model.content_as_fed(torch.from_numpy(test.images[:3]).unsqueeze(1) * 2 - 1)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(fed, 4).flatten(1)
+    summary = torch.cat([fed.flatten(2).mean(2), fed.flatten(2).std(2, correction=0), pooled], 1).numpy()
+    assert np.allclose(c["zc_fed"][:3], summary, atol=1e-5)
+    assert not np.allclose(c["zc_fed"], c["zc"], atol=1e-3) and not np.allclose(c["zc_fed"], c["zc_window"], atol=1e-3)
 
 
 def test_a_window_trained_model_s_discriminators_are_also_read_on_the_central_window(monkeypatch):
