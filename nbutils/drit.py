@@ -58,6 +58,12 @@ class DRITConfig:
     # std of Gaussian noise added to z^c before G in training, as DRIT++ does (docs/experiments.md, "Stage 2")
     zc_noise: float = 1.0
     dc_clip: float = 5.0  # D_c's gradient-norm clip, as in DRIT++
+    # D_c's own schedule, as DRIT's training loop runs it (d_iter 3, D_c's rate lr / 2.5): D_c updates
+    # per iteration, the extra ones on fresh batches whose content maps E^c reads without gradients
+    # (PairSampler's "dc" batches), and D_c's learning rate as a share of lr. 1 and 1.0: one update
+    # at lr, as checkpoints written before were trained (docs/experiments.md, "D_c's own schedule")
+    dc_steps: int = 1
+    dc_lr: float = 1.0
     dc_norm: bool = False  # instance-normalise D_c's conv levels (blinds it; nets.ContentDiscriminator)
     # stride-2 levels of D_c after its two 3 x 3 ones (nets.ContentDiscriminator); 3 lets D_c read
     # the scanner from z^c, and scored lower on our second set (docs/experiments.md, "Stage 2")
@@ -124,6 +130,8 @@ class DRITConfig:
         if self.w_field_layout and (self.variant != "gmm-drit" or not self.bias_field):
             raise ValueError("w_field_layout anchors the field G draws for each scanner code: GMM-DRIT with "
                              "bias_field > 0")
+        if self.dc_steps < 1 or self.dc_lr <= 0:
+            raise ValueError(f"dc_steps must be at least 1 and dc_lr positive, got {self.dc_steps} and {self.dc_lr}")
         if self.content_field and self.variant == "drit++":
             raise ValueError("content_field needs the scanner code of every image E^c reads; DRIT++ has it "
                              "only as a label, which a harmonizer of unlabelled scans does not have: use GMM-DRIT")
@@ -354,7 +362,8 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 
 # options added after the quick run's checkpoints were written, with the value that builds the
 # model those checkpoints hold (DRITTask.meta_of leaves them out while so)
-ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding": "zeros"}
+ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding": "zeros", "dc_steps": 1,
+             "dc_lr": 1.0}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)
@@ -370,9 +379,9 @@ class DRITTask:
         gen_params = list(m.content.parameters()) + list(m.generator.parameters())
         if cfg.variant == "drit++":
             gen_params += list(m.attribute.parameters())
-        optimizer = lambda params: adam(params, lr=cfg.lr, betas=(0.5, 0.999), weight_decay=1e-4)
+        optimizer = lambda params, share=1.0: adam(params, lr=cfg.lr * share, betas=(0.5, 0.999), weight_decay=1e-4)
         self.layout = None  # (codes, groups, targets) of field_layout_loss when w_field_layout (train_drit)
-        self.optimizers = {"dc": optimizer(m.dc.parameters()), "ds1": optimizer(m.ds1.parameters()),
+        self.optimizers = {"dc": optimizer(m.dc.parameters(), cfg.dc_lr), "ds1": optimizer(m.ds1.parameters()),
                            "ds2": optimizer(m.ds2.parameters()), "gen": optimizer(gen_params)}
 
     def meta(self) -> dict:
@@ -387,9 +396,31 @@ class DRITTask:
         config = {k: v for k, v in dataclasses.asdict(m.cfg).items() if ADDED_OFF.get(k, object()) != v}
         return dict(kind="drit", config=config, gmvae=gm)
 
+    def content_discriminator_step(self, batch: dict, ctx) -> torch.Tensor:
+        """One D_c update on a batch of its own (DRIT's ``update_D_content``): E^c reads it without
+        gradients; D_c learns the scanner codes of its images (GMM-DRIT's inferred, DRIT++'s labels)."""
+        m = self.modules
+        x = torch.cat([batch["xa"], batch["xb"]])
+        with torch.no_grad(), ctx.autocast():
+            if "za" in batch:  # GMM-DRIT: the frozen E^a's codes, computed once
+                codes = (torch.cat([batch["za"], batch["zb"]]), torch.cat([batch["ca"], batch["cb"]]))
+            else:
+                (za_a, c_a, _), (za_b, c_b, _) = (m.attributes(batch.get("v" + s, batch["x" + s]), batch.get("l" + s))
+                                                  for s in "ab")
+                codes = (torch.cat([za_a, za_b]), torch.cat([c_a, c_b]))
+            origin = torch.cat([batch["oa"], batch["ob"]]) if "oa" in batch else None
+            zc = m.encode(x, codes, origin, self.cfg.slices)
+        grid = None if origin is None else m.content_grid(origin, zc.shape[-2:])
+        with ctx.autocast():
+            loss = losses.bce(m.dc(zc, grid), codes[1])
+        ctx.update(loss, "dc", clip=self.cfg.dc_clip)
+        return loss
+
     def step(self, batch: dict, it: int, ctx) -> dict[str, float]:
         m, cfg = self.modules, self.cfg
         m.train()
+        for extra in batch.get("dc", ()):  # D_c's extra updates come first, as in DRIT's loop
+            self.content_discriminator_step(extra, ctx)
         xa, xb = batch["xa"], batch["xb"]
         shape = xa.shape[-2:]
         n = len(xa)
@@ -514,7 +545,7 @@ class PairSampler:
     random ``crop`` windows centred on the brain ``masks`` (:func:`nbutils.crops.random_crops`)."""
 
     def __init__(self, images, labels: np.ndarray, batch_size: int, seed: int = 0, device="cpu",
-                 crop: int = 0, masks=None, view: int = 0):
+                 crop: int = 0, masks=None, view: int = 0, dc_extra: int = 0):
         if crop and (masks is None or not view):
             raise ValueError("training on crops needs the brain masks (crops are centred on the brain) "
                              "and the size of the attribute encoder's whole-slice view")
@@ -526,6 +557,7 @@ class PairSampler:
         self.a = EpochSampler(len(images), batch_size, seed)
         self.b = EpochSampler(len(images), batch_size, seed + 7919)
         self.codes = None
+        self.batch_size, self.dc_extra = batch_size, dc_extra  # batches of D_c's own (DRITConfig.dc_steps - 1)
 
     @torch.no_grad()
     def attach_codes(self, model: Translator, size: int = 64) -> None:
@@ -561,7 +593,13 @@ class PairSampler:
 
     def __call__(self, it: int) -> dict:
         rng = np.random.default_rng((self.seed, it))
-        return {**self._batch(self.a(it), rng, "a"), **self._batch(self.b(it), rng, "b")}
+        out = {**self._batch(self.a(it), rng, "a"), **self._batch(self.b(it), rng, "b")}
+        if self.dc_extra:  # drawn from a stream of their own: the batches above are as without them
+            more = np.random.default_rng((self.seed, it, 1))
+            pick = lambda: more.choice(len(self.images), self.batch_size, replace=False)
+            out["dc"] = [{**self._batch(pick(), more, "a"), **self._batch(pick(), more, "b")}
+                         for _ in range(self.dc_extra)]
+        return out
 
 
 def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | None = None, steps: int = 1000,
@@ -580,7 +618,7 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
         raise ValueError(f"the model is set up for {cfg.slices} slices, the images are {tuple(images.shape[1:])}")
     crop = cfg.image_shape[0] if tuple(cfg.image_shape) != cfg.slices else 0
     sampler = PairSampler(images, labels, batch_size, seed, device, crop=crop, masks=masks,
-                          view=task.modules.view_size)
+                          view=task.modules.view_size, dc_extra=cfg.dc_steps - 1)
     if cfg.variant == "gmm-drit":
         sampler.attach_codes(task.modules)
         if cfg.known_labels:
