@@ -265,12 +265,14 @@ class Translator(nn.Module):
         return [(out / total).to(x.dtype) for out in outs]
 
     def content_as_fed(self, x: torch.Tensor) -> torch.Tensor:
-        """The content map G is fed when it translates (N, 1, H, W) slices in [-1, 1]: for a model
-        trained on windows, E^c's reading of each window :meth:`translate` cuts, put back where the
-        window lies and blended with the same sine taper at the map's scale, so that every cell is
-        what G reads there (a slice read in one pass is normalised over all of it, half of it
-        background, which G never sees); for a model trained on whole slices, E^c's reading of the
-        slice. A window that does not start on one of E^c's cells is put back at the cell it starts in."""
+        """The content maps G is fed when it translates (N, 1, H, W) slices in [-1, 1], as one map:
+        for a model trained on windows, E^c's reading of each window :meth:`translate` cuts (what G
+        reads for that window), put back where the window lies, and where windows overlap their
+        readings blended with the translation's sine taper at the map's scale (a slice read in one
+        pass is normalised over all of it, half of it background, a map G never reads); for a model
+        trained on whole slices, E^c's reading of the slice. A window that does not start on one of
+        E^c's cells is put back at the cell it starts in, the last one (flush with the slice's end)
+        flush with the map's end, so that every cell is covered."""
         source = self.attributes(x)[:2] if self.cfg.content_field else None
         (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
         if tuple(self.cfg.image_shape) == self.cfg.slices or h <= th and w <= tw:
@@ -278,8 +280,8 @@ class Translator(nn.Module):
         f = self.content.factor
         out = total = None
         n = len(x)
-        for y0 in window_starts(h, th):
-            xs = window_starts(w, tw)
+        ys, xs = window_starts(h, th), window_starts(w, tw)
+        for y0 in ys:
             tiles = torch.cat([x[..., y0: y0 + th, x0: x0 + tw] for x0 in xs])
             origin = torch.tensor([[y0, x0] for x0 in xs for _ in range(n)], device=x.device, dtype=torch.float32)
             zc = self.encode(tiles, None if source is None else [v.repeat(len(xs), 1) for v in source], origin,
@@ -290,7 +292,8 @@ class Translator(nn.Module):
                 mh, mw = zc.shape[-2:]
                 weight = taper(mh, x.device)[:, None] * taper(mw, x.device)[None]
             for i, x0 in enumerate(xs):
-                cy, cx = min(y0 // f, total.shape[0] - mh), min(x0 // f, total.shape[1] - mw)
+                cy = total.shape[0] - mh if y0 == ys[-1] else min(y0 // f, total.shape[0] - mh)
+                cx = total.shape[1] - mw if x0 == xs[-1] else min(x0 // f, total.shape[1] - mw)
                 cells = (slice(cy, cy + mh), slice(cx, cx + mw))
                 out[(..., *cells)] += zc[i * n: (i + 1) * n] * weight
                 total[cells] += weight
@@ -404,6 +407,8 @@ class DRITTask:
         with torch.no_grad(), ctx.autocast():
             if "za" in batch:  # GMM-DRIT: the frozen E^a's codes, computed once
                 codes = (torch.cat([batch["za"], batch["zb"]]), torch.cat([batch["ca"], batch["cb"]]))
+            elif self.cfg.variant == "drit++":  # its scanner codes are the labels; E^c reads no codes
+                codes = (None, F.one_hot(torch.cat([batch["la"], batch["lb"]]), self.cfg.k).float())
             else:
                 (za_a, c_a, _), (za_b, c_b, _) = (m.attributes(batch.get("v" + s, batch["x" + s]), batch.get("l" + s))
                                                   for s in "ab")

@@ -174,6 +174,26 @@ def test_the_content_map_g_is_fed_is_each_window_s_reading_put_back_where_it_lie
 
         model.content = Pool()
         torch.testing.assert_close(model.content_as_fed(x), Pool()(x))
+
+        class Mean(torch.nn.Module):  # each window's map is its own mean: overlaps show the blend
+            factor = 4
+
+            def forward(self, image):
+                return image.mean((2, 3), keepdim=True).expand(-1, -1, image.shape[-2] // 4, image.shape[-1] // 4)
+
+        model.content = Mean()
+        fed = model.content_as_fed(x)
+        # map cell (2, 0): rows 2-3 of the window at y = 0 and rows 0-1 of the one at y = 8, one window in x
+        t = drit.taper(4)
+        w0, w8 = t[2] * t[0], t[0] * t[0]
+        m0, m8 = x[..., :16, :16].mean((2, 3)), x[..., 8:24, :16].mean((2, 3))
+        torch.testing.assert_close(fed[..., 2, 0], (w0 * m0 + w8 * m8) / (w0 + w8))
+        torch.testing.assert_close(fed[..., 0, 0], m0)
+        # 50 px: the last windows start at 34, off E^c's 4 px cells, and end flush with the map
+        odd = torch.rand(2, 1, 50, 50) * 2 - 1
+        fed = model.content_as_fed(odd)
+        assert fed.shape == (2, 1, 13, 13) and torch.isfinite(fed).all()
+        torch.testing.assert_close(fed[..., 12, 12], odd[..., 34:, 34:].mean((2, 3)))
         whole = drit.Translator(dataclasses.replace(cfg, image_shape=(48, 48), slice_shape=None)).eval()
         assert torch.equal(whole.content_as_fed(x), whole.content(x))
 

@@ -465,30 +465,45 @@ def test_a_training_step_updates_everything_but_the_frozen_attribute_encoder(var
 
 
 @pytest.mark.parametrize("variant", ["gmm-drit", "drit++"])
-def test_d_c_s_own_schedule_updates_it_on_batches_of_its_own_at_its_own_rate(variant, tmp_path):
+def test_d_c_s_own_schedule_updates_it_on_batches_of_its_own_at_its_own_rate(variant, tmp_path, monkeypatch):
     """DRIT's loop (d_iter 3, D_c's rate lr / 2.5): with ``dc_steps`` 3 every iteration updates D_c
-    three times, twice on fresh batches whose content E^c reads without gradients, before the
-    iteration's own update; the iteration's own batches are those drawn without the schedule; off
-    (1, 1.0) the options stay out of the checkpoint's meta."""
+    three times, first on two fresh batches whose content E^c reads without gradients, each against
+    its own images' scanner codes (GMM-DRIT's inferred, DRIT++'s labels), then on the iteration's
+    own; the iteration's own batches are those drawn without the schedule; off (1, 1.0) the options
+    stay out of the checkpoint's meta."""
+    # GMM-DRIT's E^c reads its input without G's field for the batch's own codes
+    task = make_task(variant, dc_steps=3, dc_lr=0.4, content_field=variant == "gmm-drit")
     images = np.random.default_rng(0).random((24, 16, 16)).astype(np.float32)
     labels = np.arange(24) % 3
-    plain = drit.PairSampler(images, labels, 3, seed=1)(5)
-    scheduled = drit.PairSampler(images, labels, 3, seed=1, dc_extra=2)(5)
+    plain = drit.PairSampler(images, labels, 3, seed=1)
+    scheduled = drit.PairSampler(images, labels, 3, seed=1, dc_extra=2)
+    if variant == "gmm-drit":
+        plain.attach_codes(task.modules)
+        scheduled.attach_codes(task.modules)
+    plain, scheduled = plain(5), scheduled(5)
     assert all(torch.equal(plain[k], scheduled[k]) for k in plain)
     extra = scheduled["dc"]
     assert len(extra) == 2 and extra[0]["xa"].shape == (3, 1, 16, 16)
     assert not torch.equal(extra[0]["xa"], extra[1]["xa"])
-    # GMM-DRIT's E^c reads its input without G's field for the batch's own codes
-    task = make_task(variant, dc_steps=3, dc_lr=0.4, content_field=variant == "gmm-drit")
     assert task.optimizers["dc"].param_groups[0]["lr"] == pytest.approx(0.4 * task.cfg.lr)
     assert task.optimizers["gen"].param_groups[0]["lr"] == task.cfg.lr
-    steps, grads = [], []
+    steps, read, targets = [], [], []
     task.optimizers["dc"].register_step_post_hook(lambda *_: steps.append(1))
-    hook = task.modules.content.register_forward_hook(lambda mod, inp, out: grads.append(out.requires_grad))
+    hook = task.modules.content.register_forward_hook(lambda mod, inp, out: read.append((inp[0], out.requires_grad)))
+    bce, encode, encoded = drit.losses.bce, task.modules.encode, []
+    monkeypatch.setattr(drit.losses, "bce", lambda logits, target: targets.append(target) or bce(logits, target))
+    monkeypatch.setattr(task.modules, "encode", lambda x, codes, *a: encoded.append((x, codes)) or encode(x, codes, *a))
     losses = task.step(scheduled, 0, train.Context(torch.device("cpu"), task.optimizers))
     hook.remove()
     assert len(steps) == 3 and np.isfinite(list(losses.values())).all()
-    assert grads[:2] == [False, False] and all(grads[2:])  # the extra readings first, without gradients
+    assert [g for _, g in read[:2]] == [False, False] and all(g for _, g in read[2:])
+    own = lambda b: (torch.cat([b["ca"], b["cb"]]) if variant == "gmm-drit" else
+                     torch.nn.functional.one_hot(torch.cat([b["la"], b["lb"]]), 3).float())
+    for i, b in enumerate([*extra, scheduled]):  # the first three readings and bce calls: D_c's updates, in order
+        assert torch.equal(encoded[i][0], torch.cat([b["xa"], b["xb"]]))
+        torch.testing.assert_close(targets[i], own(b))
+        if variant == "gmm-drit":  # E^c reads each image without the field of its own codes
+            assert torch.equal(encoded[i][1][0], torch.cat([b["za"], b["zb"]]))
     assert {"dc_steps", "dc_lr"} & set(make_task(variant).meta()["config"]) == set()
     assert task.meta()["config"]["dc_steps"] == 3
     _, history = drit.train_drit(images, labels, task.cfg, tmp_path / "m.pt", steps=2, batch_size=3, device="cpu",
