@@ -10,6 +10,8 @@ RUN ?=
 ONE_AT_A_TIME ?=
 SEED ?= 0
 SEEDS ?= 1 2 3 4
+# stage-2 settings over the profile's for notebooks 03/04, a JSON object: OPTIONS='{"dc_steps": 3}'
+OPTIONS ?=
 # the package versions of the README's clean clones (CPython 3.11); `rm -rf .venv` and CONSTRAINTS=
 # for pyproject.toml's open ranges (an existing .venv is kept as it was built)
 CONSTRAINTS ?= constraints.txt
@@ -38,10 +40,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 ## run every notebook in order with papermill, in two lanes side by side where the cores allow
-## (PROFILE=smoke|quick|paper, DATA=your.csv, RUN=name, RUN_DIR=..., SEED=..., ONE_AT_A_TIME=1)
+## (PROFILE=smoke|quick|paper, DATA=your.csv, RUN=name, RUN_DIR=..., SEED=..., ONE_AT_A_TIME=1,
+## OPTIONS='{"dc_steps": 3}' for stage 2 with other settings, best with a RUN of its own)
 run: $(STAMP)
 	$(PY) -m nbutils.pipeline --profile $(PROFILE) --seed $(SEED) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
-		$(if $(DATA),--data "$(DATA)") $(if $(RUN),--run "$(RUN)") $(if $(ONE_AT_A_TIME),--one-at-a-time)
+		$(if $(DATA),--data "$(DATA)") $(if $(RUN),--run "$(RUN)") $(if $(ONE_AT_A_TIME),--one-at-a-time) \
+		$(if $(OPTIONS),--options '$(OPTIONS)')
 
 ## stage 2 trained anew with other SEEDS over a run's slices and GM-VAE, and both models' table over
 ## seeds (the run as make run names it: PROFILE, DATA, RUN, RUN_DIR; README, "Over seeds")

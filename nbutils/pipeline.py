@@ -4,6 +4,7 @@ the cores allow), into one run folder.
     python -m nbutils.pipeline --profile quick                       # what `make run` does
     python -m nbutils.pipeline --data my/volumes.csv [--run name]    # `make run DATA=... [RUN=...]`
     python -m nbutils.pipeline --profile smoke --only 01             # one notebook
+    python -m nbutils.pipeline --run trial --options '{"dc_steps": 3}'  # stage 2 with other settings
 
 Without ``--data`` the notebooks use the built-in simulated set and the run folder is
 ``data/runs/<profile>``. With ``--data CSV`` (the CSV notebook 01 reads; README, "Use it on your
@@ -358,6 +359,7 @@ def check_data(csv: str, profile: str, seed: int) -> str:
 
 def main(argv=None) -> int:
     from .report import data_label, print_bars, results_table  # here: a lane's process needs none of it
+    from .stage2 import parse_options
     from .volumes import DataError
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -369,6 +371,9 @@ def main(argv=None) -> int:
                                                "-<profile> added for a profile other than quick)")
     ap.add_argument("--run-dir", default="")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--options", default="", help="stage-2 settings over the profile's for notebooks 03/04, a JSON "
+                                                   "object of nbutils.drit.DRITConfig fields, e.g. "
+                                                   "'{\"dc_steps\": 3}' (best in a run folder of its own: --run)")
     ap.add_argument("--only", nargs="*", help="two-digit notebook numbers to run")
     ap.add_argument("--one-at-a-time", action="store_true",
                     help="run every notebook one after the other, in order (no lanes side by side)")
@@ -376,6 +381,7 @@ def main(argv=None) -> int:
     try:
         run_dir = run_folder(args.profile, args.data, args.run, args.run_dir)
         data = check_data(args.data, args.profile, args.seed) if args.data else ""
+        parse_options(args.options)  # checked before anything runs
     except (ValueError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -387,7 +393,7 @@ def main(argv=None) -> int:
         run.record("environment", environment())
     out = run.dir / "notebooks"
     out.mkdir(exist_ok=True)
-    params = dict(profile=run.profile.name, run_dir=str(run.dir), seed=run.seed, data_csv=data)
+    params = dict(profile=run.profile.name, run_dir=str(run.dir), seed=run.seed, data_csv=data, options=args.options)
     os.environ["NB_HEADLESS"] = "1"  # the kernels inherit it: no live widgets (nbutils.explorer)
     timings, started = {}, time.perf_counter()
     aside = set((run.dir / SUPERSEDED).glob("*"))  # what notebook 01 sets aside is said when it ends

@@ -8,6 +8,8 @@ against a target scan: then the scores, the target sensitivity and the learning 
 out, with a message, and the rest runs."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import shutil
 
@@ -43,24 +45,51 @@ NO_TRAVELING = ("no anatomy of the test split is seen by two scanners (no travel
                 "the scores against a target scan, the target sensitivity and the learning curve are left out")
 
 
+# what a run's data, profile and notebook set, which ``options`` cannot change
+SET_BY_THE_RUN = ("image_shape", "slice_shape", "k", "variant", "known_labels", "attr", "view")
+
+
+def parse_options(options: str | dict | None) -> dict:
+    """Stage-2 options over the profile's (notebooks 03/04's ``options``, ``make run OPTIONS=…``):
+    a JSON object of :class:`nbutils.drit.DRITConfig` fields, e.g. ``'{"dc_steps": 3, "dc_lr": 0.4}'``;
+    empty: none. Raises ValueError, naming the fields it may set, for anything else."""
+    if not options:
+        return {}
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"options must be a JSON object of stage-2 settings, e.g. '{{\"dc_steps\": 3}}': "
+                             f"{err}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"options must be a JSON object of stage-2 settings, not {options!r}")
+    allowed = sorted(f.name for f in dataclasses.fields(drit.DRITConfig) if f.name not in SET_BY_THE_RUN)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown stage-2 option(s) {', '.join(unknown)}: options may set {', '.join(allowed)} "
+                         "(nbutils.drit.DRITConfig)")
+    return dict(options)
+
+
 def model_config(p, slices: tuple[int, int], k: int, variant: str, known_labels: bool = False,
-                 attr: int = 64) -> drit.DRITConfig:
+                 attr: int = 64, options: dict | None = None) -> drit.DRITConfig:
     """The stage-2 configuration of profile ``p`` for slices of size ``slices``: trained on the
     profile's windows (or whole slices), its attribute encoder reading the profile's views;
     GMM-DRIT's G draws a tone curve and a bias field from the codes, and its E^c reads its input
     with the curve and the field it would draw for the input's own inferred code undone
     (``tone_curve``, ``content_field``), which DRIT++ and ``known_labels``, whose scanner codes are
-    labels, cannot."""
+    labels, cannot. ``options`` (:func:`parse_options`) replace the fields they name."""
     inferred = variant == "gmm-drit" and not known_labels
-    return drit.DRITConfig(image_shape=(p.crop, p.crop) if p.crop else slices, slice_shape=slices if p.crop else None,
-                           k=k, variant=variant, width=p.drit_width, n_res=p.drit_res, down=p.drit_down,
-                           view=p.view, lr=p.drit_lr, known_labels=known_labels, attr=attr,
-                           content_field=inferred, tone_curve=TONE_KNOTS if inferred else 0,
-                           tone_floor=TONE_FLOOR if inferred else 0.0)
+    cfg = drit.DRITConfig(image_shape=(p.crop, p.crop) if p.crop else slices, slice_shape=slices if p.crop else None,
+                          k=k, variant=variant, width=p.drit_width, n_res=p.drit_res, down=p.drit_down,
+                          view=p.view, lr=p.drit_lr, known_labels=known_labels, attr=attr,
+                          content_field=inferred, tone_curve=TONE_KNOTS if inferred else 0,
+                          tone_floor=TONE_FLOOR if inferred else 0.0)
+    return dataclasses.replace(cfg, **parse_options(options))
 
 
 def train_variant(run: Run, train_set: Slices, method: methods.Method, known_labels: bool, retrain: bool,
-                  steps: int):
+                  steps: int, options: dict | None = None):
     """Train (or load) ``method`` with the profile's settings for ``steps`` iterations; returns
     (model, history). A checkpoint with fewer iterations is trained on from
     (exactly as if trained in one go: Adam's rate is constant), one with more is used as it is."""
@@ -75,7 +104,7 @@ def train_variant(run: Run, train_set: Slices, method: methods.Method, known_lab
         gm = gmvae.from_checkpoint(run.require(run.checkpoints / "gmvae.pt", "02_gmvae_pretraining"))
         k = gm.cfg.k
     cfg = model_config(p, tuple(train_set.images.shape[1:]), k, method.variant, known_labels=known_labels,
-                       attr=gm.cfg.gaussian_size if gm else 64)
+                       attr=gm.cfg.gaussian_size if gm else 64, options=options)
     return drit.train_drit(train_set.images, train_set.labels, cfg, checkpoint, gmvae=gm, steps=steps,
                            batch_size=p.drit_batch, every=p.checkpoint_every, seed=run.seed, snapshots=True,
                            masks=train_set.masks)
@@ -188,9 +217,11 @@ class Experiment:
     tables are saved to the run's figures folder, headline numbers to ``metrics.json``, both under
     :attr:`key` (the method's section; ``_known_labels`` for the ablation)."""
 
-    def __init__(self, run: Run, method: str | methods.Method, known_labels: bool = False, steps: int = 0):
+    def __init__(self, run: Run, method: str | methods.Method, known_labels: bool = False, steps: int = 0,
+                 options: str | dict | None = None):
         self.run, self.method, self.known_labels = run, methods.get(method), known_labels
         self.steps = steps or run.profile.drit_steps  # training iterations (0: the profile's)
+        self.options = parse_options(options)  # stage-2 settings over the profile's (parse_options)
         self.label = self.method.name + (" (known labels)" if known_labels else "")  # titles and tables
         self.key = self.method.section + ("_known_labels" if known_labels else "")
         self.train_set, self.test_set = slices_for_run(run, "train"), slices_for_run(run, "test")
@@ -200,12 +231,13 @@ class Experiment:
     def __str__(self) -> str:
         p = self.run.profile
         return (f"profile {p.name}: {len(self.train_set)} training slices, {self.steps} iterations of batch "
-                f"{p.drit_batch} x 2, width {p.drit_width}, device {pick_device()}")
+                f"{p.drit_batch} x 2, width {p.drit_width}, device {pick_device()}"
+                + (f"; options {json.dumps(self.options)}" if self.options else ""))
 
     def train(self, retrain: bool = False):
         """Train (or load) the model; save its loss curves. Returns the figure."""
         self.model, self.history = train_variant(self.run, self.train_set, self.method, self.known_labels, retrain,
-                                                 self.steps)
+                                                 self.steps, self.options)
         # what the outputs score() makes are computed from, for notebooks 05-09's cache: only for the
         # checkpoint they read (not the ablation's) and on the CPU, where they translate
         on_cpu = next(self.model.parameters()).device.type == "cpu"
@@ -233,6 +265,8 @@ class Experiment:
         there is none."""
         run = self.run
         headline_ = {"steps": int(self.history["step"].max())}
+        if self.options:  # what the model was trained with over the profile's settings
+            headline_["options"] = json.dumps(self.options, sort_keys=True)
         if self.traveling:
             self.result = headline(self.test_set, self.train_set, self.harmonizer, self.label, seed=run.seed)
             plots.save_table(paired.flat(self.result["d2d"]).round(4), self.key + "_domain_to_domain", run.figures,
@@ -368,7 +402,7 @@ class Experiment:
                     if self.key + "_known_labels" in metrics else "")
             return (f"stage 1 finds the scanners (E1 ACC {acc:.3f} ≥ {below:.2f}): GMM-DRIT's inferred codes are "
                     "the scanners, no known-labels ablation needed" + left)
-        ablation = Experiment(self.run, self.method, known_labels=True, steps=self.steps)
+        ablation = Experiment(self.run, self.method, known_labels=True, steps=self.steps, options=self.options)
         # its initial weights from the run's seed, not from whatever this kernel drew before (which
         # differs when the model above was trained rather than loaded)
         seed_everything(self.run.seed)

@@ -693,6 +693,31 @@ def test_a_bad_csv_stops_before_any_notebook_runs(case, message, tmp_path, capsy
     assert message in capsys.readouterr().err and not run_dir.exists()
 
 
+def test_stage_2_options_reach_the_model_through_papermill_and_a_model_trained_otherwise_is_refused(csv_run, tmp_path,
+                                                                                                   capsys):
+    """``--options`` (``make run OPTIONS=…``) reaches notebooks 03/04's ``options``: the model is trained with
+    them (its checkpoint's settings) and the section records them; the same run without them refuses that
+    checkpoint rather than score it as the profile's model; bad options stop before anything runs."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(csv_run[0], run_dir, symlinks=True)
+    checkpoint = run_dir / "checkpoints" / methods.DRITPP.checkpoint()
+    checkpoint.unlink()
+    shutil.rmtree(checkpoint.with_name(checkpoint.name + ".snapshots"), ignore_errors=True)
+    only = ["--profile", "smoke", "--run-dir", str(run_dir), "--only", "04"]
+    assert pipeline.main(only + ["--options", '{"dc_steps": 2, "dc_lr": 0.4}']) == 0
+    trained = torch.load(checkpoint, weights_only=False)["meta"]["config"]
+    assert trained["dc_steps"] == 2 and trained["dc_lr"] == 0.4
+    assert json.loads(config.read_metrics(run_dir)[methods.DRITPP.section]["options"]) == {"dc_lr": 0.4, "dc_steps": 2}
+    assert "options" not in config.read_metrics(csv_run[0])[methods.DRITPP.section]
+    capsys.readouterr()
+    assert pipeline.main(only) == 1
+    assert "stopped" in capsys.readouterr().err
+    for bad, message in (('{"k": 3}', "unknown stage-2 option"), ('{"dc_steps": 3', "JSON object"),
+                         ("[3]", "JSON object")):
+        assert pipeline.main(["--profile", "smoke", "--run-dir", str(tmp_path / "new"), "--options", bad]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
 def test_the_bars_table_says_which_model_meets_which_bar_and_leaves_out_what_was_not_recorded():
     gmm, dritpp, ident, hm = (m.name for m in (methods.GMM_DRIT, methods.DRITPP, methods.IDENTITY, methods.HISTOGRAM))
     # GMM-DRIT exactly at the sensitivity and probe bars (met), DRIT++ past them

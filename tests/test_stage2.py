@@ -1,4 +1,6 @@
 """The stage-2 notebooks' experiment helpers (nbutils.stage2)."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -113,6 +115,41 @@ def test_only_gmm_drit_with_inferred_codes_draws_and_undoes_a_tone_curve_and_fie
     for cfg in (stage2.model_config(p, (182, 182), 4, "gmm-drit", known_labels=True),
                 stage2.model_config(p, (182, 182), 4, "drit++")):
         assert not cfg.content_field and cfg.tone_curve == 0 and cfg.tone_floor == 0
+
+
+def test_options_replace_the_profile_s_stage_2_settings_and_bad_ones_are_explained(tmp_path, monkeypatch):
+    p = config.PROFILES["quick"]
+    plain = stage2.model_config(p, (182, 182), 4, "gmm-drit")
+    tried = stage2.model_config(p, (182, 182), 4, "gmm-drit", options={"dc_steps": 3, "tone_curve": 0})
+    assert tried.dc_steps == 3 and tried.tone_curve == 0 and plain.dc_steps == 1 and plain.tone_curve > 0
+    assert dataclasses.replace(tried, dc_steps=1, tone_curve=plain.tone_curve) == plain
+    assert stage2.parse_options("") == stage2.parse_options(None) == {}
+    assert stage2.parse_options('{"dc_steps": 3, "dc_lr": 0.4}') == {"dc_steps": 3, "dc_lr": 0.4}
+    for bad, message in (('{"dc_steps": 3', "JSON object"), ("[3]", "JSON object"), ('"x"', "JSON object"),
+                         ('{"k": 3}', r"unknown stage-2 option\(s\) k: options may set .*dc_steps"),
+                         ('{"nope": 1, "image_shape": [8, 8]}', r"option\(s\) image_shape, nope")):
+        with pytest.raises(ValueError, match=message):
+            stage2.parse_options(bad)
+    with pytest.raises(ValueError, match="content_field"):  # the settings' own checks still apply
+        stage2.model_config(p, (182, 182), 4, "drit++", options={"content_field": True})
+    run = config.setup("smoke", str(tmp_path / "run"))
+    monkeypatch.setattr(stage2, "slices_for_run", lambda run, split: [])
+    monkeypatch.setattr(stage2.paired, "has_traveling", lambda test: False)
+    seen = []
+
+    class Started(Exception):
+        pass
+
+    def train_variant(*args):
+        seen.append(args[-1])
+        raise Started
+
+    monkeypatch.setattr(stage2, "train_variant", train_variant)
+    exp = stage2.Experiment(run, methods.DRITPP, options='{"dc_steps": 2}')
+    assert 'options {"dc_steps": 2}' in str(exp)
+    with pytest.raises(Started):
+        exp.train()
+    assert seen == [{"dc_steps": 2}]
 
 
 def test_the_known_labels_ablation_starts_from_the_run_s_seed_whatever_the_kernel_drew_before(tmp_path, monkeypatch):
