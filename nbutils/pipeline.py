@@ -359,7 +359,7 @@ def check_data(csv: str, profile: str, seed: int) -> str:
 
 def main(argv=None) -> int:
     from .report import data_label, print_bars, results_table  # here: a lane's process needs none of it
-    from .stage2 import parse_options
+    from .stage2 import check_options
     from .volumes import DataError
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -381,7 +381,7 @@ def main(argv=None) -> int:
     try:
         run_dir = run_folder(args.profile, args.data, args.run, args.run_dir)
         data = check_data(args.data, args.profile, args.seed) if args.data else ""
-        parse_options(args.options)  # checked before anything runs
+        check_options(get_profile(args.profile), args.options)  # before anything runs
     except (ValueError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ run's sections 01 and 02 of ``metrics.json``. The pipeline then runs notebooks 0
 with ``--seed N``, in two lanes as ``make run`` does (09 beside its training outputs). So the seed
 changes stage 2's initial weights and batches, and what follows the run's seed in 09: its scanner-free
 draws and its retrained classifiers' weights (`make run SEED=N` would also change the slices and the
-GM-VAE). The run's own seed trained in such a folder gives the run's numbers (tested). A seed whose
+GM-VAE). A run made with stage-2 ``options`` (``make run OPTIONS=…``) has its seeds trained with the
+same options. The run's own seed trained in such a folder gives the run's numbers (tested). A seed whose
 folder has notebook 09's numbers is not run again; a folder made from another state of the run (its
 GM-VAE, slices or classifier since changed) is refused: delete it to redo the seed.
 
@@ -114,6 +115,18 @@ def run_seed(run: Run) -> int:
     return found.pop()
 
 
+def run_options(run: Run) -> str:
+    """The stage-2 settings the run's models were trained with over the profile's (notebooks 03/04's
+    ``options``, ``make run OPTIONS=…``; "" for none): a run's seeds are trained with them too. Raises
+    if its two models were trained with different settings."""
+    metrics = read_metrics(run.dir)
+    found = {metrics.get(m.section, {}).get("options", "") for m in methods.MODELS}
+    if len(found) > 1:
+        raise ValueError(f"the run's models were trained with different stage-2 options ({sorted(found)}): "
+                         "train them again with the same options (make run OPTIONS=…)")
+    return found.pop()
+
+
 def _stamp(path: Path) -> str:
     stat = path.stat()
     return f"{stat.st_size} {stat.st_mtime_ns}"
@@ -121,8 +134,9 @@ def _stamp(path: Path) -> str:
 
 def base_state(run: Run) -> dict:
     """What a seed's folder takes from the run (profile, iterations, GM-VAE, slices, frozen
-    classifier), to tell whether the run has changed since; raises if the run is not complete up to
-    notebook 09 or its models were trained with other iterations than the profile's."""
+    classifier, stage-2 options if any), to tell whether the run has changed since; raises if the run
+    is not complete up to notebook 09 or its models were trained with other iterations than the
+    profile's."""
     metrics = read_metrics(run.dir)
     stamped = [run.checkpoints / "gmvae.pt", run.checkpoints / "scanner-classifier.pt"]
     needed = [run.slices / "manifest.csv", *stamped]
@@ -134,8 +148,10 @@ def base_state(run: Run) -> dict:
     if steps != {run.profile.drit_steps}:
         raise ValueError(f"the run's models were trained for {sorted(steps, key=str)} iterations, profile "
                          f"{run.profile.name} trains {run.profile.drit_steps}: give the run's profile (PROFILE=)")
-    return {"profile": run.profile.name, "steps": run.profile.drit_steps,
-            **{p.name: _stamp(p) for p in (*stamped, *array_files(run.slices))}}
+    state = {"profile": run.profile.name, "steps": run.profile.drit_steps,
+             **{p.name: _stamp(p) for p in (*stamped, *array_files(run.slices))}}
+    options = run_options(run)
+    return state | ({"options": options} if options else {})  # seeds made before options existed had none
 
 
 def made_from(folder: Path) -> dict | None:
@@ -183,8 +199,9 @@ def train_seed(run: Run, seed: int) -> int:
     if _complete(folder):
         print(f"seed {seed}: {folder} has its results already (delete the folder to train it again)")
         return 0
+    options = run_options(run)  # the run's own stage-2 settings, if it was made with any
     return pipeline.main(["--profile", run.profile.name, "--run-dir", str(folder), "--seed", str(seed),
-                          "--only", "03", "04", "09"])
+                          "--only", "03", "04", "09", *(["--options", options] if options else [])])
 
 
 def _complete(folder: Path) -> bool:

@@ -63,12 +63,34 @@ def parse_options(options: str | dict | None) -> dict:
                              f"{err}") from None
     if not isinstance(options, dict):
         raise ValueError(f"options must be a JSON object of stage-2 settings, not {options!r}")
-    allowed = sorted(f.name for f in dataclasses.fields(drit.DRITConfig) if f.name not in SET_BY_THE_RUN)
-    unknown = sorted(set(options) - set(allowed))
+    fields = {f.name: f.default for f in dataclasses.fields(drit.DRITConfig) if f.name not in SET_BY_THE_RUN}
+    unknown = sorted(set(options) - set(fields))
     if unknown:
-        raise ValueError(f"unknown stage-2 option(s) {', '.join(unknown)}: options may set {', '.join(allowed)} "
+        raise ValueError(f"unknown stage-2 option(s) {', '.join(unknown)}: options may set {', '.join(sorted(fields))} "
                          "(nbutils.drit.DRITConfig)")
+    for name, value in options.items():
+        kind = type(fields[name])  # every field options may set has a plain default: bool, int, float or str
+        fits = (isinstance(value, bool) if kind is bool else
+                isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+                isinstance(value, kind) and not isinstance(value, bool))
+        if not fits:
+            raise ValueError(f"stage-2 option {name} must be {kind.__name__} (default {fields[name]!r}), not {value!r}")
     return dict(options)
+
+
+def check_options(p, options: str | dict | None) -> dict:
+    """:func:`parse_options`, then the settings' own checks for every stage-2 model notebooks 03/04
+    train with them (GMM-DRIT, its known-labels model, DRIT++), so that options a model cannot take
+    stop a run before anything runs rather than in notebook 03 or 04."""
+    options = parse_options(options)
+    for variant, known in (("gmm-drit", False), ("gmm-drit", True), ("drit++", False)):
+        try:
+            model_config(p, (p.image_size, p.image_size), 2, variant, known_labels=known, options=options)
+        except (ValueError, TypeError) as err:
+            name = {"drit++": "DRIT++"}.get(variant, "GMM-DRIT" + (" with known labels" if known else ""))
+            raise ValueError(f"options {json.dumps(options)} cannot be given to {name}: {err} (options apply to "
+                             "every stage-2 model of the run: GMM-DRIT, its known-labels model and DRIT++)") from None
+    return options
 
 
 def model_config(p, slices: tuple[int, int], k: int, variant: str, known_labels: bool = False,
@@ -264,9 +286,9 @@ class Experiment:
         """:func:`headline` scores, saved (tables) and recorded; the domain-to-domain table, or why
         there is none."""
         run = self.run
-        headline_ = {"steps": int(self.history["step"].max())}
-        if self.options:  # what the model was trained with over the profile's settings
-            headline_["options"] = json.dumps(self.options, sort_keys=True)
+        # what the model was trained with over the profile's settings ("" for none)
+        headline_ = {"steps": int(self.history["step"].max()),
+                     "options": json.dumps(self.options, sort_keys=True) if self.options else ""}
         if self.traveling:
             self.result = headline(self.test_set, self.train_set, self.harmonizer, self.label, seed=run.seed)
             plots.save_table(paired.flat(self.result["d2d"]).round(4), self.key + "_domain_to_domain", run.figures,

@@ -408,6 +408,24 @@ def test_a_seed_trains_stage_2_anew_over_the_run_s_slices_and_gm_vae_and_the_run
         seeds.prepare(run, 1)
 
 
+def test_a_run_made_with_stage_2_options_has_its_seeds_trained_with_them(tmp_path, monkeypatch):
+    run = config.setup("smoke", str(tmp_path / "run"))
+    for m in methods.MODELS:
+        run.record(m.section, {"steps": 20})
+    assert seeds.run_options(run) == ""
+    monkeypatch.setattr(seeds, "prepare", lambda run, seed: tmp_path / f"seed{seed}")
+    argv = []
+    monkeypatch.setattr(pipeline, "main", lambda args: argv.append(args) or 0)
+    assert seeds.train_seed(run, 1) == 0 and "--options" not in argv[-1]
+    for m in methods.MODELS:
+        run.record(m.section, {"steps": 20, "options": '{"dc_steps": 2}'})
+    assert seeds.run_options(run) == '{"dc_steps": 2}'
+    assert seeds.train_seed(run, 2) == 0 and argv[-1][-2:] == ["--options", '{"dc_steps": 2}']
+    run.record(methods.DRITPP.section, {"steps": 20})
+    with pytest.raises(ValueError, match="different stage-2 options"):
+        seeds.run_options(run)
+
+
 def test_a_seeds_table_needs_a_complete_run_and_seeds_of_zero_or_more(tmp_path, capsys):
     assert seeds.main(["--profile", "smoke", "--run-dir", str(tmp_path / "none")]) == 2
     assert "holds no run" in capsys.readouterr().err and not (tmp_path / "none").exists()
@@ -707,13 +725,15 @@ def test_stage_2_options_reach_the_model_through_papermill_and_a_model_trained_o
     assert pipeline.main(only + ["--options", '{"dc_steps": 2, "dc_lr": 0.4}']) == 0
     trained = torch.load(checkpoint, weights_only=False)["meta"]["config"]
     assert trained["dc_steps"] == 2 and trained["dc_lr"] == 0.4
-    assert json.loads(config.read_metrics(run_dir)[methods.DRITPP.section]["options"]) == {"dc_lr": 0.4, "dc_steps": 2}
-    assert "options" not in config.read_metrics(csv_run[0])[methods.DRITPP.section]
+    section = config.read_metrics(run_dir)[methods.DRITPP.section]
+    assert json.loads(section["options"]) == {"dc_lr": 0.4, "dc_steps": 2}
     capsys.readouterr()
-    assert pipeline.main(only) == 1
-    assert "stopped" in capsys.readouterr().err
+    assert pipeline.main(only) == 1  # the profile's settings: the checkpoint trained otherwise is refused
+    assert "written for other settings" in capsys.readouterr().err
+    assert config.read_metrics(run_dir)[methods.DRITPP.section] == section
     for bad, message in (('{"k": 3}', "unknown stage-2 option"), ('{"dc_steps": 3', "JSON object"),
-                         ("[3]", "JSON object")):
+                         ("[3]", "JSON object"), ('{"dc_steps": "3"}', "must be int"),
+                         ('{"w_field_layout": 1.0}', "cannot be given to DRIT++")):
         assert pipeline.main(["--profile", "smoke", "--run-dir", str(tmp_path / "new"), "--options", bad]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "new").exists()
 

@@ -88,7 +88,7 @@ def test_scoring_again_keeps_what_was_added_for_the_same_checkpoint_and_drops_it
     run = config.setup("smoke", str(tmp_path / "run"))
     exp = object.__new__(stage2.Experiment)  # no slices needed: a run without traveling subjects
     exp.run, exp.method, exp.known_labels = run, methods.get("gmm-drit"), False
-    exp.key, exp.traveling, exp.stamp = exp.method.section, False, None
+    exp.key, exp.traveling, exp.stamp, exp.options = exp.method.section, False, None, {}
     exp.history = pd.DataFrame(dict(step=[5, 10]))
     checkpoint = run.checkpoints / exp.method.checkpoint()
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +130,20 @@ def test_options_replace_the_profile_s_stage_2_settings_and_bad_ones_are_explain
                          ('{"nope": 1, "image_shape": [8, 8]}', r"option\(s\) image_shape, nope")):
         with pytest.raises(ValueError, match=message):
             stage2.parse_options(bad)
+    for bad, message in (('{"dc_steps": "3"}', "dc_steps must be int"), ('{"dc_steps": 2.5}', "must be int"),
+                         ('{"dc_norm": 1}', "dc_norm must be bool"), ('{"w_adv": null}', "w_adv must be float"),
+                         ('{"padding": 0}', "must be str")):
+        with pytest.raises(ValueError, match=message):
+            stage2.parse_options(bad)
+    assert stage2.parse_options('{"w_adv": 2}') == {"w_adv": 2}  # an int where a float is due
     with pytest.raises(ValueError, match="content_field"):  # the settings' own checks still apply
         stage2.model_config(p, (182, 182), 4, "drit++", options={"content_field": True})
+    # checked for every model notebooks 03/04 train: GMM-DRIT, its known-labels model, DRIT++
+    assert stage2.check_options(p, '{"dc_steps": 3, "dc_lr": 0.4}') == {"dc_steps": 3, "dc_lr": 0.4}
+    for bad, who in (('{"w_field_layout": 1.0}', "DRIT\\+\\+"),
+                     ('{"content_field": true}', "GMM-DRIT with known labels"), ('{"padding": "wrap"}', "GMM-DRIT: padding")):
+        with pytest.raises(ValueError, match=f"cannot be given to {who}"):
+            stage2.check_options(p, bad)
     run = config.setup("smoke", str(tmp_path / "run"))
     monkeypatch.setattr(stage2, "slices_for_run", lambda run, split: [])
     monkeypatch.setattr(stage2.paired, "has_traveling", lambda test: False)
