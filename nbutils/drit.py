@@ -233,10 +233,9 @@ class Translator(nn.Module):
         """:meth:`translate` of ``x`` with each (z^a, c) of ``codes``: E^c's reading of the
         slices (and of their windows), which no code changes, is computed once for all of them.
         The same outputs as one :meth:`translate` per code."""
-        t = self.cfg.image_shape
         h, w = x.shape[-2:]
-        source = self.attributes(x)[:2] if self.cfg.content_field else None
-        if tuple(t) == self.cfg.slices or h <= t[0] and w <= t[1]:
+        source = self._source(x)
+        if not self._windowed(x):
             zc = self.encode(x, source)
             ys = [self.generator(zc, za, c, (h, w)) for za, c in codes]
         else:
@@ -244,17 +243,33 @@ class Translator(nn.Module):
         background = outside(x)
         return [y.masked_fill(background, -1.0) for y in ys]
 
+    def _source(self, x: torch.Tensor):
+        """The codes E^c reads ``x`` with: (z^a, c) inferred from it with ``content_field``, else None."""
+        return self.attributes(x)[:2] if self.cfg.content_field else None
+
+    def _windowed(self, x: torch.Tensor) -> bool:
+        """Whether slices ``x`` are translated window by window (a model trained on windows of smaller slices)."""
+        (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
+        return tuple(self.cfg.image_shape) != self.cfg.slices and not (h <= th and w <= tw)
+
+    def _window_rows(self, x: torch.Tensor, source):
+        """For each row of the training-sized windows that tile slices ``x``: (y0, the windows' x0s, the
+        windows (one batch of ``len(x)`` per x0), their top-left pixels, E^c's reading of them)."""
+        (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
+        n, xs = len(x), window_starts(w, tw)
+        for y0 in window_starts(h, th):
+            tiles = torch.cat([x[..., y0: y0 + th, x0: x0 + tw] for x0 in xs])
+            origin = torch.tensor([[y0, x0] for x0 in xs for _ in range(n)], device=x.device, dtype=torch.float32)
+            zc = self.encode(tiles, None if source is None else [v.repeat(len(xs), 1) for v in source], origin, (h, w))
+            yield y0, xs, tiles, origin, zc
+
     def _windows(self, x: torch.Tensor, codes, source=None) -> list[torch.Tensor]:
         (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
         weight = taper(th, x.device)[:, None] * taper(tw, x.device)[None]
         outs = [x.new_zeros(x.shape, dtype=torch.float32) for _ in codes]
         total = torch.zeros(x.shape[-2:], device=x.device)
         n = len(x)
-        for y0 in window_starts(h, th):
-            xs = window_starts(w, tw)
-            tiles = torch.cat([x[..., y0: y0 + th, x0: x0 + tw] for x0 in xs])
-            origin = torch.tensor([[y0, x0] for x0 in xs for _ in range(n)], device=x.device, dtype=torch.float32)
-            zc = self.encode(tiles, None if source is None else [v.repeat(len(xs), 1) for v in source], origin, (h, w))
+        for y0, xs, tiles, origin, zc in self._window_rows(x, source):
             for out, (za, c) in zip(outs, codes):
                 y = self.generator(zc, za.repeat(len(xs), 1), c.repeat(len(xs), 1), tiles.shape[-2:], origin,
                                    (h, w)).float()
@@ -273,26 +288,21 @@ class Translator(nn.Module):
         trained on whole slices, E^c's reading of the slice. A window that does not start on one of
         E^c's cells is put back at the cell it starts in, the last one (flush with the slice's end)
         flush with the map's end, so that every cell is covered."""
-        source = self.attributes(x)[:2] if self.cfg.content_field else None
-        (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
-        if tuple(self.cfg.image_shape) == self.cfg.slices or h <= th and w <= tw:
+        source = self._source(x)
+        if not self._windowed(x):
             return self.encode(x, source)
-        f = self.content.factor
-        out = total = None
-        n = len(x)
-        ys, xs = window_starts(h, th), window_starts(w, tw)
-        for y0 in ys:
-            tiles = torch.cat([x[..., y0: y0 + th, x0: x0 + tw] for x0 in xs])
-            origin = torch.tensor([[y0, x0] for x0 in xs for _ in range(n)], device=x.device, dtype=torch.float32)
-            zc = self.encode(tiles, None if source is None else [v.repeat(len(xs), 1) for v in source], origin,
-                             (h, w)).float()
+        (th, _), (h, w) = self.cfg.image_shape, x.shape[-2:]
+        f, n, last = self.content.factor, len(x), window_starts(h, th)[-1]
+        total = torch.zeros(-(-h // f), -(-w // f), device=x.device)
+        out = None
+        for y0, xs, _, _, zc in self._window_rows(x, source):
+            zc = zc.float()
+            mh, mw = zc.shape[-2:]
             if out is None:
-                total = torch.zeros(-(-h // f), -(-w // f), device=x.device)
                 out = zc.new_zeros(n, zc.shape[1], *total.shape)
-                mh, mw = zc.shape[-2:]
                 weight = taper(mh, x.device)[:, None] * taper(mw, x.device)[None]
             for i, x0 in enumerate(xs):
-                cy = total.shape[0] - mh if y0 == ys[-1] else min(y0 // f, total.shape[0] - mh)
+                cy = total.shape[0] - mh if y0 == last else min(y0 // f, total.shape[0] - mh)
                 cx = total.shape[1] - mw if x0 == xs[-1] else min(x0 // f, total.shape[1] - mw)
                 cells = (slice(cy, cy + mh), slice(cx, cx + mw))
                 out[(..., *cells)] += zc[i * n: (i + 1) * n] * weight
@@ -416,8 +426,12 @@ class DRITTask:
             origin = torch.cat([batch["oa"], batch["ob"]]) if "oa" in batch else None
             zc = m.encode(x, codes, origin, self.cfg.slices)
         grid = None if origin is None else m.content_grid(origin, zc.shape[-2:])
+        return self._update_dc(zc, grid, codes[1], ctx)
+
+    def _update_dc(self, zc: torch.Tensor, grid, target: torch.Tensor, ctx) -> torch.Tensor:
+        """One step of D_c on content maps ``zc`` (no gradient reaches E^c) toward their scanner codes."""
         with ctx.autocast():
-            loss = losses.bce(m.dc(zc, grid), codes[1])
+            loss = losses.bce(self.modules.dc(zc, grid), target)
         ctx.update(loss, "dc", clip=self.cfg.dc_clip)
         return loss
 
@@ -463,9 +477,7 @@ class DRITTask:
         # where z^c's cells sit in their whole slices, for D_c (None: whole slices)
         zgrid = None if o_a is None else m.content_grid(torch.cat([o_a, o_b]), zc.shape[-2:])
         # (4a) discriminators, on detached codes and images
-        with ctx.autocast():
-            loss_dc = losses.bce(m.dc(zc.detach(), zgrid), c_real)
-        ctx.update(loss_dc, "dc", clip=cfg.dc_clip)
+        loss_dc = self._update_dc(zc.detach(), zgrid, c_real, ctx)
         with ctx.autocast():
             loss_ds1 = losses.discriminator(m.ds1, real, torch.cat([x_ab, x_ba, x_r]).detach(), c_real)
         ctx.update(loss_ds1, "ds1")

@@ -204,17 +204,15 @@ def test_a_window_trained_model_s_content_is_also_probed_on_a_window_and_as_g_is
     model = drit.Translator(cfg).eval()
     c = usage.codes(model, test.images, test.labels)
     assert c["zc_window"].shape == c["zc"].shape
-    with torch.no_grad():
-        centre = model.content(torch.from_numpy(test.images[:3, 8:24, 8:24]).unsqueeze(1) * 2 - 1)
-    pooled = torch.nn.functional.adaptive_avg_pool2d(centre, 4).flatten(1)
-    summary = torch.cat([centre.flatten(2).mean(2), centre.flatten(2).std(2, correction=0), pooled], 1).numpy()
-    assert np.allclose(c["zc_window"][:3], summary, atol=1e-5)
+    def summary(images, read):  # each channel's mean and spread, then its 4 x 4 pooled map, written out
+        with torch.no_grad():
+            maps = read(torch.from_numpy(images).unsqueeze(1) * 2 - 1)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(maps, 4).flatten(1)
+        return torch.cat([maps.flatten(2).mean(2), maps.flatten(2).std(2, correction=0), pooled], 1).numpy()
+
+    assert np.allclose(c["zc_window"][:3], summary(test.images[:3, 8:24, 8:24], model.content), atol=1e-5)
     assert not np.allclose(c["zc_window"], c["zc"], atol=1e-3)  # not the whole slice's map
-    with torch.no_grad():
-        fed = model.content_as_fed(torch.from_numpy(test.images[:3]).unsqueeze(1) * 2 - 1)
-    pooled = torch.nn.functional.adaptive_avg_pool2d(fed, 4).flatten(1)
-    summary = torch.cat([fed.flatten(2).mean(2), fed.flatten(2).std(2, correction=0), pooled], 1).numpy()
-    assert np.allclose(c["zc_fed"][:3], summary, atol=1e-5)
+    assert np.allclose(c["zc_fed"][:3], summary(test.images[:3], model.content_as_fed), atol=1e-5)
     assert not np.allclose(c["zc_fed"], c["zc"], atol=1e-3) and not np.allclose(c["zc_fed"], c["zc_window"], atol=1e-3)
 
 
