@@ -12,6 +12,8 @@ SEED ?= 0
 SEEDS ?= 1 2 3 4
 # stage-2 settings over the profile's for notebooks 03/04, a JSON object: OPTIONS='{"dc_steps": 3}'
 OPTIONS ?=
+# handed to the recipe through the environment, as typed: quotes and $ in a value reach the pipeline intact
+export STAGE2_OPTIONS := $(value OPTIONS)
 # the package versions of the README's clean clones (CPython 3.11); `rm -rf .venv` and CONSTRAINTS=
 # for pyproject.toml's open ranges (an existing .venv is kept as it was built)
 CONSTRAINTS ?= constraints.txt
@@ -45,7 +47,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 run: $(STAMP)
 	$(PY) -m nbutils.pipeline --profile $(PROFILE) --seed $(SEED) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
 		$(if $(DATA),--data "$(DATA)") $(if $(RUN),--run "$(RUN)") $(if $(ONE_AT_A_TIME),--one-at-a-time) \
-		$(if $(OPTIONS),--options '$(OPTIONS)')
+		$(if $(STAGE2_OPTIONS),--options "$$STAGE2_OPTIONS")
 
 ## stage 2 trained anew with other SEEDS over a run's slices and GM-VAE, and both models' table over
 ## seeds (the run as make run names it: PROFILE, DATA, RUN, RUN_DIR; README, "Over seeds")

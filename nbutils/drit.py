@@ -265,6 +265,7 @@ class Translator(nn.Module):
 
     def _windows(self, x: torch.Tensor, codes, source=None) -> list[torch.Tensor]:
         (th, tw), (h, w) = self.cfg.image_shape, x.shape[-2:]
+        th, tw = min(th, h), min(tw, w)  # a slice narrower than a window in one dimension: windows as wide as it
         weight = taper(th, x.device)[:, None] * taper(tw, x.device)[None]
         outs = [x.new_zeros(x.shape, dtype=torch.float32) for _ in codes]
         total = torch.zeros(x.shape[-2:], device=x.device)

@@ -145,6 +145,13 @@ def test_a_window_trained_translator_harmonizes_a_slice_window_by_window():
         assert not drit.outside(empty)[..., :24, :24].any()
         window = x[..., :16, :16]
         assert torch.equal(model.translate(window, za, c), model.generator(model.content(window), za, c, (16, 16)))
+        # a slice lower than a window but wider: windows as high as the slice, cut along its width
+        low = x[..., :12, :]
+        out = model.translate(low, za, c)
+        assert out.shape == low.shape and torch.isfinite(out).all()
+        part = model.generator(model.content(low[..., :16]), za, c, (12, 16))
+        torch.testing.assert_close(out[..., :4], part[..., :4])  # columns no other window covers
+        assert model.content_as_fed(low).shape == (2, model.content.channels, 3, 12)
 
 
 def test_the_content_map_g_is_fed_is_each_window_s_reading_put_back_where_it_lies():

@@ -738,6 +738,18 @@ def test_stage_2_options_reach_the_model_through_papermill_and_a_model_trained_o
         assert message in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
+def test_make_hands_options_to_the_pipeline_as_typed(tmp_path):
+    """``make run OPTIONS=…`` passes the text through the environment: a quote or a $ in it reaches the
+    pipeline's check intact (here an unknown name, refused before any folder is made)."""
+    import subprocess
+
+    bad = '{"it\'s $HOME $$x": 1}'
+    out = subprocess.run(["make", "--no-print-directory", "-C", str(config.ROOT), "run", f"RUN_DIR={tmp_path / 'new'}",
+                          f"OPTIONS={bad}"], capture_output=True, text=True)
+    assert out.returncode != 0 and not (tmp_path / "new").exists()
+    assert "unknown stage-2 option(s) it's $HOME $$x:" in out.stderr
+
+
 def test_the_bars_table_says_which_model_meets_which_bar_and_leaves_out_what_was_not_recorded():
     gmm, dritpp, ident, hm = (m.name for m in (methods.GMM_DRIT, methods.DRITPP, methods.IDENTITY, methods.HISTOGRAM))
     # GMM-DRIT exactly at the sensitivity and probe bars (met), DRIT++ past them
