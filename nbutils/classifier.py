@@ -8,6 +8,7 @@ intensity histogram of the foreground; a ``features``-wide embedding; a K-way li
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -168,9 +169,23 @@ def accuracy(clf: ScannerClassifier, images, labels, groups=None) -> dict[str, f
     return out
 
 
-def accuracy_over_draws(clf: ScannerClassifier, harmonizer, images, labels, seeds) -> list[float]:
-    """Accuracy of ``clf`` on the scanner-free outputs of ``images`` made by ``harmonizer`` (a
+def predictions_over_draws(clf: ScannerClassifier, harmonizer, images, seeds) -> list[np.ndarray]:
+    """What ``clf`` names each of the scanner-free outputs of ``images`` made by ``harmonizer`` (a
     :class:`nbutils.harmonize.Harmonizer`) with each seed: each seed draws the random attribute
     z^a ~ N(0, I) those outputs are made with, and which common appearance a draw gives changes how
     much of the source a classifier still reads."""
-    return [accuracy(clf, outs, labels)["accuracy"] for outs in harmonizer.scanner_free_draws(images, seeds)]
+    return [predict(clf, outs) for outs in harmonizer.scanner_free_draws(images, seeds)]
+
+
+def confusion(labels, predicted, names) -> pd.DataFrame:
+    """The share of each source's images (rows: ``names[label]``) that were named each scanner
+    (columns); each row sums to 1. ``predicted`` may hold several answers per image (one per draw),
+    stacked: ``len(predicted)`` a multiple of ``len(labels)``."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    if len(predicted) % len(labels):
+        raise ValueError(f"{len(predicted)} answers for {len(labels)} images: not one or more per image")
+    k = len(names)
+    counts = np.zeros((k, k))
+    np.add.at(counts, (np.tile(labels, len(predicted) // len(labels)), predicted), 1)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    return pd.DataFrame(shares, index=pd.Index(list(names), name="source"), columns=list(names))

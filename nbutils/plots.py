@@ -327,6 +327,28 @@ def pair_heatmaps(matrices: dict[str, pd.DataFrame], title: str, higher_is_bette
     return fig
 
 
+def confusions(matrices: dict[str, pd.DataFrame], title: str):
+    """One heatmap per method, side by side: rows the source scanners, columns the scanner a
+    classifier names, each cell the share of the row's images (:func:`nbutils.classifier.confusion`).
+    A diagonal is a source still recognised; one column for every row, one look for all."""
+    fig, axes = plt.subplots(1, len(matrices), squeeze=False,
+                             figsize=(0.4 + 2.3 * len(matrices), 1.2 + 0.45 * max(len(m) for m in matrices.values())))
+    for ax, (name, mat) in zip(axes[0], matrices.items()):
+        values = mat.to_numpy(float)
+        ax.imshow(values, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(mat.shape[0]), mat.index if ax is axes[0, 0] else [], fontsize=7)
+        ax.set_xlabel("named", fontsize=7)
+        ax.set_title(name, fontsize=9)
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, format(v, ".2f"), ha="center", va="center", fontsize=6,
+                    color="white" if v > 0.6 else "black")
+    axes[0, 0].set_ylabel("source", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def collapse_diagnostics(kl_per_dim: np.ndarray, occupancy: np.ndarray, title: str):
     """Two bar charts: the KL each latent dimension carries (sorted) and each component's share."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3), gridspec_kw=dict(width_ratios=[2, 1]))

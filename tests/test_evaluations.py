@@ -185,8 +185,22 @@ def test_the_residual_scanner_is_read_on_each_draw_of_the_scanner_free_attribute
         def scanner_free_draws(self, images, seeds):
             return [images if seed % 2 == 0 else one_look for seed in seeds]
 
-    acc = classifier.accuracy_over_draws(clf, Stub(), test.images, test.labels, range(4))
+    answers = classifier.predictions_over_draws(clf, Stub(), test.images, range(4))
+    acc = [(a == test.labels).mean() for a in answers]
     assert len(acc) == 4 and acc[0] == acc[2] > 0.8 and acc[1] == acc[3] <= 0.5
+    # where the answers go: the scans' draws on the diagonal, one look's draws in one column for every source
+    k = len(test.domains)
+    scans = classifier.confusion(test.labels, np.concatenate(answers[::2]), test.domains)
+    np.testing.assert_allclose(np.diag(scans), [(answers[0] == test.labels)[test.labels == b].mean() for b in range(k)])
+    look = classifier.confusion(test.labels, answers[1], test.domains)
+    assert look.shape == (k, k) and list(look.index) == list(test.domains)
+    np.testing.assert_allclose(look.sum(1), 1)
+    column = np.bincount(answers[1], minlength=k).argmax()
+    assert (look.iloc[:, column] > 0.9).all()  # one common look: every source named the same scanner
+    both = classifier.confusion(test.labels, np.concatenate(answers), test.domains)
+    np.testing.assert_allclose(both, (scans + look) / 2)
+    with pytest.raises(ValueError, match="not one or more per image"):
+        classifier.confusion(test.labels, answers[0][:-1], test.domains)
     full = classifier.accuracy(clf, one_look, test.labels, groups=np.arange(len(test.labels)) // 4)
     assert full["ci_low"] <= full["accuracy"] <= full["ci_high"] and full["ci_high"] - full["ci_low"] > 0
     assert full["matched"] <= 0.5  # one look for all: no renaming tells the sources apart
