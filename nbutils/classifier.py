@@ -179,9 +179,11 @@ def predictions_over_draws(clf: ScannerClassifier, harmonizer, images, seeds) ->
 
 def confusion(labels, predicted, names) -> pd.DataFrame:
     """The share of each source's images (rows: ``names[label]``) that were named each scanner
-    (columns); each row sums to 1. ``predicted`` may hold several answers per image (one per draw),
-    stacked: ``len(predicted)`` a multiple of ``len(labels)``."""
+    (columns); each row sums to 1 (a source without images: a row of zeros). ``predicted`` may hold
+    several answers per image (one per draw), stacked: ``len(predicted)`` a multiple of ``len(labels)``."""
     labels, predicted = np.asarray(labels), np.asarray(predicted)
+    if not len(labels):
+        raise ValueError("no images: nothing to tally")
     if len(predicted) % len(labels):
         raise ValueError(f"{len(predicted)} answers for {len(labels)} images: not one or more per image")
     k = len(names)

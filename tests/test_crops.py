@@ -145,13 +145,18 @@ def test_a_window_trained_translator_harmonizes_a_slice_window_by_window():
         assert not drit.outside(empty)[..., :24, :24].any()
         window = x[..., :16, :16]
         assert torch.equal(model.translate(window, za, c), model.generator(model.content(window), za, c, (16, 16)))
-        # a slice lower than a window but wider: windows as high as the slice, cut along its width
-        low = x[..., :12, :]
-        out = model.translate(low, za, c)
-        assert out.shape == low.shape and torch.isfinite(out).all()
-        part = model.generator(model.content(low[..., :16]), za, c, (12, 16))
-        torch.testing.assert_close(out[..., :4], part[..., :4])  # columns no other window covers
-        assert model.content_as_fed(low).shape == (2, model.content.channels, 3, 12)
+        # a slice lower (narrower) than a window but wider (higher): windows as high (wide) as the slice, cut
+        # along its other side; what only the first window covers is that window's translation and reading
+        for small, first in ((x[..., :12, :], (..., slice(None), slice(0, 16))),
+                             (x[..., :, :12], (..., slice(0, 16), slice(None)))):
+            out = model.translate(small, za, c)
+            assert out.shape == small.shape and torch.isfinite(out).all()
+            part = model.generator(model.content(small[first]), za, c, small[first].shape[-2:])
+            alone = (..., slice(0, 8), slice(0, 8))  # the next window starts 8 px further along the long side
+            torch.testing.assert_close(out[alone], part[alone])
+            fed, read = model.content_as_fed(small), model.content(small[first])
+            assert fed.shape == (2, model.content.channels, *(-(-n // 4) for n in small.shape[-2:]))
+            torch.testing.assert_close(fed[..., :2, :2], read[..., :2, :2])
 
 
 def test_the_content_map_g_is_fed_is_each_window_s_reading_put_back_where_it_lies():

@@ -201,6 +201,8 @@ def test_the_residual_scanner_is_read_on_each_draw_of_the_scanner_free_attribute
     np.testing.assert_allclose(both, (scans + look) / 2)
     with pytest.raises(ValueError, match="not one or more per image"):
         classifier.confusion(test.labels, answers[0][:-1], test.domains)
+    with pytest.raises(ValueError, match="no images"):
+        classifier.confusion([], [], test.domains)
     full = classifier.accuracy(clf, one_look, test.labels, groups=np.arange(len(test.labels)) // 4)
     assert full["ci_low"] <= full["accuracy"] <= full["ci_high"] and full["ci_high"] - full["ci_low"] > 0
     assert full["matched"] <= 0.5  # one look for all: no renaming tells the sources apart
