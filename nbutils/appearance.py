@@ -33,3 +33,24 @@ def jitter(x: torch.Tensor, origin: torch.Tensor | None = None, full: tuple[int,
     gamma = ((torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * log_gamma).exp()
     y = (((x.float() + 1) / 2) * field).clamp(0, 1) ** gamma
     return (y * 2 - 1).to(x.dtype)
+
+
+def log_detail(x: torch.Tensor, sigma: float, floor: float = 0.02) -> torch.Tensor:
+    """(N, 1, h, w) images in [-1, 1] as E^c reads them with ``content_highpass``: inside the head, the log
+    intensity less its local mean (a Gaussian of ``sigma`` px over the head's pixels only, so neither the
+    background nor the image's border pulls it), halved and clipped to [-1, 1]; background (-1) kept. A smooth
+    multiplicative field and a global gain are additive in the log and slow, so they are (nearly) gone;
+    edges and the contrast between neighbouring tissues stay (homomorphic filtering, as classic bias-field
+    correction does). ``floor`` keeps the log finite in dark tissue."""
+    v = ((x.float() + 1) / 2).clamp(min=0)
+    head = (x > -1).float()
+    r = max(1, int(3 * sigma))
+    t = torch.arange(-r, r + 1, device=x.device, dtype=torch.float32)
+    g = torch.exp(-0.5 * (t / sigma) ** 2)
+    g = g / g.sum()
+    blur = lambda a: torch.nn.functional.conv2d(torch.nn.functional.conv2d(a, g.view(1, 1, 1, -1), padding=(0, r)),
+                                                g.view(1, 1, -1, 1), padding=(r, 0))
+    log = torch.log(v + floor) * head
+    local = blur(log) / blur(head).clamp(min=1e-6)
+    return torch.where(head > 0, ((log - local) / 2).clamp(-1, 1), -torch.ones_like(v)).to(x.dtype)
+

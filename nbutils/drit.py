@@ -102,6 +102,10 @@ class DRITConfig:
     # z^c must not change under a random bias field and gamma, L1(E^c(jitter(x)), z^c)
     # (nbutils.appearance; not in the thesis; docs/experiments.md, "Stage 2")
     w_invariance: float = 0.0
+    # E^c reads the log image less its local mean over sigma px (nbutils.appearance.log_detail): a smooth coil
+    # field and a gain are gone before E^c sees them; 0 = the image as it is (docs/experiments.md, "A log
+    # high-pass before E^c")
+    content_highpass: float = 0.0
     # GMM-DRIT: the mean coil field G draws for each scanner code, relative to the other codes', must
     # move as the code's training slices' smooth layout does (nbutils.layout; field_layout_loss; not in
     # the thesis; docs/experiments.md, "A field anchored to the slices' layout")
@@ -132,6 +136,8 @@ class DRITConfig:
                              "bias_field > 0")
         if self.dc_steps < 1 or self.dc_lr <= 0:
             raise ValueError(f"dc_steps must be at least 1 and dc_lr positive, got {self.dc_steps} and {self.dc_lr}")
+        if self.content_highpass < 0:
+            raise ValueError(f"content_highpass is a Gaussian's sigma in pixels (0: off), got {self.content_highpass}")
         if self.content_field and self.variant == "drit++":
             raise ValueError("content_field needs the scanner code of every image E^c reads; DRIT++ has it "
                              "only as a label, which a harmonizer of unlabelled scans does not have: use GMM-DRIT")
@@ -208,13 +214,15 @@ class Translator(nn.Module):
         """z^c of (N, 1, h, w) images in [-1, 1]. With ``content_field`` E^c reads them divided by
         the bias field G draws from their own ``codes`` (z^a, c) at their pixels' whole-slice
         positions (``origin``, ``full`` as for the generator), and with G's tone curve undone
-        (``tone_curve``); without it ``codes`` are unused (may be None)."""
-        if not self.cfg.content_field:
-            return self.content(x)
-        za, c = codes
-        grid = crops.coordinates(origin, tuple(x.shape[-2:]), full, len(x), x.device)
-        flat = self.generator.undo((x.float() + 1) / 2, za, c, grid)
-        return self.content((flat * 2 - 1).to(x.dtype))
+        (``tone_curve``); without it ``codes`` are unused (may be None). With ``content_highpass`` E^c reads the
+        log image less its local mean (:func:`nbutils.appearance.log_detail`)."""
+        if self.cfg.content_field:
+            za, c = codes
+            grid = crops.coordinates(origin, tuple(x.shape[-2:]), full, len(x), x.device)
+            x = (self.generator.undo((x.float() + 1) / 2, za, c, grid) * 2 - 1).to(x.dtype)
+        if self.cfg.content_highpass:
+            x = appearance.log_detail(x, self.cfg.content_highpass)
+        return self.content(x)
 
     def translate(self, x: torch.Tensor, za: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """G(E^c(x), z^a, c) for (N, 1, H, W) slices in [-1, 1].
@@ -377,7 +385,7 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 # options added after the quick run's checkpoints were written, with the value that builds the
 # model those checkpoints hold (DRITTask.meta_of leaves them out while so)
 ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding": "zeros", "dc_steps": 1,
-             "dc_lr": 1.0}
+             "dc_lr": 1.0, "content_highpass": 0.0}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)

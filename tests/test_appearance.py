@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from nbutils import appearance, crops
+from nbutils import appearance, crops, drit
 
 
 def test_jitter_keeps_the_background_and_changes_the_brain_smoothly_and_monotonically():
@@ -34,3 +35,32 @@ def test_jitter_draws_the_field_at_the_window_s_place_in_the_whole_slice():
                               (40, 48))
     assert torch.allclose(small, big[..., y0: y0 + 16, x0: x0 + 16], atol=1e-5)
     assert crops.coordinates(None, (4, 4)).shape == (1, 2, 4, 4)
+
+
+def test_log_detail_takes_out_a_gain_and_a_linear_field_and_keeps_edges_and_background():
+    """E^c's input with ``content_highpass``: the same reading of an image under a global gain and (away from the
+    head's border, where the local mean is one-sided) a log-linear field; an edge between two tissues stays; the
+    background stays -1; a model with the option reads its input through it."""
+    torch.manual_seed(0)
+    h = w = 64
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    tissue = torch.where(xx < 0, 0.3, 0.6) + 0.05 * torch.rand(h, w)  # two tissues, an edge at x = 0
+    head = (xx.abs() < 0.9) & (yy.abs() < 0.9)
+    img = (tissue * head)[None, None]
+    base = appearance.log_detail(img * 2 - 1, 4.0)
+    inner = (xx.abs() < 0.6) & (yy.abs() < 0.6)
+    for f in (torch.full_like(yy, 1.4), torch.exp(0.3 * yy)):
+        other = appearance.log_detail(img * f * 2 - 1, 4.0)
+        assert (other - base)[0, 0][inner].abs().max() < 5e-3  # a slope is its own local mean inside (the floor: ~1e-3)
+    raw_change = (torch.log(img * torch.exp(0.3 * yy) + 0.02) - torch.log(img + 0.02))[0, 0][inner].abs().mean() / 2
+    assert raw_change > 0.04  # what the field would have moved, on the detail's scale: eight times the tolerance
+    assert torch.equal(base[0, 0][~head], torch.full_like(base[0, 0][~head], -1.0))
+    edge = base[0, 0, 20:44, :]
+    assert (edge[:, 28:31].mean() < -0.05) and (edge[:, 33:36].mean() > 0.05)  # dark side below, bright above
+    cfg = drit.DRITConfig(image_shape=(16, 16), k=3, variant="drit++", width=4, attr=8, n_res=1, content_highpass=2.0)
+    model = drit.Translator(cfg).eval()
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(model.encode(x, None), model.content(appearance.log_detail(x, 2.0)))
+    with pytest.raises(ValueError, match="sigma"):
+        drit.DRITConfig(image_shape=(16, 16), k=3, content_highpass=-1.0)
