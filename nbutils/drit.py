@@ -106,6 +106,8 @@ class DRITConfig:
     # field and a gain are gone before E^c sees them; 0 = the image as it is (docs/experiments.md, "A log
     # high-pass before E^c")
     content_highpass: float = 0.0
+    # the floor added before the log (appearance.log_detail): higher stretches dark tissue, and its noise, less
+    content_highpass_floor: float = 0.02
     # GMM-DRIT: the mean coil field G draws for each scanner code, relative to the other codes', must
     # move as the code's training slices' smooth layout does (nbutils.layout; field_layout_loss; not in
     # the thesis; docs/experiments.md, "A field anchored to the slices' layout")
@@ -136,8 +138,9 @@ class DRITConfig:
                              "bias_field > 0")
         if self.dc_steps < 1 or self.dc_lr <= 0:
             raise ValueError(f"dc_steps must be at least 1 and dc_lr positive, got {self.dc_steps} and {self.dc_lr}")
-        if self.content_highpass < 0:
-            raise ValueError(f"content_highpass is a Gaussian's sigma in pixels (0: off), got {self.content_highpass}")
+        if self.content_highpass < 0 or self.content_highpass_floor <= 0:
+            raise ValueError(f"content_highpass is a Gaussian's sigma in pixels (0: off) and content_highpass_floor "
+                             f"positive, got {self.content_highpass} and {self.content_highpass_floor}")
         if self.content_field and self.variant == "drit++":
             raise ValueError("content_field needs the scanner code of every image E^c reads; DRIT++ has it "
                              "only as a label, which a harmonizer of unlabelled scans does not have: use GMM-DRIT")
@@ -221,7 +224,7 @@ class Translator(nn.Module):
             grid = crops.coordinates(origin, tuple(x.shape[-2:]), full, len(x), x.device)
             x = (self.generator.undo((x.float() + 1) / 2, za, c, grid) * 2 - 1).to(x.dtype)
         if self.cfg.content_highpass:
-            x = appearance.log_detail(x, self.cfg.content_highpass)
+            x = appearance.log_detail(x, self.cfg.content_highpass, self.cfg.content_highpass_floor)
         return self.content(x)
 
     def translate(self, x: torch.Tensor, za: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -385,7 +388,7 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 # options added after the quick run's checkpoints were written, with the value that builds the
 # model those checkpoints hold (DRITTask.meta_of leaves them out while so)
 ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding": "zeros", "dc_steps": 1,
-             "dc_lr": 1.0, "content_highpass": 0.0}
+             "dc_lr": 1.0, "content_highpass": 0.0, "content_highpass_floor": 0.02}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)

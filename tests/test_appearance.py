@@ -57,10 +57,13 @@ def test_log_detail_takes_out_a_gain_and_a_linear_field_and_keeps_edges_and_back
     assert torch.equal(base[0, 0][~head], torch.full_like(base[0, 0][~head], -1.0))
     edge = base[0, 0, 20:44, :]
     assert (edge[:, 28:31].mean() < -0.05) and (edge[:, 33:36].mean() > 0.05)  # dark side below, bright above
-    cfg = drit.DRITConfig(image_shape=(16, 16), k=3, variant="drit++", width=4, attr=8, n_res=1, content_highpass=2.0)
+    cfg = drit.DRITConfig(image_shape=(16, 16), k=3, variant="drit++", width=4, attr=8, n_res=1, content_highpass=2.0,
+                          content_highpass_floor=0.1)
     model = drit.Translator(cfg).eval()
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     with torch.no_grad():
-        assert torch.equal(model.encode(x, None), model.content(appearance.log_detail(x, 2.0)))
-    with pytest.raises(ValueError, match="sigma"):
-        drit.DRITConfig(image_shape=(16, 16), k=3, content_highpass=-1.0)
+        assert torch.equal(model.encode(x, None), model.content(appearance.log_detail(x, 2.0, 0.1)))
+        assert not torch.equal(appearance.log_detail(x, 2.0, 0.1), appearance.log_detail(x, 2.0))
+    for bad in (dict(content_highpass=-1.0), dict(content_highpass=2.0, content_highpass_floor=0.0)):
+        with pytest.raises(ValueError, match="sigma"):
+            drit.DRITConfig(image_shape=(16, 16), k=3, **bad)
