@@ -186,8 +186,6 @@ def confusion(labels, predicted, names) -> pd.DataFrame:
         raise ValueError("no images: nothing to tally")
     if len(predicted) % len(labels):
         raise ValueError(f"{len(predicted)} answers for {len(labels)} images: not one or more per image")
-    k = len(names)
-    counts = np.zeros((k, k))
-    np.add.at(counts, (np.tile(labels, len(predicted) // len(labels)), predicted), 1)
+    counts = clustering.contingency(np.tile(labels, len(predicted) // len(labels)), predicted, len(names)).T
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     return pd.DataFrame(shares, index=pd.Index(list(names), name="source"), columns=list(names))
