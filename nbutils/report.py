@@ -88,7 +88,11 @@ def bars_table(metrics: dict) -> pd.DataFrame:
         add(f"scanner probe from z^c ≤ {probe_bar[gmm]:.2f} (chance + {probe_bar[gmm] - chance:.2f})",
             stage2("probe_zc"), f"chance {chance:.2f}" + (
                 "; z^c as G is fed, window by window: " + " / ".join(num(v) for v in fed.values())
-                if all(_recorded(v) for v in fed.values()) else ""), lambda v, m: v <= probe_bar[m])
+                if all(_recorded(v) for v in fed.values()) else "") + "".join(
+                f"; {label}: {num(stage2(key)[gmm], 2)}" for key, label in (
+                    ("probe_inputs", "the scans themselves"), ("probe_inputs_detail", "their detail after a log high-pass"),
+                    ("probe_anatomy", "the anatomy alone (clean truths ranked)")) if _recorded(stage2(key)[gmm])),
+            lambda v, m: v <= probe_bar[m])
     scan, truth = measures.SCAN_SSIM, measures.TRUTH_SSIM
     scan_controls = [scan.read(metrics, row) for row in (ident, hm)]
     if all(_recorded(v) for v in scan_controls):

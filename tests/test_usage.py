@@ -5,9 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
 from test_paired import traveling
 
 from nbutils import drit, usage
+from nbutils.clustering import linear_probe
 from nbutils.harmonize import Harmonizer
 
 
@@ -116,6 +118,32 @@ def test_probe_control_reads_chance_once_the_scanner_part_is_gone_and_the_scanne
     assert np.isnan(usage.share_at_probe(curve, "c", 0.3))
     lonely = type(test)(test.images[:3], test.masks[:3], None, m.iloc[:3].assign(subject=["a", "b", "c"]), test.domains)
     assert usage.probe_control({"strong": scanner[:3]}, lonely).empty
+
+
+def test_the_probe_s_controls_read_the_scans_detail_and_chance_for_the_anatomy_alone():
+    """Toy scanners whose clean truths differ by a contrast curve and whose scans also by their blur: the scans'
+    detail names the scanner; ranked, the clean truths of one anatomy are one image for every scanner (any
+    increasing map of the intensities leaves the ranks as they are), and the probe reads chance."""
+    test = traveling(n=12, k=3)
+    clean, masks = np.asarray(test.clean), np.asarray(test.masks)
+    r = usage.ranked(clean, masks)
+    assert not np.allclose(clean[0], clean[1]) and np.allclose(r[0], r[1]) and np.allclose(r[0], r[2])
+    np.testing.assert_allclose(usage.ranked(np.exp(3 * clean) - 4, masks), r)
+    assert r[~masks].max() == 0 and r[masks].min() > 0 and r.max() <= 1
+    assert not np.allclose(r[0], r[3])  # another anatomy
+    f = usage.features(translator(), test)
+    assert f["inputs_detail"].shape == (len(test), 16 * len(usage.DETAIL_BOXES))
+    labels, folds = np.asarray(test.labels), usage._subject_folds(test)
+    probe = lambda key: linear_probe(f[key], labels, groups=folds)
+    assert probe("inputs_detail") > 0.75  # chance 1/3
+    assert probe("anatomy") == pytest.approx(1 / 3)
+    # the detail is read after the log high-pass: a gain hardly changes it (the log's floor aside), a blur does
+    x = np.asarray(test.images[:4], np.float32)[:, None]
+    base = usage.detail(torch.from_numpy(x) * 2 - 1)
+    change = lambda y: float((usage.detail(torch.from_numpy(np.float32(y)) * 2 - 1) - base).abs().mean() / base.mean())
+    gained, blurred = x * 0.6, gaussian_filter(x, (0, 0, 1, 1)) * (x > 0)
+    assert change(gained) < 0.02 and change(blurred) > 10 * change(gained)
+    assert "anatomy" not in usage.features(translator(), replace(test, clean=None))
 
 
 def translator(shape=(32, 32), k=3):
