@@ -90,8 +90,8 @@ def bars_table(metrics: dict) -> pd.DataFrame:
                 "; z^c as G is fed, window by window: " + " / ".join(num(v) for v in fed.values())
                 if all(_recorded(v) for v in fed.values()) else "") + "".join(
                 f"; {label}: {num(stage2(key)[gmm], 2)}" for key, label in (
-                    ("probe_inputs", "the scans themselves"), ("probe_inputs_detail", "their detail after a log high-pass"),
-                    ("probe_anatomy", "the anatomy alone (clean truths ranked)")) if _recorded(stage2(key)[gmm])),
+                    ("probe_inputs", "the scans summarised as z^c is"),
+                    ("probe_inputs_detail", "the scans' detail after a log high-pass")) if _recorded(stage2(key)[gmm])),
             lambda v, m: v <= probe_bar[m])
     scan, truth = measures.SCAN_SSIM, measures.TRUTH_SSIM
     scan_controls = [scan.read(metrics, row) for row in (ident, hm)]

@@ -382,31 +382,31 @@ class Experiment:
         return diag, curve, fig
 
     def probe_control(self) -> tuple[pd.DataFrame | None, object]:
-        """The z^c probe beside its controls (:func:`usage.probe_control`): z^c's and the inputs'
-        summaries, the inputs' detail and, with clean truths, the anatomy alone (:func:`usage.features`) with their
-        scanner part shrunk by known factors, probed again. Saved (table, figure); each control's probe as it is
-        (``probe_inputs``, ``probe_inputs_detail``, ``probe_anatomy``) and the share up to which z^c's and the inputs'
-        probes read within ``usage.PROBE_MARGIN`` of chance (:func:`usage.share_at_probe`) go to ``metrics.json``.
-        Returns (table, figure); (None, None) without traveling subjects."""
+        """The z^c probe beside its controls (:func:`usage.probe_control`): z^c's and the inputs' summaries and the
+        inputs' detail (:func:`usage.features`) with their scanner part shrunk by known factors, probed again. Saved
+        (table, figure); the inputs' probes as they are (``probe_inputs``, ``probe_inputs_detail``) and the share up
+        to which z^c's and the inputs' probes read within ``usage.PROBE_MARGIN`` of chance
+        (:func:`usage.share_at_probe`) go to ``metrics.json``. Returns (table, figure); (None, None) without
+        traveling subjects."""
         run, test = self.run, self.test_set
         if not self.traveling:
             return None, None
         feats = usage.features(self.model, test)
-        sets = {"z^c": feats["zc"], "inputs": feats["inputs"], "inputs' detail": feats["inputs_detail"]}
-        control = usage.probe_control(sets | ({"anatomy alone": feats["anatomy"]} if "anatomy" in feats else {}), test)
+        control = usage.probe_control({"z^c": feats["zc"], "inputs": feats["inputs"],
+                                       "inputs' detail": feats["inputs_detail"]}, test)
         chance = float(control.chance.iloc[0])
         bar = chance + usage.PROBE_MARGIN
         plots.save_table(control.drop(columns="chance").round(4), self.key + "_probe_control", run.figures,
-                         note="Scanner probe (folds by subject) and scanner share of z^c and of the inputs with each "
+                         note="Scanner probe (folds by subject) and scanner share of z^c, the inputs and their detail with each "
                               "anatomy's scanner-to-scanner deviations multiplied by `scale`; " + plots.SIMULATED + ".")
-        fig = plots.probe_control(control, chance, bar, f"{self.label}: the z^c probe beside its control; "
+        fig = plots.probe_control(control, chance, bar, f"{self.label}: the z^c probe beside its controls; "
                                   + plots.SIMULATED)
         plots.save_figure(fig, self.key + "_probe_control", run.figures)
         found = {f"share_{c}_at_probe_bar": usage.share_at_probe(control, name, bar)
                  for c, name in (("zc", "z^c"), ("inputs", "inputs"))}
-        # the controls as they are (scale 1): the scans, their detail, the anatomy alone (NaN without clean truths)
-        found |= {f"probe_{c}": float(control.probe[(control.code == name) & (control.scale == 1)].max())
-                  for c, name in (("inputs", "inputs"), ("inputs_detail", "inputs' detail"), ("anatomy", "anatomy alone"))}
+        # the two readings of the inputs as they are (scale 1)
+        found |= {f"probe_{c}": float(control.probe[(control.code == name) & (control.scale == 1)].item())
+                  for c, name in (("inputs", "inputs"), ("inputs_detail", "inputs' detail"))}
         self._add_metrics({"probe_bar": bar} | found)
         return control, fig
 

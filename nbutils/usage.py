@@ -252,47 +252,29 @@ DETAIL_BOXES = (3, 7, 15)  # px: the scales of detail() (box means of these size
 
 def detail(images: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) images in [-1, 1] -> (N, 16 x 3): how much fine detail each cell of a 4 x 4 grid holds at three
-    scales, the mean |x − its k x k box mean| for k in :data:`DETAIL_BOXES`, read after the log high-pass
-    (:func:`nbutils.appearance.log_detail`, :data:`DETAIL_SIGMA` px) has taken a smooth field and a gain away:
-    the strength of edges, the noise and the sharpness, whatever the mean intensity. What a content map that
-    keeps the scans' detail can pass on."""
+    scales, the mean |x − its k x k box mean| for k in :data:`DETAIL_BOXES` over the pixels whose whole box lies in
+    the head (so neither the head's outline nor the background counts; 0 for a cell without any), read after the
+    log high-pass (:func:`nbutils.appearance.log_detail`, :data:`DETAIL_SIGMA` px) has taken a smooth field and a
+    gain away: the strength of the edges inside the head, the noise and the sharpness, whatever the mean intensity.
+    What a content map that keeps the scans' detail can pass on."""
     from .appearance import log_detail
-    x = log_detail(images.float(), DETAIL_SIGMA)
-    pool = torch.nn.functional
-    return torch.cat([pool.adaptive_avg_pool2d((x - pool.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)).abs(),
-                                               4).flatten(1) for k in DETAIL_BOXES], 1)
-
-
-def ranked(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Each image's values inside its mask replaced by their rank there, scaled to (0, 1] (ties share their mean
-    rank), 0 outside. Any increasing map of the intensities leaves it unchanged: the clean truths of one anatomy
-    rendered by scanners that differ only by monotone contrast curves (as the simulated ones do) rank the same."""
-    from scipy.stats import rankdata
-    out = np.zeros(np.shape(images), np.float32)
-    for i, (x, m) in enumerate(zip(images, masks)):
-        m = np.asarray(m, bool)
-        if m.any():
-            out[i][m] = rankdata(np.asarray(x, np.float64)[m]) / m.sum()
-    return out
+    f = torch.nn.functional
+    x, head = log_detail(images.float(), DETAIL_SIGMA), (images > -1).float()
+    out = []
+    for k in DETAIL_BOXES:
+        inner = (f.avg_pool2d(head, k, 1, k // 2, count_include_pad=True) > 1 - 1e-6).float()
+        away = (x - f.avg_pool2d(x, k, 1, k // 2)).abs() * inner
+        out.append((f.adaptive_avg_pool2d(away, 4) / f.adaptive_avg_pool2d(inner, 4).clamp(min=1e-6)).flatten(1))
+    return torch.cat(out, 1)
 
 
 def features(model: Translator, test: Slices) -> dict[str, np.ndarray]:
-    """:func:`codes` of the test split, and the same slices read without the model, the probes' controls:
+    """:func:`codes` of the test split, and two readings of its images that need no model, the probe's controls:
     ``inputs``, the images summarised as z^c is (each image's mean, spread and 4 x 4 pooled map, as the model
-    reads them: in [-1, 1], an affine map that standardising undoes); ``inputs_detail``, their :func:`detail`;
-    and, with clean truths, ``anatomy``: the clean truths :func:`ranked` where they are not 0 (their brain, the same
-    for every scanner; the scans' masks differ at its border), summarised and their detail read: what a content map
-    of the anatomy alone would hold. Where the truths differ only by monotone contrast curves it is the same for
-    every scanner, and its probe reads chance."""
+    reads them: in [-1, 1], an affine map that standardising undoes), and ``inputs_detail``, their :func:`detail`."""
     c = codes(model, test.images, np.asarray(test.labels))
-    read = lambda images: torch.cat([torch.cat([summarise(x), detail(x)], 1).cpu() for x in _batches(images, model)])
-    inputs = read(test.images).numpy()
-    width = inputs.shape[1] - len(DETAIL_BOXES) * 16
-    out = c | {"inputs": inputs[:, :width], "inputs_detail": inputs[:, width:]}
-    if test.clean is not None:
-        clean = np.asarray(test.clean, np.float32)
-        out["anatomy"] = read(ranked(clean, clean > 0)).numpy()
-    return out
+    read = lambda f: torch.cat([f(x).cpu() for x in _batches(test.images, model)]).numpy()
+    return c | {"inputs": read(summarise), "inputs_detail": read(detail)}
 
 
 def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, float]:
