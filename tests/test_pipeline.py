@@ -351,8 +351,8 @@ def test_gmm_drit_is_trained_with_known_labels_beside_only_when_stage_1_misses_t
         assert table.loc[label].tolist() == [np.round(inferred[key], 4), np.round(known[key], 4)]
     assert list(table.columns) == [f"GMM-DRIT (inferred codes, E1 ACC {acc:.3f})", "GMM-DRIT (known labels)"]
     assert {"probe_zc", "share_zc_at_probe_bar", "source_map_scanner_free"} <= set(known)
-    # the probe's controls, read by probe_control and recorded (their meaning: test_usage)
-    assert all(isinstance(known[k], float) for k in ("probe_inputs", "probe_inputs_detail"))
+    # the probe's controls read the test slices without the model: the same for both (their meaning: test_usage)
+    assert all(isinstance(known[k], float) and known[k] == inferred[k] for k in ("probe_inputs", "probe_inputs_detail"))
     assert drit.from_checkpoint(ablation).cfg.known_labels
     assert (run.figures / f"{exp.key}_beside_known_labels.csv").exists()
     assert (run.figures / f"{exp.key}_known_labels_translations.png").exists()

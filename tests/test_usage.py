@@ -137,14 +137,24 @@ def test_the_scans_detail_names_scanners_that_differ_by_blur_and_not_by_a_gain_o
     change = lambda y: float((usage.detail(torch.from_numpy(np.float32(y)) * 2 - 1) - base).abs().mean() / base.mean())
     blurred = gaussian_filter(x, (0, 0, 1, 1)) * (x > 0)
     assert change(x * 0.6) < 0.05 and change(blurred) > 10 * change(x * 0.6)
-    # a flat head reads no detail, whatever its outline: a disc and a square of one grey in a dark background
+    # a flat head reads no detail, whatever its outline: a disc, a square and a head cut by the image's frame,
+    # each of one grey in a dark background
     yy, xx = np.mgrid[:48, :48]
-    flat = np.stack([((yy - 24) ** 2 + (xx - 24) ** 2 < 18 ** 2), (abs(yy - 24) < 15) & (abs(xx - 24) < 15)])
+    flat = np.stack([((yy - 24) ** 2 + (xx - 24) ** 2 < 18 ** 2), (abs(yy - 24) < 15) & (abs(xx - 24) < 15),
+                     ((yy - 40) ** 2 + (xx - 24) ** 2 < 20 ** 2)])
     read = usage.detail(torch.from_numpy(np.float32(flat))[:, None] * 1.2 - 1)
     assert read.abs().max() < 1e-5
-    # detail inside the head is read where the whole box fits: a checkerboard in the square
-    checker = np.where(flat[1], 0.3 + 0.3 * ((yy + xx) % 2), 0)
-    assert usage.detail(torch.from_numpy(np.float32(checker))[None, None] * 2 - 1)[0, :16].max() > 0.05
+    # a cell is the mean over its pixels whose box lies in the head: a checkerboard over the whole image reads the
+    # same in a cell the head fills and in one it covers in part (only the 3 x 3 boxes: their cells keep inner pixels)
+    board = np.float32(0.3 + 0.3 * ((yy + xx) % 2))
+    every = usage.detail(torch.from_numpy(board)[None, None] * 2 - 1)[0].view(len(usage.DETAIL_BOXES), 16)
+    # a head filling the image: the frame's padding counts as outside, so every cell reads the same at each scale
+    assert torch.allclose(every, every[:, :1].expand_as(every), rtol=1e-4)
+    whole = every[0]
+    part = usage.detail(torch.from_numpy(np.where(yy < 30, board, 0))[None, None] * 2 - 1)[0, :16]
+    assert whole.min() > 0.05 and torch.allclose(part[:4], whole[:4], rtol=1e-4)  # the top row: inside the head
+    assert torch.allclose(part[8:12], whole[8:12], rtol=1e-4)  # rows 24-35 of the head's 30: in part, the same mean
+    assert part[12:].abs().max() == 0  # no pixel of the bottom row's cells in the head: 0
 
 
 def translator(shape=(32, 32), k=3):
