@@ -392,21 +392,21 @@ class Experiment:
         if not self.traveling:
             return None, None
         feats = usage.features(self.model, test)
-        control = usage.probe_control({"z^c": feats["zc"], "inputs": feats["inputs"],
-                                       "inputs' detail": feats["inputs_detail"]}, test)
+        names = {"zc": "z^c", "inputs": "inputs", "inputs_detail": "inputs' detail"}  # metrics.json key: code
+        control = usage.probe_control({name: feats[key] for key, name in names.items()}, test)
         chance = float(control.chance.iloc[0])
         bar = chance + usage.PROBE_MARGIN
         plots.save_table(control.drop(columns="chance").round(4), self.key + "_probe_control", run.figures,
-                         note="Scanner probe (folds by subject) and scanner share of z^c, the inputs and their detail with each "
-                              "anatomy's scanner-to-scanner deviations multiplied by `scale`; " + plots.SIMULATED + ".")
+                         note="Scanner probe (folds by subject) and scanner share of z^c, the inputs and their detail "
+                              "with each anatomy's scanner-to-scanner deviations multiplied by `scale`; "
+                              + plots.SIMULATED + ".")
         fig = plots.probe_control(control, chance, bar, f"{self.label}: the z^c probe beside its controls; "
                                   + plots.SIMULATED)
         plots.save_figure(fig, self.key + "_probe_control", run.figures)
-        found = {f"share_{c}_at_probe_bar": usage.share_at_probe(control, name, bar)
-                 for c, name in (("zc", "z^c"), ("inputs", "inputs"))}
+        found = {f"share_{c}_at_probe_bar": usage.share_at_probe(control, names[c], bar) for c in ("zc", "inputs")}
         # the two readings of the inputs as they are (scale 1)
-        found |= {f"probe_{c}": float(control.probe[(control.code == name) & (control.scale == 1)].item())
-                  for c, name in (("inputs", "inputs"), ("inputs_detail", "inputs' detail"))}
+        found |= {f"probe_{c}": float(control.probe[(control.code == names[c]) & (control.scale == 1)].item())
+                  for c in ("inputs", "inputs_detail")}
         self._add_metrics({"probe_bar": bar} | found)
         return control, fig
 

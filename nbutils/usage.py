@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .appearance import log_detail
 from .clustering import linear_probe, majority_chance
 from .data import Slices
 from .drit import Translator
@@ -257,7 +258,6 @@ def detail(images: torch.Tensor) -> torch.Tensor:
     log high-pass (:func:`nbutils.appearance.log_detail`, :data:`DETAIL_SIGMA` px) has taken a smooth field and a
     gain away: the strength of the edges inside the head, the noise and the sharpness, whatever the mean intensity.
     What a content map that keeps the scans' detail can pass on."""
-    from .appearance import log_detail
     f = torch.nn.functional
     x, head = log_detail(images.float(), DETAIL_SIGMA), (images > -1).float()
     out = []
