@@ -13,6 +13,11 @@ TorchIO's default ranges, batched in torch and drawn at each pixel's position in
 (the same coordinates G's own bias field uses). They are generic: not fitted to any scanner.
 Unlike TorchIO the result is clipped to [0, 1], the translation nets' range: where a field
 brightens white matter past 1 it saturates.
+
+Optionally (``blur``, ``noise``) the change also covers the acquisition's resolution and noise, as
+TorchIO's ``RandomBlur`` (a Gaussian of σ uniform in [0, ``blur``] px, drawn for each axis) and
+``RandomNoise`` (Gaussian, σ uniform in [0, ``noise``] times the head's intensity spread, the scale
+TorchIO's default assumes of a standardised image) do at their default ranges (2 px, 0.25).
 """
 from __future__ import annotations
 
@@ -22,17 +27,42 @@ from .crops import coordinates, monomials
 
 
 def jitter(x: torch.Tensor, origin: torch.Tensor | None = None, full: tuple[int, int] | None = None,
-           order: int = 3, coefficients: float = 0.5, log_gamma: float = 0.3) -> torch.Tensor:
+           order: int = 3, coefficients: float = 0.5, log_gamma: float = 0.3, blur: float = 0.0,
+           noise: float = 0.0) -> torch.Tensor:
     """(N, 1, h, w) images in [-1, 1] with a random bias field and gamma each (torch's global
-    random state), background (-1) kept. ``origin`` (N, 2): where windows sit in ``full``-sized
-    slices (None: whole slices)."""
+    random state), then, when ``blur`` / ``noise`` > 0, a random blur and noise; background (-1)
+    kept. ``origin`` (N, 2): where windows sit in ``full``-sized slices (None: whole slices)."""
     n, _, h, w = x.shape
     basis = monomials(coordinates(origin, (h, w), full, n, x.device), order)
     coef = (torch.rand(n, basis.shape[1], device=x.device) * 2 - 1) * coefficients
     field = torch.einsum("nk,nkhw->nhw", coef, basis).exp()[:, None]
     gamma = ((torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * log_gamma).exp()
     y = (((x.float() + 1) / 2) * field).clamp(0, 1) ** gamma
+    head = x > -1
+    if blur:
+        y = _blur(y, torch.rand(n, 2, device=x.device) * blur)
+    if noise:
+        spread = torch.stack([v[m].std() if m.sum() > 1 else v.new_zeros(()) for v, m in zip(y, head)])
+        sigma = torch.rand(n, device=x.device) * noise * spread
+        y = (y + torch.randn_like(y) * sigma.view(n, 1, 1, 1)).clamp(0, 1)
+    if blur or noise:
+        y = torch.where(head, y, torch.zeros_like(y))
     return (y * 2 - 1).to(x.dtype)
+
+
+def _blur(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """(N, 1, h, w) images, each blurred by a Gaussian of ``sigma`` (N, 2) px along (rows, columns);
+    the image's edge reflected (a window's outside is not known)."""
+    n, _, h, w = y.shape
+    r = max(1, int(3 * float(sigma.max())))
+    t = torch.arange(-r, r + 1, device=y.device, dtype=torch.float32)
+    out = y.reshape(1, n, h, w)
+    for axis in range(2):
+        g = torch.exp(-0.5 * (t[None] / sigma[:, axis, None].clamp(min=1e-3)) ** 2)
+        g = (g / g.sum(1, keepdim=True)).view(n, 1, *((-1, 1) if axis == 0 else (1, -1)))
+        pad = (0, 0, r, r) if axis == 0 else (r, r, 0, 0)
+        out = torch.nn.functional.conv2d(torch.nn.functional.pad(out, pad, mode="reflect"), g, groups=n)
+    return out.reshape(n, 1, h, w)
 
 
 def log_detail(x: torch.Tensor, sigma: float, floor: float = 0.02) -> torch.Tensor:

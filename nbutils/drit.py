@@ -102,6 +102,10 @@ class DRITConfig:
     # z^c must not change under a random bias field and gamma, L1(E^c(jitter(x)), z^c)
     # (nbutils.appearance; not in the thesis; docs/experiments.md, "Stage 2")
     w_invariance: float = 0.0
+    # the invariance term's change also blurs (sigma uniform in [0, this] px per axis) and adds noise (sigma uniform
+    # in [0, this] x the head's spread): TorchIO's RandomBlur / RandomNoise defaults are 2 and 0.25; 0 = off
+    invariance_blur: float = 0.0
+    invariance_noise: float = 0.0
     # E^c reads the log image less its local mean over sigma px (nbutils.appearance.log_detail): a smooth coil
     # field and a gain are gone before E^c sees them; 0 = the image as it is (docs/experiments.md, "A log
     # high-pass before E^c")
@@ -524,7 +528,8 @@ class DRITTask:
                        m.encode(fake, [v[: 2 * n] for v in back_codes], at(o_a, o_b), cfg.slices))
             invariance = zc.new_zeros(())
             if cfg.w_invariance:
-                jittered = appearance.jitter(real, at(o_a, o_b), cfg.slices)
+                jittered = appearance.jitter(real, at(o_a, o_b), cfg.slices, blur=cfg.invariance_blur,
+                                             noise=cfg.invariance_noise)
                 invariance = F.l1_loss(m.encode(jittered, own, at(o_a, o_b), cfg.slices), zc.detach())
             field_layout = zc.new_zeros(())
             if cfg.w_field_layout:

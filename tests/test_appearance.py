@@ -37,6 +37,40 @@ def test_jitter_draws_the_field_at_the_window_s_place_in_the_whole_slice():
     assert crops.coordinates(None, (4, 4)).shape == (1, 2, 4, 4)
 
 
+def test_jitter_can_blur_and_add_noise_as_torchio_s_random_blur_and_noise():
+    """``blur``: each image blurred by its own Gaussian along each axis (a dot spreads along one axis
+    only when the other's sigma is 0; its mass kept); ``noise``: Gaussian noise scaled by the head's
+    spread (none on a flat head); both keep the background; off, the change is the field and gamma
+    alone, drawn from the same random numbers."""
+    dot = torch.zeros(1, 1, 21, 21)
+    dot[..., 10, 10] = 1.0
+    rows = appearance._blur(dot, torch.tensor([[2.0, 0.0]]))[0, 0]
+    cols = appearance._blur(dot, torch.tensor([[0.0, 2.0]]))[0, 0]
+    assert torch.allclose(rows.sum(), torch.tensor(1.0), atol=1e-5)
+    assert rows[:, 10].sum() > 0.999 and rows[7, 10] > 0.05  # along rows (vertically) only
+    assert cols[10].sum() > 0.999 and cols[10, 7] > 0.05
+    torch.manual_seed(0)
+    edge = torch.full((4, 1, 32, 32), -1.0)
+    edge[:, :, 4:28, 4:16], edge[:, :, 4:28, 16:28] = 0.0, 0.8  # two tissues in a head
+    torch.manual_seed(1)
+    plain = appearance.jitter(edge)
+    torch.manual_seed(1)
+    assert torch.equal(appearance.jitter(edge, blur=0.0, noise=0.0), plain)
+    torch.manual_seed(1)
+    blurred = appearance.jitter(edge, blur=2.0)
+    step = lambda im: (im[:, 0, 8:24, 16] - im[:, 0, 8:24, 15]).abs().mean(1)  # the jump across the edge
+    assert torch.all(step(blurred) < step(plain))
+    assert torch.all(blurred[edge == -1] == -1) and blurred.min() >= -1 and blurred.max() <= 1
+    torch.manual_seed(2)
+    noisy = appearance.jitter(edge, log_gamma=0.0, coefficients=0.0, noise=0.25)
+    inside = noisy[:, 0, 8:24, 6:14]  # within one tissue: flat before the noise
+    assert torch.all(inside.std((1, 2)) > 0) and torch.all(noisy[edge == -1] == -1)
+    spread = ((edge[0][edge[0] > -1] + 1) / 2).std()  # noise sigma <= 0.25 x spread, in [0, 1] units (x 2 here)
+    assert torch.all(inside.std((1, 2)) < 2 * 0.25 * spread * 1.2)
+    flat = torch.where(edge > -1, torch.zeros_like(edge), edge)
+    assert torch.equal(appearance.jitter(flat, log_gamma=0.0, coefficients=0.0, noise=0.25), flat)
+
+
 def test_log_detail_takes_out_a_gain_and_a_linear_field_and_keeps_edges_and_background():
     """E^c's input with ``content_highpass``: the same reading of an image under a global gain and (away from the
     head's border, where the local mean is one-sided) a log-linear field; an edge between two tissues stays; the

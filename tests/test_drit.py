@@ -303,6 +303,10 @@ def test_the_invariance_term_compares_the_content_of_a_jittered_image_with_z_c()
     differs = {k.split(".")[0] for k in after[0.0] if not torch.equal(after[0.0][k], after[1.0][k])}
     assert differs == {"content"}
     assert values[0.0] == 0.0 and values[1.0] > 0 and np.isfinite(values[1.0])
+    # the change's blur and noise reach the term: the same draws otherwise, another value
+    task = make_task(w_invariance=1.0, invariance_blur=2.0, invariance_noise=0.25, **zero)
+    torch.manual_seed(5)
+    assert task.step(batch, 0, ctx(task))["invariance"] != values[1.0]
 
 
 def test_the_content_encoder_reads_the_image_without_its_own_field():
