@@ -106,6 +106,9 @@ class DRITConfig:
     # in [0, this] x the head's spread): TorchIO's RandomBlur / RandomNoise defaults are 2 and 0.25; 0 = off
     invariance_blur: float = 0.0
     invariance_noise: float = 0.0
+    # the term's target, the image's own z^c, also learns (both maps move toward each other): E^c must drop what the
+    # change alters, not only restore it; False = the target is held fixed
+    invariance_symmetric: bool = False
     # E^c reads the log image less its local mean over sigma px (nbutils.appearance.log_detail): a smooth coil
     # field and a gain are gone before E^c sees them; 0 = the image as it is (docs/experiments.md, "A log
     # high-pass before E^c")
@@ -392,7 +395,8 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 # options added after the quick run's checkpoints were written, with the value that builds the
 # model those checkpoints hold (DRITTask.meta_of leaves them out while so)
 ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding": "zeros", "dc_steps": 1,
-             "dc_lr": 1.0, "content_highpass": 0.0, "content_highpass_floor": 0.02}
+             "dc_lr": 1.0, "content_highpass": 0.0, "content_highpass_floor": 0.02, "invariance_blur": 0.0,
+             "invariance_noise": 0.0, "invariance_symmetric": False}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)
@@ -530,7 +534,8 @@ class DRITTask:
             if cfg.w_invariance:
                 jittered = appearance.jitter(real, at(o_a, o_b), cfg.slices, blur=cfg.invariance_blur,
                                              noise=cfg.invariance_noise)
-                invariance = F.l1_loss(m.encode(jittered, own, at(o_a, o_b), cfg.slices), zc.detach())
+                invariance = F.l1_loss(m.encode(jittered, own, at(o_a, o_b), cfg.slices),
+                                       zc if cfg.invariance_symmetric else zc.detach())
             field_layout = zc.new_zeros(())
             if cfg.w_field_layout:
                 if self.layout is None:

@@ -307,6 +307,13 @@ def test_the_invariance_term_compares_the_content_of_a_jittered_image_with_z_c()
     task = make_task(w_invariance=1.0, invariance_blur=2.0, invariance_noise=0.25, **zero)
     torch.manual_seed(5)
     assert task.step(batch, 0, ctx(task))["invariance"] != values[1.0]
+    # symmetric: the image's own map learns too, so the same step moves E^c otherwise (and only E^c)
+    task = make_task(w_invariance=1.0, invariance_symmetric=True, **zero)
+    torch.manual_seed(5)
+    assert task.step(batch, 0, ctx(task))["invariance"] == values[1.0]  # the same value: the same draws
+    state = task.modules.state_dict()
+    moved = {k.split(".")[0] for k in state if not torch.equal(state[k], after[1.0][k])}
+    assert moved == {"content"}
 
 
 def test_the_content_encoder_reads_the_image_without_its_own_field():
