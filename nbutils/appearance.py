@@ -16,10 +16,13 @@ brightens white matter past 1 it saturates.
 
 Optionally (``blur``, ``noise``) the change also covers the acquisition's resolution and noise, as
 TorchIO's ``RandomBlur`` (a Gaussian of σ uniform in [0, ``blur``] px, drawn for each axis) and
-``RandomNoise`` (Gaussian, σ uniform in [0, ``noise``] times the head's intensity spread, the scale
-TorchIO's default assumes of a standardised image) do at their default ranges (2 px, 0.25).
+``RandomNoise`` (Gaussian, σ uniform in [0, ``noise``] times the spread of the head's intensities in
+the image it changes, in training a window: TorchIO's default assumes a standardised image) do at
+their default ranges (2 px, 0.25). Noise never takes a head pixel to the background's value.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -44,7 +47,7 @@ def jitter(x: torch.Tensor, origin: torch.Tensor | None = None, full: tuple[int,
     if noise:
         spread = torch.stack([v[m].std() if m.sum() > 1 else v.new_zeros(()) for v, m in zip(y, head)])
         sigma = torch.rand(n, device=x.device) * noise * spread
-        y = (y + torch.randn_like(y) * sigma.view(n, 1, 1, 1)).clamp(0, 1)
+        y = (y + torch.randn_like(y) * sigma.view(n, 1, 1, 1)).clamp(1e-3, 1)  # above 0: still head
     if blur or noise:
         y = torch.where(head, y, torch.zeros_like(y))
     return (y * 2 - 1).to(x.dtype)
@@ -52,9 +55,9 @@ def jitter(x: torch.Tensor, origin: torch.Tensor | None = None, full: tuple[int,
 
 def _blur(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """(N, 1, h, w) images, each blurred by a Gaussian of ``sigma`` (N, 2) px along (rows, columns);
-    the image's edge reflected (a window's outside is not known)."""
+    the image's edge reflected (a window's outside is not known); every kernel reaches 4 sigma."""
     n, _, h, w = y.shape
-    r = max(1, int(3 * float(sigma.max())))
+    r = max(1, math.ceil(4 * float(sigma.max())))
     t = torch.arange(-r, r + 1, device=y.device, dtype=torch.float32)
     out = y.reshape(1, n, h, w)
     for axis in range(2):

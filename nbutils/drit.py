@@ -103,7 +103,7 @@ class DRITConfig:
     # (nbutils.appearance; not in the thesis; docs/experiments.md, "Stage 2")
     w_invariance: float = 0.0
     # the invariance term's change also blurs (sigma uniform in [0, this] px per axis) and adds noise (sigma uniform
-    # in [0, this] x the head's spread): TorchIO's RandomBlur / RandomNoise defaults are 2 and 0.25; 0 = off
+    # in [0, this] x the head's spread in the window): TorchIO's RandomBlur / RandomNoise defaults are 2, 0.25; 0 = off
     invariance_blur: float = 0.0
     invariance_noise: float = 0.0
     # the term's target, the image's own z^c, also learns (both maps move toward each other): E^c must drop what the

@@ -39,34 +39,45 @@ def test_jitter_draws_the_field_at_the_window_s_place_in_the_whole_slice():
 
 def test_jitter_can_blur_and_add_noise_as_torchio_s_random_blur_and_noise():
     """``blur``: each image blurred by its own Gaussian along each axis (a dot spreads along one axis
-    only when the other's sigma is 0; its mass kept); ``noise``: Gaussian noise scaled by the head's
-    spread (none on a flat head); both keep the background; off, the change is the field and gamma
-    alone, drawn from the same random numbers."""
+    only when the other's sigma is 0, its mass kept; a batch blurs as its images one by one);
+    ``noise``: Gaussian noise of sigma uniform in [0, noise x the head's spread] (none on a flat
+    head), never turning head into background; both keep the background; off, the change is the
+    field and gamma alone, from the same random numbers as before the options existed."""
     dot = torch.zeros(1, 1, 21, 21)
     dot[..., 10, 10] = 1.0
     rows = appearance._blur(dot, torch.tensor([[2.0, 0.0]]))[0, 0]
     cols = appearance._blur(dot, torch.tensor([[0.0, 2.0]]))[0, 0]
     assert torch.allclose(rows.sum(), torch.tensor(1.0), atol=1e-5)
+    assert torch.allclose(cols.sum(), torch.tensor(1.0), atol=1e-5)
     assert rows[:, 10].sum() > 0.999 and rows[7, 10] > 0.05  # along rows (vertically) only
     assert cols[10].sum() > 0.999 and cols[10, 7] > 0.05
-    torch.manual_seed(0)
+    images, sigma = torch.rand(3, 1, 24, 24), torch.tensor([[0.5, 0.0], [2.0, 1.0], [0.0, 1.5]])
+    one_by_one = torch.cat([appearance._blur(images[i: i + 1], sigma[i: i + 1]) for i in range(3)])
+    assert torch.allclose(appearance._blur(images, sigma), one_by_one, atol=1e-4)
     edge = torch.full((4, 1, 32, 32), -1.0)
     edge[:, :, 4:28, 4:16], edge[:, :, 4:28, 16:28] = 0.0, 0.8  # two tissues in a head
     torch.manual_seed(1)
     plain = appearance.jitter(edge)
+    # the field and gamma as written before blur and noise existed, from the same draws
     torch.manual_seed(1)
-    assert torch.equal(appearance.jitter(edge, blur=0.0, noise=0.0), plain)
+    basis = crops.monomials(crops.coordinates(None, (32, 32), None, 4), 3)
+    field = torch.einsum("nk,nkhw->nhw", (torch.rand(4, basis.shape[1]) * 2 - 1) * 0.5, basis).exp()[:, None]
+    gamma = ((torch.rand(4, 1, 1, 1) * 2 - 1) * 0.3).exp()
+    assert torch.equal(plain, ((((edge + 1) / 2) * field).clamp(0, 1) ** gamma) * 2 - 1)
     torch.manual_seed(1)
     blurred = appearance.jitter(edge, blur=2.0)
     step = lambda im: (im[:, 0, 8:24, 16] - im[:, 0, 8:24, 15]).abs().mean(1)  # the jump across the edge
     assert torch.all(step(blurred) < step(plain))
     assert torch.all(blurred[edge == -1] == -1) and blurred.min() >= -1 and blurred.max() <= 1
+    many = torch.full((64, 1, 32, 32), -1.0)
+    many[:, :, 4:28, 4:16], many[:, :, 4:28, 16:28] = -0.9, 0.8  # a dark tissue: noise would cut it to 0
     torch.manual_seed(2)
-    noisy = appearance.jitter(edge, log_gamma=0.0, coefficients=0.0, noise=0.25)
-    inside = noisy[:, 0, 8:24, 6:14]  # within one tissue: flat before the noise
-    assert torch.all(inside.std((1, 2)) > 0) and torch.all(noisy[edge == -1] == -1)
-    spread = ((edge[0][edge[0] > -1] + 1) / 2).std()  # noise sigma <= 0.25 x spread, in [0, 1] units (x 2 here)
-    assert torch.all(inside.std((1, 2)) < 2 * 0.25 * spread * 1.2)
+    noisy = appearance.jitter(many, log_gamma=0.0, coefficients=0.0, noise=0.25)
+    inside = noisy[:, 0, 8:24, 18:26]  # within the bright tissue: flat before the noise
+    spread = ((many[0][many[0] > -1] + 1) / 2).std()
+    ratio = inside.std((1, 2)) / (2 * 0.25 * spread)  # noise sigma / its largest, in [-1, 1] units
+    assert torch.all(ratio > 0) and torch.all(ratio < 1.2) and 0.35 < ratio.mean() < 0.65  # uniform: mean 1/2
+    assert torch.all(noisy[many == -1] == -1) and torch.all(noisy[many > -1] > -1)
     flat = torch.where(edge > -1, torch.zeros_like(edge), edge)
     assert torch.equal(appearance.jitter(flat, log_gamma=0.0, coefficients=0.0, noise=0.25), flat)
 

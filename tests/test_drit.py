@@ -761,6 +761,7 @@ def test_options_added_later_and_off_leave_the_checkpoint_meta_as_it_was():
     assert not {"tone_curve", "tone_floor"} & set(off.meta()["config"]) and "tone_floor" not in on.meta()["config"]
     assert on.meta()["config"]["tone_curve"] == 8 and floored.meta()["config"]["tone_floor"] == 0.5
     assert {k: v for k, v in on.meta()["config"].items() if k != "tone_curve"} == off.meta()["config"]
+    assert not set(drit.ADDED_OFF) & set(off.meta()["config"])  # every later option, off, is left out
     assert on.modules.generator.curve.floor == 0 and floored.modules.generator.curve.floor == 0.5
 
 
