@@ -43,9 +43,14 @@ def jitter(x: torch.Tensor, origin: torch.Tensor | None = None, full: tuple[int,
     y = (((x.float() + 1) / 2) * field).clamp(0, 1) ** gamma
     head = x > -1
     if blur:
-        y = _blur(y, torch.rand(n, 2, device=x.device) * blur)
+        sigma = torch.rand(n, 2, device=x.device) * blur
+        # every kernel cut at 4 sigma or more; the edge reflected, as a window's outside is not known
+        y = _blur(y, sigma, max(1, math.ceil(4 * float(sigma.max()))), "reflect")
     if noise:
-        spread = torch.stack([v[m].std() if m.sum() > 1 else v.new_zeros(()) for v, m in zip(y, head)])
+        # each image's head spread (sample standard deviation; 0 with fewer than two head pixels)
+        count = head.sum((1, 2, 3)).float()
+        mean = (y * head).sum((1, 2, 3)) / count.clamp(min=1)
+        spread = (((y - mean.view(n, 1, 1, 1)) ** 2 * head).sum((1, 2, 3)) / (count - 1).clamp(min=1)).sqrt()
         sigma = torch.rand(n, device=x.device) * noise * spread
         y = (y + torch.randn_like(y) * sigma.view(n, 1, 1, 1)).clamp(1e-3, 1)  # above 0: still head
     if blur or noise:
@@ -53,18 +58,17 @@ def jitter(x: torch.Tensor, origin: torch.Tensor | None = None, full: tuple[int,
     return (y * 2 - 1).to(x.dtype)
 
 
-def _blur(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """(N, 1, h, w) images, each blurred by a Gaussian of ``sigma`` (N, 2) px along (rows, columns);
-    the image's edge reflected (a window's outside is not known); every kernel reaches 4 sigma."""
+def _blur(y: torch.Tensor, sigma: torch.Tensor, r: int, mode: str) -> torch.Tensor:
+    """(N, 1, h, w) images, each blurred by a separable Gaussian of ``sigma`` (N, 2) px along (rows, columns),
+    cut at ``r`` px; the image's edge padded by ``mode`` (``F.pad``'s: "reflect", or "constant" for zeros)."""
     n, _, h, w = y.shape
-    r = max(1, math.ceil(4 * float(sigma.max())))
     t = torch.arange(-r, r + 1, device=y.device, dtype=torch.float32)
     out = y.reshape(1, n, h, w)
     for axis in range(2):
         g = torch.exp(-0.5 * (t[None] / sigma[:, axis, None].clamp(min=1e-3)) ** 2)
         g = (g / g.sum(1, keepdim=True)).view(n, 1, *((-1, 1) if axis == 0 else (1, -1)))
         pad = (0, 0, r, r) if axis == 0 else (r, r, 0, 0)
-        out = torch.nn.functional.conv2d(torch.nn.functional.pad(out, pad, mode="reflect"), g, groups=n)
+        out = torch.nn.functional.conv2d(torch.nn.functional.pad(out, pad, mode=mode), g, groups=n)
     return out.reshape(n, 1, h, w)
 
 
@@ -77,12 +81,8 @@ def log_detail(x: torch.Tensor, sigma: float, floor: float = 0.02) -> torch.Tens
     correction does). ``floor`` keeps the log finite in dark tissue."""
     v = ((x.float() + 1) / 2).clamp(min=0)
     head = (x > -1).float()
-    r = max(1, int(3 * sigma))
-    t = torch.arange(-r, r + 1, device=x.device, dtype=torch.float32)
-    g = torch.exp(-0.5 * (t / sigma) ** 2)
-    g = g / g.sum()
-    blur = lambda a: torch.nn.functional.conv2d(torch.nn.functional.conv2d(a, g.view(1, 1, 1, -1), padding=(0, r)),
-                                                g.view(1, 1, -1, 1), padding=(r, 0))
+    sig = torch.full((len(x), 2), float(sigma), device=x.device)
+    blur = lambda a: _blur(a, sig, max(1, int(3 * sigma)), "constant")
     log = torch.log(v + floor) * head
     local = blur(log) / blur(head).clamp(min=1e-6)
     return torch.where(head > 0, ((log - local) / 2).clamp(-1, 1), -torch.ones_like(v)).to(x.dtype)

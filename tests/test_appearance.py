@@ -45,15 +45,15 @@ def test_jitter_can_blur_and_add_noise_as_torchio_s_random_blur_and_noise():
     field and gamma alone, from the same random numbers as before the options existed."""
     dot = torch.zeros(1, 1, 21, 21)
     dot[..., 10, 10] = 1.0
-    rows = appearance._blur(dot, torch.tensor([[2.0, 0.0]]))[0, 0]
-    cols = appearance._blur(dot, torch.tensor([[0.0, 2.0]]))[0, 0]
+    rows = appearance._blur(dot, torch.tensor([[2.0, 0.0]]), 8, "reflect")[0, 0]
+    cols = appearance._blur(dot, torch.tensor([[0.0, 2.0]]), 8, "reflect")[0, 0]
     assert torch.allclose(rows.sum(), torch.tensor(1.0), atol=1e-5)
     assert torch.allclose(cols.sum(), torch.tensor(1.0), atol=1e-5)
     assert rows[:, 10].sum() > 0.999 and rows[7, 10] > 0.05  # along rows (vertically) only
     assert cols[10].sum() > 0.999 and cols[10, 7] > 0.05
     images, sigma = torch.rand(3, 1, 24, 24), torch.tensor([[0.5, 0.0], [2.0, 1.0], [0.0, 1.5]])
-    one_by_one = torch.cat([appearance._blur(images[i: i + 1], sigma[i: i + 1]) for i in range(3)])
-    assert torch.allclose(appearance._blur(images, sigma), one_by_one, atol=1e-4)
+    one_by_one = torch.cat([appearance._blur(images[i: i + 1], sigma[i: i + 1], 8, "reflect") for i in range(3)])
+    assert torch.allclose(appearance._blur(images, sigma, 8, "reflect"), one_by_one, atol=1e-4)
     edge = torch.full((4, 1, 32, 32), -1.0)
     edge[:, :, 4:28, 4:16], edge[:, :, 4:28, 16:28] = 0.0, 0.8  # two tissues in a head
     torch.manual_seed(1)
