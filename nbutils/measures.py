@@ -21,6 +21,7 @@ FLOOR = "floor (real vs real)"  # E5: two random halves of the real set
 OWN_SCANS = "control: b's own test scans"  # E5: the target's real scans of the test anatomies
 INPUTS = "inputs"  # scanner-free consistency of the inputs themselves
 CHANCE = "chance"  # residual scanner: the largest class's share
+TRUTH_OF_TARGET = "b's clean truth"  # source probe: one image per anatomy whatever the source (reads chance)
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,16 @@ RESIDUAL_RETRAINED = Measure("residual scanner acc., retrained classifier", "09_
 FIELD_NEARER = Measure("a → b: share of pairs whose smooth field is nearer b's scan's than a's", "09_beyond",
                        "field nearer target", True, "not measurable", RESCAN_CEILING)
 
+# usage.source_probe: the translations toward b read as the z^c probe reads z^c; its reference row, b's clean truth
+# (TRUTH_OF_TARGET), reads chance by construction and is shown in notebook 09, not recorded
+SOURCE_PROBE = Measure("a → b: source scanner read from the translations (linear probe, their summary)", "09_beyond",
+                       "source probe summary", False, "not measurable", CHANCE)
+SOURCE_PROBE_DETAIL = Measure("a → b: source scanner read from the translations (linear probe, their detail)",
+                              "09_beyond", "source probe detail", False, "not measurable", CHANCE)
+
 TABLE = (E2, E3, E4, E5_FID, E5_KID, E7, SCAN_SSIM, SCAN_PSNR, TRUTH_SSIM, TRUTH_PSNR, TRUTH_PSNR_FIELD, FIELD_NEARER,
-         CONSISTENCY, BLUR_CONTROL, MARGIN, DARK, RESIDUAL_FROZEN, RESIDUAL_FROZEN_MATCHED, RESIDUAL_FROZEN_DRAWS,
-         RESIDUAL_RETRAINED)  # the results table's rows, in order
+         SOURCE_PROBE, SOURCE_PROBE_DETAIL, CONSISTENCY, BLUR_CONTROL, MARGIN, DARK, RESIDUAL_FROZEN,
+         RESIDUAL_FROZEN_MATCHED, RESIDUAL_FROZEN_DRAWS, RESIDUAL_RETRAINED)  # the results table's rows, in order
 # the yardstick's (measure, reference) columns of paired.summary -> the measure that records them
 YARDSTICK = {("ssim", TARGET_SCAN): SCAN_SSIM, ("psnr", TARGET_SCAN): SCAN_PSNR,
              ("ssim", CLEAN_TRUTH): TRUTH_SSIM, ("psnr", CLEAN_TRUTH): TRUTH_PSNR}

@@ -54,6 +54,8 @@ MEASURES = (
     ("d2d_reference_guided_psnr_vs_clean_truth", "PSNR vs clean truth (dB)", True),
     (measures.TRUTH_PSNR_FIELD, "PSNR vs clean truth, smooth field divided out (dB)", True),
     (measures.FIELD_NEARER, "a → b: field nearer b's scan's than a's", True),
+    (measures.SOURCE_PROBE, "a → b: source read from the translations, summary", False),
+    (measures.SOURCE_PROBE_DETAIL, "a → b: source read from the translations, detail", False),
     ("sf_agreement_outputs_ssim", BESIDE["sf_agreement_outputs_ssim"], True),
     ("sf_structure_ssim", BESIDE["sf_structure_ssim"], True),
     ("sf_dark_overlap", "scanner-free dark_overlap", True),
@@ -88,6 +90,9 @@ CONTROLS = {
         measures.TRUTH_PSNR_FIELD, methods.IDENTITY.name, methods.HISTOGRAM.name, measures.SCAN_CEILING)),
     measures.FIELD_NEARER: ("identity / histogram matching / rescan ceiling", _rows(
         measures.FIELD_NEARER, methods.IDENTITY.name, methods.HISTOGRAM.name, measures.RESCAN_CEILING)),
+    **{m: ("chance / identity / histogram matching", _rows(m, measures.CHANCE, methods.IDENTITY.name,
+                                                            methods.HISTOGRAM.name))
+       for m in (measures.SOURCE_PROBE, measures.SOURCE_PROBE_DETAIL)},
     "sf_agreement_outputs_ssim": ("the inputs / GMM-DRIT's / DRIT++'s blur control", [
         ("03_gmmdrit", "sf_agreement_inputs_ssim"), ("03_gmmdrit", "sf_agreement_blur_control_ssim"),
         ("04_dritpp", "sf_agreement_blur_control_ssim")]),

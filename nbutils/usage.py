@@ -44,6 +44,7 @@ from .appearance import log_detail
 from .clustering import linear_probe, majority_chance
 from .data import Slices
 from .drit import Translator
+from .measures import TRUTH_OF_TARGET
 
 
 def target_sensitivity(outputs: np.ndarray, test: Slices) -> dict[str, float]:
@@ -275,6 +276,46 @@ def features(model: Translator, test: Slices) -> dict[str, np.ndarray]:
     c = codes(model, test.images, np.asarray(test.labels))
     read = lambda f: torch.cat([f(x).cpu() for x in _batches(test.images, model)]).numpy()
     return c | {"inputs": read(summarise), "inputs_detail": read(detail)}
+
+
+@torch.no_grad()
+def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Does a translation toward b still name its source a? The outputs, not a code, read as the z^c probe reads z^c.
+
+    For each target b: the translations toward b of every traveling test slice whose anatomy b saw (from every scanner
+    that saw it, b's own included), each set to 0 outside b's scan of that anatomy (one head per anatomy, so its outline
+    cannot name the source), read twice: summarised as z^c is (:func:`summarise`) and for their :func:`detail`; a
+    linear probe (folds by subject) predicts the source scanner from each reading. A translation that depends on the
+    anatomy and b alone reads chance, as ``TRUTH_OF_TARGET`` does (b's clean truth of the anatomy, the same image
+    for every source; with the data's clean truths): the reference row. The source scans (identity's outputs) read
+    what the scanners leave. ``to_target[method]``: (K, N, H, W) in [0, 1], every test slice toward every scanner.
+    One row per method: each reading's probe and chance, averaged over the targets."""
+    from .paired import traveling_pairs
+
+    pairs = traveling_pairs(test)
+    traveling = np.zeros(len(test), bool)
+    traveling[np.concatenate(_traveling_groups(test) or [np.zeros(0, int)])] = True
+    labels, folds = np.asarray(test.labels), _subject_folds(test)
+    images = np.asarray(test.images)
+    sets = ({TRUTH_OF_TARGET: None} if test.clean is not None else {}) | dict(to_target)
+    rows = {name: {"summary": [], "detail": []} for name in sets}
+    chance = []
+    for b, domain in enumerate(test.domains):
+        p = pairs[(pairs.target == domain) & traveling[pairs.src]]
+        src, dst = p.src.to_numpy(), p.dst.to_numpy()
+        if len(np.unique(labels[src])) < 2:
+            continue
+        chance.append(majority_chance(labels[src]))
+        head = torch.from_numpy(images[dst] > 0)[:, None]
+        for name, out in sets.items():
+            y = np.asarray(test.clean)[dst] if out is None else np.asarray(out[b])[src]
+            x = torch.where(head, torch.from_numpy(np.asarray(y, np.float32))[:, None] * 2 - 1, -1.0)
+            for reading, f in (("summary", summarise), ("detail", detail)):
+                rows[name][reading].append(linear_probe(f(x).numpy(), labels[src], groups=folds[src]))
+    if not chance:
+        raise ValueError("source_probe needs traveling subjects: anatomies seen by two or more scanners")
+    return pd.DataFrame([{"method": name, **{k: float(np.mean(v)) for k, v in r.items()}, "chance": float(np.mean(chance))}
+                         for name, r in rows.items()]).set_index("method")
 
 
 def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, float]:

@@ -157,6 +157,29 @@ def test_the_scans_detail_names_scanners_that_differ_by_blur_and_not_by_a_gain_o
     assert part[12:].abs().max() == 0  # no pixel of the bottom row's cells in the head: 0
 
 
+def test_the_source_probe_reads_chance_of_translations_that_depend_on_anatomy_and_target_alone():
+    """Toward each b: b's scan of the anatomy whatever the source reads chance, as b's clean truth does, whatever lies
+    outside b's head; the inputs whatever the target (identity), and b's scans with a gain of their source, name it."""
+    test = traveling(n=12, k=3)
+    oracle, ignoring = oracle_and_ignoring_outputs(test)
+    source = test.manifest.domain_index.to_numpy()
+    gain = np.array([0.6, 1.0, 1.4], np.float32)[source][None, :, None, None]
+    outside = np.where(oracle > 0, oracle, 0.1 * (1 + source[None, :, None, None]))  # the source's mark off the head
+    table = usage.source_probe(test, {"oracle": oracle, "outside": outside, "identity": ignoring,
+                                      "gained": np.clip(oracle * gain, 0, 1)})
+    assert list(table.index) == [usage.TRUTH_OF_TARGET, "oracle", "outside", "identity", "gained"]
+    assert np.allclose(table.chance, 1 / 3)
+    assert np.allclose(table.loc[[usage.TRUTH_OF_TARGET, "oracle", "outside"], ["summary", "detail"]], 1 / 3)
+    assert table.loc["identity", "summary"] > 0.45 and table.loc["identity", "detail"] > 0.75  # chance 1/3
+    assert table.loc["gained", "summary"] > 0.75
+    # without clean truths there is no reference row; without traveling subjects nothing to read
+    assert list(usage.source_probe(replace(test, clean=None), {"oracle": oracle}).index) == ["oracle"]
+    m = test.manifest.reset_index(drop=True)
+    lonely = type(test)(test.images[:3], test.masks[:3], None, m.iloc[:3].assign(subject=["a", "b", "c"]), test.domains)
+    with pytest.raises(ValueError, match="traveling"):
+        usage.source_probe(lonely, {"oracle": oracle[:, :3]})
+
+
 def translator(shape=(32, 32), k=3):
     torch.manual_seed(0)
     cfg = drit.DRITConfig(image_shape=shape, k=k, variant="drit++", width=4, attr=8, n_res=1)
