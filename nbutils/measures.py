@@ -92,11 +92,11 @@ FIELD_NEARER = Measure("a → b: share of pairs whose smooth field is nearer b's
                        "field nearer target", True, "not measurable", RESCAN_CEILING)
 
 # usage.source_probe: the translations toward b read as the z^c probe reads z^c; its reference row, b's clean truth
-# (TRUTH_OF_TARGET), reads chance by construction and is shown in notebook 09, not recorded
-SOURCE_PROBE = Measure("a → b: source scanner read from the translations (linear probe, their summary)", "09_beyond",
+# (TRUTH_OF_TARGET), reads about chance by construction and is shown in notebook 09, not recorded
+SOURCE_PROBE = Measure("toward b, a = b too: source scanner probed from the translations' summary", "09_beyond",
                        "source probe summary", False, "not measurable", CHANCE)
-SOURCE_PROBE_DETAIL = Measure("a → b: source scanner read from the translations (linear probe, their detail)",
-                              "09_beyond", "source probe detail", False, "not measurable", CHANCE)
+SOURCE_PROBE_DETAIL = Measure("toward b, a = b too: source scanner probed from the translations' detail", "09_beyond",
+                              "source probe detail", False, "not measurable", CHANCE)
 
 TABLE = (E2, E3, E4, E5_FID, E5_KID, E7, SCAN_SSIM, SCAN_PSNR, TRUTH_SSIM, TRUTH_PSNR, TRUTH_PSNR_FIELD, FIELD_NEARER,
          SOURCE_PROBE, SOURCE_PROBE_DETAIL, CONSISTENCY, BLUR_CONTROL, MARGIN, DARK, RESIDUAL_FROZEN,

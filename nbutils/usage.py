@@ -45,6 +45,7 @@ from .clustering import linear_probe, majority_chance
 from .data import Slices
 from .drit import Translator
 from .measures import TRUTH_OF_TARGET
+from .paired import traveling_pairs
 
 
 def target_sensitivity(outputs: np.ndarray, test: Slices) -> dict[str, float]:
@@ -273,9 +274,25 @@ def features(model: Translator, test: Slices) -> dict[str, np.ndarray]:
     """:func:`codes` of the test split, and two readings of its images that need no model, the probe's controls:
     ``inputs``, the images summarised as z^c is (each image's mean, spread and 4 x 4 pooled map, as the model
     reads them: in [-1, 1], an affine map that standardising undoes), and ``inputs_detail``, their :func:`detail`."""
-    c = codes(model, test.images, np.asarray(test.labels))
-    read = lambda f: torch.cat([f(x).cpu() for x in _batches(test.images, model)]).numpy()
-    return c | {"inputs": read(summarise), "inputs_detail": read(detail)}
+    read = _readings(test.images)
+    return codes(model, test.images, np.asarray(test.labels)) | {"inputs": read["summary"],
+                                                                  "inputs_detail": read["detail"]}
+
+
+@torch.no_grad()
+def _readings(images: np.ndarray, masks: np.ndarray | None = None, size: int = 64) -> dict[str, np.ndarray]:
+    """Images in [0, 1], read as the probes' controls read them (in [-1, 1], batch by batch): :func:`summarise` and
+    :func:`detail`. With ``masks`` each image is set to the background outside its mask and kept above it inside
+    (:func:`detail` takes any pixel at the background's value for background)."""
+    out = {"summary": [], "detail": []}
+    for s in range(0, len(images), size):
+        x = torch.from_numpy(np.asarray(images[s: s + size], np.float32)).unsqueeze(1) * 2 - 1
+        if masks is not None:
+            x = torch.where(torch.from_numpy(np.asarray(masks[s: s + size], bool)).unsqueeze(1), x.clamp(min=-1 + 1e-3),
+                            -1.0)
+        out["summary"].append(summarise(x))
+        out["detail"].append(detail(x))
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
 @torch.no_grad()
@@ -283,39 +300,40 @@ def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame
     """Does a translation toward b still name its source a? The outputs, not a code, read as the z^c probe reads z^c.
 
     For each target b: the translations toward b of every traveling test slice whose anatomy b saw (from every scanner
-    that saw it, b's own included), each set to 0 outside b's scan of that anatomy (one head per anatomy, so its outline
-    cannot name the source), read twice: summarised as z^c is (:func:`summarise`) and for their :func:`detail`; a
-    linear probe (folds by subject) predicts the source scanner from each reading. A translation that depends on the
-    anatomy and b alone reads chance, as ``TRUTH_OF_TARGET`` does (b's clean truth of the anatomy, the same image
-    for every source; with the data's clean truths): the reference row. The source scans (identity's outputs) read
-    what the scanners leave. ``to_target[method]``: (K, N, H, W) in [0, 1], every test slice toward every scanner.
-    One row per method: each reading's probe and chance, averaged over the targets."""
-    from .paired import traveling_pairs
-
+    that saw it, b's own included: a = b too), each set to the background outside b's brain mask of that anatomy (one
+    mask per anatomy, so its outline cannot name the source), read twice: summarised as z^c is (:func:`summarise`) and
+    for their :func:`detail`; a linear probe (folds by subject) predicts the source scanner from each reading. Sources
+    with fewer than two subjects toward b are left out there (folds by subject need two). A translation that depends
+    on the anatomy and b alone reads about chance (exactly where every source saw every anatomy), as
+    ``TRUTH_OF_TARGET`` does (b's clean truth of the anatomy, the same image for every source; with the data's clean
+    truths): the reference row. The source scans (identity's outputs) read what the scanners leave.
+    ``to_target[method]``: (K, N, H, W) in [0, 1], every test slice toward every scanner. One row per method and the
+    reference row: each reading's probe, and chance (the largest source's share), averaged over the targets."""
     pairs = traveling_pairs(test)
     traveling = np.zeros(len(test), bool)
-    traveling[np.concatenate(_traveling_groups(test) or [np.zeros(0, int)])] = True
-    labels, folds = np.asarray(test.labels), _subject_folds(test)
-    images = np.asarray(test.images)
-    sets = ({TRUTH_OF_TARGET: None} if test.clean is not None else {}) | dict(to_target)
+    traveling[np.concatenate(_traveling_groups(test))] = True
+    labels, folds, masks = np.asarray(test.labels), _subject_folds(test), np.asarray(test.masks, bool)
+    clean = None if test.clean is None else np.asarray(test.clean)
+    sets = ({TRUTH_OF_TARGET: None} if clean is not None else {}) | dict(to_target)
     rows = {name: {"summary": [], "detail": []} for name in sets}
     chance = []
     for b, domain in enumerate(test.domains):
         p = pairs[(pairs.target == domain) & traveling[pairs.src]]
+        subjects = pd.Series(folds[p.src]).groupby(labels[p.src]).nunique()
+        p = p[np.isin(labels[p.src], subjects.index[subjects >= 2])]
         src, dst = p.src.to_numpy(), p.dst.to_numpy()
         if len(np.unique(labels[src])) < 2:
             continue
         chance.append(majority_chance(labels[src]))
-        head = torch.from_numpy(images[dst] > 0)[:, None]
         for name, out in sets.items():
-            y = np.asarray(test.clean)[dst] if out is None else np.asarray(out[b])[src]
-            x = torch.where(head, torch.from_numpy(np.asarray(y, np.float32))[:, None] * 2 - 1, -1.0)
-            for reading, f in (("summary", summarise), ("detail", detail)):
-                rows[name][reading].append(linear_probe(f(x).numpy(), labels[src], groups=folds[src]))
+            read = _readings(clean[dst] if out is None else np.asarray(out[b])[src], masks[dst])
+            for reading, f in read.items():
+                rows[name][reading].append(linear_probe(f, labels[src], groups=folds[src]))
     if not chance:
-        raise ValueError("source_probe needs traveling subjects: anatomies seen by two or more scanners")
-    return pd.DataFrame([{"method": name, **{k: float(np.mean(v)) for k, v in r.items()}, "chance": float(np.mean(chance))}
-                         for name, r in rows.items()]).set_index("method")
+        raise ValueError("source_probe needs, toward some scanner, two or more sources each with two or more traveling "
+                         "subjects (anatomies that scanner also saw)")
+    return pd.DataFrame([{"method": name, **{k: float(np.mean(v)) for k, v in r.items()},
+                          "chance": float(np.mean(chance))} for name, r in rows.items()]).set_index("method")
 
 
 def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, float]:

@@ -159,13 +159,18 @@ def test_the_scans_detail_names_scanners_that_differ_by_blur_and_not_by_a_gain_o
 
 def test_the_source_probe_reads_chance_of_translations_that_depend_on_anatomy_and_target_alone():
     """Toward each b: b's scan of the anatomy whatever the source reads chance, as b's clean truth does, whatever lies
-    outside b's head; the inputs whatever the target (identity), and b's scans with a gain of their source, name it."""
+    outside b's brain mask; the inputs whatever the target (identity), and b's scans with a gain of their source, name
+    it. Each scanner's masks here lack a strip of their own: b's mask is used, not the source's."""
     test = traveling(n=12, k=3)
-    oracle, ignoring = oracle_and_ignoring_outputs(test)
     source = test.manifest.domain_index.to_numpy()
+    masks = np.asarray(test.masks, bool).copy()
+    for i, d in enumerate(source):
+        masks[i, 6 + 3 * d: 9 + 3 * d] = False
+    test = replace(test, masks=masks)
+    oracle, ignoring = oracle_and_ignoring_outputs(test)
     gain = np.array([0.6, 1.0, 1.4], np.float32)[source][None, :, None, None]
-    outside = np.where(oracle > 0, oracle, 0.1 * (1 + source[None, :, None, None]))  # the source's mark off the head
-    table = usage.source_probe(test, {"oracle": oracle, "outside": outside, "identity": ignoring,
+    outside = np.where(on_every_target(test, masks), oracle, 0.1 * (1 + source[None, :, None, None]))  # the source's mark
+    table = usage.source_probe(test, {"oracle": oracle.astype(np.float16), "outside": outside, "identity": ignoring,
                                       "gained": np.clip(oracle * gain, 0, 1)})
     assert list(table.index) == [usage.TRUTH_OF_TARGET, "oracle", "outside", "identity", "gained"]
     assert np.allclose(table.chance, 1 / 3)
@@ -176,8 +181,27 @@ def test_the_source_probe_reads_chance_of_translations_that_depend_on_anatomy_an
     assert list(usage.source_probe(replace(test, clean=None), {"oracle": oracle}).index) == ["oracle"]
     m = test.manifest.reset_index(drop=True)
     lonely = type(test)(test.images[:3], test.masks[:3], None, m.iloc[:3].assign(subject=["a", "b", "c"]), test.domains)
-    with pytest.raises(ValueError, match="traveling"):
+    with pytest.raises(ValueError, match="traveling subjects"):
         usage.source_probe(lonely, {"oracle": oracle[:, :3]})
+    # one anatomy in every scanner: no source has the two subjects folds by subject need
+    with pytest.raises(ValueError, match="two or more traveling subjects"):
+        usage.source_probe(test.take(np.flatnonzero(m.subject == "t0")), {"oracle": oracle[:, m.subject == "t0"]})
+
+
+def test_the_source_probe_averages_over_targets_and_leaves_out_lone_scans_and_sources_of_one_subject():
+    """s1 misses anatomies t0-t3, s2 saw t0 alone: toward s0 the sources are s0's 9 traveling slices (t0, t4-t11;
+    t1-t3, seen by s0 alone, left out) and s1's 8 (s2's one subject left out), toward s1 8 and 8, toward s2 nothing to
+    probe; chance is each target's largest share, averaged."""
+    full = traveling(n=12, k=3)
+    m = full.manifest
+    gone = ((m.domain == "s1") & m.subject.isin(["t0", "t1", "t2", "t3"])) | ((m.domain == "s2") & (m.subject != "t0"))
+    kept = np.flatnonzero(~gone.to_numpy())
+    test = full.take(kept)
+    oracle, ignoring = (o[:, kept] for o in oracle_and_ignoring_outputs(full))
+    table = usage.source_probe(test, {"oracle": oracle, "identity": ignoring})
+    assert table.chance.iloc[0] == pytest.approx((9 / 17 + 1 / 2) / 2)
+    assert abs(table.loc["oracle", "summary"] - table.chance.iloc[0]) < 0.1
+    assert table.loc["identity", "detail"] > 0.75
 
 
 def translator(shape=(32, 32), k=3):
