@@ -153,7 +153,7 @@ def readme_section(metrics: dict, run_dir) -> str:
             + _data_sentence(label) +
             "`reference` is the real-vs-real value (E3), the value before harmonization (E4, E7), the "
             "split-half floor (E5), the ceiling (vs target scan: b rescanned; vs clean truth: b's own scan), "
-            "the inputs' agreement (scanner-free consistency) or chance (residual scanner). "
+            "the inputs' agreement (scanner-free consistency) or chance (residual scanner, source probed toward b). "
             f"`{SUPERVISED}` was trained on paired data, which unpaired methods do not have; a small model "
             "on a small paired split, it says what paired supervision reaches at this budget and does not "
             "compete (it is not an upper bound: the unpaired models can pass it). The thesis's numbers come from its real "

@@ -308,7 +308,8 @@ def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame
     ``TRUTH_OF_TARGET`` does (b's clean truth of the anatomy, the same image for every source; with the data's clean
     truths): the reference row. The source scans (identity's outputs) read what the scanners leave.
     ``to_target[method]``: (K, N, H, W) in [0, 1], every test slice toward every scanner. One row per method and the
-    reference row: each reading's probe, and chance (the largest source's share), averaged over the targets."""
+    reference row (column ``method``): each reading's probe, and chance (the largest source's share), averaged over the
+    targets."""
     pairs = traveling_pairs(test)
     traveling = np.zeros(len(test), bool)
     traveling[np.concatenate(_traveling_groups(test))] = True
@@ -333,7 +334,7 @@ def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame
         raise ValueError("source_probe needs, toward some scanner, two or more sources each with two or more traveling "
                          "subjects (anatomies that scanner also saw)")
     return pd.DataFrame([{"method": name, **{k: float(np.mean(v)) for k, v in r.items()},
-                          "chance": float(np.mean(chance))} for name, r in rows.items()]).set_index("method")
+                          "chance": float(np.mean(chance))} for name, r in rows.items()])
 
 
 def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, float]:

@@ -169,16 +169,16 @@ def test_the_source_probe_reads_chance_of_translations_that_depend_on_anatomy_an
     test = replace(test, masks=masks)
     oracle, ignoring = oracle_and_ignoring_outputs(test)
     gain = np.array([0.6, 1.0, 1.4], np.float32)[source][None, :, None, None]
-    outside = np.where(on_every_target(test, masks), oracle, 0.1 * (1 + source[None, :, None, None]))  # the source's mark
+    outside = np.where(on_every_target(test, masks), oracle, 0.1 * (1 + source[None, :, None, None]))  # source mark
     table = usage.source_probe(test, {"oracle": oracle.astype(np.float16), "outside": outside, "identity": ignoring,
-                                      "gained": np.clip(oracle * gain, 0, 1)})
+                                      "gained": np.clip(oracle * gain, 0, 1)}).set_index("method")
     assert list(table.index) == [usage.TRUTH_OF_TARGET, "oracle", "outside", "identity", "gained"]
     assert np.allclose(table.chance, 1 / 3)
     assert np.allclose(table.loc[[usage.TRUTH_OF_TARGET, "oracle", "outside"], ["summary", "detail"]], 1 / 3)
     assert table.loc["identity", "summary"] > 0.45 and table.loc["identity", "detail"] > 0.75  # chance 1/3
     assert table.loc["gained", "summary"] > 0.75
     # without clean truths there is no reference row; without traveling subjects nothing to read
-    assert list(usage.source_probe(replace(test, clean=None), {"oracle": oracle}).index) == ["oracle"]
+    assert list(usage.source_probe(replace(test, clean=None), {"oracle": oracle}).method) == ["oracle"]
     m = test.manifest.reset_index(drop=True)
     lonely = type(test)(test.images[:3], test.masks[:3], None, m.iloc[:3].assign(subject=["a", "b", "c"]), test.domains)
     with pytest.raises(ValueError, match="traveling subjects"):
@@ -198,7 +198,7 @@ def test_the_source_probe_averages_over_targets_and_leaves_out_lone_scans_and_so
     kept = np.flatnonzero(~gone.to_numpy())
     test = full.take(kept)
     oracle, ignoring = (o[:, kept] for o in oracle_and_ignoring_outputs(full))
-    table = usage.source_probe(test, {"oracle": oracle, "identity": ignoring})
+    table = usage.source_probe(test, {"oracle": oracle, "identity": ignoring}).set_index("method")
     assert table.chance.iloc[0] == pytest.approx((9 / 17 + 1 / 2) / 2)
     assert abs(table.loc["oracle", "summary"] - table.chance.iloc[0]) < 0.1
     assert table.loc["identity", "detail"] > 0.75
