@@ -274,9 +274,9 @@ def features(model: Translator, test: Slices) -> dict[str, np.ndarray]:
     """:func:`codes` of the test split, and two readings of its images that need no model, the probe's controls:
     ``inputs``, the images summarised as z^c is (each image's mean, spread and 4 x 4 pooled map, as the model
     reads them: in [-1, 1], an affine map that standardising undoes), and ``inputs_detail``, their :func:`detail`."""
+    c = codes(model, test.images, np.asarray(test.labels))
     read = _readings(test.images)
-    return codes(model, test.images, np.asarray(test.labels)) | {"inputs": read["summary"],
-                                                                  "inputs_detail": read["detail"]}
+    return c | {"inputs": read["summary"], "inputs_detail": read["detail"]}
 
 
 @torch.no_grad()
@@ -295,7 +295,6 @@ def _readings(images: np.ndarray, masks: np.ndarray | None = None, size: int = 6
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
-@torch.no_grad()
 def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame:
     """Does a translation toward b still name its source a? The outputs, not a code, read as the z^c probe reads z^c.
 
