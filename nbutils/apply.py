@@ -6,6 +6,7 @@ setting) naming the input and the fix, raised before anything is written.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -69,24 +70,42 @@ def reference_slices(path: str | Path, size: tuple[int, int], n: int = 8) -> np.
     return resize_slices(slices, size[0])
 
 
-def output_path(out_dir: Path, volume: Path, mode: str) -> Path:
-    stem = volume.name[: -len(".nii.gz")] if volume.name.lower().endswith(".nii.gz") else volume.stem
-    out = Path(out_dir) / f"{stem}_harmonized-{mode}.nii.gz"
-    if out.resolve() == volume.resolve():
-        raise ValueError(f"{out} would overwrite its input: choose another output folder")
-    return out
+def _stem(path: Path) -> str:
+    return path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+
+
+def output_paths(out_dir: Path, volumes: list[Path], mode: str) -> list[Path]:
+    """Where :func:`harmonize_all` writes each volume: ``<name>_harmonized-<mode>.nii.gz`` in
+    ``out_dir``, the name being the file's without its NIfTI suffix; files of one name in
+    different folders (``site1/T1.nii.gz``, ``site2/T1.nii.gz``) are named by their path below
+    the folder they share (``site1_T1``). Raises ValueError when two volumes would still be
+    written to one file, or a volume would be overwritten."""
+    volumes = [Path(v).resolve() for v in volumes]
+    stems = [_stem(v) for v in volumes]
+    if len(set(stems)) < len(stems):
+        common = Path(os.path.commonpath([v.parent for v in volumes]))
+        stems = ["_".join(v.parent.relative_to(common).parts + (s,)) for v, s in zip(volumes, stems)]
+    outs = [Path(out_dir) / f"{s}_harmonized-{mode}.nii.gz" for s in stems]
+    seen: dict[Path, Path] = {}
+    for v, out in zip(volumes, outs):
+        if out in seen:
+            raise ValueError(f"{seen[out]} and {v} would both be written to {out}: rename one, or harmonize them "
+                             "into different folders")
+        if out.resolve() in volumes:
+            raise ValueError(f"{out} would overwrite an input volume: choose another output folder")
+        seen[out] = v
+    return outs
 
 
 def harmonize_all(harm, volumes: list[Path], out_dir: Path, mode: str, target: int | None = None,
                   reference: np.ndarray | None = None, seed: int = 0) -> pd.DataFrame:
-    """Harmonize every volume into ``out_dir``; one row per volume (input, output, shape and
-    affine equal to the input's)."""
+    """Harmonize every volume into ``out_dir`` (named by :func:`output_paths`, all checked before
+    any is written); one row per volume (input, output, shape and affine equal to the input's)."""
     from .harmonize import harmonize_volume
 
     rows = []
-    for v in tqdm(volumes, desc="volumes", unit="vol"):
-        out = harmonize_volume(harm, v, output_path(out_dir, v, mode),
-                               mode="scanner-free" if target is None else "to-scanner",
+    for v, path in zip(tqdm(volumes, desc="volumes", unit="vol"), output_paths(out_dir, volumes, mode)):
+        out = harmonize_volume(harm, v, path, mode="scanner-free" if target is None else "to-scanner",
                                target=target, reference=reference, seed=seed, progress=False)
         a, b = load_volume_header(v), load_volume_header(out)
         rows.append(dict(input=str(v), output=str(out), shape=b[0], same_shape=a[0] == b[0],

@@ -85,31 +85,60 @@ def read_table(csv: str | Path, test_fraction: float = 0.2, seed: int = 0) -> pd
     """Read and check a data CSV; return absolute paths, subjects and splits.
 
     Raises :class:`DataError` on an unreadable or empty CSV, missing columns, missing
-    files, unknown split names, subjects in two splits, or a domain with < 2 volumes.
+    files, a row without a domain, a file listed twice, unknown split names, subjects in two
+    splits, fewer than two domains, or a domain without volumes to train on and to test on.
+    A row without a subject is a subject of its own, named by its file's path (relative to the
+    CSV's folder, without the NIfTI suffix), so that files of one name in different folders are
+    not taken for one person.
     """
     table = read_paths(csv, ("path", "domain"), "path,domain[,subject][,split]")
     table["domain"] = table["domain"].str.strip()
+    rows = lambda mask: ", ".join(str(i + 2) for i in np.flatnonzero(mask)[:5])
+    if (table["domain"] == "").any():
+        raise DataError(f"{csv}: row(s) {rows(table['domain'] == '')} have no domain; give every volume its scanner.")
+    twice = table["path"].duplicated(keep=False)
+    if twice.any():
+        raise DataError(f"{csv}: rows {rows(twice)} name the same file(s) "
+                        f"({', '.join(sorted(set(table.loc[twice, 'path']))[:3])}); list every volume once.")
+    if table["domain"].nunique() < 2:
+        raise DataError(f"{csv}: every volume is of domain {table['domain'].iloc[0]!r}; harmonization needs at "
+                        "least two scanners.")
     counts = table["domain"].value_counts()
     few = counts[counts < 2]
     if len(few):
         raise DataError(f"{csv}: domain(s) {', '.join(f'{d!r} ({n} volume)' for d, n in few.items())} "
                         "have fewer than 2 volumes; every scanner needs at least 2 (one to train, "
                         "one to test). Add volumes or drop that domain.")
-    if "subject" not in table.columns or (table["subject"].str.strip() == "").all():
-        table["subject"] = [Path(p).name.split(".")[0] for p in table["path"]]
+    own = table["subject"].str.strip() if "subject" in table.columns else pd.Series("", index=table.index)
+    table["subject"] = own.where(own != "", [file_subject(p, Path(csv).resolve().parent) for p in table["path"]])
     if "split" in table.columns and (table["split"].str.strip() != "").any():
         table["split"] = table["split"].str.strip().str.lower()
         bad = sorted(set(table["split"]) - set(SPLITS))
         if bad:
-            raise DataError(f"{csv}: unknown split value(s) {bad}; use one of {list(SPLITS)} "
-                            "or leave the column out to split by subject automatically.")
+            raise DataError(f"{csv}: unknown split value(s) {bad} (rows {rows(~table['split'].isin(SPLITS))}); "
+                            f"use one of {list(SPLITS)} or leave the column out to split by subject automatically.")
         mixed = table.groupby("subject")["split"].nunique()
         if (mixed > 1).any():
             raise DataError(f"{csv}: subject(s) {list(mixed[mixed > 1].index[:5])} appear in more "
                             "than one split; a subject's volumes must all be in the same split.")
     else:
         table["split"] = subject_split(table, test_fraction, seed)
+    for split in ("train", "test"):
+        lacking = sorted(set(table["domain"]) - set(table.loc[table["split"] == split, "domain"]))
+        if lacking:
+            raise DataError(f"{csv}: domain(s) {lacking} have no {split} volume; every scanner needs volumes to "
+                            "train on and to test on, of different subjects (a subject's volumes stay in one "
+                            "split): add subjects, or set the split column.")
     return table
+
+
+def file_subject(path: str, folder: Path) -> str:
+    """The subject of a volume whose row names none: its file's path relative to ``folder`` (else
+    absolute), without the NIfTI suffix."""
+    p = Path(path)
+    p = p.relative_to(folder) if p.is_relative_to(folder) else p
+    name = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
+    return (p.parent / name).as_posix()
 
 
 def subject_split(table: pd.DataFrame, test_fraction: float, seed: int) -> list[str]:

@@ -62,11 +62,30 @@ def test_mode_reference_and_output_checks(write_volume, tmp_path):
     ref = apply.reference_slices(write_volume("ref.nii.gz"), (24, 24), n=3)
     assert ref.shape == (3, 24, 24) and 0 <= ref.min() and ref.max() <= 1
     v = write_volume("v.nii.gz")
-    assert apply.output_path(tmp_path / "out", v, "scanner-free").name == "v_harmonized-scanner-free.nii.gz"
+    out = tmp_path / "out"
+    assert [p.name for p in apply.output_paths(out, [v], "scanner-free")] == ["v_harmonized-scanner-free.nii.gz"]
+
+
+def test_output_paths_never_share_a_file(tmp_path):
+    (tmp_path / "site1").mkdir(), (tmp_path / "site2").mkdir()
+    same = [tmp_path / "site1" / "T1.nii.gz", tmp_path / "site2" / "T1.nii.gz", tmp_path / "site2" / "b.nii"]
+    names = [p.name for p in apply.output_paths(tmp_path / "out", same, "sim-A")]
+    assert names == ["site1_T1_harmonized-sim-A.nii.gz", "site2_T1_harmonized-sim-A.nii.gz",
+                     "site2_b_harmonized-sim-A.nii.gz"]
+    with pytest.raises(ValueError, match="would both be written to"):  # one name even with its folders
+        apply.output_paths(tmp_path / "out", [tmp_path / "v.nii", tmp_path / "v.nii.gz"], "scanner-free")
+    with pytest.raises(ValueError, match="would both be written to"):  # a volume listed twice
+        apply.output_paths(tmp_path / "out", [tmp_path / "a.nii.gz"] * 2, "scanner-free")
+    inside = tmp_path / "out" / "v_harmonized-scanner-free.nii.gz"
+    with pytest.raises(ValueError, match="overwrite an input"):
+        apply.output_paths(tmp_path / "out", [tmp_path / "v.nii.gz", inside], "scanner-free")
 
 
 def test_harmonize_all_keeps_shape_and_affine(model, write_volume, tmp_path):
     vols = [write_volume("a.nii.gz"), write_volume("b.nii.gz", seed=2)]
+    with pytest.raises(ValueError, match="would both be written to"):  # refused before anything is written
+        apply.harmonize_all(Harmonizer(model), [vols[0], vols[1], vols[0]], tmp_path / "out", "scanner-free")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     done = apply.harmonize_all(Harmonizer(model), vols, tmp_path / "out", "scanner-free")
     assert done.same_shape.all() and done.same_affine.all() and len(done) == 2
     assert all(nib.load(p).shape == blob_volume().shape for p in done.output)

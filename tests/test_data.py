@@ -87,6 +87,44 @@ def test_split_column_is_checked(small_csv):
         data.read_table(small_csv)
 
 
+def _csv_of(folder: Path, rows: list[tuple[str, ...]], header: str = "path,domain") -> Path:
+    """A CSV of ``rows`` whose files exist (empty: read_table reads no volume)."""
+    for row in rows:
+        (folder / row[0]).parent.mkdir(parents=True, exist_ok=True)
+        (folder / row[0]).touch()
+    csv = folder / "volumes.csv"
+    csv.write_text("\n".join([header] + [",".join(r) for r in rows]) + "\n")
+    return csv
+
+
+@pytest.mark.parametrize("rows, header, message", [
+    ([("a.nii", "A"), ("b.nii", ""), ("c.nii", "B"), ("d.nii", "B")], "path,domain", r"row\(s\) 3 have no domain"),
+    ([("a.nii", "A"), ("b.nii", "A"), ("c.nii", "B"), ("./a.nii", "B")], "path,domain",
+     r"rows 2, 5 name the same file"),
+    ([("a.nii", "A"), ("b.nii", "A"), ("c.nii", "A")], "path,domain", "at least two scanners"),
+    # a scanner seen in training only: no test volume to score it on
+    ([("a.nii", "A", "train"), ("b.nii", "A", "test"), ("c.nii", "B", "train"), ("d.nii", "B", "train")],
+     "path,domain,split", r"\['B'\] have no test volume"),
+    # B's two volumes are one subject's, which stays in one split: B has no training volume
+    ([("a.nii", "A", "a"), ("b.nii", "A", "b"), ("c.nii", "A", "c"), ("d.nii", "B", "x"), ("e.nii", "B", "x")],
+     "path,domain,subject", r"\['B'\] have no (train|test) volume"),
+])
+def test_rows_the_pipeline_cannot_use_are_refused(tmp_path, rows, header, message):
+    with pytest.raises(DataError, match=message):
+        data.read_table(_csv_of(tmp_path, rows, header))
+
+
+def test_a_row_without_a_subject_is_named_by_its_path(tmp_path):
+    # one file name in two sites' folders: two people, not a traveling subject
+    rows = [(f"site{k}/{name}", f"S{k}", subject) for k in (1, 2) for name, subject in
+            (("T1.nii.gz", ""), ("T1b.nii.gz", ""), ("other.nii", f"p{k}"))]
+    table = data.read_table(_csv_of(tmp_path, rows, "path,domain,subject"), test_fraction=0.34)
+    assert list(table["subject"]) == ["site1/T1", "site1/T1b", "p1", "site2/T1", "site2/T1b", "p2"]
+    without = data.read_table(_csv_of(tmp_path, [r[:2] for r in rows]), test_fraction=0.34)
+    assert list(without["subject"]) == ["site1/T1", "site1/T1b", "site1/other", "site2/T1", "site2/T1b", "site2/other"]
+    assert data.file_subject(str(tmp_path.parent / "x" / "v.nii.gz"), tmp_path) == (tmp_path.parent / "x" / "v").as_posix()
+
+
 def test_subject_split_is_stratified_disjoint_and_seeded():
     table = pd.DataFrame({"subject": [f"s{i}" for i in range(40)] * 2,
                           "domain": ["A"] * 20 + ["B"] * 20 + ["A"] * 20 + ["B"] * 20})
