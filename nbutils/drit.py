@@ -358,6 +358,7 @@ class Translator(nn.Module):
         else:  # DRIT++'s E^a reads x_r with its weights held: the term trains G (and E^c), not E^a, as
             # DRIT++'s code steps only E^c and G after it
             held = {name: p.detach() for name, p in self.attribute.named_parameters()}
+            x_r = crops.view(x_r, self.cfg.view) if self.cfg.view else x_r  # at the size E^a reads (attributes)
             mean = torch.func.functional_call(self.attribute, held, (x_r,))[0]
         return F.l1_loss(mean.float(), z_r.float())
 

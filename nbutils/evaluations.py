@@ -7,7 +7,7 @@ DataFrame with a ``method`` column and a unit id, ready for :func:`nbutils.stats
   slice of another scanner translated to b) pairs, the same pairs for every method, beside
   M (real b, real b) pairs, the reference.
 * E4 cross-scanner agreement: luminance SSIM between M random pairs of slices from two
-  different scanners, before (the inputs) and after (their scanner-free outputs), beside each
+  different scanners and two different subjects, before (the inputs) and after (their scanner-free outputs), beside each
   model's contrast control (:func:`contrast_control`).
 * E5 FID and KID in the frozen scanner classifier's feature space, with a split-half floor.
 * E7 voxel intensities per scanner and their mean pairwise Wasserstein distance.
@@ -104,11 +104,13 @@ def e4_cross_scanner(test: Slices, outs: dict[str, Outputs], m: int = 5000, seed
         raise ValueError("E4 needs slices of at least two scanners")
     i = rng.integers(0, len(labels), 4 * m)
     j = rng.integers(0, len(labels), 4 * m)
-    keep = labels[i] != labels[j]
+    subject = subjects(test)
+    # two scanners and two subjects, as in the thesis's unpaired data (a traveling subject's
+    # own pair would compare an anatomy with itself, which E3's pairs leave out too)
+    keep = (labels[i] != labels[j]) & (subject[i] != subject[j])
     i, j = i[keep][:m], j[keep][:m]
     images, masks = Windowed(np.asarray(test.images, np.float32), squares=False), np.asarray(test.masks, bool)
     mask = masks[i] & masks[j]
-    subject = subjects(test)
     pairs = dict(pair=np.arange(len(i)), subject_i=subject[i], subject_j=subject[j])
     rows = [pd.DataFrame(dict(method=BEFORE, **pairs, luminance=_component(images, i, images, j, mask, "luminance")))]
     for meth, o in outs.items():
@@ -178,8 +180,8 @@ def e5_table(features: torch.nn.Module, train: Slices, test: Slices, outs: dict[
              seed: int = 0) -> pd.DataFrame:
     """E5 per target scanner b and method: FID and KID between the real training slices of b and
     every test slice of another scanner translated to b, beside two controls: the split-half floor
-    of the real set (method :data:`~nbutils.measures.FLOOR`: two halves of the same training
-    slices, which the feature network was trained on) and b's own real test slices against its
+    of the real set (method :data:`~nbutils.measures.FLOOR`: b's training slices split into two halves
+    by subject, which the feature network was trained on) and b's own real test slices against its
     training slices (:data:`~nbutils.measures.OWN_SCANS`: unseen images of b, as a perfect
     translation of the test anatomies would be; fewer images than the translations, one scanner's
     share against the other scanners', so its FID carries more small-sample bias; KID does not).
@@ -189,7 +191,8 @@ def e5_table(features: torch.nn.Module, train: Slices, test: Slices, outs: dict[
     for b, name in enumerate(test.domains):
         real = np.asarray(train.domain(b)[0])
         others = test.labels != b
-        rows.append(dict(target=name, method=FLOOR, **fid_kid(features, *split_half(real, seed=seed), seed=seed)))
+        halves = split_half(real, subjects(train)[train.labels == b], seed=seed)
+        rows.append(dict(target=name, method=FLOOR, **fid_kid(features, *halves, seed=seed)))
         real = embed(features, real)
         if (test.labels == b).sum() >= 2:
             own = np.asarray(test.images)[np.flatnonzero(test.labels == b)]
@@ -200,12 +203,23 @@ def e5_table(features: torch.nn.Module, train: Slices, test: Slices, outs: dict[
     return table.assign(**{"enough samples": table[["n_real", "n_fake"]].min(1) >= 2 * features.num_features})
 
 
-def split_half(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_half(images: np.ndarray, groups: np.ndarray | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Two random halves of a set of real images: their FID/KID is the floor a perfect method
-    would reach with samples this small."""
-    idx = np.random.default_rng(seed).permutation(len(images))
-    half = len(idx) // 2
-    return images[np.sort(idx[:half])], images[np.sort(idx[half:2 * half])]
+    would reach with samples this small. With ``groups`` (each image's subject), whole subjects
+    go to one half or the other (half of them each, an odd one left out), so that the halves, like
+    a method's translations against the real set, show different anatomies, not neighbouring
+    slices of one."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        idx = rng.permutation(len(images))
+        half = len(idx) // 2
+        return images[np.sort(idx[:half])], images[np.sort(idx[half:2 * half])]
+    groups = np.asarray(groups)
+    names = rng.permutation(np.unique(groups))
+    half = len(names) // 2
+    if half < 1:
+        raise ValueError("a split-half floor by subject needs at least two subjects")
+    return images[np.isin(groups, names[:half])], images[np.isin(groups, names[half:2 * half])]
 
 
 def e7_intensities(test: Slices, outs: dict[str, Outputs], per_scanner: int = 20000, seed: int = 0):

@@ -291,11 +291,11 @@ class Experiment:
                      "options": json.dumps(self.options, sort_keys=True) if self.options else ""}
         if self.traveling:
             self.result = headline(self.test_set, self.train_set, self.harmonizer, self.label, seed=run.seed)
-            plots.save_table(paired.flat(self.result["d2d"]).round(4), self.key + "_domain_to_domain", run.figures,
+            plots.save_table(paired.flat(self.result["d2d"]), self.key + "_domain_to_domain", run.figures,
                              note="Cross-scanner translations (a ≠ b) against the target's observed scan (a == b: its "
                                   "rescan) and its clean truth, brain mask; ceilings: b rescanned, b's own scan; "
                                   + plots.SIMULATED + ".")
-            plots.save_table(self.result["agreement"].round(4), self.key + "_scanner_free_agreement", run.figures,
+            plots.save_table(self.result["agreement"], self.key + "_scanner_free_agreement", run.figures,
                              note="SSIM between scanner-free outputs of the same anatomy from two scanners, beside the "
                                   "inputs' agreement and the blur control (inputs blurred to the outputs' effective "
                                   "resolution), brain mask; " + plots.SIMULATED + ".")
@@ -345,7 +345,7 @@ class Experiment:
                  (("inputs", test.images), ("scanner-free outputs", self.result["scanner_free"]))}
         table = pd.DataFrame({name: size for name, (_, size) in found.items()})
         table.loc["mean"] = table.mean()
-        plots.save_table(table.rename_axis("source").reset_index().round(4), self.key + "_source_maps", run.figures,
+        plots.save_table(table.rename_axis("source").reset_index(), self.key + "_source_maps", run.figures,
                          note="Mean |source map| in the brain: each source's mean image less the mean over sources, "
                               "on the traveling subjects (0: nothing depends on the source); " + plots.SIMULATED + ".")
         fig = plots.source_maps({name: maps for name, (maps, _) in found.items()}, test.domains,
@@ -369,7 +369,7 @@ class Experiment:
             checkpoint = run.checkpoints / self.method.checkpoint(self.known_labels)
             curve = learning_curve(checkpoint, model, test, self.train_set, self.label, seed=run.seed,
                                    own=(self.result["guided"], self.result["scanner_free"]))
-            plots.save_table(curve.round(4), self.key + "_learning_curve", run.figures,
+            plots.save_table(curve, self.key + "_learning_curve", run.figures,
                              note="Scores of training snapshots on one slice per traveling anatomy (the middle of each "
                                   "subject's; " + plots.SIMULATED + ").")
             fig = plots.learning_curve(curve, f"{self.label} learning curve: " + plots.SIMULATED)
@@ -396,7 +396,7 @@ class Experiment:
         control = usage.probe_control({name: feats[key] for key, name in names.items()}, test)
         chance = float(control.chance.iloc[0])
         bar = chance + usage.PROBE_MARGIN
-        plots.save_table(control.drop(columns="chance").round(4), self.key + "_probe_control", run.figures,
+        plots.save_table(control.drop(columns="chance"), self.key + "_probe_control", run.figures,
                          note="Scanner probe (folds by subject) and scanner share of z^c, the inputs and their detail "
                               "with each anatomy's scanner-to-scanner deviations multiplied by `scale`; "
                               + plots.SIMULATED + ".")

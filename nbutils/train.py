@@ -1,4 +1,5 @@
-"""One training loop for both stages: device choice, mixed precision, checkpoints, exact resume.
+"""One training loop for both stages: device choice, mixed precision, checkpoints, exact resume
+(on the CPU: CUDA kernels are not deterministic).
 
 A *task* owns its networks and optimizers and knows one iteration (``task.step``); the loop
 feeds it batches, shows a tqdm bar, keeps the loss history and writes an atomic checkpoint

@@ -3,6 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nbutils import appearance, crops, drit, gmvae, nets, train
 
@@ -849,3 +850,14 @@ def test_the_layout_reads_the_bias_field_s_own_coefficients():
     rows, cols = grid[0, 0].numpy(), grid[0, 1].numpy()
     brain = rows ** 2 / 0.8 + cols ** 2 / 0.6 < 1
     np.testing.assert_allclose(layout.coefficients((0.5 * f * brain)[None])[0], c[1:].numpy(), atol=0.01)
+
+
+def test_dritpp_latent_regression_reads_g_output_as_e_a_reads_slices():
+    """With a view size (E^a reads whole slices down-sampled), the latent regression reads G's
+    output at that size too, as attributes() does."""
+    torch.manual_seed(0)
+    m = drit.Translator(drit.DRITConfig(image_shape=(32, 32), k=3, variant="drit++", width=4, attr=8, n_res=1,
+                                        down=1, view=16))
+    x_r, z_r = torch.rand(2, 1, 32, 32) * 2 - 1, torch.randn(2, 8)
+    expected = F.l1_loss(m.attributes(x_r, torch.tensor([0, 1]))[0], z_r)
+    assert float(m.latent_regression(x_r, z_r)) == pytest.approx(float(expected), abs=1e-6)

@@ -1,4 +1,5 @@
 """E2-E7 scoring on small synthetic 'scanners' where the right answer is known."""
+import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,6 +103,23 @@ def test_e4_harmonized_outputs_agree_better_than_inputs():
     mean = df.groupby("method")["luminance"].mean()
     assert "identity" not in mean  # it is 'before'
     assert mean["perfect"] > mean["before (inputs)"]
+    # traveling subjects (each in every scanner): no pair compares an anatomy with itself
+    traveling = dataclasses.replace(test, manifest=test.manifest.assign(subject=[f"x{i % 4}" for i in range(len(test))]))
+    pairs = evaluations.e4_cross_scanner(traveling, outputs(traveling), m=200)
+    assert len(pairs) == len(df) and (pairs["subject_i"] != pairs["subject_j"]).all()
+
+
+def test_split_half_floor_keeps_each_subject_in_one_half():
+    images = np.arange(9, dtype=np.float32)[:, None, None] * np.ones((9, 2, 2), np.float32)
+    groups = np.array(["a", "a", "b", "b", "c", "c", "d", "d", "e"])
+    for seed in range(5):
+        a, b = evaluations.split_half(images, groups, seed=seed)
+        sa, sb = set(groups[a[:, 0, 0].astype(int)]), set(groups[b[:, 0, 0].astype(int)])
+        assert len(sa) == len(sb) == 2 and not sa & sb  # half the subjects each, the odd one out
+        assert all((groups == g).sum() == np.isin(a[:, 0, 0].astype(int), np.flatnonzero(groups == g)).sum()
+                   for g in sa)  # all of a subject's images together
+    with pytest.raises(ValueError, match="two subjects"):
+        evaluations.split_half(images[:2], groups[:2])
 
 
 def test_e4_falls_with_contrast_alone_and_the_contrast_control_takes_the_outputs_intensities():
