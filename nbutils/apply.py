@@ -80,20 +80,21 @@ def output_paths(out_dir: Path, volumes: list[Path], mode: str) -> list[Path]:
     different folders (``site1/T1.nii.gz``, ``site2/T1.nii.gz``) are named by their path below
     the folder they share (``site1_T1``). Raises ValueError when two volumes would still be
     written to one file, or a volume would be overwritten."""
-    volumes = [Path(v).resolve() for v in volumes]
-    stems = [_stem(v) for v in volumes]
+    named = [Path(os.path.abspath(v)) for v in volumes]  # names as given (a symlink keeps its own name)
+    stems = [_stem(v) for v in named]
     if len(set(stems)) < len(stems):
-        common = Path(os.path.commonpath([v.parent for v in volumes]))
-        stems = ["_".join(v.parent.relative_to(common).parts + (s,)) for v, s in zip(volumes, stems)]
+        common = Path(os.path.commonpath([v.parent for v in named]))
+        stems = ["_".join(v.parent.relative_to(common).parts + (s,)) for v, s in zip(named, stems)]
     outs = [Path(out_dir) / f"{s}_harmonized-{mode}.nii.gz" for s in stems]
+    inputs = {v.resolve() for v in named}
     seen: dict[Path, Path] = {}
-    for v, out in zip(volumes, outs):
-        if out in seen:
-            raise ValueError(f"{seen[out]} and {v} would both be written to {out}: rename one, or harmonize them "
-                             "into different folders")
-        if out.resolve() in volumes:
+    for v, out in zip(named, outs):
+        if out.resolve() in seen:
+            raise ValueError(f"{seen[out.resolve()]} and {v} would both be written to {out}: rename one, or "
+                             "harmonize them into different folders")
+        if out.resolve() in inputs:
             raise ValueError(f"{out} would overwrite an input volume: choose another output folder")
-        seen[out] = v
+        seen[out.resolve()] = v
     return outs
 
 

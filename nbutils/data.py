@@ -45,7 +45,8 @@ MASK_THRESHOLD = 0.08  # on [0, 1] normalised intensities, after light smoothing
 def read_paths(csv: str | Path, required: tuple[str, ...] = ("path",), header: str = "path[,...]") -> pd.DataFrame:
     """Read a CSV of volumes: checks that it exists, is not empty, has the ``required`` columns
     and that every file it names (``path``, and ``clean``/``rescan`` where given) exists; paths are made
-    absolute (relative ones are taken from the CSV's folder). Raises :class:`DataError`."""
+    absolute (relative ones are taken from the CSV's folder; symlinks kept as named), rows without a path
+    dropped (the index keeps each row's place in the file). Raises :class:`DataError`."""
     csv = Path(csv)
     if not csv.is_file():
         raise DataError(f"{csv}: no such CSV; give a CSV with columns {header}.")
@@ -59,16 +60,16 @@ def read_paths(csv: str | Path, required: tuple[str, ...] = ("path",), header: s
     if missing:
         raise DataError(f"{csv}: missing column(s) {', '.join(sorted(missing))} (found: "
                         f"{', '.join(table.columns) or 'none'}); the header must be {header}.")
-    table = table[table["path"].str.strip() != ""].reset_index(drop=True)
+    table = table[table["path"].str.strip() != ""]  # the index stays each row's place in the file (line - 2)
     if table.empty:
         raise DataError(f"{csv}: the CSV has a header but no rows; add one row per volume.")
 
-    def absolute(p: str) -> str:
+    def absolute(p: str) -> str:  # symlinks kept as named: a file's name and folders are the user's
         p = Path(p.strip())
-        return str(p if p.is_absolute() else (csv.parent / p).resolve())
+        return os.path.abspath(p if p.is_absolute() else csv.parent / p)
 
     table["path"] = table["path"].map(absolute)
-    gone = [f"row {i + 2}: {p}" for i, p in enumerate(table["path"]) if not Path(p).is_file()]
+    gone = [f"row {i + 2}: {p}" for i, p in table["path"].items() if not Path(p).is_file()]
     for extra in (e for e in EXTRAS if e in table.columns):
         has = table[extra].str.strip() != ""
         table.loc[has, extra] = table.loc[has, extra].map(absolute)
@@ -93,10 +94,10 @@ def read_table(csv: str | Path, test_fraction: float = 0.2, seed: int = 0) -> pd
     """
     table = read_paths(csv, ("path", "domain"), "path,domain[,subject][,split]")
     table["domain"] = table["domain"].str.strip()
-    rows = lambda mask: ", ".join(str(i + 2) for i in np.flatnonzero(mask)[:5])
+    rows = lambda mask: ", ".join(str(i + 2) for i in table.index[mask][:5])  # the CSV's line numbers
     if (table["domain"] == "").any():
         raise DataError(f"{csv}: row(s) {rows(table['domain'] == '')} have no domain; give every volume its scanner.")
-    twice = table["path"].duplicated(keep=False)
+    twice = table["path"].map(lambda p: str(Path(p).resolve())).duplicated(keep=False)  # one file, two names too
     if twice.any():
         raise DataError(f"{csv}: rows {rows(twice)} name the same file(s) "
                         f"({', '.join(sorted(set(table.loc[twice, 'path']))[:3])}); list every volume once.")
@@ -110,7 +111,8 @@ def read_table(csv: str | Path, test_fraction: float = 0.2, seed: int = 0) -> pd
                         "have fewer than 2 volumes; every scanner needs at least 2 (one to train, "
                         "one to test). Add volumes or drop that domain.")
     own = table["subject"].str.strip() if "subject" in table.columns else pd.Series("", index=table.index)
-    table["subject"] = own.where(own != "", [file_subject(p, Path(csv).resolve().parent) for p in table["path"]])
+    folder = Path(os.path.abspath(csv)).parent
+    table["subject"] = own.where(own != "", [file_subject(p, folder) for p in table["path"]])
     if "split" in table.columns and (table["split"].str.strip() != "").any():
         table["split"] = table["split"].str.strip().str.lower()
         bad = sorted(set(table["split"]) - set(SPLITS))

@@ -76,6 +76,10 @@ def test_output_paths_never_share_a_file(tmp_path):
         apply.output_paths(tmp_path / "out", [tmp_path / "v.nii", tmp_path / "v.nii.gz"], "scanner-free")
     with pytest.raises(ValueError, match="would both be written to"):  # a volume listed twice
         apply.output_paths(tmp_path / "out", [tmp_path / "a.nii.gz"] * 2, "scanner-free")
+    (tmp_path / "store").mkdir(), (tmp_path / "store" / "SHA-1.nii.gz").touch()
+    (tmp_path / "site1" / "sub01.nii.gz").symlink_to(tmp_path / "store" / "SHA-1.nii.gz")  # a DataLad-style link
+    assert apply.output_paths(tmp_path / "out", [tmp_path / "site1" / "sub01.nii.gz"], "A")[0].name == \
+        "sub01_harmonized-A.nii.gz"
     inside = tmp_path / "out" / "v_harmonized-scanner-free.nii.gz"
     with pytest.raises(ValueError, match="overwrite an input"):
         apply.output_paths(tmp_path / "out", [tmp_path / "v.nii.gz", inside], "scanner-free")

@@ -125,6 +125,25 @@ def test_a_row_without_a_subject_is_named_by_its_path(tmp_path):
     assert data.file_subject(str(tmp_path.parent / "x" / "v.nii.gz"), tmp_path) == (tmp_path.parent / "x" / "v").as_posix()
 
 
+def test_symlinked_volumes_keep_their_names_and_rows_their_line_numbers(tmp_path):
+    (tmp_path / "store").mkdir()
+    for k, site in enumerate(("site1", "site1", "site2", "site2")):
+        (tmp_path / "store" / f"SHA-{k}.nii.gz").touch()
+        (tmp_path / site).mkdir(exist_ok=True)
+        (tmp_path / site / f"sub{k}.nii.gz").symlink_to(tmp_path / "store" / f"SHA-{k}.nii.gz")
+    lines = ["path,domain", "site1/sub0.nii.gz,A", "site1/sub1.nii.gz,A", ",", "site2/sub2.nii.gz,B",
+             "site2/sub3.nii.gz,B"]
+    (tmp_path / "v.csv").write_text("\n".join(lines) + "\n")
+    table = data.read_table(tmp_path / "v.csv", test_fraction=0.5)
+    assert list(table["subject"]) == ["site1/sub0", "site1/sub1", "site2/sub2", "site2/sub3"]  # not SHA-k
+    (tmp_path / "v.csv").write_text("\n".join(lines[:4] + ["site2/sub2.nii.gz,", "site2/sub3.nii.gz,B"]) + "\n")
+    with pytest.raises(DataError, match=r"row\(s\) 5 have no domain"):  # line 5 of the file, past the blank row
+        data.read_table(tmp_path / "v.csv")
+    (tmp_path / "v.csv").write_text("\n".join(lines + ["store/SHA-3.nii.gz,B"]) + "\n")
+    with pytest.raises(DataError, match="rows 6, 7 name the same file"):  # one file under two names
+        data.read_table(tmp_path / "v.csv")
+
+
 def test_subject_split_is_stratified_disjoint_and_seeded():
     table = pd.DataFrame({"subject": [f"s{i}" for i in range(40)] * 2,
                           "domain": ["A"] * 20 + ["B"] * 20 + ["A"] * 20 + ["B"] * 20})
