@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import resolve
-from .data import read_paths, resize_slices, volume_slices
+from .data import nifti_stem, read_paths, resize_slices, volume_slices
 from .volumes import DataError, load_volume
 
 NIFTI = (".nii", ".nii.gz")
@@ -70,10 +70,6 @@ def reference_slices(path: str | Path, size: tuple[int, int], n: int = 8) -> np.
     return resize_slices(slices, size[0])
 
 
-def _stem(path: Path) -> str:
-    return path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
-
-
 def output_paths(out_dir: Path, volumes: list[Path], mode: str) -> list[Path]:
     """Where :func:`harmonize_all` writes each volume: ``<name>_harmonized-<mode>.nii.gz`` in
     ``out_dir``, the name being the file's without its NIfTI suffix; files of one name in
@@ -81,7 +77,7 @@ def output_paths(out_dir: Path, volumes: list[Path], mode: str) -> list[Path]:
     the folder they share (``site1_T1``). Raises ValueError when two volumes would still be
     written to one file, or a volume would be overwritten."""
     named = [Path(os.path.abspath(v)) for v in volumes]  # names as given (a symlink keeps its own name)
-    stems = [_stem(v) for v in named]
+    stems = [nifti_stem(v) for v in named]
     if len(set(stems)) < len(stems):
         common = Path(os.path.commonpath([v.parent for v in named]))
         stems = ["_".join(v.parent.relative_to(common).parts + (s,)) for v, s in zip(named, stems)]
@@ -89,12 +85,13 @@ def output_paths(out_dir: Path, volumes: list[Path], mode: str) -> list[Path]:
     inputs = {v.resolve() for v in named}
     seen: dict[Path, Path] = {}
     for v, out in zip(named, outs):
-        if out.resolve() in seen:
-            raise ValueError(f"{seen[out.resolve()]} and {v} would both be written to {out}: rename one, or "
+        real = out.resolve()
+        if real in seen:
+            raise ValueError(f"{seen[real]} and {v} would both be written to {out}: rename one, or "
                              "harmonize them into different folders")
-        if out.resolve() in inputs:
+        if real in inputs:
             raise ValueError(f"{out} would overwrite an input volume: choose another output folder")
-        seen[out.resolve()] = v
+        seen[real] = v
     return outs
 
 

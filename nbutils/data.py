@@ -139,8 +139,12 @@ def file_subject(path: str, folder: Path) -> str:
     absolute), without the NIfTI suffix."""
     p = Path(path)
     p = p.relative_to(folder) if p.is_relative_to(folder) else p
-    name = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
-    return (p.parent / name).as_posix()
+    return (p.parent / nifti_stem(p)).as_posix()
+
+
+def nifti_stem(path: Path) -> str:
+    """The file's name without its NIfTI suffix (``.nii.gz`` or ``.nii``)."""
+    return path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
 
 
 def subject_split(table: pd.DataFrame, test_fraction: float, seed: int) -> list[str]:

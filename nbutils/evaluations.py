@@ -7,8 +7,9 @@ DataFrame with a ``method`` column and a unit id, ready for :func:`nbutils.stats
   slice of another scanner translated to b) pairs, the same pairs for every method, beside
   M (real b, real b) pairs, the reference.
 * E4 cross-scanner agreement: luminance SSIM between M random pairs of slices from two
-  different scanners and (wherever the data have them) two different subjects, before (the inputs) and after (their scanner-free outputs), beside each
-  model's contrast control (:func:`contrast_control`).
+  different scanners and (wherever the data have them) two different subjects, before (the
+  inputs) and after (their scanner-free outputs), beside each model's contrast control
+  (:func:`contrast_control`).
 * E5 FID and KID in the frozen scanner classifier's feature space, with a split-half floor.
 * E7 voxel intensities per scanner and their mean pairwise Wasserstein distance.
 """
@@ -210,17 +211,12 @@ def split_half(images: np.ndarray, groups: np.ndarray | None = None, seed: int =
     a method's translations against the real set, show different anatomies, not neighbouring
     slices of one. With fewer than two subjects, the slices are split one by one, with a warning
     (the floor is then lower than a perfect method's)."""
-    rng = np.random.default_rng(seed)
     if groups is not None and len(np.unique(groups)) < 2:
         warnings.warn("the split-half floor's real set holds one subject: its halves are split slice by slice, "
                       "so they share an anatomy and the floor reads lower than a perfect method would")
         groups = None
-    if groups is None:
-        idx = rng.permutation(len(images))
-        half = len(idx) // 2
-        return images[np.sort(idx[:half])], images[np.sort(idx[half:2 * half])]
-    groups = np.asarray(groups)
-    names = rng.permutation(np.unique(groups))
+    groups = np.arange(len(images)) if groups is None else np.asarray(groups)  # none: each slice its own
+    names = np.random.default_rng(seed).permutation(np.unique(groups))
     half = len(names) // 2
     return images[np.isin(groups, names[:half])], images[np.isin(groups, names[half:2 * half])]
 
