@@ -35,7 +35,8 @@ from skimage.transform import resize
 from tqdm.auto import tqdm
 
 from .io import atomic_path, atomic_write_text
-from .volumes import DataError, brain_mask, coronal_slice, load_volume, robust_normalise, to_mni_grid
+from .volumes import (DataError, brain_mask, check_header, coronal_slice, load_volume, robust_normalise,
+                      to_mni_grid)
 
 SPLITS = ("train", "test", "paired")
 EXTRAS = ("clean", "rescan")  # optional renderings of the same anatomy, sliced at the same positions
@@ -86,7 +87,8 @@ def read_table(csv: str | Path, test_fraction: float = 0.2, seed: int = 0) -> pd
     """Read and check a data CSV; return absolute paths, subjects and splits.
 
     Raises :class:`DataError` on an unreadable or empty CSV, missing columns, missing
-    files, a row without a domain, a file listed twice, unknown split names, subjects in two
+    files, a file whose header is not a usable volume (:func:`~nbutils.volumes.check_header`;
+    the voxels are read later, when slicing), a row without a domain, a file listed twice, unknown split names, subjects in two
     splits, fewer than two domains, or a domain without volumes to train on and to test on.
     A row without a subject is a subject of its own, named by its file's path (relative to the
     CSV's folder, without the NIfTI suffix), so that files of one name in different folders are
@@ -131,6 +133,16 @@ def read_table(csv: str | Path, test_fraction: float = 0.2, seed: int = 0) -> pd
             raise DataError(f"{csv}: domain(s) {lacking} have no {split} volume; every scanner needs volumes to "
                             "train on and to test on, of different subjects (a subject's volumes stay in one "
                             "split): add subjects, or set the split column.")
+    unusable = []  # every volume's header, before any is read: a bad file late in the CSV stops the run here
+    for column in ("path", *(e for e in EXTRAS if e in table.columns)):
+        for i, p in table.loc[table[column].str.strip() != "", column].items():
+            try:
+                check_header(p)
+            except DataError as exc:
+                unusable.append(f"row {i + 2}: {exc}")
+    if unusable:
+        more = f" (and {len(unusable) - 3} more)" if len(unusable) > 3 else ""
+        raise DataError(f"{csv}: {len(unusable)} volume(s) cannot be used{more}: " + " | ".join(unusable[:3]))
     return table
 
 

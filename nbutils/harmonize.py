@@ -193,7 +193,8 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
                      reference: np.ndarray | None = None, seed: int = 0, progress: bool = True):
     """Harmonize one NIfTI volume registered to MNI space and save it with the input's affine
     and header: coronal slices -> model size -> harmonized in batches -> 182 x 182 -> volume
-    -> back onto the input's grid and orientation -> intensities in the input's range.
+    -> back onto the input's grid, shape (an ``X x Y x Z x 1`` input stays 4-D) and orientation
+    -> intensities in the input's range.
 
     ``mode`` is ``"scanner-free"`` or ``"to-scanner"`` (then ``target`` is one of the training
     scanners of ``harm``, an index of ``harm.domains``, and ``reference`` optional slices of it;
@@ -238,7 +239,7 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     result = np.where(brain, back * (hi - lo) + lo, data).astype(np.float32)
     ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(canon.affine),
                                            nib.orientations.io_orientation(original.affine))
-    result = nib.orientations.apply_orientation(result, ornt)
+    result = nib.orientations.apply_orientation(result, ornt).reshape(original.shape)  # X x Y x Z x 1 stays so
     header = original.header.copy()
     header.set_data_dtype(np.float32)
     img = nib.Nifti1Image(result, original.affine, header)

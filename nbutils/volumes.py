@@ -25,13 +25,10 @@ class DataError(ValueError):
     """Bad input data. The message names the file, what is wrong and what to do."""
 
 
-def load_volume(path: str | Path) -> nib.Nifti1Image:
-    """Load a 3-D NIfTI volume in canonical RAS orientation, with finite float32 data.
-
-    Refuses (with :class:`DataError`) files that are not NIfTI, truncated or corrupt
-    files, real 4-D series, NaN/Inf voxels and constant volumes. A trailing singleton
-    4th axis (``X x Y x Z x 1``) is squeezed.
-    """
+def check_header(path: str | Path) -> nib.Nifti1Image:
+    """Open a NIfTI file and check what its header alone tells, without reading the voxels: a
+    NIfTI image, 3-D (or ``X x Y x Z x 1``), with a finite, invertible affine. Returns the
+    (lazy) image; raises :class:`DataError` naming the file, what is wrong and what to do."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the path (relative paths in a CSV are "
@@ -45,13 +42,34 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
         raise DataError(f"{path}: is a {type(img).__name__}, not NIfTI; convert it to .nii.gz "
                         "(e.g. nibabel.save(nibabel.Nifti1Image(data, affine), 'x.nii.gz')).")
     shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
-    elif len(shape) == 4:
+    if len(shape) == 4 and shape[3] != 1:
         raise DataError(f"{path}: is a 4-D series of {shape[3]} volumes {shape}; a T1 volume is "
                         "3-D. Extract the volume you want first (e.g. fslroi, or img.slicer[..., i]).")
-    elif len(shape) != 3:
+    if len(shape) not in (3, 4):
         raise DataError(f"{path}: has {len(shape)} dimensions {shape}; expected a 3-D volume.")
+    affine = img.affine
+    if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise DataError(f"{path}: its affine (voxel → mm) is missing, not finite or singular; the file "
+                        "has no usable orientation. Write it again from its registration step.")
+    if path.name.lower().endswith(".nii"):  # uncompressed: the file's size tells a truncation
+        need = int(getattr(img.dataobj, "offset", 0)) + int(np.prod(shape)) * img.get_data_dtype().itemsize
+        if path.stat().st_size < need:
+            raise DataError(f"{path}: the file is truncated ({path.stat().st_size} of {need} bytes); "
+                            "copy or export it again.")
+    return img
+
+
+def load_volume(path: str | Path) -> nib.Nifti1Image:
+    """Load a 3-D NIfTI volume in canonical RAS orientation, with finite float32 data.
+
+    Refuses (with :class:`DataError`) what :func:`check_header` refuses (files that are not
+    NIfTI, real 4-D series, no usable affine), truncated or corrupt files, NaN/Inf voxels and
+    constant volumes. A trailing singleton 4th axis (``X x Y x Z x 1``) is squeezed.
+    """
+    path = Path(path)
+    img = check_header(path)
+    if len(img.shape) == 4:
+        img = img.slicer[..., 0]
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except (EOFError, OSError, zlib.error, ValueError) as exc:

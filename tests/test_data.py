@@ -3,6 +3,7 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,11 +88,16 @@ def test_split_column_is_checked(small_csv):
         data.read_table(small_csv)
 
 
+def _tiny_volume(path: Path) -> None:
+    """A 2 x 2 x 2 NIfTI: a header read_table accepts (it reads no voxel)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4)), str(path))
+
+
 def _csv_of(folder: Path, rows: list[tuple[str, ...]], header: str = "path,domain") -> Path:
-    """A CSV of ``rows`` whose files exist (empty: read_table reads no volume)."""
+    """A CSV of ``rows`` whose files are tiny volumes."""
     for row in rows:
-        (folder / row[0]).parent.mkdir(parents=True, exist_ok=True)
-        (folder / row[0]).touch()
+        _tiny_volume(folder / row[0])
     csv = folder / "volumes.csv"
     csv.write_text("\n".join([header] + [",".join(r) for r in rows]) + "\n")
     return csv
@@ -128,7 +134,7 @@ def test_a_row_without_a_subject_is_named_by_its_path(tmp_path):
 def test_symlinked_volumes_keep_their_names_and_rows_their_line_numbers(tmp_path):
     (tmp_path / "store").mkdir()
     for k, site in enumerate(("site1", "site1", "site2", "site2")):
-        (tmp_path / "store" / f"SHA-{k}.nii.gz").touch()
+        _tiny_volume(tmp_path / "store" / f"SHA-{k}.nii.gz")
         (tmp_path / site).mkdir(exist_ok=True)
         (tmp_path / site / f"sub{k}.nii.gz").symlink_to(tmp_path / "store" / f"SHA-{k}.nii.gz")
     lines = ["path,domain", "site1/sub0.nii.gz,A", "site1/sub1.nii.gz,A", ",", "site2/sub2.nii.gz,B",
@@ -142,6 +148,23 @@ def test_symlinked_volumes_keep_their_names_and_rows_their_line_numbers(tmp_path
     (tmp_path / "v.csv").write_text("\n".join(lines + ["store/SHA-3.nii.gz,B"]) + "\n")
     with pytest.raises(DataError, match="rows 6, 7 name the same file"):  # one file under two names
         data.read_table(tmp_path / "v.csv")
+
+
+def test_a_bad_volume_anywhere_in_the_csv_stops_the_check_before_slicing(small_csv, tmp_path):
+    data.read_table(small_csv)
+    last = tmp_path / pd.read_csv(small_csv)["path"].iloc[-1]  # the CSV's last row, line 7
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4, 3), np.float32), np.eye(4)), str(last))
+    rescan = tmp_path / "rescan.nii.gz"
+    rescan.write_bytes(b"not an image")
+    table = pd.read_csv(small_csv).assign(rescan="")
+    table.loc[2, "rescan"] = rescan.name  # line 4
+    table.to_csv(small_csv, index=False)
+    with pytest.raises(DataError) as err:
+        data.read_table(small_csv)
+    text = str(err.value)
+    assert "2 volume(s) cannot be used" in text
+    assert f"row 7: {last}: is a 4-D series of 3 volumes" in text
+    assert f"row 4: {rescan}: not a readable NIfTI file" in text
 
 
 def test_subject_split_is_stratified_disjoint_and_seeded():

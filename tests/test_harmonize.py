@@ -58,6 +58,13 @@ def test_volume_round_trip_keeps_grid_header_and_background(harm, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["in_sf.nii.gz"]
 
 
+def test_a_volume_with_a_singleton_fourth_axis_keeps_it(harm, tmp_path):
+    src = tmp_path / "in4.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(blob_volume(3).dataobj)[..., None], MNI_AFFINE), str(src))
+    out = nib.load(str(harmonize_volume(harm, src, tmp_path / "out4.nii.gz", progress=False)))
+    assert out.shape == nib.load(str(src)).shape == (*blob_volume().shape, 1)
+
+
 def test_volume_errors(harm, tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         harmonize_volume(harm, tmp_path / "x.nii.gz", tmp_path / "y.nii.gz", mode="free")

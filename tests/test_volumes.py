@@ -1,10 +1,11 @@
 import gzip
+import re
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from nbutils.volumes import (MNI_AFFINE, MNI_SHAPE, DataError, coronal_slice, coronal_to_volume,
+from nbutils.volumes import (MNI_AFFINE, MNI_SHAPE, DataError, check_header, coronal_slice, coronal_to_volume,
                              load_volume, regrid, robust_normalise, to_mni_grid)
 from conftest import blob_volume
 
@@ -62,6 +63,37 @@ def test_bad_volumes_are_refused_with_the_file_named(tmp_path, write_volume, cas
         load_volume(path)
     assert message in str(err.value)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("series", "4-D series of 3 volumes"),
+    ("five", "has 5 dimensions"),
+    ("singular", "affine (voxel → mm) is missing, not finite or singular"),
+    ("truncated", "the file is truncated"),
+])
+def test_the_header_alone_refuses_what_it_can_tell(tmp_path, case, message):
+    path = tmp_path / f"{case}.nii"  # uncompressed: a truncation shows in the file's size
+    data = np.ones((4, 4, 4), np.float32)
+    if case == "series":
+        nib.save(nib.Nifti1Image(np.stack([data] * 3, -1), MNI_AFFINE), str(path))
+    elif case == "five":
+        nib.save(nib.Nifti1Image(data[..., None, None].repeat(2, 4), MNI_AFFINE), str(path))
+    elif case == "singular":
+        img = nib.Nifti1Image(data, None)
+        img.header.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=2)  # a flat y axis (a broken export)
+        nib.save(img, str(path))
+    else:
+        nib.save(nib.Nifti1Image(data, MNI_AFFINE), str(path))
+        path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(DataError, match=re.escape(message)) as err:
+        check_header(path)
+    assert str(path) in str(err.value)
+    if case != "singular":  # load_volume refuses it as well (it reads the voxels after the header)
+        with pytest.raises(DataError, match=re.escape(message)):
+            load_volume(path)
+    good = tmp_path / "good.nii"
+    nib.save(nib.Nifti1Image(data[..., None], MNI_AFFINE), str(good))
+    assert check_header(good).shape == (4, 4, 4, 1)
 
 
 def test_truncated_gzip_really_is_truncated(write_volume):
