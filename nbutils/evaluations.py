@@ -178,11 +178,13 @@ def fid_kid(features: torch.nn.Module, real, fake, subset: int = 50, seed: int =
 
 
 def e5_table(features: torch.nn.Module, train: Slices, test: Slices, outs: dict[str, Outputs],
-             seed: int = 0) -> pd.DataFrame:
+             seed: int = 0, floor_draws: int = 5) -> pd.DataFrame:
     """E5 per target scanner b and method: FID and KID between the real training slices of b and
     every test slice of another scanner translated to b, beside two controls: the split-half floor
     of the real set (method :data:`~nbutils.measures.FLOOR`: b's training slices split into two halves
-    by subject, which the feature network was trained on) and b's own real test slices against its
+    by subject, which the feature network was trained on; the mean over ``floor_draws`` random splits,
+    whose spread ``fid_draw_sd`` shows how much one draw of anatomies moves these distances) and b's
+    own real test slices against its
     training slices (:data:`~nbutils.measures.OWN_SCANS`: unseen images of b, as a perfect
     translation of the test anatomies would be; fewer images than the translations, one scanner's
     share against the other scanners', so its FID carries more small-sample bias; KID does not).
@@ -192,8 +194,10 @@ def e5_table(features: torch.nn.Module, train: Slices, test: Slices, outs: dict[
     for b, name in enumerate(test.domains):
         real = np.asarray(train.domain(b)[0])
         others = test.labels != b
-        halves = split_half(real, subjects(train)[train.labels == b], seed=seed)
-        rows.append(dict(target=name, method=FLOOR, **fid_kid(features, *halves, seed=seed)))
+        draws = pd.DataFrame([fid_kid(features, *split_half(real, subjects(train)[train.labels == b], seed=seed + k),
+                                      seed=seed) for k in range(floor_draws)])
+        floor = draws.mean().to_dict() | draws[["n_real", "n_fake"]].min().to_dict()
+        rows.append(dict(target=name, method=FLOOR, **floor, fid_draw_sd=draws["fid"].std()))
         real = embed(features, real)
         if (test.labels == b).sum() >= 2:
             own = np.asarray(test.images)[np.flatnonzero(test.labels == b)]

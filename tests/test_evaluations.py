@@ -173,6 +173,9 @@ def test_fid_and_kid_separate_scanners_and_are_near_zero_within_one(tmp_path):
     assert set(table.index.get_level_values("method")) == {measures.FLOOR, measures.OWN_SCANS, "perfect", "identity"}
     for b in test.domains:
         assert table.loc[(b, measures.OWN_SCANS), "n_fake"] == 12 and table.loc[(b, "identity"), "n_fake"] == 24
+        # the floor is the mean of five subject splits, each drawn anew: their FIDs differ
+        assert table.loc[(b, measures.FLOOR), "fid_draw_sd"] > 0 and table.loc[(b, measures.FLOOR), "n_real"] == 20
+        assert table["fid_draw_sd"].isna().sum() == len(table) - len(test.domains)
         assert table.loc[(b, measures.OWN_SCANS), "kid"] < table.loc[(b, "identity"), "kid"] / 5
 
 
