@@ -52,7 +52,7 @@ def read_paths(csv: str | Path, required: tuple[str, ...] = ("path",), header: s
     if not csv.is_file():
         raise DataError(f"{csv}: no such CSV; give a CSV with columns {header}.")
     try:
-        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False, skip_blank_lines=False)  # index: line - 2
     except pd.errors.EmptyDataError:
         raise DataError(f"{csv}: the CSV is empty; it needs a header {header} "
                         "and one row per volume.") from None
@@ -72,7 +72,8 @@ def read_paths(csv: str | Path, required: tuple[str, ...] = ("path",), header: s
     table["path"] = table["path"].map(absolute)
     gone = [f"row {i + 2}: {p}" for i, p in table["path"].items() if not Path(p).is_file()]
     for extra in (e for e in EXTRAS if e in table.columns):
-        has = table[extra].str.strip() != ""
+        table[extra] = table[extra].str.strip()
+        has = table[extra] != ""
         table.loc[has, extra] = table.loc[has, extra].map(absolute)
         gone += [f"row {i + 2}: {p} ({extra})" for i, p in table.loc[has, extra].items()
                  if not Path(p).is_file()]
@@ -135,11 +136,11 @@ def read_table(csv: str | Path, test_fraction: float = 0.2, seed: int = 0) -> pd
                             "split): add subjects, or set the split column.")
     unusable = []  # every volume's header, before any is read: a bad file late in the CSV stops the run here
     for column in ("path", *(e for e in EXTRAS if e in table.columns)):
-        for i, p in table.loc[table[column].str.strip() != "", column].items():
+        for i, p in table.loc[table[column] != "", column].items():
             try:
                 check_header(p)
             except DataError as exc:
-                unusable.append(f"row {i + 2}: {exc}")
+                unusable.append(f"row {i + 2}{'' if column == 'path' else f' ({column})'}: {exc}")
     if unusable:
         more = f" (and {len(unusable) - 3} more)" if len(unusable) > 3 else ""
         raise DataError(f"{csv}: {len(unusable)} volume(s) cannot be used{more}: " + " | ".join(unusable[:3]))

@@ -182,23 +182,24 @@ def e5_table(features: torch.nn.Module, train: Slices, test: Slices, outs: dict[
     """E5 per target scanner b and method: FID and KID between the real training slices of b and
     every test slice of another scanner translated to b, beside two controls: the split-half floor
     of the real set (method :data:`~nbutils.measures.FLOOR`: b's training slices split into two halves
-    by subject, which the feature network was trained on; the mean over ``floor_draws`` random splits,
-    whose spread ``fid_draw_sd`` shows how much one draw of anatomies moves these distances) and b's
-    own real test slices against its
-    training slices (:data:`~nbutils.measures.OWN_SCANS`: unseen images of b, as a perfect
-    translation of the test anatomies would be; fewer images than the translations, one scanner's
-    share against the other scanners', so its FID carries more small-sample bias; KID does not).
-    ``enough samples`` says whether both sets hold at least twice the feature dimension (below it
-    FID's covariance is poorly estimated)."""
+    by subject, which the feature network was trained on; the mean over up to ``floor_draws``
+    different splits (:func:`floor_splits`), whose FIDs' spread ``fid_draw_sd`` shows how much one
+    draw of anatomies moves these distances; NaN with a single split; its ``kid_sd`` is the mean of
+    the draws' spreads over KID's subsets) and b's own real test slices against its training slices
+    (:data:`~nbutils.measures.OWN_SCANS`: unseen images of b, as a perfect translation of the test
+    anatomies would be; fewer images than the translations, one scanner's share against the other
+    scanners', so its FID carries more small-sample bias; KID does not). ``enough samples`` says
+    whether both sets hold at least twice the feature dimension (below it FID's covariance is
+    poorly estimated)."""
     rows = []
     for b, name in enumerate(test.domains):
-        real = np.asarray(train.domain(b)[0])
+        real = embed(features, np.asarray(train.domain(b)[0]))
         others = test.labels != b
-        draws = pd.DataFrame([fid_kid(features, *split_half(real, subjects(train)[train.labels == b], seed=seed + k),
-                                      seed=seed) for k in range(floor_draws)])
-        floor = draws.mean().to_dict() | draws[["n_real", "n_fake"]].min().to_dict()
-        rows.append(dict(target=name, method=FLOOR, **floor, fid_draw_sd=draws["fid"].std()))
-        real = embed(features, real)
+        splits = floor_splits(subjects(train)[train.labels == b], floor_draws, seed)
+        draws = pd.DataFrame([fid_kid(features, real[first], real[second], seed=seed) for first, second in splits])
+        floor = draws.mean().to_dict() | draws[["n_real", "n_fake"]].mean().round().astype(int).to_dict()
+        spread = draws["fid"].std() if len(draws) > 1 else np.nan
+        rows.append(dict(target=name, method=FLOOR, **floor, fid_draw_sd=spread))
         if (test.labels == b).sum() >= 2:
             own = np.asarray(test.images)[np.flatnonzero(test.labels == b)]
             rows.append(dict(target=name, method=OWN_SCANS, **fid_kid(features, real, own, seed=seed)))
@@ -208,21 +209,43 @@ def e5_table(features: torch.nn.Module, train: Slices, test: Slices, outs: dict[
     return table.assign(**{"enough samples": table[["n_real", "n_fake"]].min(1) >= 2 * features.num_features})
 
 
-def split_half(images: np.ndarray, groups: np.ndarray | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_half(images: np.ndarray, groups: np.ndarray | None = None, seed=0) -> tuple[np.ndarray, np.ndarray]:
     """Two random halves of a set of real images: their FID/KID is the floor a perfect method
     would reach with samples this small. With ``groups`` (each image's subject), whole subjects
     go to one half or the other (half of them each, an odd one left out), so that the halves, like
     a method's translations against the real set, show different anatomies, not neighbouring
     slices of one. With fewer than two subjects, the slices are split one by one, with a warning
     (the floor is then lower than a perfect method's)."""
+    first, second = _halves(len(images), groups, seed)
+    return images[first], images[second]
+
+
+def floor_splits(groups: np.ndarray, draws: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Up to ``draws`` different subject splits of a real set (:func:`split_half`'s, as index arrays,
+    the larger half first), drawn with seeds ``(seed, k)``: a split and its swap are one split, so a
+    scanner of two subjects has one, of three or four subjects three."""
+    seen, splits = set(), []
+    for k in range(20 * draws):
+        pair = sorted(_halves(len(groups), groups, (seed, k)), key=len, reverse=True)
+        key = frozenset(tuple(p) for p in pair)
+        if key not in seen:
+            seen.add(key)
+            splits.append(tuple(pair))
+        if len(splits) == draws:
+            break
+    return splits
+
+
+def _halves(n: int, groups: np.ndarray | None, seed) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of :func:`split_half`'s two halves of ``n`` images."""
     if groups is not None and len(np.unique(groups)) < 2:
         warnings.warn("the split-half floor's real set holds one subject: its halves are split slice by slice, "
                       "so they share an anatomy and the floor reads lower than a perfect method would")
         groups = None
-    groups = np.arange(len(images)) if groups is None else np.asarray(groups)  # none: each slice its own
+    groups = np.arange(n) if groups is None else np.asarray(groups)  # none: each slice its own
     names = np.random.default_rng(seed).permutation(np.unique(groups))
     half = len(names) // 2
-    return images[np.isin(groups, names[:half])], images[np.isin(groups, names[half:2 * half])]
+    return np.flatnonzero(np.isin(groups, names[:half])), np.flatnonzero(np.isin(groups, names[half:2 * half]))
 
 
 def e7_intensities(test: Slices, outs: dict[str, Outputs], per_scanner: int = 20000, seed: int = 0):

@@ -39,7 +39,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from .config import NOTEBOOKS, PROFILES, SUPERSEDED, default_run_dir, get_profile, read_metrics, setup
+from .config import NOTEBOOKS, PROFILES, SUPERSEDED, default_run_dir, get_profile, read_metrics, resolve, setup
 
 
 def notebooks(only: list[str] | None = None):
@@ -333,9 +333,14 @@ def run_folder(profile: str, data: str = "", name: str = "", run_dir: str = "") 
     ``data/runs/<name>``, ``name`` defaulting to the CSV's file name, followed by ``-<profile>``
     for a profile other than quick (so that a smoke or paper run of the same CSV does not replace
     the quick run's slices and models); it may not take a profile's name, whose folder belongs to
-    the built-in data."""
+    the built-in data (nor may ``run_dir`` be that folder, except for that profile's built-in run)."""
     if name and run_dir:
         raise ValueError("give a run name (--run, RUN=) or a run folder (--run-dir, RUN_DIR=), not both")
+    if run_dir:
+        owner = {resolve(default_run_dir(p)): p for p in PROFILES}.get(resolve(run_dir))
+        if owner and (data or get_profile(profile).name != owner):
+            raise ValueError(f"run folder {run_dir}: it is the built-in data's {owner} run; "
+                             "give your run a folder of its own (RUN=name, or another RUN_DIR)")
     if run_dir or not (data or name):
         return run_dir
     if not name:

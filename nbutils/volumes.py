@@ -10,6 +10,8 @@ Conventions
 """
 from __future__ import annotations
 
+import gzip
+import os
 import zlib
 from pathlib import Path
 
@@ -48,15 +50,35 @@ def check_header(path: str | Path) -> nib.Nifti1Image:
     if len(shape) not in (3, 4):
         raise DataError(f"{path}: has {len(shape)} dimensions {shape}; expected a 3-D volume.")
     affine = img.affine
-    if affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
-        raise DataError(f"{path}: its affine (voxel → mm) is missing, not finite or singular; the file "
+    axes = np.linalg.svd(affine[:3, :3], compute_uv=False) if np.isfinite(affine).all() else np.zeros(3)
+    if axes.min() <= 1e-6 * axes.max():  # voxel sizes in any unit pass; a flat or NaN axis does not
+        raise DataError(f"{path}: its affine (voxel → mm) is not finite or maps an axis to nothing; the file "
                         "has no usable orientation. Write it again from its registration step.")
-    if path.name.lower().endswith(".nii"):  # uncompressed: the file's size tells a truncation
-        need = int(getattr(img.dataobj, "offset", 0)) + int(np.prod(shape)) * img.get_data_dtype().itemsize
-        if path.stat().st_size < need:
-            raise DataError(f"{path}: the file is truncated ({path.stat().st_size} of {need} bytes); "
-                            "copy or export it again.")
+    need = int(getattr(img.dataobj, "offset", 0)) + int(np.prod(shape)) * img.get_data_dtype().itemsize
+    if _stored_bytes(path, need) < need:
+        raise DataError(f"{path}: the file is truncated or corrupt (its voxels end before its header says); "
+                        "copy or export it again.")
     return img
+
+
+def _stored_bytes(path: Path, need: int) -> int:
+    """How many bytes of the (uncompressed) image ``path`` holds, up to ``need``. A ``.nii`` file's
+    size; a gzip file's own record of its length (its last 4 bytes) when that equals ``need``, else
+    the bytes that actually decompress (a truncated file stops early)."""
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        if int.from_bytes(f.read(4), "little") == need % 2 ** 32:
+            return need
+    got = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while got < need and (chunk := f.read(1 << 22)):
+                got += len(chunk)
+    except (EOFError, OSError, zlib.error):
+        pass
+    return got
 
 
 def load_volume(path: str | Path) -> nib.Nifti1Image:

@@ -60,7 +60,9 @@ def test_volume_round_trip_keeps_grid_header_and_background(harm, tmp_path):
 
 def test_a_volume_with_a_singleton_fourth_axis_keeps_it(harm, tmp_path):
     src = tmp_path / "in4.nii.gz"
-    nib.save(nib.Nifti1Image(np.asarray(blob_volume(3).dataobj)[..., None], MNI_AFFINE), str(src))
+    affine = MNI_AFFINE.copy()  # FSL orientation (x flipped): reoriented on the way in and out
+    affine[0, 0], affine[0, 3] = -1.0, 90.0
+    nib.save(nib.Nifti1Image(np.asarray(blob_volume(3).dataobj)[::-1, ..., None], affine), str(src))
     out = nib.load(str(harmonize_volume(harm, src, tmp_path / "out4.nii.gz", progress=False)))
     assert out.shape == nib.load(str(src)).shape == (*blob_volume().shape, 1)
 

@@ -697,6 +697,11 @@ def test_a_run_on_your_data_is_named_after_the_csv_unless_named(tmp_path):
             pipeline.run_folder("quick", data="x/ixi.csv", name=bad)
     with pytest.raises(ValueError, match="not both"):
         pipeline.run_folder("quick", name="a", run_dir="b")
+    # a built-in run's folder is that run's: not your data's, nor another profile's
+    assert pipeline.run_folder("smoke", run_dir=str(runs / "smoke")) == str(runs / "smoke")
+    for profile, data, folder in (("quick", "x/ixi.csv", "data/runs/quick"), ("smoke", "", str(runs / "quick"))):
+        with pytest.raises(ValueError, match="built-in data's quick run"):
+            pipeline.run_folder(profile, data=data, run_dir=folder)
 
 
 @pytest.mark.parametrize("case, message", [

@@ -68,11 +68,12 @@ def test_bad_volumes_are_refused_with_the_file_named(tmp_path, write_volume, cas
 @pytest.mark.parametrize("case, message", [
     ("series", "4-D series of 3 volumes"),
     ("five", "has 5 dimensions"),
-    ("singular", "affine (voxel → mm) is missing, not finite or singular"),
+    ("singular", "affine (voxel → mm) is not finite or maps an axis to nothing"),
     ("truncated", "the file is truncated"),
+    ("truncated.gz", "the file is truncated"),
 ])
 def test_the_header_alone_refuses_what_it_can_tell(tmp_path, case, message):
-    path = tmp_path / f"{case}.nii"  # uncompressed: a truncation shows in the file's size
+    path = tmp_path / (f"{case}.nii" if case != "truncated.gz" else "cut.nii.gz")
     data = np.ones((4, 4, 4), np.float32)
     if case == "series":
         nib.save(nib.Nifti1Image(np.stack([data] * 3, -1), MNI_AFFINE), str(path))
@@ -82,9 +83,13 @@ def test_the_header_alone_refuses_what_it_can_tell(tmp_path, case, message):
         img = nib.Nifti1Image(data, None)
         img.header.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=2)  # a flat y axis (a broken export)
         nib.save(img, str(path))
-    else:
+    elif case == "truncated":
         nib.save(nib.Nifti1Image(data, MNI_AFFINE), str(path))
         path.write_bytes(path.read_bytes()[:-10])
+    else:  # a .nii.gz cut in its voxels: its header still reads
+        noisy = np.random.default_rng(0).random((40, 40, 40)).astype(np.float32)  # does not compress away
+        nib.save(nib.Nifti1Image(noisy, MNI_AFFINE), str(path))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DataError, match=re.escape(message)) as err:
         check_header(path)
     assert str(path) in str(err.value)
@@ -94,6 +99,9 @@ def test_the_header_alone_refuses_what_it_can_tell(tmp_path, case, message):
     good = tmp_path / "good.nii"
     nib.save(nib.Nifti1Image(data[..., None], MNI_AFFINE), str(good))
     assert check_header(good).shape == (4, 4, 4, 1)
+    tiny = tmp_path / "tiny.nii.gz"  # 0.01 mm voxels: an odd unit, not a broken affine
+    nib.save(nib.Nifti1Image(data, np.diag([0.01, 0.01, 0.01, 1.0])), str(tiny))
+    assert check_header(tiny).shape == (4, 4, 4)
 
 
 def test_truncated_gzip_really_is_truncated(write_volume):
