@@ -51,11 +51,14 @@ def read_paths(csv: str | Path, required: tuple[str, ...] = ("path",), header: s
     csv = Path(csv)
     if not csv.is_file():
         raise DataError(f"{csv}: no such CSV; give a CSV with columns {header}.")
+    lines = csv.read_bytes().splitlines()
+    lead = next((i for i, line in enumerate(lines) if line.strip(b" \t\xef\xbb\xbf")), len(lines))  # blank first lines
     try:
-        table = pd.read_csv(csv, dtype=str, keep_default_na=False, skip_blank_lines=False)  # index: line - 2
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False, skip_blank_lines=False, skiprows=lead)
     except pd.errors.EmptyDataError:
         raise DataError(f"{csv}: the CSV is empty; it needs a header {header} "
                         "and one row per volume.") from None
+    table.index += lead  # the index is each row's line in the file - 2
     table.columns = [c.strip().lower() for c in table.columns]
     missing = set(required) - set(table.columns)
     if missing:

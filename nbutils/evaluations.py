@@ -196,9 +196,13 @@ def e5_table(features: torch.nn.Module, train: Slices, test: Slices, outs: dict[
         real = embed(features, np.asarray(train.domain(b)[0]))
         others = test.labels != b
         splits = floor_splits(subjects(train)[train.labels == b], floor_draws, seed)
-        draws = pd.DataFrame([fid_kid(features, real[first], real[second], seed=seed) for first, second in splits])
-        floor = draws.mean().to_dict() | draws[["n_real", "n_fake"]].mean().round().astype(int).to_dict()
-        spread = draws["fid"].std() if len(draws) > 1 else np.nan
+        if splits:
+            draws = pd.DataFrame([fid_kid(features, real[first], real[second], seed=seed) for first, second in splits])
+            floor = draws.mean().to_dict() | draws[["n_real", "n_fake"]].min().to_dict()  # the smallest draw's sizes
+            spread = draws["fid"].std() if len(draws) > 1 else np.nan
+        else:
+            warnings.warn(f"E5: {name}'s training slices are too few to split in two halves of 2 or more: no floor")
+            floor, spread = dict(fid=np.nan, kid=np.nan, kid_sd=np.nan, n_real=0, n_fake=0), np.nan
         rows.append(dict(target=name, method=FLOOR, **floor, fid_draw_sd=spread))
         if (test.labels == b).sum() >= 2:
             own = np.asarray(test.images)[np.flatnonzero(test.labels == b)]
@@ -216,33 +220,42 @@ def split_half(images: np.ndarray, groups: np.ndarray | None = None, seed=0) -> 
     a method's translations against the real set, show different anatomies, not neighbouring
     slices of one. With fewer than two subjects, the slices are split one by one, with a warning
     (the floor is then lower than a perfect method's)."""
-    first, second = _halves(len(images), groups, seed)
+    first, second = _halves(_split_groups(groups, len(images)), seed)
     return images[first], images[second]
 
 
 def floor_splits(groups: np.ndarray, draws: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Up to ``draws`` different subject splits of a real set (:func:`split_half`'s, as index arrays,
     the larger half first), drawn with seeds ``(seed, k)``: a split and its swap are one split, so a
-    scanner of two subjects has one, of three or four subjects three."""
+    scanner of two subjects has one, of three or four subjects three. A split with a half of fewer
+    than two images, which FID/KID cannot compare, is left out (none may remain)."""
+    if draws < 1:
+        raise ValueError(f"the floor needs at least one split, got draws={draws}")
+    groups = _split_groups(groups, len(groups))
     seen, splits = set(), []
     for k in range(20 * draws):
-        pair = sorted(_halves(len(groups), groups, (seed, k)), key=len, reverse=True)
+        pair = sorted(_halves(groups, (seed, k)), key=len, reverse=True)
         key = frozenset(tuple(p) for p in pair)
-        if key not in seen:
-            seen.add(key)
+        if key not in seen and len(pair[1]) >= 2:
             splits.append(tuple(pair))
+        seen.add(key)
         if len(splits) == draws:
             break
     return splits
 
 
-def _halves(n: int, groups: np.ndarray | None, seed) -> tuple[np.ndarray, np.ndarray]:
-    """The indices of :func:`split_half`'s two halves of ``n`` images."""
+def _split_groups(groups: np.ndarray | None, n: int) -> np.ndarray:
+    """Each image's group for :func:`_halves`: its subject, or itself (no subjects, or only one: then
+    with a warning, as the halves share an anatomy)."""
     if groups is not None and len(np.unique(groups)) < 2:
         warnings.warn("the split-half floor's real set holds one subject: its halves are split slice by slice, "
                       "so they share an anatomy and the floor reads lower than a perfect method would")
         groups = None
-    groups = np.arange(n) if groups is None else np.asarray(groups)  # none: each slice its own
+    return np.arange(n) if groups is None else np.asarray(groups)
+
+
+def _halves(groups: np.ndarray, seed) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of two halves of the groups (an odd one left out)."""
     names = np.random.default_rng(seed).permutation(np.unique(groups))
     half = len(names) // 2
     return np.flatnonzero(np.isin(groups, names[:half])), np.flatnonzero(np.isin(groups, names[half:2 * half]))

@@ -337,7 +337,7 @@ def run_folder(profile: str, data: str = "", name: str = "", run_dir: str = "") 
     if name and run_dir:
         raise ValueError("give a run name (--run, RUN=) or a run folder (--run-dir, RUN_DIR=), not both")
     if run_dir:
-        owner = {resolve(default_run_dir(p)): p for p in PROFILES}.get(resolve(run_dir))
+        owner = {resolve(default_run_dir(p)).resolve(): p for p in PROFILES}.get(resolve(run_dir).resolve())
         if owner and (data or get_profile(profile).name != owner):
             raise ValueError(f"run folder {run_dir}: it is the built-in data's {owner} run; "
                              "give your run a folder of its own (RUN=name, or another RUN_DIR)")

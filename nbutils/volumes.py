@@ -10,7 +10,6 @@ Conventions
 """
 from __future__ import annotations
 
-import gzip
 import os
 import zlib
 from pathlib import Path
@@ -63,20 +62,23 @@ def check_header(path: str | Path) -> nib.Nifti1Image:
 
 def _stored_bytes(path: Path, need: int) -> int:
     """How many bytes of the (uncompressed) image ``path`` holds, up to ``need``. A ``.nii`` file's
-    size; a gzip file's own record of its length (its last 4 bytes) when that equals ``need``, else
-    the bytes that actually decompress (a truncated file stops early)."""
-    if not path.name.lower().endswith(".gz"):
+    size; a gzip file's own record of its length (its last 4 bytes) when that equals ``need``; else
+    (another member layout, another compression nibabel reads: ``.bz2``, ``.zst``) the bytes that
+    actually decompress (a truncated file stops early)."""
+    name = path.name.lower()
+    if name.endswith(".nii"):
         return path.stat().st_size
-    with open(path, "rb") as f:
-        f.seek(-4, os.SEEK_END)
-        if int.from_bytes(f.read(4), "little") == need % 2 ** 32:
-            return need
+    if name.endswith(".gz"):
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            if int.from_bytes(f.read(4), "little") == need % 2 ** 32:
+                return need
     got = 0
     try:
-        with gzip.open(path, "rb") as f:
+        with nib.openers.ImageOpener(str(path), "rb") as f:
             while got < need and (chunk := f.read(1 << 22)):
                 got += len(chunk)
-    except (EOFError, OSError, zlib.error):
+    except Exception:  # EOFError, zlib.error, OSError, the decompressors' own errors: cut short or corrupt
         pass
     return got
 

@@ -160,16 +160,17 @@ def test_a_bad_volume_anywhere_in_the_csv_stops_the_check_before_slicing(small_c
     table.loc[2, "rescan"] = rescan.name  # line 4
     table.loc[3, "rescan"] = "   "  # a blank cell: no rescan
     lines = table.to_csv(index=False).splitlines()
-    small_csv.write_text("\n".join(lines[:3] + [""] + lines[3:]) + "\n")  # a blank line 4: the rows below move down
+    # blank lines before the header and as line 5: the rows below them move down
+    small_csv.write_text("\n".join([" ", ""] + lines[:3] + [""] + lines[3:]) + "\n")
     with pytest.raises(DataError) as err:
         data.read_table(small_csv)
     text = str(err.value)
     assert "2 volume(s) cannot be used" in text
-    assert f"row 8: {last}: is a 4-D series of 3 volumes" in text
-    assert f"row 5 (rescan): {rescan}: not a readable NIfTI file" in text
+    assert f"row 10: {last}: is a 4-D series of 3 volumes" in text
+    assert f"row 7 (rescan): {rescan}: not a readable NIfTI file" in text
     for fixed in (rescan, last):
         nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(fixed))
-    assert data.read_table(small_csv).loc[4, "rescan"] == ""  # the blank cell: no rescan, not a path "   "
+    assert data.read_table(small_csv).loc[6, "rescan"] == ""  # the blank cell: no rescan, not a path "   "
 
 
 def test_subject_split_is_stratified_disjoint_and_seeded():

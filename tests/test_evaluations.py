@@ -168,6 +168,15 @@ def test_e4_falls_with_contrast_alone_and_the_contrast_control_takes_the_outputs
     assert mean["stretched"] < mean["its control"] < mean["inputs' control"]
 
 
+def test_the_floor_leaves_out_halves_too_small_to_compare():
+    assert evaluations.floor_splits(np.array(["a"] * 5 + ["b"]), draws=5) == []  # b's half: one image
+    with pytest.warns(UserWarning, match="one subject") as caught:  # slice by slice, warned once
+        splits = evaluations.floor_splits(np.array(["a"] * 6), draws=5)
+    assert len(caught) == 1 and len(splits) == 5 and all(len(first) == len(second) == 3 for first, second in splits)
+    with pytest.raises(ValueError, match="at least one split"):
+        evaluations.floor_splits(np.array(["a", "b"]), draws=0)
+
+
 def test_fid_and_kid_separate_scanners_and_are_near_zero_within_one(tmp_path):
     test = scanners(n_per=40)
     clf, _ = classifier.train_classifier(test.images, test.labels, tmp_path / "clf.pt", width=4, steps=60,

@@ -699,9 +699,11 @@ def test_a_run_on_your_data_is_named_after_the_csv_unless_named(tmp_path):
         pipeline.run_folder("quick", name="a", run_dir="b")
     # a built-in run's folder is that run's: not your data's, nor another profile's
     assert pipeline.run_folder("smoke", run_dir=str(runs / "smoke")) == str(runs / "smoke")
-    for profile, data, folder in (("quick", "x/ixi.csv", "data/runs/quick"), ("smoke", "", str(runs / "quick"))):
+    (tmp_path / "alias").symlink_to(runs / "quick")
+    for profile, data, folder in (("quick", "x/ixi.csv", "data/runs/quick"), ("smoke", "", str(runs / "quick")),
+                                  ("quick", "x.csv", "data/runs/x/../quick/"), ("quick", "x.csv", tmp_path / "alias")):
         with pytest.raises(ValueError, match="built-in data's quick run"):
-            pipeline.run_folder(profile, data=data, run_dir=folder)
+            pipeline.run_folder(profile, data=data, run_dir=str(folder))
 
 
 @pytest.mark.parametrize("case, message", [

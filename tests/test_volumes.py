@@ -1,3 +1,4 @@
+import bz2
 import gzip
 import re
 
@@ -99,6 +100,12 @@ def test_the_header_alone_refuses_what_it_can_tell(tmp_path, case, message):
     good = tmp_path / "good.nii"
     nib.save(nib.Nifti1Image(data[..., None], MNI_AFFINE), str(good))
     assert check_header(good).shape == (4, 4, 4, 1)
+    packed = tmp_path / "packed.nii.bz2"  # another compression nibabel reads: whole, then cut short
+    packed.write_bytes(bz2.compress(good.read_bytes()))
+    assert check_header(packed).shape == (4, 4, 4, 1)
+    packed.write_bytes(packed.read_bytes()[:-20])  # bzip2 cut in its one block: not even the header reads
+    with pytest.raises(DataError, match="packed.nii.bz2: not a readable NIfTI"):
+        check_header(packed)
     tiny = tmp_path / "tiny.nii.gz"  # 0.01 mm voxels: an odd unit, not a broken affine
     nib.save(nib.Nifti1Image(data, np.diag([0.01, 0.01, 0.01, 1.0])), str(tiny))
     assert check_header(tiny).shape == (4, 4, 4)
