@@ -169,7 +169,7 @@ def test_a_bad_volume_anywhere_in_the_csv_stops_the_check_before_slicing(small_c
     assert f"row 10: {last}: is a 4-D series of 3 volumes" in text
     assert f"row 7 (rescan): {rescan}: not a readable NIfTI file" in text
     for fixed in (rescan, last):
-        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(fixed))
+        _tiny_volume(fixed)
     assert data.read_table(small_csv).loc[6, "rescan"] == ""  # the blank cell: no rescan, not a path "   "
 
 
