@@ -76,7 +76,7 @@ def linear_probe(codes: np.ndarray, labels: np.ndarray, folds: int = 5, seed: in
     slice has siblings from its volume in the training folds, which the probe can recognise by
     their anatomy rather than their scanner. When some label has
     fewer than two groups (one subject per scanner) no fold can hold a group out and still train
-    on its label: the folds are then plain, as without ``groups``."""
+    on its label, and plain folds would read the anatomy: NaN, with a warning."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
@@ -86,7 +86,12 @@ def linear_probe(codes: np.ndarray, labels: np.ndarray, folds: int = 5, seed: in
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     if groups is not None:
         per_label = min(len(np.unique(np.asarray(groups)[labels == y])) for y in np.unique(labels))
-        groups = groups if per_label >= 2 else None
+        if per_label < 2:
+            import warnings
+
+            warnings.warn("a linear probe with folds by subject needs two or more subjects of every label: "
+                          "not measured (NaN)")
+            return float("nan")
     if groups is None:
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     else:

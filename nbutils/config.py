@@ -68,7 +68,7 @@ class Profile:
     drit_lr: float
     # evaluations (notebooks 05-09)
     clf_steps: int  # iterations of the scanner classifier (FID/KID features, residual-scanner probe)
-    eval_pairs: int  # M random pairs of E3 and E4 (the thesis: 5000)
+    eval_pairs: int  # M random pairs of E3 (per target) and E4 (in all) (the thesis: 5000)
     # the supervised reference (paired translator, reads only the paired split)
     paired_width: int
     paired_steps: int

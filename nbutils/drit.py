@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import appearance, crops, layout, losses
-from .gmvae import AttributeEncoder, GMVAE, GMVAEConfig, majority_components
+from .gmvae import AttributeEncoder, GMVAE, GMVAEConfig, scanner_components
 from .nets import (ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator,
                    reflect_padding)
 from .train import EpochSampler, adam, fit, load_checkpoint, load_snapshots, pick_device, refuse_other_seed
@@ -662,7 +662,7 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
     if cfg.variant == "gmm-drit":
         sampler.attach_codes(task.modules)
         if cfg.known_labels:
-            comps = majority_components(task.modules.attribute.gmvae, images, labels, cfg.k)
+            comps = scanner_components(task.modules.attribute.gmvae, images, labels, cfg.k)
             task.modules.label_component = torch.as_tensor(comps, device=device)
         if cfg.w_field_layout:  # each scanner code's slices, as whole-slice views (a smooth fit needs no more)
             groups = sampler.codes[1].argmax(1)

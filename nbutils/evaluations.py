@@ -52,7 +52,7 @@ def e2_structure(test: Slices, outs: dict[str, Outputs]) -> pd.DataFrame:
 
 def e3_pairs(labels: np.ndarray, m: int, seed: int = 0, groups: np.ndarray | None = None) -> pd.DataFrame:
     """M random (target b, real slice of b, translated slice from another scanner, second real
-    slice of b) index quadruples. ``groups`` (one subject per slice): the translated slice and
+    slice of b) index quadruples for each target b (the thesis: M = 5000 per target). ``groups`` (one subject per slice): the translated slice and
     the second real slice come from another subject than the real slice wherever the data have
     one, as in an unpaired study; on traveling subjects a random pair would otherwise compare an
     anatomy with itself now and then (about 1 in 16 pairs with 16 test subjects), and more often
@@ -64,11 +64,11 @@ def e3_pairs(labels: np.ndarray, m: int, seed: int = 0, groups: np.ndarray | Non
     if any(len(r) < 2 for r in by) or any(len(o) == 0 for o in other):
         raise ValueError("E3 needs at least two slices of every scanner and slices of another one")
     groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
-    target = rng.integers(0, k, m)
+    target = np.repeat(np.arange(k), m)
     real = np.array([rng.choice(by[b]) for b in target])
     real2 = np.array([_apart(rng, by[b][by[b] != r], r, groups) for b, r in zip(target, real)])
     source = np.array([_apart(rng, other[b], r, groups) for b, r in zip(target, real)])
-    return pd.DataFrame(dict(pair=np.arange(m), target=target, real=real, real2=real2, source=source))
+    return pd.DataFrame(dict(pair=np.arange(len(target)), target=target, real=real, real2=real2, source=source))
 
 
 def _apart(rng: np.random.Generator, candidates: np.ndarray, r: int, groups: np.ndarray) -> int:
@@ -210,7 +210,7 @@ def e5_table(features: torch.nn.Module, train: Slices, test: Slices, outs: dict[
         rows += [dict(target=name, method=method, **fid_kid(features, real, o.to_target[b][others], seed=seed))
                  for method, o in outs.items()]
     table = pd.DataFrame(rows)
-    return table.assign(**{"enough samples": table[["n_real", "n_fake"]].min(1) >= 2 * features.num_features})
+    return table.assign(**{"enough samples": table[["n_real", "n_fake"]].min(axis=1) >= 2 * features.num_features})
 
 
 def split_half(images: np.ndarray, groups: np.ndarray | None = None, seed=0) -> tuple[np.ndarray, np.ndarray]:

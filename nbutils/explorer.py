@@ -107,6 +107,8 @@ class Explorer:
                                      marker=dict(size=4, opacity=0.5), name=name), 1, 4)
         fig.add_trace(go.Scatter(x=[xy[0]], y=[xy[1]], mode="markers", name="this slice",
                                  marker=dict(size=14, symbol="x", color="black")), 1, 4)
+        fig.update_xaxes(title_text="PC1 of z^a", row=1, col=4)
+        fig.update_yaxes(title_text="PC2 of z^a", row=1, col=4)
         fig.update_layout(height=340, width=1150, template="plotly_white", margin=dict(t=40, b=10),
                           title=dict(text=f"{row['subject']} · slice {row['slice_index']} · {plots.SIMULATED}", x=0.5,
                                      font=dict(size=12)))

@@ -346,9 +346,11 @@ class AttributeEncoder(nn.Module):
 
     @torch.no_grad()
     def draw(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z ~ p(z|y) for one-hot components ``y`` (N, K), one draw per row."""
+        """z ~ p(z|y) for one-hot components ``y`` (N, K), one draw per row; with a ``generator``, drawn
+        on its device (a CPU generator gives the same draws whether the model lies on the CPU or a GPU)."""
         mu, logvar = self.gmvae.prior(y)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device if generator is None else generator.device)
+        eps = eps.to(mu.device)
         return mu + eps * (0.5 * logvar).exp()
 
 
@@ -443,15 +445,41 @@ def encode_all(model: GMVAE, images, batch_size: int = 256) -> dict[str, "np.nda
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def majority_components(model: GMVAE, images, labels, k: int) -> "np.ndarray":
-    """For each scanner label 0 … k-1: the mixture component most of its ``images`` fall in (the
-    argmax of q(y|x)). Component numbers are an arbitrary order of the scanners; this is the
-    scanner's component, e.g. to draw z^a for a known scanner from its own part of the mixture."""
-    import numpy as np
+def scanner_components(model: GMVAE, images, labels, k: int) -> "np.ndarray":
+    """For each scanner label 0 … k-1: its mixture component, e.g. the code to translate toward it
+    or the part of the mixture to draw its z^a from. Components are matched to scanners one to one
+    on the argmax q(y|x) of ``images``, by the matching E1 scores (:func:`nbutils.clustering.matching`),
+    so two scanners never share a code; component numbers are an arbitrary order of the scanners.
+    A scanner matched to a component most of its slices do not fall in (stage 1 did not tell it
+    apart) is warned of. With fewer components than scanners, each takes the component most of its
+    slices fall in, and some share one (warned)."""
+    import warnings
+
+    from .clustering import matching
 
     comps = encode_all(model, images)["prob"].argmax(1)
     labels = np.asarray(labels)
-    return np.array([np.bincount(comps[labels == b], minlength=model.cfg.k).argmax() for b in range(k)])
+    majority = np.array([np.bincount(comps[labels == b], minlength=model.cfg.k).argmax() for b in range(k)])
+    if model.cfg.k < k:
+        warnings.warn(f"{model.cfg.k} mixture components for {k} scanners: scanners share the code of the "
+                      "component most of their slices fall in")
+        return majority
+    scanner_of = matching(labels, comps)
+    matched = np.array([next(c for c, b in scanner_of.items() if b == s) for s in range(k)])
+    off = np.flatnonzero(matched != majority)
+    if len(off):
+        warnings.warn(f"scanner(s) {off.tolist()} matched one to one to component(s) {matched[off].tolist()}, "
+                      f"not to {majority[off].tolist()}, where most of their slices fall: stage 1 does not tell "
+                      "them apart (E1)")
+    return matched
+
+
+def occupancy(prob: "np.ndarray") -> "np.ndarray":
+    """The share of images whose argmax q(y|x) is each component, from (N, K) probabilities
+    (:func:`encode_all`'s ``prob``): an empty component is a scanner nobody can be assigned to."""
+    import numpy as np
+
+    return np.bincount(prob.argmax(1), minlength=prob.shape[1]) / len(prob)
 
 
 @torch.no_grad()
@@ -484,6 +512,6 @@ def diagnostics(model: GMVAE, images, labels, seed: int = 0, batch_size: int = 2
     labels = np.asarray(labels)
     return dict(active_units=int((var > 0.01).sum()), mean_variance=var, kl_per_dim=kl.mean(0),
                 informative_units=int((kl.mean(0) > 0.1).sum()),
-                occupancy=np.bincount(comp, minlength=model.cfg.k) / len(comp),
+                occupancy=occupancy(codes["prob"]),
                 probe_mean=linear_probe(mu, labels, seed=seed, groups=groups),
                 probe_sample=linear_probe(sample, labels, seed=seed, groups=groups))

@@ -24,16 +24,18 @@ from . import drit, gmvae, methods
 from .data import Slices
 from .data import for_run as slices_for_run
 from .drit import Translator
+from .train import pick_device
 
 
 def scanner_codes(model: Translator, train: Slices) -> pd.DataFrame:
     """For each scanner: the code c to condition G on and the GM-VAE component to sample z^a
     from. With known labels (and for DRIT++) the code is the scanner itself; with inferred
-    codes (GMM-DRIT) it is the component most of that scanner's training slices fall in."""
+    codes (GMM-DRIT) it is the component matched to that scanner on its training slices
+    (:func:`nbutils.gmvae.scanner_components`, the one-to-one matching E1 scores)."""
     rows = []
     comps = None
     if model.cfg.variant == "gmm-drit":
-        comps = gmvae.majority_components(model.attribute.gmvae, train.images, train.labels, len(train.domains))
+        comps = gmvae.scanner_components(model.attribute.gmvae, train.images, train.labels, len(train.domains))
     for b, name in enumerate(train.domains):
         comp = int(comps[b]) if comps is not None else None
         code = b if (model.cfg.variant == "drit++" or model.cfg.known_labels) else comp
@@ -72,7 +74,8 @@ class Harmonizer:
         the run's training slices and seed."""
         method = methods.get(method)
         path = checkpoint or run.checkpoints / method.checkpoint(known_labels)
-        model = drit.from_checkpoint(run.require(path, method.notebook), seed=None if checkpoint else run.seed)
+        model = drit.from_checkpoint(run.require(path, method.notebook), device=pick_device(),
+                                     seed=None if checkpoint else run.seed)
         return cls(model, slices_for_run(run, "train"), seed=run.seed)
 
     def _check(self, images: np.ndarray) -> np.ndarray:
@@ -146,7 +149,7 @@ class Harmonizer:
                 za = self.model.attributes(ref, torch.full((len(ref),), target, device=self.device),
                                            sample=False)[0].mean(0, keepdim=True)
         elif self.model.cfg.variant == "gmm-drit":
-            g = torch.Generator(device=self.device).manual_seed(seed)
+            g = torch.Generator().manual_seed(seed)  # on the CPU: the same z^a whatever the model's device
             za = self.model.attribute.sample(target if component is None else component, 1, g)
         else:
             za = torch.randn(1, self.attr, generator=torch.Generator().manual_seed(seed)).to(self.device)
@@ -203,6 +206,7 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     from pathlib import Path
 
     import nibabel as nib
+    from scipy import ndimage
     from skimage.transform import resize
 
     from .data import MASK_THRESHOLD, resize_slices
@@ -235,7 +239,9 @@ def harmonize_volume(harm: Harmonizer, path, out_path, mode: str = "scanner-free
     # back from the MNI grid onto the (canonical) input grid, then the input's orientation
     vox = np.linalg.inv(MNI_AFFINE) @ canon.affine  # input voxel -> MNI voxel
     back = regrid(out, vox, data.shape, order=1)
-    brain = regrid((vol > MASK_THRESHOLD).astype(np.float32), vox, data.shape, order=0) > 0.5
+    # the voxels written back: the head in each coronal plane, dark voxels it encloses (CSF) included
+    inside = np.stack([ndimage.binary_fill_holes(vol[:, y, :] > MASK_THRESHOLD) for y in range(vol.shape[1])], axis=1)
+    brain = regrid(inside.astype(np.float32), vox, data.shape, order=0) > 0.5
     result = np.where(brain, back * (hi - lo) + lo, data).astype(np.float32)
     ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(canon.affine),
                                            nib.orientations.io_orientation(original.affine))

@@ -355,7 +355,9 @@ def soft_histogram(x: torch.Tensor, bins: int = 32, fine: int = 1024) -> torch.T
     idx = ((vf.clamp(-1, 1) + 1) * (fine / 2)).long().clamp(max=fine - 1)
     counts = torch.zeros(len(v), fine, device=x.device).scatter_add_(1, idx, fgf)
     mids = (torch.arange(fine, device=x.device, dtype=torch.float32) + 0.5) * (2 / fine) - 1
-    return ((counts @ kernel(mids[:, None].to(x.dtype)).float()) / (fgf.sum(1, keepdim=True) + 1e-3)).to(x.dtype)
+    with torch.autocast(x.device.type, enabled=False):  # counts of a bin can pass float16's 65,504
+        sums = counts @ kernel(mids[:, None].to(x.dtype)).float()
+    return (sums / (fgf.sum(1, keepdim=True) + 1e-3)).to(x.dtype)
 
 
 def band_powers(x: torch.Tensor, bands: int = 4) -> torch.Tensor:
@@ -365,12 +367,14 @@ def band_powers(x: torch.Tensor, bands: int = 4) -> torch.Tensor:
 
     Resolution, anisotropic blur, noise, ringing and ghosting all change this and none of them
     is visible in a histogram; the anatomy's layout changes it little (it sits mostly below
-    1/16 cycle/px). Differentiable; computed in float32."""
-    x = x.float().flatten(0, -3)
-    power = torch.fft.rfft2(x).abs().square().flatten(1)
-    weights = _band_weights(x.shape[-2], x.shape[-1], bands, str(x.device))
-    total = power.sum(1, keepdim=True) + 1e-12
-    return (power @ weights / total + 1e-12).log()
+    1/16 cycle/px). Differentiable; computed in float32, under autocast too (in float16 the
+    zero-frequency power of a 64 px view overflows)."""
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float().flatten(0, -3)
+        power = torch.fft.rfft2(x).abs().square().flatten(1)
+        weights = _band_weights(x.shape[-2], x.shape[-1], bands, str(x.device))
+        total = power.sum(1, keepdim=True) + 1e-12
+        return (power @ weights / total + 1e-12).log()
 
 
 @functools.lru_cache(maxsize=16)

@@ -212,8 +212,8 @@ def share_at_probe(control: pd.DataFrame, code: str, bar: float) -> float:
 
 @torch.no_grad()
 def codes(model: Translator, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Per image: z^c summarised (:func:`summarise`: each channel's mean and std, unless z^c is
-    instance-normalised, then its 4 x 4 average-pooled map; for a window-trained model also that
+    """Per image: z^c summarised (:func:`summarise`: its 4 x 4 average-pooled map, and each channel's mean
+    and std unless z^c is instance-normalised; for a window-trained model also that
     of the central training-sized window and that of the map G is fed, window by window), the z^a G
     is fed (the posterior mean, as at inference), the training code c, and the argmax of D_c,
     D_s1, D_s2 (for a window-trained model also on that central window, as they were trained)."""
@@ -272,17 +272,19 @@ def detail(images: torch.Tensor) -> torch.Tensor:
 
 def features(model: Translator, test: Slices) -> dict[str, np.ndarray]:
     """:func:`codes` of the test split, and two readings of its images that need no model, the probe's controls:
-    ``inputs``, the images summarised as z^c is (each image's mean, spread and 4 x 4 pooled map, as the model
-    reads them: in [-1, 1], an affine map that standardising undoes), and ``inputs_detail``, their :func:`detail`."""
+    ``inputs``, the images summarised as z^c is (their 4 x 4 pooled map, and each image's mean and spread unless
+    z^c is instance-normalised, which takes its maps' own away; as the model reads them: in [-1, 1], an affine map
+    that standardising undoes), and ``inputs_detail``, their :func:`detail`."""
     c = codes(model, test.images, np.asarray(test.labels))
-    read = _readings(test.images)
+    read = _readings(test.images, moments=not model.cfg.content_norm)
     return c | {"inputs": read["summary"], "inputs_detail": read["detail"]}
 
 
 @torch.no_grad()
-def _readings(images: np.ndarray, masks: np.ndarray | None = None, size: int = 64) -> dict[str, np.ndarray]:
-    """Images in [0, 1], read as the probes' controls read them (in [-1, 1], batch by batch): :func:`summarise` and
-    :func:`detail`. With ``masks`` each image is set to the background outside its mask and kept above it inside
+def _readings(images: np.ndarray, masks: np.ndarray | None = None, size: int = 64,
+              moments: bool = True) -> dict[str, np.ndarray]:
+    """Images in [0, 1], read as the probes' controls read them (in [-1, 1], batch by batch): :func:`summarise`
+    (``moments`` as there) and :func:`detail`. With ``masks`` each image is set to the background outside its mask and kept above it inside
     (:func:`detail` takes any pixel at the background's value for background)."""
     out = {"summary": [], "detail": []}
     for s in range(0, len(images), size):
@@ -290,7 +292,7 @@ def _readings(images: np.ndarray, masks: np.ndarray | None = None, size: int = 6
         if masks is not None:
             x = torch.where(torch.from_numpy(np.asarray(masks[s: s + size], bool)).unsqueeze(1), x.clamp(min=-1 + 1e-3),
                             -1.0)
-        out["summary"].append(summarise(x))
+        out["summary"].append(summarise(x, moments))
         out["detail"].append(detail(x))
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
@@ -300,8 +302,8 @@ def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame
 
     For each target b: the translations toward b of every traveling test slice whose anatomy b saw (from every scanner
     that saw it, b's own included: a = b too), each set to the background outside b's brain mask of that anatomy (one
-    mask per anatomy, so its outline cannot name the source), read twice: summarised as z^c is (:func:`summarise`) and
-    for their :func:`detail`; a linear probe (folds by subject) predicts the source scanner from each reading. Sources
+    mask per anatomy, so its outline cannot name the source), read twice: summarised (:func:`summarise`: each image's
+    mean, spread and 4 x 4 pooled map) and for their :func:`detail`; a linear probe (folds by subject) predicts the source scanner from each reading. Sources
     with fewer than two subjects toward b are left out there (folds by subject need two). A translation that depends
     on the anatomy and b alone reads about chance (exactly where every source saw every anatomy), as
     ``TRUTH_OF_TARGET`` does (b's clean truth of the anatomy, the same image for every source; with the data's clean

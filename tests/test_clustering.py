@@ -67,6 +67,10 @@ def test_the_probe_holds_out_an_anatomy_s_copies_together_when_told():
     shifted = invariant + 0.5 * rng.normal(size=(4, 100))[labels]
     assert clustering.linear_probe(shifted, labels, groups=anatomy) > 0.9
     # one subject per scanner (ordinary data): no fold could hold a subject out and still train
-    # on its scanner, so the folds are plain
+    # on its scanner, and plain folds would read the anatomy (1.00 for features without the
+    # scanner): not measured
     one_each = labels % 4
-    assert clustering.linear_probe(shifted, labels, groups=one_each) == clustering.linear_probe(shifted, labels)
+    own = rng.normal(size=(4, 100))[one_each]  # each subject's own anatomy, no scanner part
+    assert clustering.linear_probe(own, labels) == 1.0
+    with pytest.warns(UserWarning, match="two or more subjects of every label"):
+        assert np.isnan(clustering.linear_probe(own, labels, groups=one_each))

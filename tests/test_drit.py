@@ -566,8 +566,8 @@ def test_gmm_drit_infers_the_scanner_code_unless_told_to_use_the_labels():
 
 def test_with_known_labels_a_random_target_s_attribute_comes_from_that_scanner_s_own_component(tmp_path, monkeypatch):
     """GMM-DRIT with ``known_labels``: the code of a random target is a scanner label r, and its z^a
-    is drawn from the GM-VAE component most of r's training slices fall in (component numbers are
-    an arbitrary order of the scanners), as the harmonizer draws it; train_drit sets that map.
+    is drawn from the GM-VAE component matched one to one to r on its training slices (component
+    numbers are an arbitrary order of the scanners), as the harmonizer draws it; train_drit sets that map.
     With inferred codes the code is the component itself."""
     task = make_task(known_labels=True)
     m = task.modules
@@ -584,17 +584,16 @@ def test_with_known_labels_a_random_target_s_attribute_comes_from_that_scanner_s
     monkeypatch.setattr(inferred.attribute, "draw", lambda y: drawn.append(y) or torch.zeros(len(y), 8))
     _, c = inferred.random_code(64, "cpu")
     assert torch.equal(drawn[-1], c)
-    # train_drit maps each label to its majority component (labels 0, 1, 2 fall in 1, 2, 1)
+    # train_drit maps each label to its component one to one (labels 0, 1, 2 fall in 2, 0, 1)
     images = np.random.default_rng(0).random((24, 16, 16)).astype(np.float32)
     labels = np.arange(24) % 3
-    comps = np.where(labels == 1, 2, 1)
-    comps[0] = 0  # one slice of label 0 elsewhere: the majority decides
+    comps = np.array([2, 0, 1])[labels]
     prob = np.eye(3)[comps]
     monkeypatch.setattr(gmvae, "encode_all", lambda model, x: {"prob": prob})
     cfg = make_task(known_labels=True).cfg
     model, _ = drit.train_drit(images, labels, cfg, tmp_path / "m.pt", gmvae=tiny_gmvae(), steps=1, batch_size=3,
                                device="cpu")
-    assert model.label_component.tolist() == [1, 2, 1]
+    assert model.label_component.tolist() == [2, 0, 1]
 
 
 def test_dritpp_s_latent_regression_trains_the_generator_not_its_attribute_encoder():

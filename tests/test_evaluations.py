@@ -52,6 +52,7 @@ def test_e2_structure_is_one_for_the_identity_and_lower_for_noise():
 def test_e3_uses_the_same_pairs_for_every_method_and_real_targets_only():
     test = scanners()
     p = evaluations.e3_pairs(test.labels, 300)
+    assert (np.bincount(p.target) == 300).all()  # M pairs for each target, as the thesis draws them
     assert (test.labels[p.real] == p.target).all() and (test.labels[p.real2] == p.target).all()
     assert (p.real != p.real2).all() and (test.labels[p.source] != p.target).all()
     outs = outputs(test)
@@ -60,7 +61,7 @@ def test_e3_uses_the_same_pairs_for_every_method_and_real_targets_only():
     outs["shifted"] = Outputs(images, shifted)
     df = evaluations.e3_luminance(test, outs, m=300)
     assert set(df["method"]) == {measures.REAL_VS_REAL, "perfect", "identity", "shifted"}
-    assert (df.groupby("method").size() == 300).all()
+    assert (df.groupby(["method", "target"]).size() == 300).all() and df["target"].nunique() == 3
     assert df["luminance"].between(-1, 1).all()
     got = df[df["method"] == "shifted"]["luminance"].to_numpy()  # each pair: its real slice, its source's translation
     for i, q in enumerate(p.itertuples()):
@@ -246,7 +247,7 @@ def test_the_residual_scanner_is_read_on_each_draw_of_the_scanner_free_attribute
     np.testing.assert_allclose(np.diag(scans), [(answers[0] == test.labels)[test.labels == b].mean() for b in range(k)])
     look = classifier.confusion(test.labels, answers[1], test.domains)
     assert look.shape == (k, k) and list(look.index) == list(test.domains)
-    np.testing.assert_allclose(look.sum(1), 1)
+    np.testing.assert_allclose(look.sum(axis=1), 1)
     column = np.bincount(answers[1], minlength=k).argmax()
     assert (look.iloc[:, column] > 0.9).all()  # one common look: every source named the same scanner
     both = classifier.confusion(test.labels, np.concatenate(answers), test.domains)

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -300,3 +301,47 @@ def test_training_on_views_reads_appearance_at_the_slices_own_size(tmp_path):
     off, _ = gmvae.train_gmvae(images, 3, tmp_path / "b.pt", histogram_bins=8, native_appearance=False, **kw)
     plain, _ = gmvae.train_gmvae(images, 3, tmp_path / "c.pt", **kw)  # no appearance features: views only
     assert off.cfg.appearance_size == 0 == plain.cfg.appearance_size and plain.cfg.image_shape == (16, 16)
+
+
+def test_scanners_get_components_one_to_one_as_e1_matches_them(monkeypatch):
+    """Each scanner's component (its code in GMM-DRIT) is E1's one-to-one matching: where stage 1
+    put two scanners mostly in one component, the second gets another component (warned), not the
+    same code; with fewer components than scanners, the majority, shared (warned)."""
+    labels = np.repeat([0, 1, 2], 10)
+    comps = np.array([1] * 10 + [1] * 6 + [0] * 4 + [2] * 10)  # scanners 0 and 1 mostly in component 1
+    monkeypatch.setattr(gmvae, "encode_all", lambda model, x: {"prob": np.eye(3)[comps]})
+    images = np.zeros((30, 16, 16), np.float32)
+    with pytest.warns(UserWarning, match=r"scanner\(s\) \[1\] matched one to one to component\(s\) \[0\], not to \[1\]"):
+        assert gmvae.scanner_components(small(k=3), images, labels, 3).tolist() == [1, 0, 2]
+    comps = np.array([2, 0, 1]).repeat(10)  # a clean partition: the matching is the majority, nothing warned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gmvae.scanner_components(small(k=3), images, labels, 3).tolist() == [2, 0, 1]
+    comps = np.array([1, 1, 0]).repeat(10)
+    monkeypatch.setattr(gmvae, "encode_all", lambda model, x: {"prob": np.eye(2)[comps]})
+    with pytest.warns(UserWarning, match="2 mixture components for 3 scanners"):
+        assert gmvae.scanner_components(small(k=2), images, labels, 3).tolist() == [1, 1, 0]
+
+
+def test_occupancy_is_each_component_s_share_of_argmax_q_y_given_x():
+    prob = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1]])
+    np.testing.assert_allclose(gmvae.occupancy(prob), [0.75, 0.25, 0.0])
+
+
+def test_appearance_features_and_the_gm_vae_loss_stay_finite_under_float16_autocast():
+    """On a GPU stage 1 and 2 run under float16 autocast: the spectrum's zero-frequency power of a
+    64 px view (about 1e6) and a histogram bin of more than 65,504 pixels overflow float16. Both
+    are computed in float32 whatever autocast says (CPU float16 autocast stands in for CUDA's)."""
+    from nbutils.nets import band_powers, soft_histogram
+
+    x = torch.rand(4, 1, 64, 64) * 2 - 1
+    flat = torch.full((1, 1, 300, 300), 0.5)  # 90,000 foreground pixels in one bin
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        bands, hist = band_powers(x), soft_histogram(flat)
+    torch.testing.assert_close(bands, band_powers(x))
+    torch.testing.assert_close(hist.float(), soft_histogram(flat), atol=1e-3, rtol=1e-3)
+    model = small((64, 64), k=3, **gmvae.preset("appearance")).train()
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss, parts = model.loss(x, temperature=1.0)
+    assert torch.isfinite(loss) and all(np.isfinite(v) for v in parts.values())
+    assert all(torch.isfinite(b).all() for name, b in model.named_buffers() if "running" in name)

@@ -58,6 +58,21 @@ def test_volume_round_trip_keeps_grid_header_and_background(harm, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["in_sf.nii.gz"]
 
 
+def test_dark_voxels_the_head_encloses_are_harmonized_too(harm, tmp_path):
+    """A dark pocket inside the head (CSF in a ventricle: below the foreground threshold) is written
+    back with the rest of the brain, not left at its raw intensity among harmonized neighbours;
+    the background outside the head stays as it was."""
+    data = np.asarray(blob_volume(3).dataobj).copy()
+    c = np.array(data.shape) // 2
+    pocket = (slice(c[0] - 6, c[0] + 6), slice(c[1] - 6, c[1] + 6), slice(c[2] - 6, c[2] + 6))
+    data[pocket] = 20.0  # 3 % of the brightest tissue: below MASK_THRESHOLD once normalised
+    src = tmp_path / "pocket.nii.gz"
+    nib.save(nib.Nifti1Image(data, MNI_AFFINE), str(src))
+    res = nib.load(str(harmonize_volume(harm, src, tmp_path / "pocket_sf.nii.gz", progress=False))).get_fdata()
+    assert (res[pocket] != data[pocket]).mean() > 0.99
+    assert np.array_equal(res[data == 0], data[data == 0])
+
+
 def test_a_volume_with_a_singleton_fourth_axis_keeps_it(harm, tmp_path):
     src = tmp_path / "in4.nii.gz"
     affine = MNI_AFFINE.copy()  # FSL orientation (x flipped): reoriented on the way in and out
@@ -90,7 +105,7 @@ def test_given_the_training_slices_it_translates_to_each_scanner_by_its_code_and
         assert len(named.references[b]) == 5 and all((own == r).all(axis=(1, 2)).any() for r in named.references[b])
     every = named.to_every_domain(images)
     assert every.shape == (3, 4, 32, 32)
-    code = int(named.codes.code[2])  # GMM-DRIT: the component most of s2's training slices fall in
+    code = int(named.codes.code[2])  # GMM-DRIT: the component matched to s2
     np.testing.assert_array_equal(every[2], named.to_scanner(images, code, reference=named.references[2]))
     with pytest.raises(ValueError, match="scanner 3 does not exist"):
         named.to_domain(images, 3)

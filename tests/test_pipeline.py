@@ -51,7 +51,7 @@ def test_one_command_runs_every_notebook_on_your_csv_into_its_run_folder(csv_run
     assert {"01_histograms.png", "03_gmmdrit_translations.png", "07_e6_dritpp_anatomy0.png",
             "09_table_yardstick.csv", "09_residual_confusion.png"} <= figures
     named = pd.read_csv(run_dir / "figures" / "09_table_residual_confusion.csv").set_index(["method", "source"])
-    np.testing.assert_allclose(named.sum(1), 1, atol=1e-6)  # each source's answers (saved unrounded)
+    np.testing.assert_allclose(named.sum(axis=1), 1, atol=1e-6)  # each source's answers (saved unrounded)
     assert listing(config.FIGURES) == figures_before
 
 
