@@ -459,14 +459,17 @@ def scanner_components(model: GMVAE, images, labels, k: int) -> "np.ndarray":
 
     comps = encode_all(model, images)["prob"].argmax(1)
     labels = np.asarray(labels)
-    majority = np.array([np.bincount(comps[labels == b], minlength=model.cfg.k).argmax() for b in range(k)])
+    if missing := sorted(set(range(k)) - set(labels.tolist())):
+        raise ValueError(f"scanner(s) {missing} have no slices to find their component from")
+    counts = np.stack([np.bincount(comps[labels == b], minlength=model.cfg.k) for b in range(k)])  # scanner x component
+    majority = counts.argmax(1)
     if model.cfg.k < k:
         warnings.warn(f"{model.cfg.k} mixture components for {k} scanners: scanners share the code of the "
                       "component most of their slices fall in")
         return majority
-    scanner_of = matching(labels, comps)
-    matched = np.array([next(c for c, b in scanner_of.items() if b == s) for s in range(k)])
-    off = np.flatnonzero(matched != majority)
+    component_of = {b: c for c, b in matching(labels, comps).items()}
+    matched = np.array([component_of[b] for b in range(k)])
+    off = np.flatnonzero(counts[np.arange(k), matched] < counts.max(1))  # fewer of its slices than elsewhere
     if len(off):
         warnings.warn(f"scanner(s) {off.tolist()} matched one to one to component(s) {matched[off].tolist()}, "
                       f"not to {majority[off].tolist()}, where most of their slices fall: stage 1 does not tell "

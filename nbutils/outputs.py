@@ -10,8 +10,9 @@ For a split (test or train) and each method, two arrays:
   target's training histogram; identity: the input).
 
 The cache lives in ``<run>/outputs/``. Each cached file records what it was computed from (the
-model's checkpoint, every file of the run's slices and the seed, by size and modification time) and
-is recomputed when any of them changed: retraining a model or slicing the data again. A cached file
+model's checkpoint, every file of the run's slices and the seed, by size and modification time, and
+the version of the code that makes them, ``MADE_BY``) and is recomputed when any of them changed:
+retraining a model, slicing the data again or a new way of making them. A cached file
 is checked and made under a lock (``io.locked``): a process that wants outputs another one is making
 (``make run``'s lanes) waits for them and reads them instead of making them again.
 """
@@ -50,15 +51,20 @@ def _histogram_outputs(images, masks, train: Slices, targets: range) -> Outputs:
     return Outputs(baselines.match_all(images, masks, pooled), to)
 
 
+# how the outputs are made from their inputs: raised when that changes, so that caches made before are made
+# again (2: GMM-DRIT's target codes matched to the scanners one to one, gmvae.scanner_components)
+MADE_BY = 2
+
+
 def inputs_stamp(run: Run, method: methods.Method) -> str:
     """What ``method``'s outputs are computed from, as a string that changes when any of it
-    changes: the seed, and the size and modification time of the run's slice arrays
-    (:func:`nbutils.data.array_files`) and (models) of the checkpoint."""
+    changes: the seed, the size and modification time of the run's slice arrays
+    (:func:`nbutils.data.array_files`) and (models) of the checkpoint, and :data:`MADE_BY`."""
     files = array_files(run.slices)
     if method.is_model:
         files.append(run.checkpoints / method.checkpoint())
     stat = {str(f.relative_to(run.dir)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
-    return json.dumps(dict(seed=run.seed, files=stat), sort_keys=True)
+    return json.dumps(dict(seed=run.seed, files=stat, made_by=MADE_BY), sort_keys=True)
 
 
 def _cached(cache: Path, stamp: str, targets: bool) -> Outputs | None:

@@ -298,7 +298,7 @@ def _readings(images: np.ndarray, masks: np.ndarray | None = None, size: int = 6
 
 
 def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Does a translation toward b still name its source a? The outputs, not a code, read as the z^c probe reads z^c.
+    """Does a translation toward b still name its source a? The outputs, not a code, read by a probe as z^c is.
 
     For each target b: the translations toward b of every traveling test slice whose anatomy b saw (from every scanner
     that saw it, b's own included: a = b too), each set to the background outside b's brain mask of that anatomy (one

@@ -334,7 +334,9 @@ def test_appearance_features_and_the_gm_vae_loss_stay_finite_under_float16_autoc
     are computed in float32 whatever autocast says (CPU float16 autocast stands in for CUDA's)."""
     from nbutils.nets import band_powers, soft_histogram
 
-    x = torch.rand(4, 1, 64, 64) * 2 - 1
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 < 15 ** 2).float()  # a head on background (-1): power (Σx)² ≈ 1e7 at 0
+    x = (disc * (0.4 + 0.4 * torch.rand(4, 1, 64, 64)) * 2 - 1)
     flat = torch.full((1, 1, 300, 300), 0.5)  # 90,000 foreground pixels in one bin
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
         bands, hist = band_powers(x), soft_histogram(flat)

@@ -270,6 +270,23 @@ def test_a_retrained_classifier_asked_for_twice_at_once_is_trained_once(csv_run,
     assert all(torch.equal(a, b) for a, b in zip(got[0].state_dict().values(), got[1].state_dict().values()))
 
 
+def test_cached_outputs_made_by_an_earlier_way_of_making_them_are_made_again(csv_run, tmp_path, monkeypatch):
+    """A cache records outputs.MADE_BY: outputs cached before the way they are made changed (e.g. GMM-DRIT's
+    target codes) are not read as today's, though the slices and the checkpoint are the same files."""
+    copy = tmp_path / "run"
+    shutil.copytree(csv_run[0], copy)
+    run = config.setup("smoke", str(copy))
+    test = data.for_run(run, "test")
+    first = outputs.method_outputs(run, test, "test", data.for_run(run, "train"), progress=False)
+    cache = outputs._cache_path(run, "test", methods.GMM_DRIT)
+    made = cache.stat().st_mtime_ns
+    outputs.method_outputs(run, test, "test", data.for_run(run, "train"), progress=False)
+    assert cache.stat().st_mtime_ns == made  # the same: read
+    monkeypatch.setattr(outputs, "MADE_BY", outputs.MADE_BY + 1)
+    again = outputs.method_outputs(run, test, "test", data.for_run(run, "train"), progress=False)
+    assert cache.stat().st_mtime_ns != made and again[methods.GMM_DRIT.name].inputs != first[methods.GMM_DRIT.name].inputs
+
+
 def test_a_retrained_classifier_is_trained_anew_when_the_outputs_it_learnt_from_would_be(csv_run, tmp_path):
     """Notebook 09's classifier retrained on GMM-DRIT's scanner-free training outputs follows what
     those outputs were made from: loaded while it is the same, trained anew once it has changed (as
