@@ -45,14 +45,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 ## (PROFILE=smoke|quick|paper, DATA=your.csv, RUN=name, RUN_DIR=..., SEED=..., ONE_AT_A_TIME=1,
 ## OPTIONS='{"dc_steps": 3}' for stage 2 with other settings, best with a RUN of its own)
 run: $(STAMP)
-	$(PY) -m nbutils.pipeline --profile $(PROFILE) --seed $(SEED) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
+	$(PY) -m nbutils.pipeline --profile $(PROFILE) --seed $(SEED) $(if $(RUN_DIR),--run-dir "$(RUN_DIR)") \
 		$(if $(DATA),--data "$(DATA)") $(if $(RUN),--run "$(RUN)") $(if $(ONE_AT_A_TIME),--one-at-a-time) \
 		$(if $(STAGE2_OPTIONS),--options "$$STAGE2_OPTIONS")
 
 ## stage 2 trained anew with other SEEDS over a run's slices and GM-VAE, and both models' table over
 ## seeds (the run as make run names it: PROFILE, DATA, RUN, RUN_DIR; README, "Over seeds")
 seeds: $(STAMP)
-	$(PY) -m nbutils.seeds --profile $(PROFILE) --seeds $(SEEDS) $(if $(RUN_DIR),--run-dir $(RUN_DIR)) \
+	$(PY) -m nbutils.seeds --profile $(PROFILE) --seeds $(SEEDS) $(if $(RUN_DIR),--run-dir "$(RUN_DIR)") \
 		$(if $(DATA),--data "$(DATA)") $(if $(RUN),--run "$(RUN)")
 
 ## unit tests, then every notebook executed by nbmake with the smoke profile

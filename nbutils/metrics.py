@@ -18,6 +18,8 @@ BLOCK = 32  # images filtered (or pairs compared) at a time, one block per threa
 
 
 def _masked_mean(values: np.ndarray, mask: np.ndarray | None) -> float:
+    if mask is not None and not np.asarray(mask, bool).any():
+        raise ValueError("the mask is empty: nothing to score")
     return float(values.mean() if mask is None else values[np.asarray(mask, bool)].mean())
 
 
@@ -77,6 +79,7 @@ def ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None,
 
     As in scikit-image, a border of half the window (5 px) is left out, where the
     window would reach outside the image."""
+    require_regions(mask, 1, np.shape(a))
     return float(ssim_pairs(Windowed(a), [0], Windowed(b), [0], mask, data_range)[0])
 
 
@@ -159,8 +162,7 @@ def ssim_components(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None
     (H, W) mask), arrays of N per-image means."""
     squares = bool({"contrast", "structure", "ssim"} & set(parts))
     wa, wb = Windowed(a, squares), Windowed(b, squares)
-    if np.ndim(a) > 2:
-        require_regions(mask, len(wa), wa.x.shape[-2:])
+    require_regions(mask, len(wa), wa.x.shape[-2:])
     idx = np.arange(len(wa))
     found = components_pairs(wa, idx, wb, idx, mask, data_range, parts)
     return {k: float(v[0]) for k, v in found.items()} if np.ndim(a) == 2 else found

@@ -56,6 +56,18 @@ def _histogram_outputs(images, masks, train: Slices, targets: range) -> Outputs:
 MADE_BY = 2
 
 
+def models_scored(run: Run) -> dict[str, str]:
+    """The stage-2 checkpoints a notebook's scores come from (name, size, modification time, as
+    notebooks 03/04 record theirs under ``checkpoint``), for notebooks 05-09 to record beside their
+    scores: :func:`nbutils.report.stale_sections` then finds scores made from other models."""
+    found = {}
+    for m in methods.MODELS:
+        f = run.checkpoints / m.checkpoint()
+        if f.exists():
+            found[m.name] = f"{f.name} {f.stat().st_size} {f.stat().st_mtime_ns}"
+    return found
+
+
 def inputs_stamp(run: Run, method: methods.Method) -> str:
     """What ``method``'s outputs are computed from, as a string that changes when any of it
     changes: the seed, the size and modification time of the run's slice arrays

@@ -346,7 +346,7 @@ def run_folder(profile: str, data: str = "", name: str = "", run_dir: str = "") 
     if not name:
         name, profile = Path(data).name.removesuffix(".csv"), get_profile(profile).name
         name += "" if profile == "quick" else f"-{profile}"
-    if name in PROFILES or not name or Path(name).name != name:
+    if name in PROFILES or name in (".", "..") or not name or Path(name).name != name:
         raise ValueError(f"run name {name!r}: choose a plain folder name other than {', '.join(PROFILES)} "
                          "(those are the built-in data's runs), e.g. RUN=my-site")
     return str(default_run_dir(name))
@@ -363,7 +363,7 @@ def check_data(csv: str, profile: str, seed: int) -> str:
 
 
 def main(argv=None) -> int:
-    from .report import data_label, print_bars, results_table  # here: a lane's process needs none of it
+    from .report import data_label, print_bars, results_table, stale_note  # a lane's process needs none of it
     from .stage2 import check_options
     from .volumes import DataError
 
@@ -384,6 +384,13 @@ def main(argv=None) -> int:
                     help="run every notebook one after the other, in order (no lanes side by side)")
     args = ap.parse_args(argv)
     try:
+        if args.only is not None:
+            known = [p.name[:2] for p in notebooks()]
+            if not args.only or set(args.only) - set(known):
+                raise ValueError(f"--only {' '.join(args.only) or '(nothing)'}: give two-digit notebook numbers, "
+                                 f"of {' '.join(known)}")
+        if args.seed < 0:
+            raise ValueError(f"seed {args.seed}: give 0 or more")
         run_dir = run_folder(args.profile, args.data, args.run, args.run_dir)
         data = check_data(args.data, args.profile, args.seed) if args.data else ""
         check_options(get_profile(args.profile), args.options)  # before anything runs
@@ -444,6 +451,8 @@ def main(argv=None) -> int:
           f"\n\nheadline numbers ({run.metrics_file}; {label}):")
     metrics = read_metrics(run.dir)
     table = results_table(metrics)
+    if stale_note(metrics):
+        print(stale_note(metrics))
     # the evaluations' method x measure table once notebooks 05-09 have run, else every number
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(table) else summary(metrics))
     print_bars(metrics, label)

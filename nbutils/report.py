@@ -23,6 +23,29 @@ SUPERVISED = methods.SUPERVISED.name
 COLUMNS = tuple(m.name for m in (*methods.COMPARED, methods.SUPERVISED))
 
 
+SCORED = ("05_ssim", "06_fid_kid", "08_intensities", "09_beyond")  # sections scoring notebooks 03/04's models
+
+
+def stale_sections(metrics: dict) -> list[str]:
+    """Sections of :data:`SCORED` whose scores were not made from the models notebooks 03/04 last
+    scored (their ``models``, :func:`nbutils.outputs.models_scored`, against 03/04's ``checkpoint``;
+    also those recorded before sections said which models they scored): after retraining a model
+    (``--only 03``, a notebook run by hand) their numbers would be joined with the new model's."""
+    current = {m.name: metrics[m.section]["checkpoint"].rsplit(" seed ", 1)[0]
+               for m in methods.MODELS if "checkpoint" in metrics.get(m.section, {})}
+    if not current:
+        return []
+    return [s for s in SCORED if s in metrics and metrics[s].get("models") != current]
+
+
+def stale_note(metrics: dict) -> str:
+    """A line that names :func:`stale_sections`, or ''."""
+    stale = stale_sections(metrics)
+    return (f"note: {', '.join(stale)} of metrics.json scored other models than notebooks 03/04 last trained, or "
+            "do not say which: their rows below mix models. Run notebooks 05-09 again (make run does, or "
+            "--only 05 06 08 09)." if stale else "")
+
+
 def results_table(metrics: dict) -> pd.DataFrame:
     """One row per measure of :data:`nbutils.measures.TABLE` that was recorded: each method's value
     (the paired-supervision bound last, where it was measured), the reference (ceiling, floor, real
@@ -176,6 +199,8 @@ def bars_section(metrics: dict, label: str = plots.BUILT_IN) -> str:
 
 
 def write_readme(metrics: dict, run_dir, readme=ROOT / "README.md") -> None:
+    if stale_sections(metrics):
+        raise ValueError(stale_note(metrics))
     text = readme.read_text()
     if START not in text or END not in text:
         raise ValueError(f"{readme} has no {START} ... {END} block to fill")
@@ -205,6 +230,8 @@ def main(argv=None) -> int:
     label = data_label(run_dir)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(f"{run_dir}: {label}")
+        if stale_sections(metrics):
+            print(stale_note(metrics))
         print(results_table(metrics).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print_bars(metrics, label)
     if args.readme:

@@ -178,6 +178,9 @@ def prepare(run: Run, seed: int) -> Path:
     if made is not None and made != state:
         raise ValueError(f"{folder} was made from another state of the run (its GM-VAE, slices, classifier or "
                          "profile have changed since): delete the folder to train this seed again")
+    if made is None and folder.is_dir() and any(folder.iterdir()):
+        raise ValueError(f"{folder} holds files but no record of the run state they were made from (older code, "
+                         "or not made by `make seeds`): delete the folder to train this seed again")
     (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
     link = folder / "slices"
     if link.is_symlink() and not link.exists():

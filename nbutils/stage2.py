@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import shutil
 
@@ -75,6 +76,10 @@ def parse_options(options: str | dict | None) -> dict:
                 isinstance(value, kind) and not isinstance(value, bool))
         if not fits:
             raise ValueError(f"stage-2 option {name} must be {kind.__name__} (default {fields[name]!r}), not {value!r}")
+        if kind in (int, float) and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"stage-2 option {name} must be a finite number of 0 or more, not {value!r}")
+        if name.endswith("lr") and not value > 0:
+            raise ValueError(f"stage-2 option {name} must be above 0, not {value!r}")
     return dict(options)
 
 

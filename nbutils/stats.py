@@ -15,9 +15,11 @@ def bootstrap_mean(values: np.ndarray, groups=None, n_boot: int = 2000, level: f
     v = np.asarray(values, np.float64)
     if len(v) == 0:
         raise ValueError("bootstrap_mean needs a non-empty sample")
-    ids = np.arange(len(v)) if groups is None else pd.factorize(np.asarray(groups))[0]
+    ids = np.arange(len(v)) if groups is None else _ids(groups)
     if len(ids) != len(v):
         raise ValueError(f"one group per value: {len(v)} values, {len(ids)} groups")
+    if ids.max() == 0:
+        return float(v.mean()), np.nan, np.nan  # one group: nothing to resample
     sums, counts = np.bincount(ids, weights=v), np.bincount(ids).astype(np.float64)
     pick = np.random.default_rng(seed).integers(0, len(sums), (n_boot, len(sums)))
     boots = sums[pick].sum(1) / counts[pick].sum(1)
@@ -38,8 +40,10 @@ def bootstrap_crossed(values: np.ndarray, clusters, n_boot: int = 2000, level: f
     ids = ids[:, None] if ids.ndim == 1 else ids
     if len(v) == 0 or ids.shape[0] != len(v):
         raise ValueError(f"one row of clusters per value: {len(v)} values, {ids.shape[0]} rows")
-    codes, names = pd.factorize(ids.ravel())
-    codes = codes.reshape(ids.shape)
+    codes = _ids(ids.ravel()).reshape(ids.shape)
+    names = np.unique(codes)
+    if len(names) == 1:
+        return float(v.mean()), np.nan, np.nan  # one cluster: nothing to resample
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, len(names), (n_boot, len(names)))
     counts = np.stack([np.bincount(p, minlength=len(names)) for p in pick]).astype(np.float64)
@@ -88,6 +92,14 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
+def _ids(groups) -> np.ndarray:
+    """Integer ids 0 … G-1 of group labels; a missing label (NaN, None) is refused."""
+    ids = pd.factorize(np.asarray(groups, dtype=object))[0]
+    if (ids < 0).any():
+        raise ValueError(f"{int((ids < 0).sum())} value(s) have no group (subject): every value needs one")
+    return ids
+
+
 def _interval(boots: np.ndarray, level: float) -> tuple[float, float]:
     """The central ``level`` percentile interval of bootstrap replicates."""
     tail = (1 - level) / 2 * 100
@@ -102,7 +114,10 @@ def compare(df: pd.DataFrame, value: str, reference: str, by: str = "method", un
     the rows of both groups sharing a unit id are matched and resampled together (paired).
     ``clusters`` (with ``unit``): the columns naming the subject of each image a row compares;
     subjects are resampled, not units (:func:`bootstrap_crossed`), over the clusters of both rows
-    of a matched unit (a column that is the same in both counted once)."""
+    of a matched unit (a column that is the same in both counted once). A group whose units do not all
+    match the reference's is refused: its difference would not be the difference of the means shown."""
+    if clusters and not unit:
+        raise ValueError("clusters resample the subjects of matched units: give unit too")
     if within:
         return pd.concat([compare(g, value, reference, by, unit, seed=seed, clusters=clusters).assign(**{within: w})
                           [[within, by, "n", "mean ± sd", "mean", "sd", f"{reference} − this", "CI low", "CI high"]]
@@ -119,14 +134,22 @@ def compare(df: pd.DataFrame, value: str, reference: str, by: str = "method", un
         if name != reference:
             if unit and clusters:
                 m = ref[[unit, value, *clusters]].merge(g[[unit, value, *clusters]], on=unit, suffixes=("", "_other"))
+                _all_matched(m, ref, g, name)
                 ids = [m[c] for c in clusters] + [m[f"{c}_other"] for c in clusters
                                                   if not m[c].equals(m[f"{c}_other"])]
                 d, lo, hi = bootstrap_crossed(m[value] - m[f"{value}_other"], np.column_stack(ids), seed=seed)
             elif unit:
                 m = ref[[unit, value]].merge(g[[unit, value]], on=unit, suffixes=("", "_other"))
+                _all_matched(m, ref, g, name)
                 d, lo, hi = bootstrap_diff(m[value], m[f"{value}_other"], paired=True, seed=seed)
             else:
                 d, lo, hi = bootstrap_diff(ref[value], g[value], seed=seed)
             row |= {f"{reference} − this": d, "CI low": lo, "CI high": hi}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _all_matched(m: pd.DataFrame, ref: pd.DataFrame, g: pd.DataFrame, name) -> None:
+    if not len(m) == len(ref) == len(g):
+        raise ValueError(f"{name!r} and the reference share {len(m)} units of {len(g)} and {len(ref)}: "
+                         "a paired difference needs the same units in both")

@@ -35,7 +35,7 @@ class PairedUNet(nn.Module):
     residual on the input. The labels and two coordinate channels (x, y in [-1, 1]) enter as
     extra input channels: the scanners' coil bias fields are fixed shapes in the field of view,
     which a translator can only undo if it knows where it is; and a small receptive field cannot
-    infer the source scanner from a slice's global statistics, so it is given (the bound should
+    infer the source scanner from a slice's global statistics, so it is given (the reference should
     not be held back by either)."""
 
     def __init__(self, k: int, width: int = 16):

@@ -1,8 +1,9 @@
 import numpy as np
+import pandas as pd
 import pytest
 from skimage.metrics import structural_similarity
 
-from nbutils import baselines, metrics
+from nbutils import baselines, metrics, stats
 
 
 @pytest.fixture
@@ -279,3 +280,41 @@ def test_dark_overlap_reads_only_inside_the_mask():
     mask[18:24] = False
     assert metrics.dark_overlap(output, truth, mask) == 1.0
     assert metrics.dark_overlap(output[:, ::-1], truth, mask) == 0.0  # the field mirrored: the right columns
+
+
+def test_an_empty_mask_is_refused_not_scored():
+    """PSNR over an empty mask read inf (a perfect score) and single-image SSIM NaN; both, MAE too, now refuse."""
+    a, b = np.random.default_rng(0).random((2, 32, 32))
+    empty = np.zeros((32, 32), bool)
+    border_only = empty.copy()
+    border_only[:3] = True  # inside the 5 px border SSIM leaves out
+    for score, mask in ((metrics.psnr, empty), (metrics.mae, empty), (metrics.ssim, empty), (metrics.ssim, border_only)):
+        with pytest.raises(ValueError, match="empty"):
+            score(a, b, mask)
+    with pytest.raises(ValueError, match="empty"):
+        metrics.ssim_components(a, b, empty)
+
+
+def test_one_subject_gives_no_interval_and_a_missing_subject_is_refused():
+    """One subject (or one cluster) leaves nothing to resample: NaN bounds, not a zero-width interval."""
+    v = np.array([0.1, 0.5, 0.9])
+    mean, lo, hi = stats.bootstrap_mean(v, groups=["s1"] * 3)
+    assert mean == pytest.approx(0.5) and np.isnan(lo) and np.isnan(hi)
+    mean, lo, hi = stats.bootstrap_crossed(v, np.array([["s1", "s1"]] * 3))
+    assert np.isnan(lo) and np.isnan(hi)
+    with pytest.raises(ValueError, match="no group"):
+        stats.bootstrap_mean(v, groups=["s1", None, "s2"])
+
+
+def test_compare_refuses_clusters_without_units_and_groups_with_other_units():
+    df = pd.DataFrame(dict(method=["a"] * 4 + ["b"] * 4, pair=[0, 1, 2, 3] * 2, subject=[0, 0, 1, 1] * 2,
+                           score=np.arange(8.0)))
+    with pytest.raises(ValueError, match="give unit too"):
+        stats.compare(df, "score", "a", clusters=["subject"])
+    fewer = df.drop(index=7)  # b lacks pair 3: its difference would not be the difference of the means shown
+    with pytest.raises(ValueError, match="same units"):
+        stats.compare(fewer, "score", "a", unit="pair", clusters=["subject"])
+    with pytest.raises(ValueError, match="same units"):
+        stats.compare(fewer, "score", "a", unit="pair")
+    table = stats.compare(df, "score", "a", unit="pair", clusters=["subject"]).set_index("method")
+    assert table.loc["b", "a − this"] == pytest.approx(-4.0)

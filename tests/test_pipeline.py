@@ -43,6 +43,8 @@ def test_one_command_runs_every_notebook_on_your_csv_into_its_run_folder(csv_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"01_data", "02_gmvae", "03_gmmdrit", "04_dritpp", "05_ssim", "06_fid_kid", "08_intensities",
             "09_beyond"} <= set(metrics)
+    # notebooks 05-09 say which models they scored: those 03/04 trained
+    assert report.stale_sections(metrics) == [] and set(metrics["05_ssim"]["models"]) == {m.name for m in methods.MODELS}
     # what besides the code made the numbers: the installed packages, the Python, the cores
     from importlib.metadata import version
     assert metrics["environment"]["numpy"] == version("numpy") and metrics["environment"]["cores"] >= 1
@@ -427,6 +429,9 @@ def test_a_seed_trains_stage_2_anew_over_the_run_s_slices_and_gm_vae_and_the_run
     assert seeds.folders(run)[1] == ["seed 1 (made from another state of the run)"]
     with pytest.raises(ValueError, match="another state of the run"):
         seeds.prepare(run, 1)
+    (one / "base.json").unlink()  # a folder of older code, without the record: not taken over with its models
+    with pytest.raises(ValueError, match="no record of the run state"):
+        seeds.prepare(run, 1)
 
 
 def test_a_run_made_with_stage_2_options_has_its_seeds_trained_with_them(tmp_path, monkeypatch):
@@ -700,6 +705,28 @@ def test_the_results_say_what_the_run_s_data_are_and_call_only_simulated_sets_si
     assert "**Simulated data**" in report.readme_section({}, run)
 
 
+def test_scores_made_from_other_models_than_notebooks_03_04_last_trained_are_named_not_mixed_in(tmp_path):
+    """After a model is trained again (``--only 03``, or notebook 03 by hand), the sections of notebooks 05-09 still
+    hold the old model's scores: the results say so, and the README's Results are not rewritten from them."""
+    ids = {m.name: f"{m.checkpoint()} 100 {i}" for i, m in enumerate(methods.MODELS)}
+    metrics = {m.section: {"checkpoint": f"{ids[m.name]} seed 0"} for m in methods.MODELS}
+    metrics |= {s: {"models": dict(ids)} for s in report.SCORED}
+    assert report.stale_sections(metrics) == [] and report.stale_note(metrics) == ""
+    metrics[methods.GMM_DRIT.section]["checkpoint"] = f"{methods.GMM_DRIT.checkpoint()} 100 9 seed 0"  # trained again
+    assert report.stale_sections(metrics) == list(report.SCORED)
+    assert "05_ssim, 06_fid_kid, 08_intensities, 09_beyond" in report.stale_note(metrics)
+    del metrics["09_beyond"]["models"]  # recorded before sections said which models they scored: stale too
+    metrics |= {s: {"models": {m.name: ids[m.name] for m in methods.MODELS} | {methods.GMM_DRIT.name:
+                                                                               f"{methods.GMM_DRIT.checkpoint()} 100 9"}}
+                for s in ("05_ssim", "06_fid_kid", "08_intensities")}
+    assert report.stale_sections(metrics) == ["09_beyond"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.START}\n{report.END}\n")
+    with pytest.raises(ValueError, match="09_beyond"):
+        report.write_readme(metrics, tmp_path, readme)
+    assert report.stale_sections({"01_data": {}}) == []  # no model trained yet: nothing to compare
+
+
 def test_a_run_on_your_data_is_named_after_the_csv_unless_named(tmp_path):
     runs = config.DATA / "runs"
     assert pipeline.run_folder("quick") == ""  # the built-in data's default run
@@ -709,7 +736,7 @@ def test_a_run_on_your_data_is_named_after_the_csv_unless_named(tmp_path):
     assert pipeline.run_folder("paper", data="x/ixi.csv", name="guys") == str(runs / "guys")
     assert pipeline.run_folder("quick", data="x/ixi.csv", name="guys") == str(runs / "guys")
     assert pipeline.run_folder("quick", data="x/ixi.csv", run_dir="/tmp/r") == "/tmp/r"
-    for bad in ("quick", "smoke", "../up", "a/b"):
+    for bad in ("quick", "smoke", "../up", "a/b", "..", "."):
         with pytest.raises(ValueError, match="run name"):
             pipeline.run_folder("quick", data="x/ixi.csv", name=bad)
     with pytest.raises(ValueError, match="not both"):
@@ -761,8 +788,14 @@ def test_stage_2_options_reach_the_model_through_papermill_and_a_model_trained_o
     assert config.read_metrics(run_dir)[methods.DRITPP.section] == section
     for bad, message in (('{"k": 3}', "unknown stage-2 option"), ('{"dc_steps": 3', "JSON object"),
                          ("[3]", "JSON object"), ('{"dc_steps": "3"}', "must be int"),
-                         ('{"w_field_layout": 1.0}', "cannot be given to DRIT++")):
+                         ('{"w_field_layout": 1.0}', "cannot be given to DRIT++"), ('{"dc_lr": NaN}', "finite number"),
+                         ('{"w_invariance": -5}', "finite number"), ('{"lr": 0}', "above 0")):
         assert pipeline.main(["--profile", "smoke", "--run-dir", str(tmp_path / "new"), "--options", bad]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "new").exists()
+    # what to run, and the seed, are checked before anything runs too: a typo runs nothing silently no more
+    for bad, message in ((["--only", "3"], "two-digit notebook numbers"), (["--only"], "two-digit notebook numbers"),
+                         (["--seed", "-1"], "give 0 or more")):
+        assert pipeline.main(["--profile", "smoke", "--run-dir", str(tmp_path / "new")] + bad) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
@@ -778,9 +811,9 @@ def test_make_hands_options_to_the_pipeline_as_typed(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     # this interpreter, and .venv taken as built: the test never installs anything
     out = subprocess.run(["make", "--no-print-directory", "-C", str(config.ROOT), "-o", ".venv/.installed", "run",
-                          f"PY={sys.executable}", f"RUN_DIR={tmp_path / 'new'}", f"OPTIONS={bad}"],
-                         capture_output=True, text=True, env=env)
-    assert out.returncode != 0 and not (tmp_path / "new").exists()
+                          f"PY={sys.executable}", f"RUN_DIR={tmp_path / 'new run'}", f"OPTIONS={bad}"],
+                         capture_output=True, text=True, env=env)  # a space in RUN_DIR too
+    assert out.returncode != 0 and not (tmp_path / "new run").exists()
     assert "unknown stage-2 option(s) it's $HOME $$x:" in out.stderr
 
 
