@@ -849,6 +849,8 @@ def test_the_bars_table_says_which_model_meets_which_bar_and_leaves_out_what_was
         "the clean truths (a noise-free oracle) 0.800, 1 = as far as the scans differ")
     assert bars.loc["scanner-free agreement above the inputs' and the blur control's", "controls and ceilings"] \
         == "inputs 0.700; blur controls 0.750 / 0.850"
+    # the difference itself, which three decimals of each model's value can hide
+    assert bars.loc["SSIM vs clean truth, a → b: GMM-DRIT ≥ DRIT++", "controls and ceilings"].startswith("GMM-DRIT − DRIT++ -")
     assert "| scanner probe from z^c ≤ 0.40 (chance + 0.15) | 0.400 | 0.900 | chance 0.25 | yes / no |" \
         in report.bars_section(metrics)
     # the probe of z^c as G is fed it (models trained on windows) beside, once both models recorded it
