@@ -95,7 +95,7 @@ def test_results_table_reads_every_headline_number_a_run_records(csv_run, tmp_pa
             assert np.isfinite(table.loc[m.label, "reference"]), m.label
     # every number the evaluation notebooks record is read by the table, or is a known extra
     read = {m.key(c) for m in measures.TABLE for c in (*report.COLUMNS, m.reference)}
-    extras = {"pairs", "feature_net_accuracy", *(m.key(measures.OWN_SCANS) for m in (measures.E5_FID, measures.E5_KID)),
+    extras = {"pairs", "feature_net_accuracy", "models", *(m.key(measures.OWN_SCANS) for m in (measures.E5_FID, measures.E5_KID)),
               *(measures.E4.key(f"{c} control of {m.name}") for m in methods.MODELS for c in ("blur", "contrast"))}
     recorded = {k for s in {m.section for m in measures.TABLE} for k in metrics[s]}
     assert recorded - read - extras == set()
