@@ -480,8 +480,6 @@ def scanner_components(model: GMVAE, images, labels, k: int) -> "np.ndarray":
 def occupancy(prob: "np.ndarray") -> "np.ndarray":
     """The share of images whose argmax q(y|x) is each component, from (N, K) probabilities
     (:func:`encode_all`'s ``prob``): an empty component is a scanner nobody can be assigned to."""
-    import numpy as np
-
     return np.bincount(prob.argmax(1), minlength=prob.shape[1]) / len(prob)
 
 

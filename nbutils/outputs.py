@@ -56,16 +56,18 @@ def _histogram_outputs(images, masks, train: Slices, targets: range) -> Outputs:
 MADE_BY = 2
 
 
+def checkpoint_id(path: Path) -> str:
+    """A checkpoint file as its name, size and modification time: another training gives another id."""
+    stat = path.stat()
+    return f"{path.name} {stat.st_size} {stat.st_mtime_ns}"
+
+
 def models_scored(run: Run) -> dict[str, str]:
-    """The stage-2 checkpoints a notebook's scores come from (name, size, modification time, as
-    notebooks 03/04 record theirs under ``checkpoint``), for notebooks 05-09 to record beside their
-    scores: :func:`nbutils.report.stale_sections` then finds scores made from other models."""
-    found = {}
-    for m in methods.MODELS:
-        f = run.checkpoints / m.checkpoint()
-        if f.exists():
-            found[m.name] = f"{f.name} {f.stat().st_size} {f.stat().st_mtime_ns}"
-    return found
+    """The stage-2 checkpoints a notebook's scores come from (:func:`checkpoint_id`, as notebooks 03/04
+    record theirs under ``checkpoint``), for notebooks 05-09 to record beside their scores:
+    :func:`nbutils.report.stale_sections` then finds scores made from other models."""
+    files = {m.name: run.checkpoints / m.checkpoint() for m in methods.MODELS}
+    return {name: checkpoint_id(f) for name, f in files.items() if f.exists()}
 
 
 def inputs_stamp(run: Run, method: methods.Method) -> str:

@@ -451,8 +451,8 @@ def main(argv=None) -> int:
           f"\n\nheadline numbers ({run.metrics_file}; {label}):")
     metrics = read_metrics(run.dir)
     table = results_table(metrics)
-    if stale_note(metrics):
-        print(stale_note(metrics))
+    if note := stale_note(metrics):
+        print(note)
     # the evaluations' method x measure table once notebooks 05-09 have run, else every number
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(table) else summary(metrics))
     print_bars(metrics, label)

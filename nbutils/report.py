@@ -201,8 +201,8 @@ def bars_section(metrics: dict, label: str = plots.BUILT_IN) -> str:
 
 
 def write_readme(metrics: dict, run_dir, readme=ROOT / "README.md") -> None:
-    if stale_sections(metrics):
-        raise ValueError(stale_note(metrics))
+    if note := stale_note(metrics):
+        raise ValueError(note)
     text = readme.read_text()
     if START not in text or END not in text:
         raise ValueError(f"{readme} has no {START} ... {END} block to fill")
@@ -232,8 +232,8 @@ def main(argv=None) -> int:
     label = data_label(run_dir)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(f"{run_dir}: {label}")
-        if stale_sections(metrics):
-            print(stale_note(metrics))
+        if note := stale_note(metrics):
+            print(note)
         print(results_table(metrics).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print_bars(metrics, label)
     if args.readme:

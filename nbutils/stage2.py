@@ -324,8 +324,7 @@ class Experiment:
         """The checkpoint this model was loaded from (name, size, modification time) and the seed
         its scores use: a section written for another checkpoint is not kept by :meth:`score`."""
         f = self.run.checkpoints / self.method.checkpoint(self.known_labels)
-        stat = f.stat()
-        return f"{f.name} {stat.st_size} {stat.st_mtime_ns} seed {self.run.seed}"
+        return f"{outputs.checkpoint_id(f)} seed {self.run.seed}"
 
     @staticmethod
     def seed_of(section: dict) -> int | None:
