@@ -59,7 +59,7 @@ class SimScanner:
     downsample: int  # acquire at this factor coarser, interpolate back (partial volume)
     bias: str  # 'superior', 'centre', 'periphery', 'left-right', 'diagonal' or 'bump' (off-centre)
     bias_strength: tuple[float, float]
-    noise: tuple[float, float]  # Rician sigma as a fraction of the WM signal
+    noise: tuple[float, float]  # Rician sigma in image units (the WM level is contrast[2])
     artefact: str  # 'none', 'ghost' or 'ringing'
     artefact_strength: tuple[float, float]
     contrast_jitter: float = 0.03  # per-image jitter of the tissue levels
@@ -196,6 +196,16 @@ def _ringing(img: np.ndarray, keep: float) -> np.ndarray:
     return np.abs(np.fft.ifft(np.fft.ifftshift(k, axes=1), axis=1)).astype(np.float32)
 
 
+def partial_volume(s: np.ndarray, f: int) -> np.ndarray:
+    """Acquire ``s`` at ``f`` times coarser pixels (block means) and interpolate back to its grid.
+
+    Each coarse pixel is centred on its block, so the image is not shifted (edges padded by repetition)."""
+    h, w = s.shape
+    pad = np.pad(s, ((0, -h % f), (0, -w % f)), mode="edge")
+    low = pad.reshape(pad.shape[0] // f, f, pad.shape[1] // f, f).mean((1, 3))
+    return ndimage.zoom(low, f, order=1, grid_mode=True, mode="nearest")[:h, :w]
+
+
 def render(t1: np.ndarray, mask: np.ndarray, knots, scanner: SimScanner,
            rng: np.random.Generator | None) -> np.ndarray:
     """Render a (182, slab, 182) anatomy as ``scanner`` sees it.
@@ -213,8 +223,7 @@ def render(t1: np.ndarray, mask: np.ndarray, knots, scanner: SimScanner,
     for y in range(img.shape[1]):
         s = img[:, y, :]
         if scanner.downsample > 1:
-            f = scanner.downsample
-            s = ndimage.zoom(ndimage.uniform_filter(s, f)[::f, ::f], f, order=1)[: img.shape[0], : img.shape[2]]
+            s = partial_volume(s, scanner.downsample)
         if any(scanner.blur_mm):
             s = ndimage.gaussian_filter(s, scanner.blur_mm)
         if scanner.artefact == "ghost":  # phase-encode ghost along x, a third of the FOV away

@@ -77,6 +77,21 @@ def test_clean_truth_is_the_contrast_curve_alone():
     assert (noisy[~mask] == 0).all() and (clean[~mask] == 0).all()  # skull-stripped
 
 
+@pytest.mark.parametrize("shape", [(182, 182), (181, 179)])
+def test_partial_volume_keeps_the_image_in_place_and_its_block_means(shape):
+    # the coarse acquisition blurs but must not move the anatomy against the clean truth it is scored with
+    img = np.zeros(shape, np.float32)
+    img[60:120, 50:110] = 1.0
+    out = phantom.partial_volume(img, 2)
+    assert out.shape == img.shape
+    centre = lambda a: np.array(np.nonzero(a > 0.5)).mean(1)  # noqa: E731
+    weighted = lambda a: (np.indices(a.shape) * a).reshape(2, -1).sum(1) / a.sum()  # noqa: E731
+    assert np.allclose(weighted(out), weighted(img), atol=0.05)
+    assert np.allclose(centre(out), centre(img), atol=0.5)
+    assert np.isclose(out.sum(), img.sum(), rtol=1e-3)
+    assert 0 < out[59, 80] < 1 and out[90, 80] == pytest.approx(1.0)  # the edge is blurred, the inside kept
+
+
 def test_scanners_keep_a_spatial_part_no_global_remap_removes(built, tmp_path):
     """Histogram-match each rendered test slice to its own clean truth: the best any global
     intensity remap can do. The spatial signatures must leave a clear error."""
