@@ -9,6 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def file_stamp(path: str | Path) -> str:
+    """A file as its size and modification time ("size mtime_ns"): a file written again gets another stamp."""
+    stat = Path(path).stat()
+    return f"{stat.st_size} {stat.st_mtime_ns}"
+
+
 @contextmanager
 def atomic_path(path: str | Path, optional: bool = False):
     """Yield a temporary sibling of ``path``; rename it onto ``path`` only on success.

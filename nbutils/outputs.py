@@ -30,7 +30,7 @@ from .config import Run
 from .data import Slices, array_files
 from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
-from .io import atomic_path, locked
+from .io import atomic_path, file_stamp, locked
 
 
 @dataclass
@@ -58,8 +58,7 @@ MADE_BY = 2
 
 def checkpoint_id(path: Path) -> str:
     """A checkpoint file as its name, size and modification time: another training gives another id."""
-    stat = path.stat()
-    return f"{path.name} {stat.st_size} {stat.st_mtime_ns}"
+    return f"{path.name} {file_stamp(path)}"
 
 
 def models_scored(run: Run) -> dict[str, str]:

@@ -41,7 +41,7 @@ import pandas as pd
 from . import measures, methods, plots
 from .config import Run, read_metrics, resolve, setup
 from .data import array_files
-from .io import atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_text, file_stamp
 from .stage2 import BESIDE, Experiment
 from .stats import t_interval
 
@@ -132,11 +132,6 @@ def run_options(run: Run) -> str:
     return found.pop()
 
 
-def _stamp(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size} {stat.st_mtime_ns}"
-
-
 def base_state(run: Run) -> dict:
     """What a seed's folder takes from the run (profile, iterations, GM-VAE, slices, frozen
     classifier, stage-2 options if any), to tell whether the run has changed since; raises if the run
@@ -154,7 +149,7 @@ def base_state(run: Run) -> dict:
         raise ValueError(f"the run's models were trained for {sorted(steps, key=str)} iterations, profile "
                          f"{run.profile.name} trains {run.profile.drit_steps}: give the run's profile (PROFILE=)")
     state = {"profile": run.profile.name, "steps": run.profile.drit_steps,
-             **{p.name: _stamp(p) for p in (*stamped, *array_files(run.slices))}}
+             **{p.name: file_stamp(p) for p in (*stamped, *array_files(run.slices))}}
     options = run_options(run)
     return state | ({"options": options} if options else {})  # seeds made before options existed had none
 
