@@ -17,9 +17,11 @@ is held to (:func:`nbutils.report.bars_table`).
 
 On a machine with two or more CPU cores and no GPU the pipeline runs in two lanes where it can
 (:data:`LANES`), each lane a process bound to half of the cores whose notebooks run one after the
-other: 02 then 03 beside 04 then the references notebooks 06 and 09 would otherwise train first,
-and later 09 beside the training split's outputs and the classifiers retrained on them, which 09
-would otherwise make first, then 05-08, 10 and 11 (:func:`prepare`); a lane that has run out takes
+other: 02 then 03 beside 04, the GMM-DRIT ablation with known labels that 03 would otherwise train
+when stage 1 misses the scanners (once 02 has ended) and the references notebooks 06 and 09 would
+otherwise train first, and later 09 beside the training split's outputs and the classifiers
+retrained on them, which 09 would otherwise make first, then 05-08, 10 and 11 (:func:`prepare`); a
+lane that has run out takes
 the other lane's last waiting notebook among 05-08, 10 and 11 (:data:`ANY_LANE`). Both lanes get as
 many cores (:func:`core_shares`). Elsewhere (a GPU, no CPU affinity as on macOS or Windows,
 ``--one-at-a-time``) every notebook runs one after the other in its numbered order.
@@ -51,15 +53,21 @@ def notebooks(only: list[str] | None = None):
 # make first, made in the other lane so that they load it.
 REFERENCES = "references"
 TRAINING_OUTPUTS = "training-outputs"
-NEEDED_BY = {REFERENCES: ("06", "09"), TRAINING_OUTPUTS: ("09",)}
+KNOWN_LABELS = "known-labels"
+NEEDED_BY = {REFERENCES: ("06", "09"), TRAINING_OUTPUTS: ("09",), KNOWN_LABELS: ("03",)}
 # Where the machine allows (:func:`core_shares`), each group runs as two lanes side by side, each
 # lane's tasks one after the other. A lane's notebooks need only what the notebooks before the group
 # and before them in their lane made: 03 reads 02's GM-VAE, 04 only 01's slices, the references only
 # the slices; 05-11 and the training outputs read the models of 03 and 04, and nothing of 09. 09 waits
 # for the training outputs and the classifiers retrained on them if it wants them before they are made
-# (:func:`nbutils.outputs.method_outputs`, :func:`nbutils.classifier.retrained`).
-LANES = ((("02", "03"), ("04", REFERENCES)),
+# (:func:`nbutils.outputs.method_outputs`, :func:`nbutils.classifier.retrained`); 03 likewise for
+# the known-labels ablation, trained under a lock (:func:`nbutils.stage2.train_variant`). That task
+# reads 02's GM-VAE and E1, made in the other lane: it starts only once 02 has ended (:data:`AFTER`).
+LANES = ((("02", "03"), (KNOWN_LABELS, "04", REFERENCES)),
          (("09",), (TRAINING_OUTPUTS, "05", "06", "07", "08", "10", "11")))
+# Tasks that read what a notebook of another lane of their group makes: while that notebook is waiting
+# or running, their lane starts the next task of its queue instead (:func:`next_task`).
+AFTER = {KNOWN_LABELS: ("02",)}
 # Notebooks that need nothing of the other tasks of their group: a lane that has run out of tasks
 # takes the last of them still waiting in the other lane (on a small run 09 ends long before 05-11).
 ANY_LANE = frozenset({"05", "06", "07", "08", "10", "11"})
@@ -166,7 +174,10 @@ def prepare(task: str, params: dict, log: Path) -> tuple[float, str]:
       (:func:`nbutils.supervised.for_run`);
     - :data:`TRAINING_OUTPUTS`, from the models of 03 and 04: every method's scanner-free outputs
       of the training split (:func:`nbutils.outputs.method_outputs`) and the scanner classifier 09
-      retrains on each (:func:`nbutils.classifier.retrained`).
+      retrains on each (:func:`nbutils.classifier.retrained`);
+    - :data:`KNOWN_LABELS`, from 02's GM-VAE and E1 ACC: GMM-DRIT trained with the known labels,
+      if E1 ACC is below ``params["known_labels_below"]`` (default the stage-1 bar, as notebook 03's)
+      (:meth:`nbutils.stage2.Experiment.known_labels_ablation`), which 03 then scores.
 
     The printout and progress bars go to ``log``. (seconds, '' or the error that stopped it), as
     :func:`execute`."""
@@ -175,7 +186,7 @@ def prepare(task: str, params: dict, log: Path) -> tuple[float, str]:
         with open(log, "w") as f, redirect_stdout(f), redirect_stderr(f):
             import torch
 
-            from . import classifier, outputs, supervised
+            from . import classifier, methods, outputs, stage2, supervised
             from .data import for_run
 
             if task not in NEEDED_BY:
@@ -186,6 +197,10 @@ def prepare(task: str, params: dict, log: Path) -> tuple[float, str]:
             if task == REFERENCES:
                 classifier.for_run(run, train)
                 supervised.for_run(run)
+            elif task == KNOWN_LABELS:
+                model = stage2.Experiment(run, methods.GMM_DRIT, options=params.get("options", ""))
+                made = model.known_labels_ablation(params.get("known_labels_below", stage2.E1_BAR))
+                print(made if isinstance(made, str) else f"{made.label}: {made}")
             else:  # TRAINING_OUTPUTS
                 for method, made in outputs.method_outputs(run, train, "train", train, targets=False).items():
                     classifier.retrained(run, train, method, made)
@@ -222,11 +237,17 @@ def _result(future) -> tuple[float, str]:
         return 0.0, f"{type(err).__name__}: {err}"
 
 
-def next_task(queues: list[list[Path | str]], i: int, any_lane: frozenset[str]) -> Path | str | None:
-    """Take the task lane ``i`` starts next off its queue: the first of its own, else the last of the
-    longest other queue whose last task's short name is in ``any_lane``; None if there is none."""
-    if queues[i]:
-        return queues[i].pop(0)
+def next_task(queues: list[list[Path | str]], i: int, any_lane: frozenset[str],
+              unended: frozenset[str] = frozenset(), after: dict = AFTER) -> Path | str | None:
+    """Take the task lane ``i`` starts next off its queue: the first of its own whose prerequisites
+    (``after``) are not among the short names of ``unended`` (the step's tasks waiting or running),
+    else, with none of its own left, the last of the longest other queue whose last task's short
+    name is in ``any_lane``; None if there is none."""
+    for k, task in enumerate(queues[i]):
+        if not set(after.get(task_name(task, short=True), ())) & unended:
+            return queues[i].pop(k)
+    if queues[i]:  # its own tasks wait for the other lanes
+        return None
     other = max((q for q in queues if q and task_name(q[-1], short=True) in any_lane), key=len, default=None)
     return other.pop() if other else None
 
@@ -239,9 +260,12 @@ def lane_processes(n: int) -> list[ProcessPoolExecutor]:
 
 
 def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares: list[set[int]], done,
-                  any_lane: frozenset[str] = ANY_LANE, pools: list[ProcessPoolExecutor] | None = None) -> bool:
+                  any_lane: frozenset[str] = ANY_LANE, pools: list[ProcessPoolExecutor] | None = None,
+                  after: dict = AFTER) -> bool:
     """Run ``lanes`` at once, each in a process of its own (``pools``, one per lane, else fresh ones)
-    on its share of the cores, its tasks one after the other. A lane that has run out of tasks takes
+    on its share of the cores, its tasks one after the other; a task that needs a task of another lane
+    to have ended first (``after``) waits, its lane running its next task meanwhile, or idle if it has
+    none (:func:`next_task`). A lane that has run out of tasks takes
     the last waiting task of another lane if that task's short name (:func:`task_name`) is in
     ``any_lane`` and the lanes have as many cores each (so that no number depends on which lane ran
     it: threads split sums differently; docs/design.md, "Two lanes"). ``done(task, seconds, error)``
@@ -255,11 +279,18 @@ def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares
 
     def start(i: int) -> None:
         nonlocal ok
-        task = next_task(queues, i, any_lane)
+        unended = frozenset(task_name(t, short=True) for t in [*(t for q in queues for t in q),
+                                                               *(t for _, t in running.values())])
+        first = queues[i][0] if queues[i] else None
+        task = next_task(queues, i, any_lane, unended, after)
         if task is None:
             return
-        if task not in lanes[i]:  # the plan printed before no longer says where it runs
+        # where the plan printed before no longer says where or when it runs
+        if task not in lanes[i]:
             print(f"   lane {i + 1} is free and takes {task_name(task, short=True)}", flush=True)
+        elif task is not first:
+            print(f"   lane {i + 1} runs {task_name(task, short=True)} before {task_name(first, short=True)}, which "
+                  f"waits for {' and '.join(after[task_name(first, short=True)])}", flush=True)
         try:
             running[pools[i].submit(_execute_on, shares[i], task, out, params)] = i, task
         except RuntimeError as err:  # the lane's process died while it waited (killed, out of memory)
@@ -276,7 +307,9 @@ def execute_lanes(lanes: list[list[Path | str]], out: Path, params: dict, shares
                 i, task = running.pop(future)
                 if not done(task, *_result(future)):
                     ok = False
-                elif ok:
+            busy = {i for i, _ in running.values()}
+            for i in range(len(lanes)):  # the lanes freed, and those whose tasks waited for what ended
+                if ok and i not in busy:
                     start(i)
         return ok
     finally:

@@ -23,6 +23,7 @@ from .config import Run, read_metrics, seed_everything
 from .data import Slices
 from .data import for_run as slices_for_run
 from .harmonize import Harmonizer
+from .io import locked
 from .train import pick_device, snapshot_folder
 
 # GMM-DRIT's tone curve (nets.ToneCurve): 16 segments, as in the runs that measured it, each of
@@ -122,19 +123,20 @@ def train_variant(run: Run, train_set: Slices, method: methods.Method, known_lab
     (exactly as if trained in one go: Adam's rate is constant), one with more is used as it is."""
     p = run.profile
     checkpoint = run.checkpoints / method.checkpoint(known_labels)
-    if retrain:
-        checkpoint.unlink(missing_ok=True)
-        shutil.rmtree(snapshot_folder(checkpoint), ignore_errors=True)
-    gm = None
-    k = len(train_set.domains)
-    if method == methods.GMM_DRIT:
-        gm = gmvae.from_checkpoint(run.require(run.checkpoints / "gmvae.pt", "02_gmvae_pretraining"))
-        k = gm.cfg.k
-    cfg = model_config(p, tuple(train_set.images.shape[1:]), k, method.variant, known_labels=known_labels,
-                       attr=gm.cfg.gaussian_size if gm else 64, options=options)
-    return drit.train_drit(train_set.images, train_set.labels, cfg, checkpoint, gmvae=gm, steps=steps,
-                           batch_size=p.drit_batch, every=p.checkpoint_every, seed=run.seed, snapshots=True,
-                           masks=train_set.masks)
+    with locked(checkpoint):  # another process training it (`make run`'s other lane): wait, then load it
+        if retrain:
+            checkpoint.unlink(missing_ok=True)
+            shutil.rmtree(snapshot_folder(checkpoint), ignore_errors=True)
+        gm = None
+        k = len(train_set.domains)
+        if method == methods.GMM_DRIT:
+            gm = gmvae.from_checkpoint(run.require(run.checkpoints / "gmvae.pt", "02_gmvae_pretraining"))
+            k = gm.cfg.k
+        cfg = model_config(p, tuple(train_set.images.shape[1:]), k, method.variant, known_labels=known_labels,
+                           attr=gm.cfg.gaussian_size if gm else 64, options=options)
+        return drit.train_drit(train_set.images, train_set.labels, cfg, checkpoint, gmvae=gm, steps=steps,
+                               batch_size=p.drit_batch, every=p.checkpoint_every, seed=run.seed, snapshots=True,
+                               masks=train_set.masks)
 
 
 def headline(test: Slices, train_set: Slices, harm: Harmonizer, label: str, seed: int = 0) -> dict:
@@ -414,14 +416,13 @@ class Experiment:
         self._add_metrics({"probe_bar": bar} | found)
         return control, fig
 
-    def beside_known_labels(self, below: float = E1_BAR, retrain: bool = False) -> pd.DataFrame | str:
+    def known_labels_ablation(self, below: float = E1_BAR, retrain: bool = False) -> Experiment | str:
         """GMM-DRIT trained again with the true scanner labels as its codes (``known_labels``), when
         stage 1 does not find the scanners: E1 ACC (notebook 02) below ``below`` (above 1: always). Its
         inferred codes then misname the scanner of many slices, and GMM-DRIT against DRIT++ compares
-        stage 1's errors as well as stage 2. The ablation is trained (``retrain``: afresh), scored and
-        diagnosed as this model was (its own section of ``metrics.json`` and figures, :attr:`key` +
-        ``_known_labels``); returns the headline numbers of both side by side (saved as a table), or
-        why it was not trained."""
+        stage 1's errors as well as stage 2. Returns the ablation, trained (``retrain``: afresh) or
+        loaded, or why it was not trained. `make run` trains it in its other lane
+        (:mod:`nbutils.pipeline`) while notebook 03 trains this model; 03 then loads it."""
         if self.method != methods.GMM_DRIT or self.known_labels:
             return "only GMM-DRIT with inferred codes has a known-labels ablation"
         metrics = read_metrics(self.run.dir)
@@ -434,10 +435,20 @@ class Experiment:
             return (f"stage 1 finds the scanners (E1 ACC {acc:.3f} ≥ {below:.2f}): GMM-DRIT's inferred codes are "
                     "the scanners, no known-labels ablation needed" + left)
         ablation = Experiment(self.run, self.method, known_labels=True, steps=self.steps, options=self.options)
-        # its initial weights from the run's seed, not from whatever this kernel drew before (which
+        # its initial weights from the run's seed, not from whatever this process drew before (which
         # differs when the model above was trained rather than loaded)
         seed_everything(self.run.seed)
         ablation.train(retrain)
+        return ablation
+
+    def beside_known_labels(self, below: float = E1_BAR, retrain: bool = False) -> pd.DataFrame | str:
+        """The known-labels ablation (:meth:`known_labels_ablation`) scored and diagnosed as this model
+        was (its own section of ``metrics.json`` and figures, :attr:`key` + ``_known_labels``); returns
+        the headline numbers of both side by side (saved as a table), or why it was not trained."""
+        ablation = self.known_labels_ablation(below, retrain)
+        if isinstance(ablation, str):
+            return ablation
+        acc = read_metrics(self.run.dir)["02_gmvae"]["ACC"]
         ablation.translation_grid()
         ablation.score()
         ablation.source_maps()

@@ -377,6 +377,34 @@ def test_gmm_drit_is_trained_with_known_labels_beside_only_when_stage_1_misses_t
     assert (run.figures / f"{exp.key}_known_labels_translations.png").exists()
 
 
+def test_the_known_labels_lane_task_trains_the_ablation_notebook_03_would_train_and_03_then_loads_it(csv_run, tmp_path):
+    """`make run`'s other lane trains the ablation (pipeline.prepare, called directly: it runs here whatever
+    the cores) with the weights 03 would train, and only below the E1 bar; 03 then loads it and scores it."""
+    runs = {}
+    for way in ("notebook", "lane"):
+        copy = runs[way] = tmp_path / way
+        shutil.copytree(csv_run[0], copy)
+        (copy / "checkpoints" / methods.GMM_DRIT.checkpoint(known_labels=True)).unlink(missing_ok=True)
+    acc = config.read_metrics(runs["lane"])["02_gmvae"]["ACC"]
+    ablation = runs["lane"] / "checkpoints" / methods.GMM_DRIT.checkpoint(known_labels=True)
+    params = dict(profile="smoke", run_dir=str(runs["lane"]), seed=0, options="")
+    log = tmp_path / "known-labels.log"
+    assert pipeline.prepare(pipeline.KNOWN_LABELS, params | {"known_labels_below": acc}, log)[1] == ""
+    assert "finds the scanners" in log.read_text() and not ablation.exists()
+    assert pipeline.prepare(pipeline.KNOWN_LABELS, params | {"known_labels_below": acc + 0.01}, log)[1] == ""
+    assert "GMM-DRIT (known labels)" in log.read_text() and ablation.exists()
+    made = ablation.stat().st_mtime_ns
+    run = config.setup("smoke", str(runs["notebook"]))
+    in_notebook = stage2.Experiment(run, methods.GMM_DRIT).known_labels_ablation(below=acc + 0.01)
+    lane = drit.from_checkpoint(ablation).state_dict()
+    assert lane.keys() == in_notebook.model.state_dict().keys()
+    assert all(torch.equal(v, lane[k]) for k, v in in_notebook.model.state_dict().items())
+    table = stage2.Experiment(config.setup("smoke", str(runs["lane"])), methods.GMM_DRIT).beside_known_labels(
+        below=acc + 0.01)
+    assert ablation.stat().st_mtime_ns == made and len(table) > 3  # loaded, then scored
+    assert config.read_metrics(runs["lane"])["03_gmmdrit_known_labels"]["checkpoint"].startswith(ablation.name)
+
+
 def test_a_seed_trains_stage_2_anew_over_the_run_s_slices_and_gm_vae_and_the_run_s_own_seed_gives_its_numbers(csv_run, tmp_path, monkeypatch):
     """`make seeds`: seed 1 trains notebooks 03, 04 and 09 in a folder of its own that reads the run's
     slices, GM-VAE and frozen classifier and leaves the run as it was; the run's own seed trained
@@ -501,20 +529,22 @@ def test_the_plan_puts_only_the_lanes_groups_side_by_side_and_each_lane_gets_its
     numbers = lambda steps: [[[pipeline.task_name(t, short=True) for t in lane] for lane in step]
                              for step in steps]
     assert numbers(pipeline.plan(pipeline.notebooks())) == [
-        [["01"]], [["02", "03"], ["04", "references"]],
+        [["01"]], [["02", "03"], ["known-labels", "04", "references"]],
         [["09"], ["training-outputs", "05", "06", "07", "08", "10", "11"]]]
     everything_in_order = [[[p]] for p in pipeline.notebooks()]
     assert pipeline.plan(pipeline.notebooks(), lanes=False) == everything_in_order
-    assert numbers(pipeline.plan(pipeline.notebooks(["03", "04"]))) == [[["03"], ["04"]]]  # no references asked for
+    # no references asked for; the known-labels ablation beside 03 (trained only if E1 is below its bar)
+    assert numbers(pipeline.plan(pipeline.notebooks(["03", "04"]))) == [[["03"], ["known-labels", "04"]]]
+    assert numbers(pipeline.plan(pipeline.notebooks(["03"]))) == [[["03"], ["known-labels"]]]
     assert numbers(pipeline.plan(pipeline.notebooks(["04", "05", "06"]))) == [[["04"]], [["05"]], [["06"]]]
     # 09 runs beside its training outputs as in the whole pipeline, whatever else runs (its residual
     # classifiers train on one core, as in `make run`); its references come first
     assert numbers(pipeline.plan(pipeline.notebooks(["02", "03", "09"]))) == [
-        [["02"]], [["03"]], [["references"]], [["09"], ["training-outputs"]]]
+        [["02", "03"], ["known-labels", "references"]], [["09"], ["training-outputs"]]]
     assert numbers(pipeline.plan(pipeline.notebooks(["03", "04", "09"]))) == [
-        [["03"], ["04", "references"]], [["09"], ["training-outputs"]]]
+        [["03"], ["known-labels", "04", "references"]], [["09"], ["training-outputs"]]]
     assert numbers(pipeline.plan(pipeline.notebooks(["03", "04", "09", "10"]))) == [
-        [["03"], ["04", "references"]], [["09"], ["training-outputs", "10"]]]
+        [["03"], ["known-labels", "04", "references"]], [["09"], ["training-outputs", "10"]]]
     # without their group's lanes the references come first, so that 06 and 09 do not both train them
     assert numbers(pipeline.plan(pipeline.notebooks(["01", "06", "09"]))) == [
         [["01"]], [["references"]], [["09"], ["training-outputs", "06"]]]
@@ -586,6 +616,33 @@ def test_a_free_lane_takes_the_last_waiting_task_any_lane_may_take():
     assert pipeline.next_task([[], []], 1, pipeline.ANY_LANE) is None
 
 
+def test_a_task_that_needs_another_lane_s_notebook_waits_for_it_and_its_lane_runs_the_next_task_meanwhile():
+    nb = {n: config.NOTEBOOKS / f"{n}_x.ipynb" for n in ("02", "04", "05")}
+    queue = lambda: [[], [pipeline.KNOWN_LABELS, nb["04"], pipeline.REFERENCES]]
+    queues = queue()  # 02 still waiting or running: the known-labels ablation, which reads its GM-VAE, waits
+    assert pipeline.next_task(queues, 1, pipeline.ANY_LANE, frozenset({"02", "03"})) == nb["04"]
+    assert pipeline.next_task(queues, 1, pipeline.ANY_LANE, frozenset({"02"})) == pipeline.REFERENCES
+    assert pipeline.next_task(queues, 1, pipeline.ANY_LANE, frozenset({"02"})) is None  # nothing else: idle
+    assert pipeline.next_task(queues, 1, pipeline.ANY_LANE, frozenset({"03"})) == pipeline.KNOWN_LABELS
+    queues = queue()  # 02 ended (or not in this step): in order
+    assert [pipeline.next_task(queues, 1, pipeline.ANY_LANE, frozenset({"03"})) for _ in range(3)] == queue()[1]
+    # a lane whose own tasks all wait takes nothing of another lane's
+    assert pipeline.next_task([[pipeline.KNOWN_LABELS], [nb["05"]]], 0, pipeline.ANY_LANE, frozenset({"02"})) is None
+
+
+def test_lanes_start_a_waiting_task_once_what_it_needs_has_ended(tmp_path, capsys):
+    """Lane 2's k waits for lane 1's x: lane 2 runs y first, k only after x has ended."""
+    if pipeline.core_shares(2) is None:
+        pytest.skip("one core, a GPU or no CPU affinity here: no lanes")
+    cores = sorted(os.sched_getaffinity(0))
+    ended = []
+    # tasks no lane knows end at once with an error, which this `done` accepts
+    assert pipeline.execute_lanes([["x"], ["k", "y"]], tmp_path, {}, [{cores[0]}, {cores[1]}],
+                                  lambda task, seconds, error: ended.append(task) or True, after={"k": ("x",)})
+    assert sorted(ended[:2]) == ["x", "y"] and ended[2] == "k"
+    assert "lane 2 runs y before k, which waits for x" in capsys.readouterr().out
+
+
 def test_lanes_of_unequal_cores_take_nothing_of_each_other(tmp_path, monkeypatch):
     """With a lane on 1 core and one on 2, a notebook's threads, and so its numbers, would depend on
     which lane ran it: no task is taken across lanes."""
@@ -593,7 +650,8 @@ def test_lanes_of_unequal_cores_take_nothing_of_each_other(tmp_path, monkeypatch
         pytest.skip("one core, a GPU or no CPU affinity here: no lanes")
     cores = sorted(os.sched_getaffinity(0))
     seen, take = [], pipeline.next_task
-    monkeypatch.setattr(pipeline, "next_task", lambda queues, i, any_lane: seen.append(any_lane) or take(queues, i, any_lane))
+    monkeypatch.setattr(pipeline, "next_task",
+                        lambda queues, i, any_lane, *waits: seen.append(any_lane) or take(queues, i, any_lane, *waits))
     for shares, expected in (([{cores[0]}, set(cores[:2])], frozenset()), ([{cores[0]}, {cores[1]}], pipeline.ANY_LANE)):
         seen.clear()
         # tasks no lane knows end at once with an error, which this `done` accepts
