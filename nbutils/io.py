@@ -52,12 +52,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+class Busy(RuntimeError):
+    """Another process holds the lock :func:`locked` was asked not to wait for."""
+
+
 @contextmanager
-def locked(path: str | Path):
+def locked(path: str | Path, wait: bool = True):
     """Hold an exclusive lock tied to ``path`` (on a hidden sibling ``.<name>.lock``) while the
-    block runs: another process entering ``locked`` on the same path waits. Where the platform has
-    no ``fcntl`` (Windows) the block runs unlocked; the pipeline runs nothing side by side there.
-    Not re-entrant: a process that enters it again on the same path, inside the block, waits for ever."""
+    block runs: another process entering ``locked`` on the same path waits (without ``wait``: raises
+    :class:`Busy`). Where the platform has no ``fcntl`` (Windows) the block runs unlocked; the
+    pipeline runs nothing side by side there. Not re-entrant: a process that enters it again on the
+    same path, inside the block, waits for ever."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on Linux or macOS
@@ -66,7 +71,10 @@ def locked(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"{path} is locked by another process") from None
         try:
             yield
         finally:

@@ -38,10 +38,11 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import ExitStack, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from .config import NOTEBOOKS, PROFILES, SUPERSEDED, default_run_dir, get_profile, read_metrics, resolve, setup
+from .io import Busy, locked
 
 
 def notebooks(only: list[str] | None = None):
@@ -396,7 +397,6 @@ def check_data(csv: str, profile: str, seed: int) -> str:
 
 
 def main(argv=None) -> int:
-    from .report import data_label, print_bars, results_table, stale_note  # a lane's process needs none of it
     from .stage2 import check_options
     from .volumes import DataError
 
@@ -431,14 +431,28 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run = setup(args.profile, run_dir, args.seed)
-    tasks = notebooks(args.only)
+    with ExitStack() as held:
+        try:  # two pipelines in one run folder would train, write and move the same files
+            held.enter_context(locked(run.dir / "pipeline", wait=False))
+        except Busy:
+            print(f"error: another pipeline (`make run`, `make seeds`) is running in {run.dir}: wait for it to end, "
+                  "or give this one a run folder of its own (RUN=...)", file=sys.stderr)
+            return 2
+        return run_notebooks(run, notebooks(args.only), data, args.options, args.one_at_a_time)
+
+
+def run_notebooks(run, tasks: list[Path], data: str, options: str, one_at_a_time: bool) -> int:
+    """Run ``tasks`` (notebooks) into ``run``'s folder as :func:`main` plans them, then print the
+    results; 0, or 1 if a task failed."""
+    from .report import data_label, print_bars, results_table, stale_note  # a lane's process needs none of it
+
     # the record of this call's machine and packages (`--only` rewrites it); when notebook 01 runs,
     # only after it, so that what it sets aside keeps the record of the call that made it
     if not any(task_name(t, short=True) == "01" for t in tasks):
         run.record("environment", environment())
     out = run.dir / "notebooks"
     out.mkdir(exist_ok=True)
-    params = dict(profile=run.profile.name, run_dir=str(run.dir), seed=run.seed, data_csv=data, options=args.options)
+    params = dict(profile=run.profile.name, run_dir=str(run.dir), seed=run.seed, data_csv=data, options=options)
     os.environ["NB_HEADLESS"] = "1"  # the kernels inherit it: no live widgets (nbutils.explorer)
     timings, started = {}, time.perf_counter()
     aside = set((run.dir / SUPERSEDED).glob("*"))  # what notebook 01 sets aside is said when it ends
@@ -458,7 +472,7 @@ def main(argv=None) -> int:
         print(f"   {task_name(task, short=True)} done in {seconds:.0f} s", flush=True)
         return True
 
-    shares = None if args.one_at_a_time else core_shares(2)  # every group of LANES has two lanes
+    shares = None if one_at_a_time else core_shares(2)  # every group of LANES has two lanes
     pools = []  # the lanes' processes, made at the first step of lanes, kept to the last
     try:
         for step in plan(tasks, lanes=shares is not None):

@@ -785,6 +785,22 @@ def test_scores_made_from_other_models_than_notebooks_03_04_last_trained_are_nam
     assert report.stale_sections({"01_data": {}}) == []  # no model trained yet: nothing to compare
 
 
+def test_a_second_pipeline_in_a_run_folder_in_use_stops_before_it_writes_anything(tmp_path, capsys, monkeypatch):
+    from nbutils.io import locked
+
+    ran = []
+    monkeypatch.setattr(pipeline, "run_notebooks", lambda run, tasks, *rest: ran.append(run.dir) or 0)
+    folder = tmp_path / "run"
+    with locked(folder / "pipeline"):  # as a pipeline running there holds it
+        assert pipeline.main(["--profile", "smoke", "--run-dir", str(folder), "--only", "11"]) == 2
+        assert "another pipeline (`make run`, `make seeds`) is running in" in capsys.readouterr().err
+        assert not ran and not (folder / "metrics.json").exists()
+        # another run folder is free
+        assert pipeline.main(["--profile", "smoke", "--run-dir", str(tmp_path / "other"), "--only", "11"]) == 0
+    assert pipeline.main(["--profile", "smoke", "--run-dir", str(folder), "--only", "11"]) == 0  # ended: free
+    assert ran == [tmp_path / "other", folder]
+
+
 def test_a_run_on_your_data_is_named_after_the_csv_unless_named(tmp_path):
     runs = config.DATA / "runs"
     assert pipeline.run_folder("quick") == ""  # the built-in data's default run
