@@ -147,6 +147,11 @@ def remember(run: Run, method: methods.Method, split_name: str, result: Outputs)
 
 
 def evaluation_data(run: Run, targets: bool = True, progress: bool = True):
-    """What notebooks 05-09 start from: (train split, test split, ``{method: Outputs}`` of the test split)."""
+    """What notebooks 05-09 start from: (train split, test split, ``{method: Outputs}`` of the test split),
+    said in a line (``progress``)."""
     train, test = slices_for_run(run, "train"), slices_for_run(run, "test")
-    return train, test, method_outputs(run, test, "test", train, targets, progress)
+    outs = method_outputs(run, test, "test", train, targets, progress)
+    if progress:
+        print(f"profile {run.profile.name}: {len(test)} test slices of {len(test.domains)} scanners; "
+              f"methods: {', '.join(outs)}")
+    return train, test, outs

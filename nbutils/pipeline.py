@@ -38,7 +38,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import ExitStack, redirect_stderr, redirect_stdout
+from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from .config import NOTEBOOKS, PROFILES, SUPERSEDED, default_run_dir, get_profile, read_metrics, resolve, setup
@@ -74,7 +74,7 @@ AFTER = {KNOWN_LABELS: ("02",)}
 ANY_LANE = frozenset({"05", "06", "07", "08", "10", "11"})
 
 
-def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
+def plan(found: list[Path], lanes: bool = True, without: frozenset[str] = frozenset()) -> list[list[list[Path | str]]]:
     """``found`` as steps, each a list of lanes that run side by side, each lane a list of tasks (a
     notebook, or a task of :data:`NEEDED_BY`) that run one after the other. Without ``lanes``, or
     where a group of :data:`LANES` leaves fewer than two lanes with a notebook of ``found`` or a task
@@ -83,11 +83,12 @@ def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
     ``found`` stands; a task of :data:`NEEDED_BY` goes with it only if a notebook that needs it is in
     ``found``. If it is wanted but its group does not run as lanes, it is a step of its own before the
     first lanes that hold a notebook needing it, so that two lanes never make it at once; with no
-    such lanes the notebook makes it itself."""
+    such lanes the notebook makes it itself. Tasks of ``without`` are left out (:func:`needless`)."""
     if not lanes:
         return [[[p]] for p in found]
     by_number = {p.name[:2]: p for p in found}
-    wanted = by_number | {task: task for task, needs in NEEDED_BY.items() if set(needs) & set(by_number)}
+    wanted = by_number | {task: task for task, needs in NEEDED_BY.items()
+                          if set(needs) & set(by_number) and task not in without}
     steps, placed = [], set()
     for p in found:
         if p in placed:
@@ -108,6 +109,32 @@ def plan(found: list[Path], lanes: bool = True) -> list[list[list[Path | str]]]:
         if first is not None:
             steps.insert(first, [[task]])
     return steps
+
+
+def needless(run, found: list[Path]) -> frozenset[str]:
+    """Tasks of :data:`NEEDED_BY` that ``found`` would run for nothing: the known-labels ablation
+    where 02 does not run and the E1 ACC it recorded is at or above the bar (or none is recorded),
+    so that ``--only 03`` runs 03 on all the cores, as before the task existed."""
+    from .stage2 import E1_BAR
+
+    acc = read_metrics(run.dir).get("02_gmvae", {}).get("ACC")
+    if any(task_name(p, short=True) == "02" for p in found) or (acc is not None and acc < E1_BAR):
+        return frozenset()
+    return frozenset({KNOWN_LABELS})
+
+
+@contextmanager
+def run_folder_lock(folder: Path):
+    """Held by the one pipeline (`make run`) or `make seeds` running in ``folder``: another one
+    entering it raises :class:`nbutils.io.Busy` saying so, instead of training, writing and moving
+    the same files (where the platform has no ``fcntl``, Windows, nothing is held)."""
+    with ExitStack() as held:
+        try:
+            held.enter_context(locked(Path(folder) / "pipeline", wait=False))
+        except Busy:
+            raise Busy(f"another pipeline (`make run`, `make seeds`) is running in {folder}: wait for it to end, "
+                       "or give this one a run folder of its own (RUN=...)") from None
+        yield
 
 
 def core_shares(n: int) -> list[set[int]] | None:
@@ -194,14 +221,18 @@ def prepare(task: str, params: dict, log: Path) -> tuple[float, str]:
                 raise ValueError(f"no such task {task!r}; the tasks: {', '.join(NEEDED_BY)}")
             torch.set_num_threads(len(os.sched_getaffinity(0)))  # as the lane's kernels have
             run = setup(params["profile"], params["run_dir"], params["seed"])
+            if task == KNOWN_LABELS:
+                import matplotlib.pyplot as plt
+
+                model = stage2.Experiment(run, methods.GMM_DRIT, options=params.get("options", ""))
+                made = model.known_labels_ablation(params.get("known_labels_below", stage2.E1_BAR))
+                print(made if isinstance(made, str) else f"{made.label}: {made}")
+                plt.close("all")  # its loss curves, saved; the lane's process lives on
+                return time.perf_counter() - start, ""
             train = for_run(run, "train")
             if task == REFERENCES:
                 classifier.for_run(run, train)
                 supervised.for_run(run)
-            elif task == KNOWN_LABELS:
-                model = stage2.Experiment(run, methods.GMM_DRIT, options=params.get("options", ""))
-                made = model.known_labels_ablation(params.get("known_labels_below", stage2.E1_BAR))
-                print(made if isinstance(made, str) else f"{made.label}: {made}")
             else:  # TRAINING_OUTPUTS
                 for method, made in outputs.method_outputs(run, train, "train", train, targets=False).items():
                     classifier.retrained(run, train, method, made)
@@ -431,14 +462,12 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run = setup(args.profile, run_dir, args.seed)
-    with ExitStack() as held:
-        try:  # two pipelines in one run folder would train, write and move the same files
-            held.enter_context(locked(run.dir / "pipeline", wait=False))
-        except Busy:
-            print(f"error: another pipeline (`make run`, `make seeds`) is running in {run.dir}: wait for it to end, "
-                  "or give this one a run folder of its own (RUN=...)", file=sys.stderr)
-            return 2
-        return run_notebooks(run, notebooks(args.only), data, args.options, args.one_at_a_time)
+    try:
+        with run_folder_lock(run.dir):
+            return run_notebooks(run, notebooks(args.only), data, args.options, args.one_at_a_time)
+    except Busy as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def run_notebooks(run, tasks: list[Path], data: str, options: str, one_at_a_time: bool) -> int:
@@ -475,7 +504,7 @@ def run_notebooks(run, tasks: list[Path], data: str, options: str, one_at_a_time
     shares = None if one_at_a_time else core_shares(2)  # every group of LANES has two lanes
     pools = []  # the lanes' processes, made at the first step of lanes, kept to the last
     try:
-        for step in plan(tasks, lanes=shares is not None):
+        for step in plan(tasks, lanes=shares is not None, without=needless(run, tasks)):
             if len(step) > 1:
                 print(f"== side by side, on cores {' and '.join(','.join(map(str, sorted(c))) for c in shares)} "
                       f"(profile {run.profile.name}, run folder {run.dir}):\n"

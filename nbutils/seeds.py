@@ -315,7 +315,8 @@ def report(run: Run) -> str:
 
 def main(argv=None) -> int:
     from .config import default_run_dir
-    from .pipeline import run_folder
+    from .io import Busy
+    from .pipeline import run_folder, run_folder_lock
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="quick", help="the run's profile")
@@ -331,19 +332,20 @@ def main(argv=None) -> int:
         if not (resolve(folder) / "metrics.json").is_file():
             raise FileNotFoundError(f"{resolve(folder)} holds no run: make run first (with the same PROFILE, DATA, RUN)")
         run = setup(args.profile, str(folder))
-        own = run_seed(run)
-        base_state(run)
-        for seed in args.seeds:
-            if seed == own:
-                print(f"seed {seed} is the run's own: its numbers are the run's")
-                continue
-            print(f"\n===== stage-2 seed {seed} =====", flush=True)
-            if train_seed(run, seed):
-                print(f"error: seed {seed} stopped (the executed notebooks: {seed_folder(run, seed) / 'notebooks'})",
-                      file=sys.stderr)
-                return 1
-        print("\n" + report(run) + f"\n\nwritten: {run.figures / 'seeds.md'}, seeds.csv, seeds.png")
-    except (ValueError, FileNotFoundError) as err:
+        with run_folder_lock(run.dir):  # no `make run` over the run, nor other seeds, meanwhile
+            own = run_seed(run)
+            base_state(run)
+            for seed in args.seeds:
+                if seed == own:
+                    print(f"seed {seed} is the run's own: its numbers are the run's")
+                    continue
+                print(f"\n===== stage-2 seed {seed} =====", flush=True)
+                if train_seed(run, seed):
+                    print(f"error: seed {seed} stopped (the executed notebooks: "
+                          f"{seed_folder(run, seed) / 'notebooks'})", file=sys.stderr)
+                    return 1
+            print("\n" + report(run) + f"\n\nwritten: {run.figures / 'seeds.md'}, seeds.csv, seeds.png")
+    except (ValueError, FileNotFoundError, Busy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -536,6 +536,10 @@ def test_the_plan_puts_only_the_lanes_groups_side_by_side_and_each_lane_gets_its
     # no references asked for; the known-labels ablation beside 03 (trained only if E1 is below its bar)
     assert numbers(pipeline.plan(pipeline.notebooks(["03", "04"]))) == [[["03"], ["known-labels", "04"]]]
     assert numbers(pipeline.plan(pipeline.notebooks(["03"]))) == [[["03"], ["known-labels"]]]
+    # where it is known to be needless (pipeline.needless), 03 runs alone on all the cores as before
+    assert numbers(pipeline.plan(pipeline.notebooks(["03"]), without=frozenset({"known-labels"}))) == [[["03"]]]
+    assert numbers(pipeline.plan(pipeline.notebooks(["03", "04"]), without=frozenset({"known-labels"}))) == [
+        [["03"], ["04"]]]
     assert numbers(pipeline.plan(pipeline.notebooks(["04", "05", "06"]))) == [[["04"]], [["05"]], [["06"]]]
     # 09 runs beside its training outputs as in the whole pipeline, whatever else runs (its residual
     # classifiers train on one core, as in `make run`); its references come first
@@ -628,6 +632,16 @@ def test_a_task_that_needs_another_lane_s_notebook_waits_for_it_and_its_lane_run
     assert [pipeline.next_task(queues, 1, pipeline.ANY_LANE, frozenset({"03"})) for _ in range(3)] == queue()[1]
     # a lane whose own tasks all wait takes nothing of another lane's
     assert pipeline.next_task([[pipeline.KNOWN_LABELS], [nb["05"]]], 0, pipeline.ANY_LANE, frozenset({"02"})) is None
+
+
+def test_the_known_labels_task_is_left_out_only_where_the_run_s_recorded_e1_says_it_trains_nothing(tmp_path):
+    run = config.setup("smoke", str(tmp_path / "run"))
+    without_02, with_02 = pipeline.notebooks(["03", "04"]), pipeline.notebooks(["02", "03"])
+    assert pipeline.needless(run, without_02) == {pipeline.KNOWN_LABELS}  # no E1 recorded: 03 trains nothing either
+    for acc, needless in ((stage2.E1_BAR, {pipeline.KNOWN_LABELS}), (stage2.E1_BAR - 0.01, set())):
+        run.record("02_gmvae", {"ACC": acc})
+        assert pipeline.needless(run, without_02) == needless
+        assert pipeline.needless(run, with_02) == set()  # 02 runs first and may record another E1
 
 
 def test_lanes_start_a_waiting_task_once_what_it_needs_has_ended(tmp_path, capsys):
@@ -797,6 +811,11 @@ def test_a_second_pipeline_in_a_run_folder_in_use_stops_before_it_writes_anythin
         assert not ran and not (folder / "metrics.json").exists()
         # another run folder is free
         assert pipeline.main(["--profile", "smoke", "--run-dir", str(tmp_path / "other"), "--only", "11"]) == 0
+        # nor `make seeds` over the run, which would read what that pipeline is making
+        (folder / "metrics.json").write_text("{}")
+        assert seeds.main(["--profile", "smoke", "--run-dir", str(folder), "--seeds", "1"]) == 2
+        assert "another pipeline (`make run`, `make seeds`) is running in" in capsys.readouterr().err
+        assert not (folder / "seeds").exists()
     assert pipeline.main(["--profile", "smoke", "--run-dir", str(folder), "--only", "11"]) == 0  # ended: free
     assert ran == [tmp_path / "other", folder]
 
