@@ -115,10 +115,9 @@ def needless(run, found: list[Path]) -> frozenset[str]:
     """Tasks of :data:`NEEDED_BY` that ``found`` would run for nothing: the known-labels ablation
     where 02 does not run and the E1 ACC it recorded is at or above the bar (or none is recorded),
     so that ``--only 03`` runs 03 on all the cores, as before the task existed."""
-    from .stage2 import E1_BAR
+    from .stage2 import no_known_labels
 
-    acc = read_metrics(run.dir).get("02_gmvae", {}).get("ACC")
-    if any(task_name(p, short=True) == "02" for p in found) or (acc is not None and acc < E1_BAR):
+    if any(task_name(p, short=True) == "02" for p in found) or not no_known_labels(run):
         return frozenset()
     return frozenset({KNOWN_LABELS})
 

@@ -241,6 +241,21 @@ def learning_curve(checkpoint, model: drit.Translator, test: Slices, train_set: 
                          for step, seconds, m in drit.snapshot_models(checkpoint, model)])
 
 
+def no_known_labels(run: Run, below: float = E1_BAR) -> str:
+    """Why ``run``'s GMM-DRIT needs no known-labels ablation (:meth:`Experiment.known_labels_ablation`):
+    E1 ACC is not recorded, or at or above ``below``; '' where it needs one."""
+    metrics = read_metrics(run.dir)
+    acc = metrics.get("02_gmvae", {}).get("ACC")
+    if acc is None:
+        return "E1 ACC is not recorded (run notebook 02 in this run folder): no known-labels ablation"
+    if acc < below:
+        return ""
+    key = methods.GMM_DRIT.section + "_known_labels"
+    left = f"; the section {key} an earlier run left in metrics.json is kept as it was" if key in metrics else ""
+    return (f"stage 1 finds the scanners (E1 ACC {acc:.3f} ≥ {below:.2f}): GMM-DRIT's inferred codes are "
+            "the scanners, no known-labels ablation needed" + left)
+
+
 class Experiment:
     """One stage-2 model of a run, as notebooks 03 (GMM-DRIT) and 04 (DRIT++) use it. Figures and
     tables are saved to the run's figures folder, headline numbers to ``metrics.json``, both under
@@ -425,15 +440,8 @@ class Experiment:
         (:mod:`nbutils.pipeline`) while notebook 03 trains this model; 03 then loads it."""
         if self.method != methods.GMM_DRIT or self.known_labels:
             return "only GMM-DRIT with inferred codes has a known-labels ablation"
-        metrics = read_metrics(self.run.dir)
-        acc = metrics.get("02_gmvae", {}).get("ACC")
-        if acc is None:
-            return "E1 ACC is not recorded (run notebook 02 in this run folder): no known-labels ablation"
-        if acc >= below:
-            left = (f"; the section {self.key}_known_labels an earlier run left in metrics.json is kept as it was"
-                    if self.key + "_known_labels" in metrics else "")
-            return (f"stage 1 finds the scanners (E1 ACC {acc:.3f} ≥ {below:.2f}): GMM-DRIT's inferred codes are "
-                    "the scanners, no known-labels ablation needed" + left)
+        if why_not := no_known_labels(self.run, below):
+            return why_not
         ablation = Experiment(self.run, self.method, known_labels=True, steps=self.steps, options=self.options)
         # its initial weights from the run's seed, not from whatever this process drew before (which
         # differs when the model above was trained rather than loaded)
