@@ -266,9 +266,8 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
     spec = dict(code=CODE_HASH, n_train=n_train, n_test=n_test, slab=slab, seed=seed, n_paired=n_paired,
                 scanners=[asdict(s) for s in scanners])
     csv = out_dir / "volumes.csv"
-    if csv.exists() and (out_dir / "spec.json").exists():
-        if json.loads((out_dir / "spec.json").read_text()) == json.loads(json.dumps(spec)):
-            return csv
+    if holds(out_dir, spec):
+        return csv
     tpl = load_template()
     k_all = range(len(scanners))
     jobs = [("train", k, i) for k in k_all for i in range(n_train)]
@@ -303,13 +302,26 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
 
         # every anatomy draws from its own generators, so the files do not depend on the threads
         done = thread_map(write, jobs, desc="simulating scanners", progress=progress)
-        pd.DataFrame([row for rows in done for row in rows]).to_csv(tmp / "volumes.csv", index=False)
-        (tmp / "spec.json").write_text(json.dumps(spec, indent=2))
-        (tmp / "README.txt").write_text(
-            f"{SIMULATION_MARK} from nilearn's ICBM152 2009a template.\n"
-            f"Scanners: {', '.join(s.name for s in scanners)} (simulations, not real devices).\n"
-            + ("The built-in set.\n" if scanners == SCANNERS else "Not the built-in scanners.\n"))
+        write_index(tmp, done, spec, f"{SIMULATION_MARK} from nilearn's ICBM152 2009a template.",
+                    [s.name for s in scanners], built_in=scanners == SCANNERS)
     return csv
+
+
+def holds(out_dir: Path, spec: dict) -> bool:
+    """Whether ``out_dir`` already holds the simulated set that ``spec`` describes."""
+    return (out_dir / "volumes.csv").exists() and (out_dir / "spec.json").exists() and \
+        json.loads((out_dir / "spec.json").read_text()) == json.loads(json.dumps(spec))
+
+
+def write_index(folder: Path, rows: list[list[dict]], spec: dict, made_by: str, scanners: list[str],
+                built_in: bool = False) -> None:
+    """A simulated set's CSV (``rows``: each anatomy's rows), ``spec.json`` and README.txt, whose first line
+    ``made_by`` begins with :data:`~nbutils.plots.SIMULATED_BY` (so figures call the data simulated)."""
+    pd.DataFrame([row for each in rows for row in each]).to_csv(folder / "volumes.csv", index=False)
+    (folder / "spec.json").write_text(json.dumps(spec, indent=2))
+    (folder / "README.txt").write_text(
+        f"{made_by}\nScanners: {', '.join(scanners)} (simulations, not real devices).\n"
+        + ("The built-in set.\n" if built_in else "Not the built-in scanners.\n"))
 
 
 def main(argv=None) -> Path:

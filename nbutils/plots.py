@@ -60,22 +60,23 @@ def save_table(df: pd.DataFrame, name: str, folder: str | Path, note: str = "") 
 
 SIMULATED = "simulated scanners (built-in data, not real devices)"
 BUILT_IN = SIMULATED
-SIMULATION_MARK = "SIMULATED data made by nbutils.phantom"  # the first line of a simulated set's README.txt
+SIMULATED_BY = "SIMULATED data made by nbutils."  # how the README.txt of a set this project simulated begins
+SIMULATION_MARK = SIMULATED_BY + "phantom"  # … of a set nbutils.phantom made (nbutils.tissuesim: + "tissuesim")
 
 
 def describe_data(source_csv: str | Path) -> str:
     """Set and return the label every figure and table of this kernel carries (``SIMULATED``):
-    the simulated-scanner label when the CSV of volumes was made by :mod:`nbutils.phantom` (its
-    folder's README.txt says so), else the CSV's name, so results on real data are not called
-    simulated."""
+    the simulated-scanner label when the CSV of volumes was made by :mod:`nbutils.phantom` or
+    :mod:`nbutils.tissuesim` (its folder's README.txt says so), else the CSV's name, so results on
+    real data are not called simulated."""
     global SIMULATED
     readme = Path(source_csv).parent / "README.txt"
     text = readme.read_text(errors="replace") if readme.is_file() else ""
     other = re.search(r"^Scanners: (.*) \(simulations", text, re.M) if "Not the built-in scanners" in text else None
-    if not text.startswith(SIMULATION_MARK):
+    if not text.startswith(SIMULATED_BY):
         SIMULATED = f"data of {Path(source_csv).name} (not simulated by this project)"
-    else:  # the built-in set, or another set of simulated scanners (nbutils.phantom.OTHER_SCANNERS)
-        SIMULATED = f"simulated scanners {other.group(1)} (a second set, not real devices)" if other else BUILT_IN
+    else:  # the built-in set, or another set of simulated scanners (phantom.OTHER_SCANNERS, tissuesim)
+        SIMULATED = f"simulated scanners {other.group(1)} (another set, not real devices)" if other else BUILT_IN
     return SIMULATED
 
 
