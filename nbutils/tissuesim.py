@@ -19,6 +19,7 @@ anatomy, fresh per-image nuisance). No paired split. These are simulations, not 
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import nibabel as nib
@@ -30,6 +31,7 @@ from .parallel import thread_map
 from .phantom import holds, write_index
 from .plots import SIMULATED_BY
 
+CODE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # in the spec: new code, new files
 Y_BAND = (78, 158)  # y = -56 … +24 mm on nilearn's grid: the built-in set's coronal band
 # per scanner: tissue levels (CSF, GM, WM), noise (sd, Rician?), effect, coil field (shape, strength), storage
 SCANNERS = {
@@ -52,25 +54,26 @@ def load_tissues():
 
     mask_img = datasets.load_mni152_brain_mask(resolution=1)
     mask = mask_img.get_fdata() > 0.5
-    gm, wm = (m.get_fdata() / m.get_fdata().max() for m in (datasets.load_mni152_gm_template(resolution=1),
-                                                           datasets.load_mni152_wm_template(resolution=1)))
+    gm, wm = (m / m.max() for m in (datasets.load_mni152_gm_template(resolution=1).get_fdata(),
+                                    datasets.load_mni152_wm_template(resolution=1).get_fdata()))
     csf = np.clip(1 - gm - wm, 0, 1) * mask
     return mask_img.affine, [v.astype(np.float32) for v in (csf, gm, wm, mask)]
 
 
 def subject(maps, slab: int, rng: np.random.Generator):
-    """A random anatomy: its [CSF, GM, WM] fractions on ``slab`` coronal slices, its mask, its first y."""
+    """A random anatomy: its [CSF, GM, WM] fractions on ``slab`` coronal slices, its mask, its first y
+    (a rotation about x and z, a scale and a shift, then a smooth elastic field)."""
     shape = maps[0].shape
     y0 = int(rng.integers(Y_BAND[0], Y_BAND[1] - slab))
-    a = np.deg2rad(rng.uniform(-5, 5, 3))
-    rot_x = np.array([[1, 0, 0], [0, np.cos(a[0]), -np.sin(a[0])], [0, np.sin(a[0]), np.cos(a[0])]])
-    rot_z = np.array([[np.cos(a[2]), -np.sin(a[2]), 0], [np.sin(a[2]), np.cos(a[2]), 0], [0, 0, 1]])
+    ax, _, az = np.deg2rad(rng.uniform(-5, 5, 3))  # an angle about y is drawn and not used (the set's draws)
+    rot_x = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    rot_z = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
     grid = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(y0, y0 + slab), np.arange(shape[2]),
                                 indexing="ij")).reshape(3, -1).astype(float)
     centre = np.array(shape, float)[:, None] / 2
     coords = rot_x @ rot_z @ np.diag(rng.uniform(0.94, 1.06, 3)) @ (grid - centre) + centre
     coords += rng.uniform(-3, 3, (3, 1))
-    on_coarse = [grid[i] / shape[i] * 5 for i in range(3)]  # a smooth elastic field: 6³ knots, ~2 mm
+    on_coarse = [grid[i] / shape[i] * 5 for i in range(3)]  # a smooth elastic field: 6³ knots, sd 1.5 mm
     coords += np.stack([ndimage.map_coordinates(rng.normal(0, 1.5, (6, 6, 6)), on_coarse, order=3,
                                                 mode="nearest") for _ in range(3)])
     out = [ndimage.map_coordinates(m, coords, order=1).reshape(shape[0], slab, shape[2]) for m in maps]
@@ -114,11 +117,11 @@ def render(tissues, mask, y0: int, scanner: dict, rng: np.random.Generator | Non
 def save(vol: np.ndarray, affine: np.ndarray, y0: int, scanner: dict, path: Path) -> None:
     """Write a RAS slab placed at y0 in the scanner's storage: dtype, scale and orientation."""
     affine = affine.copy()
-    affine[1, 3] += y0 * affine[1, 1]
-    if scanner["las"]:
+    affine[:3, 3] += y0 * affine[:3, 1]  # the slab's first slice is the grid's slice y0
+    if scanner["las"]:  # the array's first x is the grid's last
         vol = vol[::-1]
-        affine[0, 3] += (vol.shape[0] - 1) * affine[0, 0]
-        affine[0, 0] = -affine[0, 0]
+        affine[:3, 3] += (vol.shape[0] - 1) * affine[:3, 0]
+        affine[:3, 0] = 0.0 - affine[:3, 0]  # not -0.0 where 0
     dtype = np.dtype(scanner["dtype"])
     v = vol * scanner["scale"]
     if dtype.kind in "iu":  # integer storage saturates, as a scanner's export does
@@ -134,7 +137,7 @@ def build(out_dir: str | Path, n_train: int = 40, n_test: int = 10, slab: int = 
     """Write the set to ``out_dir`` (atomically; a folder holding this very set is reused) and return its
     CSV ``path,domain,subject,split,clean,rescan``: ``n_train`` anatomies per scanner, ``n_test`` seen by all."""
     out_dir = Path(out_dir)
-    spec = dict(n_train=n_train, n_test=n_test, slab=slab, seed=seed, scanners=SCANNERS)
+    spec = dict(code=CODE_HASH, n_train=n_train, n_test=n_test, slab=slab, seed=seed, scanners=SCANNERS)
     csv = out_dir / "volumes.csv"
     if holds(out_dir, spec):
         return csv
@@ -154,8 +157,8 @@ def build(out_dir: str | Path, n_train: int = 40, n_test: int = 10, slab: int = 
                 sc, name = SCANNERS[names[kk]], names[kk]
                 who = f"{name}-s{i:03d}" if split == "train" else f"trav-{i:03d}"
                 file = f"{who}.nii.gz" if split == "train" else f"{who}_{name}.nii.gz"
-                save(render(tissues, mask, y0, sc, np.random.default_rng([seed, 2, kk, i, int(split == "test")])), affine,
-                     y0, sc, tmp / split / file)
+                nuisance = np.random.default_rng([seed, 2, kk, i, int(split == "test")])
+                save(render(tissues, mask, y0, sc, nuisance), affine, y0, sc, tmp / split / file)
                 row = dict(path=f"{split}/{file}", domain=name, subject=who, split=split, clean="", rescan="")
                 if split == "test":
                     save(render(tissues, mask, y0, sc, None), affine, y0, sc, tmp / "clean" / file)

@@ -6,7 +6,7 @@ import nbutils
 
 LAYERS = [  # in the order of docs/design.md's table
     {"io", "parallel", "config", "methods", "plots", "metrics", "baselines"},
-    {"volumes", "data", "phantom", "ixi"},
+    {"volumes", "data", "phantom", "tissuesim", "ixi"},
     {"train", "clustering", "nets", "crops", "gmvae"},
     {"losses", "appearance", "layout", "drit"},
     {"harmonize", "apply", "explorer"},

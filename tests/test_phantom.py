@@ -36,6 +36,11 @@ def test_layout_and_csv(built):
     img = nib.load(str(csv.parent / table.path.iloc[0]))
     assert nib.aff2axcodes(img.affine) == ("L", "A", "S")  # FSL's MNI orientation
     assert b"not real data" in img.header["descrip"].tobytes()
+    # the lines plots.describe_data reads: the built-in set is labelled as such
+    assert (csv.parent / "README.txt").read_text().splitlines() == [
+        "SIMULATED data made by nbutils.phantom from nilearn's ICBM152 2009a template.",
+        f"Scanners: {', '.join(s.name for s in phantom.SCANNERS)} (simulations, not real devices).",
+        "The built-in set."]
 
 
 def test_same_seed_same_files_other_seed_other_files(built):
