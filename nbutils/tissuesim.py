@@ -1,4 +1,4 @@
-"""A third simulated multi-scanner set, rendered without :mod:`nbutils.phantom`'s code.
+"""A third simulated multi-scanner set, rendered without :mod:`nbutils.phantom`'s renderer.
 
 The built-in set and our second set share one renderer (a contrast curve of the T1 template, then
 resolution, coil field, noise and one artefact), the one the project was developed on. This module
@@ -157,13 +157,12 @@ def build(out_dir: str | Path, n_train: int = 40, n_test: int = 10, slab: int = 
                 sc, name = SCANNERS[names[kk]], names[kk]
                 who = f"{name}-s{i:03d}" if split == "train" else f"trav-{i:03d}"
                 file = f"{who}.nii.gz" if split == "train" else f"{who}_{name}.nii.gz"
-                nuisance = np.random.default_rng([seed, 2, kk, i, int(split == "test")])
-                save(render(tissues, mask, y0, sc, nuisance), affine, y0, sc, tmp / split / file)
+                put = lambda folder, rng: save(render(tissues, mask, y0, sc, rng), affine, y0, sc, tmp / folder / file)
+                put(split, np.random.default_rng([seed, 2, kk, i, int(split == "test")]))
                 row = dict(path=f"{split}/{file}", domain=name, subject=who, split=split, clean="", rescan="")
-                if split == "test":
-                    save(render(tissues, mask, y0, sc, None), affine, y0, sc, tmp / "clean" / file)
-                    save(render(tissues, mask, y0, sc, np.random.default_rng([seed, 4, kk, i])), affine, y0, sc,
-                         tmp / "rescan" / file)
+                if split == "test":  # its clean truth (no nuisance) and a rescan (other nuisance)
+                    put("clean", None)
+                    put("rescan", np.random.default_rng([seed, 4, kk, i]))
                     row.update(clean=f"clean/{file}", rescan=f"rescan/{file}")
                 rows.append(row)
             return rows
@@ -178,7 +177,7 @@ def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(prog="python -m nbutils.tissuesim",
                                  description="Write a third simulated multi-scanner set (" + ", ".join(SCANNERS)
                                              + ": simulations, not real devices), rendered without "
-                                             "nbutils.phantom's code, and its CSV.")
+                                             "nbutils.phantom's renderer, and its CSV.")
     ap.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (reused when it already holds this very set)")
     csv = build(ap.parse_args(argv).out_dir)
     print(csv)

@@ -1,4 +1,5 @@
 import functools
+import hashlib
 from pathlib import Path
 
 import nibabel as nib
@@ -23,6 +24,12 @@ def _blob(seed: int, shape: tuple) -> np.ndarray:
     vol = np.where(r < 1, 300.0, 0.0) + np.where(r < 0.6, 400.0, 0.0)
     vol += rng.normal(0, 5, shape) * (r < 1)
     return vol.astype(np.float32)
+
+
+def nifti_digest(folder: Path) -> dict[str, str]:
+    """``{path under folder: sha256 of the voxel array}`` of every .nii.gz under ``folder``."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(
+        np.asarray(nib.load(str(p)).dataobj).tobytes()).hexdigest() for p in sorted(folder.rglob("*.nii.gz"))}
 
 
 @pytest.fixture

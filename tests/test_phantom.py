@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import nifti_digest as digest
 from nbutils import baselines, data, metrics, parallel, phantom
 
 
@@ -13,11 +14,6 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("sim")
     csv = phantom.build(root / "a", n_train=2, n_test=2, slab=2, seed=5, n_paired=1, progress=False)
     return root, csv
-
-
-def digest(folder):
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(
-        np.asarray(nib.load(str(p)).dataobj).tobytes()).hexdigest() for p in sorted(folder.rglob("*.nii.gz"))}
 
 
 def test_layout_and_csv(built):

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import nifti_digest as digest
 from nbutils import data, parallel, plots, tissuesim, volumes
 
 
@@ -12,11 +13,6 @@ from nbutils import data, parallel, plots, tissuesim, volumes
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("tissuesim")
     return root, tissuesim.build(root / "a", n_train=2, n_test=2, slab=2, seed=5, progress=False)
-
-
-def digest(folder):
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(
-        np.asarray(nib.load(str(p)).dataobj).tobytes()).hexdigest() for p in sorted(folder.rglob("*.nii.gz"))}
 
 
 def test_the_csv_passes_the_projects_checks_with_unpaired_training_and_traveling_test_subjects(built):
