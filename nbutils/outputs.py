@@ -76,7 +76,13 @@ def inputs_stamp(run: Run, method: methods.Method) -> str:
     files = array_files(run.slices)
     if method.is_model:
         files.append(run.checkpoints / method.checkpoint())
-    stat = {str(f.relative_to(run.dir)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
+    stat = {}
+    for f in files:
+        try:
+            s = f.stat()  # one call: size and time of the same version of the file
+        except FileNotFoundError:
+            continue
+        stat[str(f.relative_to(run.dir))] = [s.st_size, s.st_mtime_ns]
     return json.dumps(dict(seed=run.seed, files=stat, made_by=MADE_BY), sort_keys=True)
 
 
