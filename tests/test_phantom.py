@@ -1,5 +1,3 @@
-import hashlib
-
 import nibabel as nib
 import numpy as np
 import pandas as pd
