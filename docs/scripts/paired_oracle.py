@@ -18,6 +18,9 @@ model is scored, diagnosed and probed as notebook 03 does, and the source probe 
 RUN_DIR: a *copy* of a finished quick-profile run of data with a paired split (the built-in set, or a set made by
 ``python -m nbutils.phantom``): its GM-VAE and slices are used, its GMM-DRIT checkpoint, figures and
 ``metrics.json`` section are overwritten. WEIGHT 0 trains the default model again. OUT_JSON: the section's numbers.
+
+It patches ``nbutils.drit`` internals (``DRITTask.__init__``, ``field_layout_loss``, ``layout.field_targets``) and
+is not run by ``make test``: last run with the package code of 09871b1, where it gave the numbers of the docs.
 """
 import json
 import sys
