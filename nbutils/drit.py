@@ -47,7 +47,10 @@ class DRITConfig:
     known_labels: bool = False  # GMM-DRIT only: condition on the true scanner instead of the inferred one
     lr: float = 1e-4
     w_adv: float = 1.0
-    w_cls: float = 10.0  # G's scanner-classification term (DRIT++'s multi-domain lambda_cls_G)
+    w_cls: float = 10.0  # G's scanner-classification term (DRIT++'s multi-domain lambda_cls_G), cross-domain branch
+    # the same term on the scanner-free branch (D_s²'s scanner head toward no scanner, the all-zero code); as w_cls
+    # by default. Measured at 1, not adopted (docs/experiments.md, "Do the scanner-free branch's two terms fight?")
+    w_cls_sf: float = 10.0
     w_content: float = 1.0
     w_self: float = 10.0
     w_cc: float = 10.0
@@ -397,7 +400,7 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 # model those checkpoints hold (DRITTask.meta_of leaves them out while so)
 ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding": "zeros", "dc_steps": 1,
              "dc_lr": 1.0, "content_highpass": 0.0, "content_highpass_floor": 0.02, "invariance_blur": 0.0,
-             "invariance_noise": 0.0, "invariance_symmetric": False}
+             "invariance_noise": 0.0, "invariance_symmetric": False, "w_cls_sf": 10.0}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)
@@ -550,7 +553,7 @@ class DRITTask:
             kl = kl_a + kl_b
             zc_l2 = zc.float().square().mean()  # constant (about 1) when content_norm is on
             sf_content = F.l1_loss(zc_back[2 * n:], zc.detach()) if cfg.w_sf_content else zc_l2.new_zeros(())
-            total = (cfg.w_adv * (adv1 + adv2) + cfg.w_cls * (cls1 + cls2) + cfg.w_content * content
+            total = (cfg.w_adv * (adv1 + adv2) + cfg.w_cls * cls1 + cfg.w_cls_sf * cls2 + cfg.w_content * content
                      + cfg.w_self * self_rec + cfg.w_cc * cc + cfg.w_kl * kl + cfg.w_latent * latent
                      + cfg.w_zc * zc_l2 + cfg.w_sf_content * sf_content + cfg.w_invariance * invariance
                      + cfg.w_field_layout * field_layout)

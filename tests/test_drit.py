@@ -406,6 +406,24 @@ def test_the_content_encoder_reads_the_image_without_g_s_tone_curve_and_field():
         assert (m.content(x) - m.content(plain)).abs().max() > 0.05
 
 
+def test_the_scanner_free_classification_term_has_its_own_weight():
+    """``w_cls_sf`` weighs the scanner-free branch's classification term (G_cls2) and nothing else: on the same batch
+    and draws, the first step's total moves by exactly the weight's change times G_cls2, and the cross-domain
+    branch's term keeps ``w_cls``. Its default is ``w_cls``'s, so a model built before it is built the same."""
+    batch = sampler()(0)
+    ctx = lambda t: train.Context(torch.device("cpu"), t.optimizers)
+    out = {}
+    for weight in (10.0, 1.0):
+        task = make_task(w_cls_sf=weight)
+        torch.manual_seed(5)
+        out[weight] = task.step(batch, 0, ctx(task))
+    assert out[1.0]["G_cls2"] == pytest.approx(out[10.0]["G_cls2"]) and out[10.0]["G_cls2"] > 0
+    assert out[1.0]["G_cls1"] == pytest.approx(out[10.0]["G_cls1"])
+    assert out[10.0]["total"] - out[1.0]["total"] == pytest.approx(9.0 * out[10.0]["G_cls2"], rel=1e-4)
+    assert drit.DRITConfig(image_shape=(8, 8), k=2).w_cls_sf == drit.DRITConfig(image_shape=(8, 8), k=2).w_cls
+    assert drit.ADDED_OFF["w_cls_sf"] == drit.DRITConfig(image_shape=(8, 8), k=2).w_cls
+
+
 def test_the_content_adversary_reaches_g_s_field_through_e_c():
     """With ``content_field`` D_c's adversarial term (the only weight left on) moves G's field as
     well as E^c: E^c can drop a field from its input only through the field G draws; off, it moves
