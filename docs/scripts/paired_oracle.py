@@ -20,7 +20,8 @@ RUN_DIR: a *copy* of a finished quick-profile run of data with a paired split (t
 ``metrics.json`` section are overwritten. WEIGHT 0 trains the default model again. OUT_JSON: the section's numbers.
 
 It patches ``nbutils.drit`` internals (``DRITTask.__init__``, ``field_layout_loss``, ``layout.field_targets``) and
-is not run by ``make test``: last run with the package code of 09871b1, where it gave the numbers of the docs.
+is not run by ``make test``: last run with the package code of 09871b1, where it gave the numbers of the docs (its
+E^a codes then computed by a copy of ``PairSampler.attach_codes``, which it now calls: the same codes, checked).
 """
 import json
 import sys
@@ -51,17 +52,13 @@ def main(run_dir: str, weight: float, out: str) -> None:
         keep_init(task, *args, **kwargs)
         state["task"] = task
 
-    @torch.no_grad()
-    def codes(m):  # the frozen E^a's codes of every paired slice, once (as PairSampler.attach_codes)
-        v = torch.from_numpy(np.asarray(crops.views(images, m.view_size), np.float32)).unsqueeze(1) * 2 - 1
-        lab = torch.as_tensor(np.asarray(paired.labels), dtype=torch.long)
-        got = [m.attributes(v[s: s + 64], lab[s: s + 64])[:2] for s in range(0, len(v), 64)]
-        return torch.cat([g[0] for g in got]).float(), torch.cat([g[1] for g in got]).float()
-
     def oracle(generator, *layout):
         m, cfg = state["task"].modules, state["task"].cfg
-        if "codes" not in state:
-            state["codes"] = codes(m)
+        if "codes" not in state:  # the frozen E^a's codes of every paired slice, once, as training computes its own
+            sampler = drit.PairSampler(images, np.asarray(paired.labels), 1, crop=cfg.image_shape[0], masks=masks,
+                                       view=m.view_size)
+            sampler.attach_codes(m)
+            state["codes"] = sampler.codes
         rng = np.random.default_rng((12345, state["it"]))
         state["it"] += 1
         anat = rng.integers(0, len(rows), PAIRS)

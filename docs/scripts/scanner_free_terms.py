@@ -1,11 +1,11 @@
 """Do the scanner-free branch's two generator terms fight? For every training snapshot of a run's GMM-DRIT and
 DRIT++: on 16 training batches drawn as training draws them, the gradients on E^c, G (and DRIT++'s E^a) of
   adv2 = bce(D_s2 real/fake head on the scanner-free outputs, "real")  and  cls2 = bce(D_s2 scanner head, all-zero code),
-their cosine, their weighted norms (w_adv, w_cls), and what D_s2 says of those outputs (P(real), the largest
+their cosine, their weighted norms (w_adv; w_cls_sf and w_cls), and what D_s2 says of those outputs (P(real), the largest
 P(scanner)); the cross-domain branch's adv1 / cls1 (D_s1, toward the target's code) as a control.
 (docs/experiments.md, "Do the scanner-free branch's two terms fight?"). Reads a finished quick-profile run (its
 training slices and both models' training snapshots); trains nothing and writes nothing into the run. Not run by
-`make test`; last run with the package code of 09871b1.
+`make test`; last run with the package code of 4aec345 (09871b1's models), giving the docs' numbers.
 
     python docs/scripts/scanner_free_terms.py RUN_DIR OUT_JSON [uniform]
 
@@ -19,7 +19,7 @@ run = config.setup("quick", sys.argv[1], 0)
 uniform = len(sys.argv) > 3 and sys.argv[3] == "uniform"
 train = data.for_run(run, "train")
 p = run.profile
-torch.set_grad_enabled(True)
+cos = lambda u, v: float(torch.dot(u, v) / (u.norm() * v.norm() + 1e-12))
 out = {}
 for method in (methods.GMM_DRIT, methods.DRITPP):
     ck = run.checkpoints / method.checkpoint(False)
@@ -31,6 +31,8 @@ for method in (methods.GMM_DRIT, methods.DRITPP):
         params = list(m.content.parameters()) + list(m.generator.parameters())
         if cfg.variant == "drit++":
             params += list(m.attribute.parameters())
+        flat = lambda loss: torch.cat([(g if g is not None else torch.zeros_like(q)).flatten() for g, q in
+                                       zip(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True), params)])
         sampler = drit.PairSampler(train.images, train.labels, p.drit_batch, 1234, "cpu", crop=cfg.image_shape[0],
                                    masks=train.masks, view=m.view_size)
         if cfg.variant == "gmm-drit":
@@ -55,16 +57,13 @@ for method in (methods.GMM_DRIT, methods.DRITPP):
             adv2, cls2 = losses.generator(m.ds2, sf, torch.full_like(c_sf, 1.0 / c_sf.shape[1]) if uniform
                                           else torch.zeros_like(c_sf))
             adv1, cls1 = losses.generator(m.ds1, fake, torch.cat([c_b, c_a]))
-            flat = lambda loss: torch.cat([(g if g is not None else torch.zeros_like(q)).flatten() for g, q in
-                                           zip(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True), params)])
             ga2, gc2, ga1, gc1 = flat(adv2), flat(cls2), flat(adv1), flat(cls1)
-            cos = lambda u, v: float(torch.dot(u, v) / (u.norm() * v.norm() + 1e-12))
             with torch.no_grad():
                 r2, s2 = m.ds2(sf); r1, s1 = m.ds1(fake); rr, sr = m.ds2(torch.cat([xa, xb]))
             acc["p_real_real"].append(float(torch.sigmoid(rr).mean()))
             acc["p_scanner_real"].append(float(torch.sigmoid(sr).max(1).values.mean()))
             acc["cos2"].append(cos(ga2, gc2)); acc["cos1"].append(cos(ga1, gc1))
-            acc["n_adv2"].append(cfg.w_adv * float(ga2.norm())); acc["n_cls2"].append(cfg.w_cls * float(gc2.norm()))
+            acc["n_adv2"].append(cfg.w_adv * float(ga2.norm())); acc["n_cls2"].append(cfg.w_cls_sf * float(gc2.norm()))
             acc["n_adv1"].append(cfg.w_adv * float(ga1.norm())); acc["n_cls1"].append(cfg.w_cls * float(gc1.norm()))
             acc["p_real_sf"].append(float(torch.sigmoid(r2).mean()))
             acc["p_scanner_sf"].append(float(torch.sigmoid(s2).max(1).values.mean()))
