@@ -9,13 +9,14 @@ dark_overlap (`paired.agreement_table`, on the run's cached draw of z^a); the fr
 draw and, as the bar reads it, its median over 8 draws of z^a (seeds 0-7, as notebook 09 draws them); and a
 classifier retrained on the same blend of the training split's outputs (as notebook 09 retrains one on each
 method's; its checkpoints go to a temporary folder). A measurement of the bars' trade, not a method: the blend is
-not offered as one (docs/experiments.md, "Structure against the residual"). Reads a finished quick-profile run;
-trains no stage-2 model and writes nothing into the run. Not run by `make test`. Writes OUT_JSON and, beside it,
+not offered as one (docs/experiments.md, "Structure against the residual"). Reads a finished quick-profile run of
+seed 0; trains no stage-2 model and writes nothing into the run. Not run by `make test`. Writes OUT_JSON and, beside it,
 a PNG of one anatomy's inputs, the models at α 0 and 0.4, and histogram matching.
 
     python docs/scripts/structure_frontier.py RUN_DIR OUT_JSON
 """
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -64,6 +65,7 @@ for method in methods.MODELS:
               f"{r['outputs']:.3f} (inputs {r['inputs']:.3f}, blur control {r['blur_control']:.3f}, margin's CI from "
               f"{r['margin_ci_low']:.3f})  dark_overlap {r.get('dark_overlap', float('nan')):.3f}", flush=True)
 json.dump(rows, open(sys.argv[2], "w"), indent=1)
+shutil.rmtree(scratch)
 
 # to look at: one anatomy seen by every scanner (rows): its input, each model at α 0 and 0.4, histogram matching
 panels = {}
