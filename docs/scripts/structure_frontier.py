@@ -6,14 +6,15 @@ agreement, along a blend of each model's scanner-free outputs with histogram mat
 α 0 is the model, α 1 histogram matching, which keeps the input's noise and detail (structure 0.99). Each blend is
 scored as notebook 09 scores a method: the agreement beside the inputs and its own blur control, structure and
 dark_overlap (`paired.agreement_table`, on the run's cached draw of z^a); the frozen classifier's accuracy on that
-draw and, as the bar reads it, its median over 8 draws of z^a (seeds 0-7, as notebook 09 draws them); and a
-classifier retrained on the same blend of the training split's outputs (as notebook 09 retrains one on each
+draw and, as the bar reads it, its median over 8 draws of z^a (seeds SEED … SEED + 7, as notebook 09 draws them);
+and a classifier retrained on the same blend of the training split's outputs (as notebook 09 retrains one on each
 method's; its checkpoints go to a temporary folder). A measurement of the bars' trade, not a method: the blend is
-not offered as one (docs/experiments.md, "Structure against the residual"). Reads a finished quick-profile run of
-seed 0; trains no stage-2 model and writes nothing into the run. Not run by `make test`. Writes OUT_JSON and, beside it,
+not offered as one (docs/experiments.md, "Structure against the residual"). Reads a finished quick-profile run
+(SEED: a seed folder of `make seeds`, `<run>/seeds/seed<N>`, with its seed N; default 0, the run itself); trains no
+stage-2 model and writes nothing into the run. Not run by `make test`. Writes OUT_JSON and, beside it,
 a PNG of one anatomy's inputs, the models at α 0 and 0.4, and histogram matching.
 
-    python docs/scripts/structure_frontier.py RUN_DIR OUT_JSON
+    python docs/scripts/structure_frontier.py RUN_DIR OUT_JSON [SEED]
 """
 import json
 import shutil
@@ -30,7 +31,7 @@ ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 COLUMNS = ("inputs", "blur_control", "outputs", "margin", "margin_ci_low", "structure", "structure_blur_control",
            "structure_clean_truth", "dark_overlap")
 
-run = config.setup("quick", sys.argv[1], 0)
+run = config.setup("quick", sys.argv[1], int(sys.argv[3]) if len(sys.argv) > 3 else 0)
 train, test, outs = outputs.evaluation_data(run, progress=False)
 train_outs = outputs.method_outputs(run, train, "train", train, targets=False, progress=False)
 frozen_clf = classifier.for_run(run, train)
