@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nbutils import classifier, config, methods, outputs, paired, plots
+from nbutils import classifier, clustering, config, methods, outputs, paired, plots
 from nbutils.harmonize import Harmonizer
 
 ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
@@ -39,19 +39,19 @@ scratch = Path(tempfile.mkdtemp())
 matched, matched_train = (o[methods.HISTOGRAM.name].scanner_free for o in (outs, train_outs))
 blend = lambda model, other, alpha: ((1 - alpha) * model + alpha * other).astype(np.float32)
 hits = lambda clf, images: float((classifier.predict(clf, images) == test.labels).mean())
+chance = clustering.majority_chance(test.labels)
 
 
 def score(method, model, draws, alpha) -> dict:
     out = blend(model, matched, alpha)
     row = paired.agreement_table(test, {method.name: out}).iloc[0]
-    frozen = classifier.accuracy(frozen_clf, out, test.labels)
-    over = [frozen["accuracy"]] + [hits(frozen_clf, blend(d, matched, alpha)) for d in draws]
+    over = [hits(frozen_clf, blend(d, matched, alpha)) for d in (model, *draws)]  # the cached draw first
     retrained, _ = classifier.train_classifier(
         blend(train_outs[method.name].scanner_free, matched_train, alpha), train.labels,
         scratch / f"{method.slug}-{alpha}.pt", k=len(train.domains), steps=run.profile.clf_steps,
         every=run.profile.checkpoint_every, seed=run.seed)
-    return dict(method=method.name, alpha=alpha, frozen=frozen["accuracy"], frozen_median8=float(np.median(over)),
-                retrained=hits(retrained, out), chance=frozen["chance"], **{k: row[k] for k in COLUMNS if k in row})
+    return dict(method=method.name, alpha=alpha, frozen=over[0], frozen_median8=float(np.median(over)),
+                retrained=hits(retrained, out), chance=chance, **{k: row[k] for k in COLUMNS if k in row})
 
 
 rows = []
