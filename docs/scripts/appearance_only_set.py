@@ -4,8 +4,9 @@ appearance only").
 A control for the z^c probe and the structure bar, not a data set of the package: the built-in set's anatomies
 (the quick profile's counts and seed 0, so the very anatomies of the default run), rendered by four **simulated**
 scanners that keep each built-in scanner's contrast curve and coil bias field but share one resolution, one noise
-range and no artefact. What tells these scanners apart is then what the attribute code and G's field and tone
-curve model; the detail inside the head (sharpness, noise, ghost, ringing) no longer names them.
+range and no artefact. What tells these scanners apart is then only what the attribute code and G's field and tone
+curve model: their detail inside the head still differs (a contrast curve sets the contrast between neighbouring
+tissues), but no longer in sharpness, noise level, ghost or ringing.
 
     python docs/scripts/appearance_only_set.py OUT_DIR [--noise-free]
     make run DATA=OUT_DIR/volumes.csv RUN=appearance
