@@ -45,7 +45,8 @@ chance = clustering.majority_chance(test.labels)
 def score(method, model, draws, alpha) -> dict:
     out = blend(model, matched, alpha)
     row = paired.agreement_table(test, {method.name: out}).iloc[0]
-    over = [hits(frozen_clf, blend(d, matched, alpha)) for d in (model, *draws)]  # the cached draw first
+    # the frozen classifier on the cached draw (first), then on the other seven
+    over = [hits(frozen_clf, out)] + [hits(frozen_clf, blend(d, matched, alpha)) for d in draws]
     retrained, _ = classifier.train_classifier(
         blend(train_outs[method.name].scanner_free, matched_train, alpha), train.labels,
         scratch / f"{method.slug}-{alpha}.pt", k=len(train.domains), steps=run.profile.clf_steps,
