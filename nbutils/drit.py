@@ -32,6 +32,7 @@ from . import appearance, crops, layout, losses
 from .gmvae import AttributeEncoder, GMVAE, GMVAEConfig, scanner_components
 from .nets import (ContentDiscriminator, ContentEncoder, GaussianAttributeEncoder, Generator, ScannerDiscriminator,
                    reflect_padding)
+from .scanner_means import ScannerMeans
 from .train import EpochSampler, adam, fit, load_checkpoint, load_snapshots, pick_device, refuse_other_seed
 
 
@@ -122,6 +123,11 @@ class DRITConfig:
     # move as the code's training slices' smooth layout does (nbutils.layout; field_layout_loss; not in
     # the thesis; docs/experiments.md, "A field anchored to the slices' layout")
     w_field_layout: float = 0.0
+    # z^c's running mean per scanner code in each of the whole slice's 4 x 4 regions, standardised, must not differ
+    # between the codes (nbutils.scanner_means: what a linear probe of z^c reads first; not in the thesis;
+    # docs/experiments.md, "Scanner means in z^c"); its running means' momentum per iteration
+    w_content_mean: float = 0.0
+    content_mean_momentum: float = 0.99
     # the slices it harmonizes (fully convolutionally) when it trains on windows of them; None = image_shape
     slice_shape: tuple[int, int] | None = None
     # > 0: the attribute encoder reads whole slices as view x view views (nbutils.crops.view; the
@@ -151,6 +157,9 @@ class DRITConfig:
         if self.content_highpass < 0 or self.content_highpass_floor <= 0:
             raise ValueError(f"content_highpass is a Gaussian's sigma in pixels (0: off) and content_highpass_floor "
                              f"positive, got {self.content_highpass} and {self.content_highpass_floor}")
+        if not 0 <= self.content_mean_momentum < 1:
+            raise ValueError(f"content_mean_momentum is the running means' momentum per iteration, in [0, 1), got "
+                             f"{self.content_mean_momentum}")
         if self.content_field and self.variant == "drit++":
             raise ValueError("content_field needs the scanner code of every image E^c reads; DRIT++ has it "
                              "only as a label, which a harmonizer of unlabelled scans does not have: use GMM-DRIT")
@@ -171,6 +180,9 @@ class Translator(nn.Module):
                 reflect_padding(part)
         self.ds1, self.ds2 = ScannerDiscriminator(w, k), ScannerDiscriminator(w, k)
         self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm, cfg.dc_depth, cfg.dc_field)
+        if cfg.w_content_mean:  # its running means are buffers: saved and resumed with the weights
+            self.scanner_means = ScannerMeans(k, self.content.channels, self.content_map_size,
+                                              cfg.content_mean_momentum)
         if cfg.variant == "gmm-drit":
             if gmvae is None:
                 raise ValueError("GMM-DRIT needs the trained GM-VAE (notebook 02) as its attribute encoder")
@@ -197,11 +209,34 @@ class Translator(nn.Module):
         """Whole-slice coordinates (:func:`nbutils.crops.coordinates`) of the cells of content maps
         of ``size`` computed from windows whose top-left pixels are ``origin`` (N, 2); None when
         D_c does not read positions."""
-        if not self.cfg.dc_field:
-            return None
-        f = self.content.factor
-        full = tuple(-(-n // f) for n in self.cfg.slices)  # the whole slice's map (E^c pads to a multiple of f)
-        return crops.coordinates(origin.float() / f, tuple(size), full)
+        return self.cell_grid(origin, size) if self.cfg.dc_field else None
+
+    def cell_grid(self, origin: torch.Tensor | None, size: tuple[int, int], n: int = 1) -> torch.Tensor:
+        """Whole-slice coordinates of the cells of content maps of ``size``, from windows whose top-left
+        pixels are ``origin`` (N, 2), or of ``n`` whole slices' maps when ``origin`` is None."""
+        if origin is None:
+            return crops.coordinates(None, tuple(size), n=n, device=next(self.content.parameters()).device)
+        return crops.coordinates(origin.float() / self.content.factor, tuple(size), self.content_map_size)
+
+    @property
+    def content_map_size(self) -> tuple[int, int]:
+        """The size of a whole slice's content map (E^c pads the slice to a multiple of its factor)."""
+        return tuple(-(-n // self.content.factor) for n in self.cfg.slices)
+
+    def batch_content(self, batch: dict) -> tuple[torch.Tensor, tuple, torch.Tensor | None]:
+        """(z^c, (z^a, c), window origins or None) of a :class:`PairSampler` batch's images, both sides in one pass,
+        each read with its own codes: GMM-DRIT's frozen codes when the batch carries them, DRIT++'s labels (its E^c
+        reads no codes), else E^a's."""
+        if "za" in batch:  # GMM-DRIT: the frozen E^a's codes, computed once
+            codes = (torch.cat([batch["za"], batch["zb"]]), torch.cat([batch["ca"], batch["cb"]]))
+        elif self.cfg.variant == "drit++":
+            codes = (None, F.one_hot(torch.cat([batch["la"], batch["lb"]]), self.cfg.k).float())
+        else:
+            (za_a, c_a, _), (za_b, c_b, _) = (self.attributes(batch.get("v" + s, batch["x" + s]), batch.get("l" + s))
+                                              for s in "ab")
+            codes = (torch.cat([za_a, za_b]), torch.cat([c_a, c_b]))
+        origin = torch.cat([batch["oa"], batch["ob"]]) if "oa" in batch else None
+        return self.encode(torch.cat([batch["xa"], batch["xb"]]), codes, origin, self.cfg.slices), codes, origin
 
     # ---------------------------------------------------------------- codes
     def attributes(self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = False):
@@ -400,7 +435,8 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 # model those checkpoints hold (DRITTask.meta_of leaves them out while so)
 ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding": "zeros", "dc_steps": 1,
              "dc_lr": 1.0, "content_highpass": 0.0, "content_highpass_floor": 0.02, "invariance_blur": 0.0,
-             "invariance_noise": 0.0, "invariance_symmetric": False, "w_cls_sf": 10.0}
+             "invariance_noise": 0.0, "invariance_symmetric": False, "w_cls_sf": 10.0, "w_content_mean": 0.0,
+             "content_mean_momentum": 0.99}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)
@@ -437,18 +473,8 @@ class DRITTask:
         """One D_c update on a batch of its own (DRIT's ``update_D_content``): E^c reads it without
         gradients; D_c learns the scanner codes of its images (GMM-DRIT's inferred, DRIT++'s labels)."""
         m = self.modules
-        x = torch.cat([batch["xa"], batch["xb"]])
         with torch.no_grad(), ctx.autocast():
-            if "za" in batch:  # GMM-DRIT: the frozen E^a's codes, computed once
-                codes = (torch.cat([batch["za"], batch["zb"]]), torch.cat([batch["ca"], batch["cb"]]))
-            elif self.cfg.variant == "drit++":  # its scanner codes are the labels; E^c reads no codes
-                codes = (None, F.one_hot(torch.cat([batch["la"], batch["lb"]]), self.cfg.k).float())
-            else:
-                (za_a, c_a, _), (za_b, c_b, _) = (m.attributes(batch.get("v" + s, batch["x" + s]), batch.get("l" + s))
-                                                  for s in "ab")
-                codes = (torch.cat([za_a, za_b]), torch.cat([c_a, c_b]))
-            origin = torch.cat([batch["oa"], batch["ob"]]) if "oa" in batch else None
-            zc = m.encode(x, codes, origin, self.cfg.slices)
+            zc, codes, origin = m.batch_content(batch)
         grid = None if origin is None else m.content_grid(origin, zc.shape[-2:])
         return self._update_dc(zc, grid, codes[1], ctx)
 
@@ -540,6 +566,10 @@ class DRITTask:
                                              noise=cfg.invariance_noise)
                 invariance = F.l1_loss(m.encode(jittered, own, at(o_a, o_b), cfg.slices),
                                        zc if cfg.invariance_symmetric else zc.detach())
+            content_mean = content_mean_value = zc.new_zeros(())
+            if cfg.w_content_mean:  # in float32 (ScannerMeans)
+                cells = m.cell_grid(None if o_a is None else torch.cat([o_a, o_b]), zc.shape[-2:], len(zc))
+                content_mean, content_mean_value = m.scanner_means(zc, cells, c_real)
             field_layout = zc.new_zeros(())
             if cfg.w_field_layout:
                 if self.layout is None:
@@ -556,13 +586,15 @@ class DRITTask:
             total = (cfg.w_adv * (adv1 + adv2) + cfg.w_cls * cls1 + cfg.w_cls_sf * cls2 + cfg.w_content * content
                      + cfg.w_self * self_rec + cfg.w_cc * cc + cfg.w_kl * kl + cfg.w_latent * latent
                      + cfg.w_zc * zc_l2 + cfg.w_sf_content * sf_content + cfg.w_invariance * invariance
-                     + cfg.w_field_layout * field_layout)
+                     + cfg.w_field_layout * field_layout + cfg.w_content_mean * content_mean)
         ctx.update(total, "gen")
         for d in (m.dc, m.ds1, m.ds2):
             d.requires_grad_(True)
         out = dict(D_c=loss_dc, D_s1=loss_ds1, D_s2=loss_ds2, G_adv1=adv1, G_cls1=cls1, G_adv2=adv2,
                    G_cls2=cls2, content_adv=content, self_rec=self_rec, cross_cycle=cc, latent=latent, kl=kl,
                    zc_l2=zc_l2, sf_content=sf_content, invariance=invariance, field_layout=field_layout, total=total)
+        if cfg.w_content_mean:
+            out["content_mean"] = content_mean_value
         return {k: float(v.detach()) for k, v in out.items()}
 
 

@@ -636,10 +636,11 @@ def test_configuration_errors_are_explained():
         drit.Translator(drit.DRITConfig(image_shape=(16, 16), k=4, attr=8), tiny_gmvae())
 
 
-def test_stage_two_resumes_exactly(tmp_path):
-    whole = make_task()
+@pytest.mark.parametrize("options", [{}, {"w_content_mean": 1.0}])  # the second with running means in the state
+def test_stage_two_resumes_exactly(tmp_path, options):
+    whole = make_task(**options)
     train.fit(whole, sampler(), 6, tmp_path / "whole.pt", every=2, seed=4)
-    first, batches = make_task(), sampler()
+    first, batches = make_task(**options), sampler()
 
     def crashing(i):
         if i == 5:
@@ -648,7 +649,7 @@ def test_stage_two_resumes_exactly(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train.fit(first, crashing, 6, tmp_path / "resumed.pt", every=2, seed=4)
-    again = make_task()
+    again = make_task(**options)
     train.fit(again, sampler(), 6, tmp_path / "resumed.pt", every=2, seed=4)
     for (name, a), b in zip(whole.modules.state_dict().items(), again.modules.state_dict().values()):
         assert torch.equal(a, b), name

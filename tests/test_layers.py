@@ -8,7 +8,7 @@ LAYERS = [  # in the order of docs/design.md's table
     {"io", "parallel", "config", "methods", "plots", "metrics", "baselines"},
     {"volumes", "data", "phantom", "tissuesim", "ixi"},
     {"train", "clustering", "nets", "crops", "gmvae"},
-    {"losses", "appearance", "layout", "drit"},
+    {"losses", "appearance", "layout", "scanner_means", "drit"},
     {"harmonize", "apply", "explorer"},
     {"stats", "paired", "measures", "usage", "stage2", "supervised", "classifier",
      "outputs", "evaluations"},

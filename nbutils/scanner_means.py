@@ -1,0 +1,93 @@
+"""Running per-scanner means of the content map, region by region of the whole slice: a content term aimed at the
+simplest thing a linear probe of z^c reads.
+
+D_c learns to tell the scanners apart from z^c batch by batch; the linear probe of z^c (``nbutils.usage``) reads the
+whole slice's 4 x 4 average-pooled map instead, and on traveling subjects any consistent difference between the
+scanners' maps, however small. The simplest such difference is between the scanners' mean maps in each of those 16
+regions. This module keeps those means as training goes (count-weighted exponential averages over the windows E^c
+reads, each window's cells assigned to the regions of the whole slice they lie in, as ``adaptive_avg_pool2d`` bins
+them, each window weighted by its scanner code) and gives E^c the gradient of
+
+    1/2 mean_{k, c, r seen} (m_kcr - mean_k' m_k'cr)^2 / v_cr
+
+with this batch's windows standing in for the running means: each cell is pushed against its scanner's persistent
+excess over the scanners' average in its region and channel. v_cr is the running variance of the windows' means in
+that region and channel (the probe standardises its features over whole slices instead). Unpaired: it needs the
+scanner codes the model already has (the inferred ones for GMM-DRIT), never the same anatomy in two scanners.
+First-order moment matching, as in domain adaptation's class-conditional mean matching; not in the thesis. Measured,
+left off: it shrinks what it measures and hardly moves the probe (docs/experiments.md, "Scanner means in z^c").
+"""
+from __future__ import annotations
+
+import torch
+
+REGIONS = 4  # per side: the probe's 4 x 4 pooling of the whole slice's map
+
+
+def regions(grid: torch.Tensor, full: tuple[int, int], n: int = REGIONS) -> torch.Tensor:
+    """(N, 2, h, w) whole-slice coordinates in [-1, 1] (:func:`nbutils.crops.coordinates`) of cells of a map whose
+    whole slice is ``full`` cells -> (N, n * n, h, w): 1 where a cell lies in a region of the whole slice's n x n
+    grid, the bins ``adaptive_avg_pool2d`` averages (row-major; where its bins overlap, a cell lies in both)."""
+    out = []
+    for axis, size in enumerate(full):
+        cell = ((grid[:, axis] + 1) / 2 * (size - 1)).round()  # the cell's index in the whole slice's map
+        bins = torch.arange(n, device=grid.device, dtype=grid.dtype)
+        start, end = (bins * size / n).floor(), ((bins + 1) * size / n).ceil()
+        out.append(((cell[:, None] >= start[:, None, None]) & (cell[:, None] < end[:, None, None])).to(grid.dtype))
+    rows, cols = out  # (N, n, h, w) each
+    return (rows[:, :, None] * cols[:, None]).flatten(1, 2)
+
+
+class ScannerMeans(torch.nn.Module):
+    """Count-weighted running means (momentum per step) of z^c per scanner code, channel and region of a whole slice
+    of ``full`` cells, and the spread of the windows' region means. Buffers: saved and resumed with the model's
+    other weights."""
+
+    def __init__(self, k: int, channels: int, full: tuple[int, int], momentum: float = 0.99, eps: float = 1e-4):
+        super().__init__()
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        self.full, self.momentum, self.eps = tuple(full), momentum, eps
+        r = REGIONS * REGIONS
+        for name, shape in dict(sums=(k, channels, r), counts=(k, r), first=(channels, r), second=(channels, r),
+                                windows=(r,)).items():
+            self.register_buffer(name, torch.zeros(shape))
+
+    @torch.no_grad()
+    def _update(self, sums, counts, window_means, present) -> None:
+        b, inside = self.momentum, present[:, None].float()
+        self.sums.mul_(b).add_(sums)
+        self.counts.mul_(b).add_(counts)
+        self.first.mul_(b).add_((window_means * inside).sum(0))
+        self.second.mul_(b).add_((window_means.square() * inside).sum(0))
+        self.windows.mul_(b).add_(present.sum(0))
+
+    def forward(self, zc: torch.Tensor, grid: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(surrogate, value) for content maps ``zc`` (N, C, h, w), their cells' whole-slice coordinates ``grid``
+        (N, 2, h, w) and scanner codes ``codes`` (N, K; one-hot or soft). ``surrogate`` carries the gradient the
+        module's docstring describes (its value is not the loss); ``value`` (no gradient) is that loss on the
+        running means after this batch, per code, channel and region seen: 0 when no scanner's mean differs from the
+        others' anywhere. Updates the running means (in training mode only). In float32, under autocast too."""
+        with torch.autocast(zc.device.type, enabled=False):
+            return self._forward(zc.float(), grid.float(), codes.float().detach())
+
+    def _forward(self, zc, grid, codes):
+        share = lambda total, count: torch.where(count > 0, total / count.clamp(min=1e-12), torch.zeros_like(total))
+        onehot = regions(grid, self.full)
+        cells = onehot.flatten(2).sum(2)  # (N, R): how many of each window's cells lie in each region
+        window_means = share(torch.einsum("nchw,nrhw->ncr", zc, onehot), cells[:, None])  # (N, C, R)
+        sums = torch.einsum("nk,ncr,nr->kcr", codes, window_means, cells)
+        counts = torch.einsum("nk,nr->kr", codes, cells)
+        if self.training:
+            self._update(sums.detach(), counts, window_means.detach(), cells > 0)
+        with torch.no_grad():
+            seen = (self.counts > 0)[:, None].expand_as(self.sums).float()  # (K, C, R): codes seen in a region
+            n = max(int(seen.sum()), 1)
+            means = share(self.sums, self.counts[:, None])
+            average = share((means * seen).sum(0), seen.sum(0))  # (C, R): the codes seen, alike
+            mean = share(self.first, self.windows)
+            variance = (share(self.second, self.windows) - mean.square()).clamp(min=0) + self.eps
+            excess = (means - average) * seen / variance  # the loss's gradient in the running means
+            value = 0.5 * (excess * (means - average)).sum() / n
+        batch = share(sums, counts[:, None])  # this batch's means stand in for the running ones
+        return (excess * batch).sum() / n, value
