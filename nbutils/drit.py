@@ -128,6 +128,9 @@ class DRITConfig:
     # docs/experiments.md, "Scanner means in z^c"); its running means' momentum per iteration
     w_content_mean: float = 0.0
     content_mean_momentum: float = 0.99
+    # the term weighs each region's differences by the inverse of the windows' covariance over the channels there, as
+    # a linear discriminant does, instead of each channel's variance (nbutils.scanner_means; "Whitened scanner means")
+    content_mean_whiten: bool = False
     # the slices it harmonizes (fully convolutionally) when it trains on windows of them; None = image_shape
     slice_shape: tuple[int, int] | None = None
     # > 0: the attribute encoder reads whole slices as view x view views (nbutils.crops.view; the
@@ -160,6 +163,8 @@ class DRITConfig:
         if not 0 <= self.content_mean_momentum < 1:
             raise ValueError(f"content_mean_momentum is the running means' momentum per iteration, in [0, 1), got "
                              f"{self.content_mean_momentum}")
+        if self.content_mean_whiten and not self.w_content_mean:
+            raise ValueError("content_mean_whiten shapes the scanner-means term: set w_content_mean > 0")
         if self.content_field and self.variant == "drit++":
             raise ValueError("content_field needs the scanner code of every image E^c reads; DRIT++ has it "
                              "only as a label, which a harmonizer of unlabelled scans does not have: use GMM-DRIT")
@@ -182,7 +187,7 @@ class Translator(nn.Module):
         self.dc = ContentDiscriminator(self.content.channels, k, cfg.dc_norm, cfg.dc_depth, cfg.dc_field)
         if cfg.w_content_mean:  # its running means are buffers: saved and resumed with the weights
             self.scanner_means = ScannerMeans(k, self.content.channels, self.content_map_size,
-                                              cfg.content_mean_momentum)
+                                              cfg.content_mean_momentum, whiten=cfg.content_mean_whiten)
         if cfg.variant == "gmm-drit":
             if gmvae is None:
                 raise ValueError("GMM-DRIT needs the trained GM-VAE (notebook 02) as its attribute encoder")
@@ -436,7 +441,7 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding": "zeros", "dc_steps": 1,
              "dc_lr": 1.0, "content_highpass": 0.0, "content_highpass_floor": 0.02, "invariance_blur": 0.0,
              "invariance_noise": 0.0, "invariance_symmetric": False, "w_cls_sf": 10.0, "w_content_mean": 0.0,
-             "content_mean_momentum": 0.99}
+             "content_mean_momentum": 0.99, "content_mean_whiten": False}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)

@@ -12,7 +12,11 @@ them, each window weighted by its scanner code) and gives E^c the gradient of
 
 with this batch's windows standing in for the running means: each cell is pushed against its scanner's persistent
 excess over the scanners' average in its region and channel. v_cr is the running variance of the windows' means in
-that region and channel (the probe standardises its features over whole slices instead). Unpaired: it needs the
+that region and channel (the probe standardises its features over whole slices instead). ``whiten`` replaces v_cr by
+the running covariance of the windows' means over the channels in each region, shrunk a tenth toward its diagonal
+(SHRINK): the term then weighs each region's mean difference as a linear discriminant does, against the channels'
+joint spread, and so weighs most the combinations of channels along which the scanners differ most for their spread,
+the combinations a linear probe reads first. Unpaired: it needs the
 scanner codes the model already has (the inferred ones for GMM-DRIT), never the same anatomy in two scanners.
 First-order moment matching, as in domain adaptation's class-conditional mean matching; not in the thesis. Measured,
 left off: it shrinks what it measures and hardly moves the probe (docs/experiments.md, "Scanner means in z^c").
@@ -22,6 +26,7 @@ from __future__ import annotations
 import torch
 
 REGIONS = 4  # per side: the probe's 4 x 4 pooling of the whole slice's map
+SHRINK = 0.1  # whiten: the share of each region's channel covariance moved to its diagonal (a floor on its spectrum)
 
 
 def regions(grid: torch.Tensor, full: tuple[int, int], n: int = REGIONS) -> torch.Tensor:
@@ -40,16 +45,18 @@ def regions(grid: torch.Tensor, full: tuple[int, int], n: int = REGIONS) -> torc
 
 class ScannerMeans(torch.nn.Module):
     """Count-weighted running means (momentum per step) of z^c per scanner code, channel and region of a whole slice
-    of ``full`` cells, and the spread of the windows' region means. Buffers: saved and resumed with the model's
-    other weights."""
+    of ``full`` cells, and the spread of the windows' region means (``whiten``: their covariance over the channels,
+    region by region). Buffers: saved and resumed with the model's other weights."""
 
-    def __init__(self, k: int, channels: int, full: tuple[int, int], momentum: float = 0.99, eps: float = 1e-4):
+    def __init__(self, k: int, channels: int, full: tuple[int, int], momentum: float = 0.99, eps: float = 1e-4,
+                 whiten: bool = False):
         super().__init__()
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
-        self.full, self.momentum, self.eps = tuple(full), momentum, eps
+        self.full, self.momentum, self.eps, self.whiten = tuple(full), momentum, eps, whiten
         r = REGIONS * REGIONS
-        for name, shape in dict(sums=(k, channels, r), counts=(k, r), first=(channels, r), second=(channels, r),
+        second = (channels, channels, r) if whiten else (channels, r)
+        for name, shape in dict(sums=(k, channels, r), counts=(k, r), first=(channels, r), second=second,
                                 windows=(r,)).items():
             self.register_buffer(name, torch.zeros(shape))
 
@@ -59,7 +66,9 @@ class ScannerMeans(torch.nn.Module):
         self.sums.mul_(b).add_(sums)
         self.counts.mul_(b).add_(counts)
         self.first.mul_(b).add_((window_means * inside).sum(0))
-        self.second.mul_(b).add_((window_means.square() * inside).sum(0))
+        products = (torch.einsum("ncr,ndr->cdr", window_means * inside, window_means) if self.whiten else
+                    (window_means.square() * inside).sum(0))
+        self.second.mul_(b).add_(products)
         self.windows.mul_(b).add_(present.sum(0))
 
     def forward(self, zc: torch.Tensor, grid: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,9 +94,20 @@ class ScannerMeans(torch.nn.Module):
             n = max(int(seen.sum()), 1)
             means = share(self.sums, self.counts[:, None])
             average = share((means * seen).sum(0), seen.sum(0))  # (C, R): the codes seen, alike
-            mean = share(self.first, self.windows)
-            variance = (share(self.second, self.windows) - mean.square()).clamp(min=0) + self.eps
-            excess = (means - average) * seen / variance  # the loss's gradient in the running means
+            excess = self._precision((means - average) * seen)  # the loss's gradient in the running means
             value = 0.5 * (excess * (means - average)).sum() / n
         batch = share(sums, counts[:, None])  # this batch's means stand in for the running ones
         return (excess * batch).sum() / n, value
+
+    def _precision(self, difference: torch.Tensor) -> torch.Tensor:
+        """(K, C, R) differences times the inverse of each region's spread of the windows' means: its variance per
+        channel, or (``whiten``) its shrunk covariance over the channels, plus ``eps``."""
+        share = lambda total: total / self.windows.clamp(min=1e-12)
+        mean = share(self.first)  # (C, R)
+        if not self.whiten:
+            return difference / ((share(self.second) - mean.square()).clamp(min=0) + self.eps)
+        cov = (share(self.second) - torch.einsum("cr,dr->cdr", mean, mean)).permute(2, 0, 1)  # (R, C, C)
+        diagonal = torch.diag_embed(cov.diagonal(dim1=1, dim2=2).clamp(min=0))
+        eye = torch.eye(cov.shape[-1], device=cov.device)
+        cov = (1 - SHRINK) * cov + SHRINK * diagonal + self.eps * eye
+        return torch.linalg.solve(cov, difference.permute(2, 1, 0)).permute(2, 1, 0)  # (R, C, K) solved -> (K, C, R)

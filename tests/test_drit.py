@@ -636,7 +636,8 @@ def test_configuration_errors_are_explained():
         drit.Translator(drit.DRITConfig(image_shape=(16, 16), k=4, attr=8), tiny_gmvae())
 
 
-@pytest.mark.parametrize("options", [{}, {"w_content_mean": 1.0}])  # the second with running means in the state
+# the second and third with running means (and, whitened, channel covariances) in the state
+@pytest.mark.parametrize("options", [{}, {"w_content_mean": 1.0}, {"w_content_mean": 1.0, "content_mean_whiten": True}])
 def test_stage_two_resumes_exactly(tmp_path, options):
     whole = make_task(**options)
     train.fit(whole, sampler(), 6, tmp_path / "whole.pt", every=2, seed=4)

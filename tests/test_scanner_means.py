@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nbutils import crops, drit, train
-from nbutils.scanner_means import REGIONS, ScannerMeans, regions
+from nbutils.scanner_means import REGIONS, SHRINK, ScannerMeans, regions
 
 from test_drit import make_task, sampler
 
@@ -81,13 +81,15 @@ def test_without_a_scanner_difference_the_term_invents_none():
     assert made < 0.1
 
 
-def test_the_surrogate_s_gradient_is_the_loss_s_with_the_batch_as_the_running_means():
+@pytest.mark.parametrize("whiten", [False, True])
+def test_the_surrogate_s_gradient_is_the_loss_s_with_the_batch_as_the_running_means(whiten):
     """With momentum 0 the running means are this batch's: the surrogate's gradient in the maps equals autograd's of
-    1/2 mean over codes, channels and regions seen of (m_k - mean_k' m_k')^2 / v, v held fixed."""
+    1/2 mean over codes, channels and regions seen of (m_k - mean_k' m_k')^2 / v, v held fixed; whitened, of
+    1/2 sum over codes and regions of d^T S^-1 d over the same count, S each region's shrunk channel covariance."""
     base, shift, codes = toy(n=12)
     codes[:, 2] *= 0.5  # soft codes too
     maps = (base + shift).requires_grad_(True)
-    means = ScannerMeans(3, 4, (16, 16), momentum=0.0)
+    means = ScannerMeans(3, 4, (16, 16), momentum=0.0, whiten=whiten)
     grid = crops.coordinates(None, (16, 16), n=12)
     surrogate, value = means(maps, grid, codes)
     (mine,) = torch.autograd.grad(surrogate, maps)
@@ -96,11 +98,45 @@ def test_the_surrogate_s_gradient_is_the_loss_s_with_the_batch_as_the_running_me
     cells = one.flatten(2).sum(2)
     window = torch.einsum("nchw,nrhw->ncr", maps, one) / cells[:, None]
     m = torch.einsum("nk,ncr,nr->kcr", codes, window, cells) / torch.einsum("nk,nr->kr", codes, cells)[:, None]
-    v = (window.detach().var(0, unbiased=False) + means.eps)
-    loss = 0.5 * ((m - m.mean(0)).square() / v).mean()
+    d = m - m.mean(0)
+    if whiten:
+        w = window.detach().permute(2, 0, 1)  # (R, N, C)
+        centred = w - w.mean(1, keepdim=True)
+        cov = centred.transpose(1, 2) @ centred / len(maps)
+        cov = (1 - SHRINK) * cov + SHRINK * torch.diag_embed(cov.diagonal(dim1=1, dim2=2)) + means.eps * torch.eye(4)
+        quadratic = torch.einsum("kcr,rcd,kdr->", d, torch.linalg.inv(cov), d)
+        loss = 0.5 * quadratic / d.numel()
+    else:
+        loss = 0.5 * (d.square() / (window.detach().var(0, unbiased=False) + means.eps)).mean()
     (expected,) = torch.autograd.grad(loss, maps)
     assert float(loss.detach()) == pytest.approx(float(value), rel=1e-4)
     assert torch.allclose(mine, expected, atol=1e-7, rtol=1e-4)
+
+
+def test_whitened_the_term_weighs_a_difference_by_the_channels_joint_spread():
+    """A toy where a linear discriminant's answer is known: two channels that move together (a shared part of spread
+    1, each its own of spread 0.05) and one scanner's windows shifted by +0.1 in one and -0.1 in the other, along the
+    direction in which the channels hardly vary. Per channel the shift is a tenth of a spread; against the joint
+    spread it is larger than the spread along it. The whitened term reads it more than 5 times as large as the
+    per-channel one (the shrinkage toward the diagonal caps the gain near 1 / SHRINK = 10), the same shift along the
+    shared direction, as wide as the channels' spread, no larger; per channel the two shifts read alike."""
+    g = torch.Generator().manual_seed(0)
+    n, labels = 400, torch.arange(400) % 2
+    shared = torch.randn(n // 2, 1, generator=g).repeat_interleave(2, 0)  # each scanner sees the same shared parts
+    own = 0.05 * torch.randn(n, 2, generator=g)
+    grid = crops.coordinates(None, (4, 4), n=n)
+    codes = torch.nn.functional.one_hot(labels, 2).float()
+
+    def value(direction, whiten):
+        pair = shared + own + 0.1 * torch.tensor(direction) * labels[:, None]
+        maps = pair[:, :, None, None].expand(n, 2, 4, 4)
+        return float(ScannerMeans(2, 2, (4, 4), momentum=0.0, whiten=whiten)(maps, grid, codes)[1])
+
+    across, along = [1.0, -1.0], [1.0, 1.0]
+    assert value(across, True) > 5 * value(across, False)
+    assert value(along, True) < 1.5 * value(along, False)
+    assert value(along, False) == pytest.approx(value(across, False), rel=0.2)
+    assert value(across, True) > 5 * value(along, True)
 
 
 def test_the_running_means_are_buffers_of_the_model():
@@ -127,4 +163,8 @@ def test_the_momentum_must_lie_in_zero_one():
         ScannerMeans(3, 4, (8, 8), momentum=1.0)
     with pytest.raises(ValueError, match="content_mean_momentum"):
         make_task(w_content_mean=1.0, content_mean_momentum=1.5)
-    assert drit.ADDED_OFF["w_content_mean"] == drit.DRITConfig(image_shape=(8, 8), k=2).w_content_mean
+    with pytest.raises(ValueError, match="w_content_mean"):
+        make_task(content_mean_whiten=True)
+    default = drit.DRITConfig(image_shape=(8, 8), k=2)
+    assert drit.ADDED_OFF["w_content_mean"] == default.w_content_mean
+    assert drit.ADDED_OFF["content_mean_whiten"] == default.content_mean_whiten

@@ -5,7 +5,8 @@ others'. This reads that measure (the term's ``value``) on a trained model's tra
 drawn as training draws them, three ways: with the scanners' labels, with the model's own codes (GMM-DRIT's inferred
 scanner code; DRIT++'s are the labels), and with labels drawn at random per slice, which no content map can carry:
 the floor the running means' sampling leaves. Read with the term's default momentum (0.99, the last 100 of 600
-batches) and with 0.999 (the last 100 of 1,500).
+batches) and with 0.999 (the last 100 of 1,500), each per channel and whitened (``content_mean_whiten``; keys ending
+in " whitened").
 
     python docs/scripts/scanner_means_floor.py RUN_DIR [gmm-drit|dritpp] ['{"w_content_mean": 100.0}']
 
@@ -41,9 +42,10 @@ def main(run_dir: str, method: str = "gmm-drit", options: str = "") -> dict:
     onehot = lambda rows: torch.nn.functional.one_hot(torch.as_tensor(rows, device=device).long(), k).float()
     found = {}
     for momentum, batches in ((0.99, 600), (0.999, 1500)):
-        means = {name: ScannerMeans(k, model.content.channels, model.content_map_size, momentum).to(device)
-                 for name in ("labels", "codes", "random")}
-        values = {name: [] for name in means}
+        means = {(name, whiten): ScannerMeans(k, model.content.channels, model.content_map_size, momentum,
+                                              whiten=whiten).to(device)
+                 for name in ("labels", "codes", "random") for whiten in (False, True)}
+        values = {key: [] for key in means}
         with torch.no_grad():
             for it in range(batches):
                 b = sampler(it)
@@ -52,8 +54,11 @@ def main(run_dir: str, method: str = "gmm-drit", options: str = "") -> dict:
                 rows = np.concatenate([np.sort(sampler.a(it)), np.sort(sampler.b(it))])  # the batches' slices
                 for name, code in (("labels", onehot(labels[rows])), ("codes", codes[1].float()),
                                    ("random", onehot(drawn[rows]))):
-                    values[name].append(float(means[name](zc, grid, code)[1]))
-        found[str(momentum)] = {name: float(np.mean(v[-100:])) for name, v in values.items()}
+                    for whiten in (False, True):
+                        values[name, whiten].append(float(means[name, whiten](zc, grid, code)[1]))
+        for whiten in (False, True):
+            found[str(momentum) + " whitened" * whiten] = {name: float(np.mean(values[name, whiten][-100:]))
+                                                            for name in ("labels", "codes", "random")}
     print(json.dumps(found))
     return found
 
