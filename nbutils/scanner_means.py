@@ -14,12 +14,13 @@ with this batch's windows standing in for the running means: each cell is pushed
 excess over the scanners' average in its region and channel. v_cr is the running variance of the windows' means in
 that region and channel (the probe standardises its features over whole slices instead). ``whiten`` replaces v_cr by
 the running covariance of the windows' means over the channels in each region, shrunk a tenth toward its diagonal
-(SHRINK): the term then weighs each region's mean difference as a linear discriminant does, against the channels'
-joint spread, and so weighs most the combinations of channels along which the scanners differ most for their spread,
-the combinations a linear probe reads first. Unpaired: it needs the
-scanner codes the model already has (the inferred ones for GMM-DRIT), never the same anatomy in two scanners.
-First-order moment matching, as in domain adaptation's class-conditional mean matching; not in the thesis. Measured,
-left off: it shrinks what it measures and hardly moves the probe (docs/experiments.md, "Scanner means in z^c").
+(SHRINK): the term then weighs each region's mean difference as a linear discriminant of that region's channels does,
+against the channels' joint spread, most along the combinations in which the scanners differ most for their spread.
+Unpaired: it needs the scanner codes the model already has (the inferred ones for GMM-DRIT), never the same anatomy
+in two scanners. First-order moment matching, as in domain adaptation's class-conditional mean matching; not in the
+thesis. Measured, left off: per channel it shrinks what it measures and moves the probe little; whitened it moves the
+probe more on two of three simulated sets, under no bar; both break the lateral ventricles in the outputs
+(docs/experiments.md, "Scanner means in z^c", "Whitened scanner means").
 """
 from __future__ import annotations
 
