@@ -30,6 +30,11 @@ REGIONS = 4  # per side: the probe's 4 x 4 pooling of the whole slice's map
 SHRINK = 0.1  # whiten: the share of each region's channel covariance moved to its diagonal (a floor on its spectrum)
 
 
+def _share(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """total / count, 0 where nothing was counted."""
+    return torch.where(count > 0, total / count.clamp(min=1e-12), torch.zeros_like(total))
+
+
 def regions(grid: torch.Tensor, full: tuple[int, int], n: int = REGIONS) -> torch.Tensor:
     """(N, 2, h, w) whole-slice coordinates in [-1, 1] (:func:`nbutils.crops.coordinates`) of cells of a map whose
     whole slice is ``full`` cells -> (N, n * n, h, w): 1 where a cell lies in a region of the whole slice's n x n
@@ -82,10 +87,9 @@ class ScannerMeans(torch.nn.Module):
             return self._forward(zc.float(), grid.float(), codes.float().detach())
 
     def _forward(self, zc, grid, codes):
-        share = lambda total, count: torch.where(count > 0, total / count.clamp(min=1e-12), torch.zeros_like(total))
         onehot = regions(grid, self.full)
         cells = onehot.flatten(2).sum(2)  # (N, R): how many of each window's cells lie in each region
-        window_means = share(torch.einsum("nchw,nrhw->ncr", zc, onehot), cells[:, None])  # (N, C, R)
+        window_means = _share(torch.einsum("nchw,nrhw->ncr", zc, onehot), cells[:, None])  # (N, C, R)
         sums = torch.einsum("nk,ncr,nr->kcr", codes, window_means, cells)
         counts = torch.einsum("nk,nr->kr", codes, cells)
         if self.training:
@@ -93,21 +97,21 @@ class ScannerMeans(torch.nn.Module):
         with torch.no_grad():
             seen = (self.counts > 0)[:, None].expand_as(self.sums).float()  # (K, C, R): codes seen in a region
             n = max(int(seen.sum()), 1)
-            means = share(self.sums, self.counts[:, None])
-            average = share((means * seen).sum(0), seen.sum(0))  # (C, R): the codes seen, alike
+            means = _share(self.sums, self.counts[:, None])
+            average = _share((means * seen).sum(0), seen.sum(0))  # (C, R): the codes seen, alike
             excess = self._precision((means - average) * seen)  # the loss's gradient in the running means
             value = 0.5 * (excess * (means - average)).sum() / n
-        batch = share(sums, counts[:, None])  # this batch's means stand in for the running ones
+        batch = _share(sums, counts[:, None])  # this batch's means stand in for the running ones
         return (excess * batch).sum() / n, value
 
     def _precision(self, difference: torch.Tensor) -> torch.Tensor:
         """(K, C, R) differences times the inverse of each region's spread of the windows' means: its variance per
         channel, or (``whiten``) its shrunk covariance over the channels, plus ``eps``."""
-        share = lambda total: total / self.windows.clamp(min=1e-12)
-        mean = share(self.first)  # (C, R)
+        mean = _share(self.first, self.windows)  # (C, R)
+        second = _share(self.second, self.windows)
         if not self.whiten:
-            return difference / ((share(self.second) - mean.square()).clamp(min=0) + self.eps)
-        cov = (share(self.second) - torch.einsum("cr,dr->cdr", mean, mean)).permute(2, 0, 1)  # (R, C, C)
+            return difference / ((second - mean.square()).clamp(min=0) + self.eps)
+        cov = (second - torch.einsum("cr,dr->cdr", mean, mean)).permute(2, 0, 1)  # (R, C, C)
         diagonal = torch.diag_embed(cov.diagonal(dim1=1, dim2=2).clamp(min=0))
         eye = torch.eye(cov.shape[-1], device=cov.device)
         cov = (1 - SHRINK) * cov + SHRINK * diagonal + self.eps * eye
