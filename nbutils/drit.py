@@ -47,6 +47,11 @@ class DRITConfig:
     attr: int = 64  # attribute size (GMM-DRIT: the GM-VAE's gaussian size)
     known_labels: bool = False  # GMM-DRIT only: condition on the true scanner instead of the inferred one
     lr: float = 1e-4
+    # the last share of the iterations over which every learning rate falls linearly toward zero, as DRIT++'s code
+    # schedules it (lr_policy "lambda": decay from epoch 600 of 1,200, a share of 0.5); 0 = every rate held to the
+    # end, as checkpoints written before were trained (DRITTask.lr_factor; docs/experiments.md, "DRIT's decaying
+    # learning rate")
+    lr_decay: float = 0.0
     w_adv: float = 1.0
     w_cls: float = 10.0  # G's scanner-classification term (DRIT++'s multi-domain lambda_cls_G), cross-domain branch
     # the same term on the scanner-free branch (D_s²'s scanner head toward no scanner, the all-zero code); as w_cls
@@ -155,6 +160,9 @@ class DRITConfig:
         if self.w_field_layout and (self.variant != "gmm-drit" or not self.bias_field):
             raise ValueError("w_field_layout anchors the field G draws for each scanner code: GMM-DRIT with "
                              "bias_field > 0")
+        if not 0 <= self.lr_decay <= 1:
+            raise ValueError(f"lr_decay is the share of the iterations over which the learning rates fall, in [0, 1], "
+                             f"got {self.lr_decay}")
         if self.dc_steps < 1 or self.dc_lr <= 0:
             raise ValueError(f"dc_steps must be at least 1 and dc_lr positive, got {self.dc_steps} and {self.dc_lr}")
         if self.content_highpass < 0 or self.content_highpass_floor <= 0:
@@ -441,7 +449,7 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding": "zeros", "dc_steps": 1,
              "dc_lr": 1.0, "content_highpass": 0.0, "content_highpass_floor": 0.02, "invariance_blur": 0.0,
              "invariance_noise": 0.0, "invariance_symmetric": False, "w_cls_sf": 10.0, "w_content_mean": 0.0,
-             "content_mean_momentum": 0.99, "content_mean_whiten": False}
+             "content_mean_momentum": 0.99, "content_mean_whiten": False, "lr_decay": 0.0}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)
@@ -461,6 +469,19 @@ class DRITTask:
         self.layout = None  # (codes, groups, targets) of field_layout_loss when w_field_layout (train_drit)
         self.optimizers = {"dc": optimizer(m.dc.parameters(), cfg.dc_lr), "ds1": optimizer(m.ds1.parameters()),
                            "ds2": optimizer(m.ds2.parameters()), "gen": optimizer(gen_params)}
+        # each optimizer's own rates, which lr_factor scales (a checkpoint's optimizer state holds the scaled ones)
+        self.base_lr = {k: [g["lr"] for g in o.param_groups] for k, o in self.optimizers.items()}
+        self.steps = 0  # the iterations the run trains for, which lr_decay's schedule needs (train_drit sets it)
+
+    def lr_factor(self, it: int) -> float:
+        """The learning rates' share of their base at iteration ``it`` (from 0): 1 until the last ``lr_decay``
+        share of ``steps``, then falling linearly, as DRIT++'s ``lambda`` policy does per epoch, to 2 / (the
+        decay's iterations + 1) at the last. A function of ``it`` and ``steps`` alone, so a resumed run follows
+        the same rates; trained on to more steps, it follows the schedule of the new total from where it is."""
+        if not self.cfg.lr_decay or not self.steps:
+            return 1.0
+        start = round(self.steps * (1 - self.cfg.lr_decay))
+        return 1.0 - max(0, it - start) / (self.steps - start + 1)
 
     def meta(self) -> dict:
         return self.meta_of(self.modules)
@@ -493,6 +514,10 @@ class DRITTask:
     def step(self, batch: dict, it: int, ctx) -> dict[str, float]:
         m, cfg = self.modules, self.cfg
         m.train()
+        share = self.lr_factor(it)
+        for k, opt in self.optimizers.items():
+            for g, base in zip(opt.param_groups, self.base_lr[k]):
+                g["lr"] = base * share
         for extra in batch.get("dc", ()):  # D_c's extra updates come first, as in DRIT's loop
             self.content_discriminator_step(extra, ctx)
         xa, xb = batch["xa"], batch["xb"]
@@ -694,6 +719,7 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
     device = pick_device() if device is None else torch.device(device)
     torch.manual_seed(seed)  # the initial weights are a function of the seed, not of what ran before
     task = DRITTask(cfg, None if gmvae is None else gmvae.to(device), device)
+    task.steps = steps
     if cfg.slices != tuple(images.shape[1:]):
         raise ValueError(f"the model is set up for {cfg.slices} slices, the images are {tuple(images.shape[1:])}")
     crop = cfg.image_shape[0] if tuple(cfg.image_shape) != cfg.slices else 0

@@ -120,7 +120,8 @@ def train_variant(run: Run, train_set: Slices, method: methods.Method, known_lab
                   steps: int, options: dict | None = None):
     """Train (or load) ``method`` with the profile's settings for ``steps`` iterations; returns
     (model, history). A checkpoint with fewer iterations is trained on from
-    (exactly as if trained in one go: Adam's rate is constant), one with more is used as it is."""
+    (exactly as if trained in one go: Adam's rate is held; not with ``lr_decay``, whose falling rate follows
+    ``steps``), one with more is used as it is."""
     p = run.profile
     checkpoint = run.checkpoints / method.checkpoint(known_labels)
     with locked(checkpoint):  # another process training it (`make run`'s other lane): wait, then load it

@@ -636,12 +636,21 @@ def test_configuration_errors_are_explained():
         drit.Translator(drit.DRITConfig(image_shape=(16, 16), k=4, attr=8), tiny_gmvae())
 
 
-# the second and third with running means (and, whitened, channel covariances) in the state
-@pytest.mark.parametrize("options", [{}, {"w_content_mean": 1.0}, {"w_content_mean": 1.0, "content_mean_whiten": True}])
+def scheduled(steps=6, **options):
+    """A task that knows its run's length, as train_drit sets it (lr_decay's schedule needs it)."""
+    task = make_task(**options)
+    task.steps = steps
+    return task
+
+
+# the second and third with running means (and, whitened, channel covariances) in the state; the last with learning
+# rates that a checkpoint's optimizer state holds scaled
+@pytest.mark.parametrize("options", [{}, {"w_content_mean": 1.0}, {"w_content_mean": 1.0, "content_mean_whiten": True},
+                                     {"lr_decay": 0.5}])
 def test_stage_two_resumes_exactly(tmp_path, options):
-    whole = make_task(**options)
+    whole = scheduled(**options)
     train.fit(whole, sampler(), 6, tmp_path / "whole.pt", every=2, seed=4)
-    first, batches = make_task(**options), sampler()
+    first, batches = scheduled(**options), sampler()
 
     def crashing(i):
         if i == 5:
@@ -650,10 +659,30 @@ def test_stage_two_resumes_exactly(tmp_path, options):
 
     with pytest.raises(KeyboardInterrupt):
         train.fit(first, crashing, 6, tmp_path / "resumed.pt", every=2, seed=4)
-    again = make_task(**options)
+    again = scheduled(**options)
     train.fit(again, sampler(), 6, tmp_path / "resumed.pt", every=2, seed=4)
     for (name, a), b in zip(whole.modules.state_dict().items(), again.modules.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_learning_rates_fall_linearly_over_the_last_share_as_dritpp_schedules_them(tmp_path):
+    """``lr_decay``: every optimizer's rate held, then falling linearly over the last share of the run, DRIT++'s
+    ``lambda`` rule 1 − max(0, ep − n_ep_decay) / (n_ep − n_ep_decay + 1) with n_ep 8, n_ep_decay 4; D_c's at its
+    own share (``dc_lr``). train_drit gives the task its run's length: the checkpoint's last rates are those."""
+    task = scheduled(8, lr_decay=0.5, dc_lr=0.4)
+    assert [task.lr_factor(i) for i in range(8)] == pytest.approx([1, 1, 1, 1, 1, 0.8, 0.6, 0.4])
+    assert make_task(lr_decay=0.5).lr_factor(7) == 1 and scheduled(8).lr_factor(7) == 1  # no length, or off: held
+    train.fit(task, sampler(), 7, tmp_path / "m.pt", every=7)  # iterations 0 … 6
+    lr = task.cfg.lr
+    rates = {k: [g["lr"] for g in o.param_groups] for k, o in task.optimizers.items()}
+    assert rates == {"dc": [pytest.approx(lr * 0.4 * 0.6)], **{k: [pytest.approx(lr * 0.6)] for k in ("ds1", "ds2", "gen")}}
+    images = np.random.default_rng(0).random((24, 16, 16)).astype(np.float32)
+    drit.train_drit(images, np.arange(24) % 3, task.cfg, tmp_path / "t.pt", gmvae=tiny_gmvae(), steps=8, batch_size=3,
+                    device="cpu")
+    held = train.load_checkpoint(tmp_path / "t.pt")["optimizers"]["gen"]["param_groups"][0]["lr"]
+    assert held == pytest.approx(lr * 0.4)
+    with pytest.raises(ValueError, match="lr_decay"):
+        drit.DRITConfig(image_shape=(16, 16), k=3, lr_decay=1.5)
 
 
 def test_the_initial_weights_are_a_function_of_the_seed_not_of_what_ran_before(tmp_path):
