@@ -307,6 +307,14 @@ def build(out_dir: str | Path, n_train: int, n_test: int, slab: int, seed: int =
     return csv
 
 
+def build_for_profile(out_dir: str | Path, profile, seed: int = 0,
+                      scanners: tuple[SimScanner, ...] = SCANNERS) -> Path:
+    """:func:`build` with a profile's counts (``config.Profile``'s ``sim_*`` fields): the set notebook 01 makes for
+    that profile, with ``scanners`` in place of the built-in ones if given."""
+    return build(out_dir, n_train=profile.sim_train_subjects, n_test=profile.sim_test_subjects, slab=profile.sim_slab,
+                 n_paired=profile.sim_paired_subjects, seed=seed, scanners=scanners)
+
+
 def holds(out_dir: Path, spec: dict) -> bool:
     """Whether ``out_dir`` already holds the simulated set that ``spec`` describes."""
     return (out_dir / "volumes.csv").exists() and (out_dir / "spec.json").exists() and \

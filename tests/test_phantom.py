@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from conftest import nifti_digest as digest
-from nbutils import baselines, data, metrics, parallel, phantom
+from nbutils import baselines, config, data, metrics, parallel, phantom
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +155,12 @@ def test_command_line_help_and_usage_write_nothing(tmp_path, monkeypatch, capsys
         phantom.main([])
     assert done.value.code == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_profile_s_set_is_built_with_the_profile_s_counts(monkeypatch, tmp_path):
+    """Notebook 01's set (and the appearance-only script's) takes its anatomy counts from the profile."""
+    calls = []
+    monkeypatch.setattr(phantom, "build", lambda out, **kw: calls.append((out, kw)) or out)
+    p = config.PROFILES["quick"]
+    phantom.build_for_profile(tmp_path, p, seed=3)
+    assert calls == [(tmp_path, dict(n_train=80, n_test=16, slab=3, n_paired=12, seed=3, scanners=phantom.SCANNERS))]

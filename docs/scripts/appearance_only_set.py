@@ -34,9 +34,8 @@ def main(argv=None):
     ap.add_argument("out_dir")
     ap.add_argument("--noise-free", action="store_true", help="no noise")
     args = ap.parse_args(argv)
-    p = config.PROFILES["quick"]
-    csv = phantom.build(args.out_dir, n_train=p.sim_train_subjects, n_test=p.sim_test_subjects, slab=p.sim_slab,
-                        n_paired=p.sim_paired_subjects, seed=0, scanners=scanners(not args.noise_free))
+    csv = phantom.build_for_profile(args.out_dir, config.PROFILES["quick"], seed=0,
+                                    scanners=scanners(not args.noise_free))
     print(csv)
 
 
