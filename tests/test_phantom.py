@@ -1,3 +1,4 @@
+import dataclasses
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -161,6 +162,10 @@ def test_a_profile_s_set_is_built_with_the_profile_s_counts(monkeypatch, tmp_pat
     """Notebook 01's set (and the appearance-only script's) takes its anatomy counts from the profile."""
     calls = []
     monkeypatch.setattr(phantom, "build", lambda out, **kw: calls.append((out, kw)) or out)
-    p = config.PROFILES["quick"]
+    p = dataclasses.replace(config.PROFILES["quick"], sim_train_subjects=7, sim_test_subjects=5, sim_slab=2,
+                            sim_paired_subjects=3)
     phantom.build_for_profile(tmp_path, p, seed=3)
-    assert calls == [(tmp_path, dict(n_train=80, n_test=16, slab=3, n_paired=12, seed=3, scanners=phantom.SCANNERS))]
+    phantom.build_for_profile(tmp_path, p, scanners=phantom.OTHER_SCANNERS)
+    counts = dict(n_train=7, n_test=5, slab=2, n_paired=3)
+    assert calls == [(tmp_path, dict(counts, seed=3, scanners=phantom.SCANNERS)),
+                     (tmp_path, dict(counts, seed=0, scanners=phantom.OTHER_SCANNERS))]
