@@ -458,7 +458,7 @@ BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_nor
 class DRITTask:
     """Stage-2 training task for :func:`nbutils.train.fit`."""
 
-    def __init__(self, cfg: DRITConfig, gmvae: GMVAE | None = None, device="cpu"):
+    def __init__(self, cfg: DRITConfig, gmvae: GMVAE | None = None, device="cpu", steps: int = 0):
         self.cfg = cfg
         self.modules = Translator(cfg, gmvae).to(device)
         m = self.modules
@@ -471,7 +471,7 @@ class DRITTask:
                            "ds2": optimizer(m.ds2.parameters()), "gen": optimizer(gen_params)}
         # each optimizer's own rates, which lr_factor scales (a checkpoint's optimizer state holds the scaled ones)
         self.base_lr = {k: [g["lr"] for g in o.param_groups] for k, o in self.optimizers.items()}
-        self.steps = 0  # the iterations the run trains for, which lr_decay's schedule needs (train_drit sets it)
+        self.steps = steps  # the iterations the run trains for, which lr_decay's schedule needs (0: rates held)
 
     def lr_factor(self, it: int) -> float:
         """The learning rates' share of their base at iteration ``it`` (from 0): 1 until the last ``lr_decay``
@@ -514,10 +514,11 @@ class DRITTask:
     def step(self, batch: dict, it: int, ctx) -> dict[str, float]:
         m, cfg = self.modules, self.cfg
         m.train()
-        share = self.lr_factor(it)
-        for k, opt in self.optimizers.items():
-            for g, base in zip(opt.param_groups, self.base_lr[k]):
-                g["lr"] = base * share
+        if cfg.lr_decay:
+            share = self.lr_factor(it)
+            for k, opt in self.optimizers.items():
+                for g, base in zip(opt.param_groups, self.base_lr[k]):
+                    g["lr"] = base * share
         for extra in batch.get("dc", ()):  # D_c's extra updates come first, as in DRIT's loop
             self.content_discriminator_step(extra, ctx)
         xa, xb = batch["xa"], batch["xb"]
@@ -718,8 +719,7 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
     weights every ``every`` iterations (see :func:`snapshot_models`)."""
     device = pick_device() if device is None else torch.device(device)
     torch.manual_seed(seed)  # the initial weights are a function of the seed, not of what ran before
-    task = DRITTask(cfg, None if gmvae is None else gmvae.to(device), device)
-    task.steps = steps
+    task = DRITTask(cfg, None if gmvae is None else gmvae.to(device), device, steps)
     if cfg.slices != tuple(images.shape[1:]):
         raise ValueError(f"the model is set up for {cfg.slices} slices, the images are {tuple(images.shape[1:])}")
     crop = cfg.image_shape[0] if tuple(cfg.image_shape) != cfg.slices else 0
