@@ -97,6 +97,10 @@ class DRITConfig:
     tone_curve: int = 0
     # the least slope of each of its segments (nets.ToneCurve): 0 = unbounded, as it was first built
     tone_floor: float = 0.0
+    # E^c reads an image brighter than the field G draws for it (x / field > 1) through the curve's last segment
+    # continued above 1 (nets.ToneCurve.inverse), as it does without a curve; False: as 1, flat, as checkpoints
+    # written before were built (docs/experiments.md, "Above the field")
+    tone_extend: bool = False
     # how G doubles its maps: "resize" (nearest neighbour, then a 3 x 3 conv) or DRIT's 4 x 4
     # stride-2 transposed conv, "transpose", which leaves a checkerboard (nets.Generator)
     upsample: str = "resize"
@@ -171,6 +175,9 @@ class DRITConfig:
         if not 0 <= self.content_mean_momentum < 1:
             raise ValueError(f"content_mean_momentum is the running means' momentum per iteration, in [0, 1), got "
                              f"{self.content_mean_momentum}")
+        if self.tone_extend and not (self.tone_curve and self.content_field):
+            raise ValueError("tone_extend continues the inverse of the tone curve E^c reads through: set "
+                             "tone_curve > 0 and content_field")
         if self.content_mean_whiten and not self.w_content_mean:
             raise ValueError("content_mean_whiten shapes the scanner-means term: set w_content_mean > 0")
         if self.content_field and self.variant == "drit++":
@@ -187,7 +194,7 @@ class Translator(nn.Module):
         w, k = cfg.width, cfg.k
         self.content = ContentEncoder(w, cfg.n_res, cfg.down, cfg.content_norm)
         self.generator = Generator(w, cfg.attr, k, cfg.n_res, cfg.down, cfg.bias_field, cfg.upsample,
-                                   cfg.tone_curve, cfg.tone_floor)
+                                   cfg.tone_curve, cfg.tone_floor, cfg.tone_extend)
         if cfg.padding == "reflect":
             for part in (self.content, self.generator):
                 reflect_padding(part)
@@ -449,7 +456,8 @@ def outside(x: torch.Tensor) -> torch.Tensor:
 ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding": "zeros", "dc_steps": 1,
              "dc_lr": 1.0, "content_highpass": 0.0, "content_highpass_floor": 0.02, "invariance_blur": 0.0,
              "invariance_noise": 0.0, "invariance_symmetric": False, "w_cls_sf": 10.0, "w_content_mean": 0.0,
-             "content_mean_momentum": 0.99, "content_mean_whiten": False, "lr_decay": 0.0}
+             "content_mean_momentum": 0.99, "content_mean_whiten": False, "lr_decay": 0.0,
+             "tone_extend": False}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)

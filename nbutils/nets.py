@@ -139,11 +139,11 @@ class ToneCurve(nn.Module):
     model were nearly flat on the darkest 1/16 and on mid-grey ranges, stretching the noise
     there 2-25 times for E^c (docs/experiments.md, "Stage 2")."""
 
-    def __init__(self, code: int, knots: int = 16, floor: float = 0.0):
+    def __init__(self, code: int, knots: int = 16, floor: float = 0.0, extend: bool = False):
         super().__init__()
         if not 0 <= floor < 1:
             raise ValueError(f"the tone curve's least slope must be in [0, 1), got {floor}")
-        self.floor = floor
+        self.floor, self.extend = floor, extend
         self.coef = nn.Linear(code, knots)
         nn.init.zeros_(self.coef.weight)
         nn.init.zeros_(self.coef.bias)
@@ -162,9 +162,12 @@ class ToneCurve(nn.Module):
         return (lo + (t - i) * (hi - lo)).view_as(x01)
 
     def inverse(self, code: torch.Tensor, y01: torch.Tensor) -> torch.Tensor:
-        """The inputs whose curve values are ``y01`` (N, 1, h, w) in [0, 1]."""
+        """The inputs whose curve values are ``y01`` (N, 1, h, w) in [0, 1]. Values above 1 (an image brighter than
+        the field G draws for it, which :meth:`Generator.undo` divides out) read as 1 unless ``extend``, which
+        continues the last segment above 1, so that what lies above keeps its differences."""
         y, m = self.levels(code), self.coef.out_features
-        v = y01.float().clamp(0, 1).flatten(1)
+        v = y01.float().clamp(min=0) if self.extend else y01.float().clamp(0, 1)
+        v = v.flatten(1)
         i = (torch.searchsorted(y[:, 1:-1].contiguous(), v.contiguous(), right=True)).clamp(max=m - 1)
         lo, hi = y.gather(1, i), y.gather(1, i + 1)
         return ((i + (v - lo) / (hi - lo)) / m).view_as(y01)
@@ -218,7 +221,8 @@ class Generator(nn.Module):
     """G(z^c, z^a, c): content map + attribute code + scanner code -> image in [-1, 1].
 
     ``tone_curve`` > 0: the image (in [0, 1]) goes through a :class:`ToneCurve` with that many
-    segments drawn from the code, each of slope at least ``tone_floor``. ``bias_field`` > 0: it
+    segments drawn from the code, each of slope at least ``tone_floor`` (``tone_extend``: its inverse continues
+    the last segment above 1). ``bias_field`` > 0: it
     is then multiplied by a :class:`BiasField` of that order drawn from the same code, at the
     pixels' positions in the whole slice (``origin``, ``full``: see :meth:`forward`), and
     clipped to 1. :meth:`undo` inverts both.
@@ -230,7 +234,8 @@ class Generator(nn.Module):
     artifacts")."""
 
     def __init__(self, width: int = 16, attr: int = 64, k: int = 4, n_res: int = 2, down: int = 2,
-                 bias_field: int = 0, upsample: str = "resize", tone_curve: int = 0, tone_floor: float = 0.0):
+                 bias_field: int = 0, upsample: str = "resize", tone_curve: int = 0, tone_floor: float = 0.0,
+                 tone_extend: bool = False):
         super().__init__()
         if upsample not in ("resize", "transpose"):
             raise ValueError(f"upsample must be 'resize' or 'transpose', got {upsample!r}")
@@ -247,7 +252,7 @@ class Generator(nn.Module):
             up += [nn.GroupNorm(1, cout), nn.LeakyReLU(0.2, inplace=True)]
         self.up = nn.Sequential(*up, nn.Conv2d(w, 1, 5, 1, 2), nn.Tanh())
         self.field = BiasField(64, bias_field) if bias_field else None
-        self.curve = ToneCurve(64, tone_curve, tone_floor) if tone_curve else None
+        self.curve = ToneCurve(64, tone_curve, tone_floor, tone_extend) if tone_curve else None
 
     def undo(self, x01: torch.Tensor, za: torch.Tensor, c: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         """(N, 1, h, w) images in [0, 1] without the bias field and tone curve G draws for codes

@@ -192,65 +192,79 @@ def test_the_known_labels_ablation_starts_from_the_run_s_seed_whatever_the_kerne
     assert torch.equal(seen[0], seen[1]) and torch.equal(seen[0], torch.rand(3))
 
 
-def toy_contrast_scanners(n: int, seed: int, traveling: bool = False, size: int = 48) -> Slices:
-    """Two toy 'scanners' that see the same kind of 'anatomy' (a disc with a brighter core, of random size and place)
-    through opposite contrast curves, base ** 0.5 and base ** 2, with a little noise: the translation of an image to
-    the other scanner is known, that scanner's rendering of the same anatomy (``traveling``: every anatomy by both)."""
+TOY_GAMMAS, TOY_LEVELS = (0.5, 2.0), (0.45, 0.9)  # the toy scanners' contrast curves; the disc's ring and core
+
+
+def toy_contrast_scanners(n: int, seed: int, both: bool = False, size: int = 48) -> Slices:
+    """Two toy 'scanners' that see the same kind of 'anatomy' (a disc with a brighter core, of random size and place,
+    the core anywhere inside it) through opposite contrast curves, base ** 0.5 and base ** 2, with a little noise: the
+    translation of an image to the other scanner is known, that scanner's rendering of the same anatomy (``both``: every anatomy by both
+    scanners, a traveling-subject split; ``clean``: the renderings without noise)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
-    images, masks, labels, subjects = [], [], [], []
+    images, clean, masks, labels, subjects = [], [], [], [], []
     for i in range(n):
         cy, cx = rng.uniform(17, size - 17, 2)
         r, core = rng.uniform(10, 15), rng.uniform(3, 7)
+        angle, off = rng.uniform(0, 2 * np.pi), rng.uniform(0, r - core - 1)  # the core anywhere inside the disc
         d2 = (yy - cy) ** 2 + (xx - cx) ** 2
-        base = 0.45 * (d2 < r * r) + 0.45 * (d2 < core * core)
-        for b in (0, 1) if traveling else (i % 2,):
-            images.append(np.clip(base ** (0.5, 2.0)[b] + rng.normal(0, 0.02, base.shape) * (d2 < r * r), 0, 1))
+        c2 = (yy - cy - off * np.sin(angle)) ** 2 + (xx - cx - off * np.cos(angle)) ** 2
+        base = TOY_LEVELS[0] * (d2 < r * r) + (TOY_LEVELS[1] - TOY_LEVELS[0]) * (c2 < core * core)
+        for b in (0, 1) if both else (i % 2,):
+            clean.append(base ** TOY_GAMMAS[b])
+            images.append(np.clip(clean[-1] + rng.normal(0, 0.02, base.shape) * (d2 < r * r), 0, 1))
             masks.append(d2 < r * r)
             labels.append(b)
             subjects.append(f"x{i}")
     manifest = pd.DataFrame(dict(domain=[f"s{b}" for b in labels], domain_index=labels, subject=subjects))
-    return Slices(np.array(images, np.float32), np.array(masks), None, manifest, ["s0", "s1"])
+    return Slices(np.array(images, np.float32), np.array(masks), np.array(clean, np.float32), manifest, ["s0", "s1"])
 
 
 @pytest.mark.parametrize("variant", ["drit++", "gmm-drit"])
 def test_both_models_learn_to_translate_toward_the_target_and_to_a_common_look_on_toy_scanners(tmp_path, variant):
     """Does stage 2 learn what it should? On a toy whose answer is known, each model as the notebooks configure it
-    (the smoke profile's windows and views, the quick profile's width; GMM-DRIT over a GM-VAE trained on the toy, with
-    its inferred codes, tone curve and field) is trained for 300 iterations and must (a) translate an image of one
-    scanner into that scanner's rendering of the same anatomy, closer to it than the input (identity) and than the
-    target scanner's mean training image (what a generator that ignores the anatomy would best give); (b) move its
-    output when only the target changes, at least half as far as the two renderings differ (target sensitivity; the
-    first version's generator, which ignored its target, moved it by 0.002 / 0.09); (c) give one anatomy from the two
-    scanners scanner-free outputs closer to each other than the inputs are.
+    (`stage2.model_config` with the smoke profile's 32 px windows, 32 px views and one residual block, at the quick
+    profile's width 8; GMM-DRIT over a GM-VAE trained on the toy, with its inferred codes, tone curve and field) is
+    trained for 300 iterations on the CPU and must
+    (a) translate an image of one scanner toward the other within half the input's (identity's) error against that
+        scanner's rendering of the same disc, and within 0.9 of the error of the target scanner's mean training image
+        (an answer that ignores the anatomy);
+    (b) keep the anatomy inside the disc: the translation's core stands out from the rest of the disc by at least 0.4
+        of what it does in the target's scans (a disc painted flat at any level scores 0, and the mask alone gives
+        the outline: by mean error alone a flat disc at the target's median level is as close as these models);
+    (c) move its output when only the target changes, at least half as far as the two renderings differ (target
+        sensitivity; the first version's generator, which ignored its target, moved it by 0.002 against 0.09);
+    (d) give one disc from the two scanners scanner-free outputs less than half as far apart as the inputs.
 
-    Measured (a /tmp script, seeds 0-2 of stage 2, both models): translation error 0.06-0.12 against identity's 0.41
-    and the mean image's 0.19 (toward s1) and 0.32 (toward s0), sensitivity 0.96-1.11, scanner-free outputs 0.12-0.36
-    of the inputs' difference apart; at the smoke profile's width 4 and 200 iterations the outputs lost most of the
-    discs' bright core (error toward s1 0.16-0.19, level with the mean image's). docs/experiments.md, "A toy where the
-    answer is known"."""
+    Measured, mutations that fail it, and a seed in which GMM-DRIT loses the core (which `tone_extend` fixes):
+    docs/experiments.md, "A toy where the answer is known"."""
     from nbutils import clustering, gmvae
 
-    train, test = toy_contrast_scanners(64, seed=0), toy_contrast_scanners(8, seed=1, traveling=True)
+    train, test = toy_contrast_scanners(64, seed=0), toy_contrast_scanners(8, seed=1, both=True)
     p = dataclasses.replace(config.PROFILES["smoke"], drit_width=config.PROFILES["quick"].drit_width)
     gm = None
     if variant == "gmm-drit":
         gm, _ = gmvae.train_gmvae(train.images, 2, tmp_path / "gmvae.pt", width=p.gmvae_width, steps=200,
-                                  batch_size=32, every=10**9, view=p.view, **gmvae.preset("appearance"))
+                                  batch_size=32, every=10**9, view=p.view, device="cpu", **gmvae.preset("appearance"))
         inferred = gmvae.encode_all(gm, train.images)["prob"].argmax(1)
-        assert clustering.accuracy(train.labels, inferred) == 1.0  # stage 1 finds these scanners
+        assert clustering.accuracy(train.labels, inferred) > 0.95  # stage 1 finds these scanners (measured: 1.0)
     cfg = stage2.model_config(p, (48, 48), 2, variant, attr=gm.cfg.gaussian_size if gm else 64)
     model, _ = drit.train_drit(train.images, train.labels, cfg, tmp_path / "stage2.pt", gmvae=gm, steps=300,
-                               batch_size=p.drit_batch, every=10**9, masks=train.masks)
+                               batch_size=p.drit_batch, every=10**9, masks=train.masks, device="cpu")
     harm = Harmonizer(model, train, seed=0)
-    x, labels, masks = np.asarray(test.images), test.labels, np.asarray(test.masks)
+    x, clean, labels, masks = np.asarray(test.images), np.asarray(test.clean), test.labels, np.asarray(test.masks)
     every = harm.to_every_domain(x)  # (target, image, H, W)
     for a, b in ((0, 1), (1, 0)):  # the traveling pairs: row i of x[labels == a] is the anatomy of x[labels == b]'s
         source, target, inside = x[labels == a], x[labels == b], masks[labels == b]
-        error = np.abs(every[b][labels == a] - target)[inside].mean()
+        out = every[b][labels == a]
+        error = np.abs(out - target)[inside].mean()
         identity = np.abs(source - target)[inside].mean()
         mean_image = np.abs(np.asarray(train.images)[train.labels == b].mean(0) - target)[inside].mean()
-        assert error < 0.5 * identity and error < 0.8 * mean_image, (a, b, error, identity, mean_image)
+        assert error < 0.5 * identity and error < 0.9 * mean_image, (a, b, error, identity, mean_image)
+        core = clean[labels == b] > np.mean(np.power(TOY_LEVELS, TOY_GAMMAS[b]))
+        rest = inside & ~core
+        kept, shown = out[core].mean() - out[rest].mean(), target[core].mean() - target[rest].mean()
+        assert kept > 0.4 * shown, (a, b, kept, shown)
     differ = np.abs(x[labels == 0] - x[labels == 1])[masks[labels == 0]].mean()
     moved = np.abs(every[0] - every[1])[masks].mean()
     assert moved > 0.5 * differ, (moved, differ)
