@@ -407,8 +407,8 @@ def test_the_content_encoder_reads_the_image_without_g_s_tone_curve_and_field():
 
 
 def test_with_tone_extend_e_c_reads_what_lies_above_g_s_field_rather_than_a_flat_one():
-    """An image brighter than the field G draws for it (x / field > 1, as in 6-15 % of the built-in test slices' brain
-    pixels for a trained model) went through the tone curve's inverse clamped at 1: E^c read every such pixel as 1, its
+    """An image brighter than the field G draws for it (x / field > 1, as in 5.5-15 % of the built-in test slices'
+    brain pixels for a trained model) went through the tone curve's inverse clamped at 1: E^c read every such pixel as 1, its
     structure gone. ``tone_extend`` continues the curve's last segment above 1, as E^c reads an image without a curve;
     the inverse is unchanged on [0, 1], and still undoes the curve; refused where E^c reads through no curve."""
     torch.manual_seed(0)
@@ -420,7 +420,7 @@ def test_with_tone_extend_e_c_reads_what_lies_above_g_s_field_rather_than_a_flat
     assert torch.allclose(extended.inverse(code, extended(code, inside)), inside, atol=1e-5)
     above = torch.linspace(1, 1.5, 11).expand(2, 1, 1, 11)
     last = (curve.levels(code)[:, -1] - curve.levels(code)[:, -2]) * 16  # the last segment's slope, per sample
-    assert torch.equal(curve.inverse(code, above), torch.ones_like(above))  # all read as 1
+    assert torch.allclose(curve.inverse(code, above), torch.ones_like(above), atol=1e-6)  # all read as 1
     expected = 1 + (above - 1) / last.view(2, 1, 1, 1)
     assert torch.allclose(extended.inverse(code, above), expected, atol=1e-5)
     # E^c: two images that differ only above the field are read apart with the option, alike without
