@@ -166,8 +166,7 @@ class ToneCurve(nn.Module):
         the field G draws for it, which :meth:`Generator.undo` divides out) read as 1 unless ``extend``, which
         continues the last segment above 1, so that what lies above keeps its differences."""
         y, m = self.levels(code), self.coef.out_features
-        v = y01.float().clamp(min=0) if self.extend else y01.float().clamp(0, 1)
-        v = v.flatten(1)
+        v = y01.float().clamp(0, None if self.extend else 1).flatten(1)
         i = (torch.searchsorted(y[:, 1:-1].contiguous(), v.contiguous(), right=True)).clamp(max=m - 1)
         lo, hi = y.gather(1, i), y.gather(1, i + 1)
         return ((i + (v - lo) / (hi - lo)) / m).view_as(y01)

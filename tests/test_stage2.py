@@ -198,8 +198,8 @@ TOY_GAMMAS, TOY_LEVELS = (0.5, 2.0), (0.45, 0.9)  # the toy scanners' contrast c
 def toy_contrast_scanners(n: int, seed: int, both: bool = False, size: int = 48) -> Slices:
     """Two toy 'scanners' that see the same kind of 'anatomy' (a disc with a brighter core, of random size and place,
     the core anywhere inside it) through opposite contrast curves, base ** 0.5 and base ** 2, with a little noise: the
-    translation of an image to the other scanner is known, that scanner's rendering of the same anatomy (``both``: every anatomy by both
-    scanners, a traveling-subject split; the Slices' ``clean``: the renderings without noise)."""
+    translation of an image to the other scanner is known, that scanner's rendering of the same anatomy (``both``:
+    every anatomy by both scanners, a traveling-subject split; the Slices' ``clean``: the renderings without noise)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     images, clean, masks, labels, subjects = [], [], [], [], []
