@@ -407,9 +407,10 @@ class Experiment:
         """The z^c probe beside its controls (:func:`usage.probe_control`): z^c's and the inputs' summaries and the
         inputs' detail (:func:`usage.features`) with their scanner part shrunk by known factors, probed again. Saved
         (table, figure); the inputs' probes as they are (``probe_inputs``, ``probe_inputs_detail``) and the share up
-        to which z^c's and the inputs' probes read within ``usage.PROBE_MARGIN`` of chance
-        (:func:`usage.share_at_probe`) go to ``metrics.json``. Returns (table, figure); (None, None) without
-        traveling subjects."""
+        to which z^c's and the inputs' probes read within ``usage.PROBE_MARGIN`` of chance on the traveling rows
+        (:func:`usage.share_at_probe`) go to ``metrics.json`` (the probe's bar itself, ``probe_bar``, is
+        :meth:`diagnose`'s, recorded with or without traveling subjects). Returns (table, figure); (None, None)
+        without traveling subjects."""
         run, test = self.run, self.test_set
         if not self.traveling:
             return None, None
@@ -429,7 +430,7 @@ class Experiment:
         # the two readings of the inputs as they are (scale 1)
         found |= {f"probe_{c}": float(control.probe[(control.code == names[c]) & (control.scale == 1)].item())
                   for c in ("inputs", "inputs_detail")}
-        self._add_metrics({"probe_bar": bar} | found)
+        self._add_metrics(found)
         return control, fig
 
     def known_labels_ablation(self, below: float = E1_BAR, retrain: bool = False) -> Experiment | str:

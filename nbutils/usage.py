@@ -342,7 +342,8 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
     """All diagnostics on the test split: target sensitivity of ``outputs`` (K, N, H, W), the
     probes from z^c and z^a against the scanner labels, the scanner share of z^c and of the
     inputs (NaN without traveling subjects), the discriminators' accuracy against
-    the codes the images were trained with, and chance (the largest scanner's share)."""
+    the codes the images were trained with, chance (the largest scanner's share) and the z^c
+    probe's bar (chance + :data:`PROBE_MARGIN`), which need no traveling subjects."""
     labels = np.asarray(test.labels)
     c = features(model, test)
     inputs = c["inputs"]
@@ -357,6 +358,6 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
                 probe_zc_window=probe(c["zc_window"]) if "zc_window" in c else float("nan"),
                 probe_zc_fed=probe(c["zc_fed"]) if "zc_fed" in c else float("nan"),
                 share_zc_fed=scanner_share(c["zc_fed"], test) if "zc_fed" in c else float("nan"),
-                chance=majority_chance(labels),
+                chance=majority_chance(labels), probe_bar=majority_chance(labels) + PROBE_MARGIN,
                 **{f"{d}_accuracy{w}": float((c[d + w] == c["c"]).mean()) if d + w in c else float("nan")
                    for w in ("", "_window") for d in ("dc", "ds1", "ds2")})

@@ -8,13 +8,15 @@ import signal
 from datetime import datetime
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import site_csv
 
-from nbutils import classifier, config, data, drit, measures, methods, outputs, pipeline, plots, report, seeds, stage2
+from nbutils import (classifier, config, data, drit, measures, methods, outputs, pipeline, plots, report, seeds,
+                     stage2, usage)
 from nbutils.harmonize import Harmonizer
 
 NOTEBOOKS = sorted(p.name for p in config.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -55,6 +57,41 @@ def test_one_command_runs_every_notebook_on_your_csv_into_its_run_folder(csv_run
     named = pd.read_csv(run_dir / "figures" / "09_table_residual_confusion.csv").set_index(["method", "source"])
     np.testing.assert_allclose(named.sum(axis=1), 1, atol=1e-6)  # each source's answers (saved unrounded)
     assert listing(config.FIGURES) == figures_before
+
+
+@pytest.fixture(scope="module")
+def lone_run(tmp_path_factory):
+    """One pipeline run on a CSV without traveling subjects (each test subject scanned at one site), as
+    IXI-like real data are."""
+    folder = tmp_path_factory.mktemp("lone-data")
+    csv = site_csv(folder / "volumes", traveling=False)
+    assert pipeline.main(["--profile", "smoke", "--data", str(csv), "--run-dir", str(folder / "run")]) == 0
+    return folder / "run"
+
+
+def test_a_csv_without_traveling_subjects_runs_every_notebook_and_leaves_out_only_what_needs_them(lone_run):
+    assert sorted(p.name for p in (lone_run / "notebooks").glob("*.ipynb")) == NOTEBOOKS
+    metrics = json.loads((lone_run / "metrics.json").read_text())
+    assert {"01_data", "02_gmvae", "03_gmmdrit", "04_dritpp", "05_ssim", "06_fid_kid", "08_intensities",
+            "09_beyond"} <= set(metrics)
+    for m in methods.MODELS:
+        section = metrics[m.section]
+        # the scores against a target scan, the learning curve and the sensitivity need one anatomy on two scanners
+        assert not [k for k in section if k.startswith(("d2d_", "curve_"))], m.name
+        assert section["target_sensitivity"] is None and np.isfinite(section["target_change"])
+        # the probes and the discriminators' accuracies do not, nor the probe's bar
+        assert all(np.isfinite(section[k]) for k in ("probe_zc", "probe_za", "dc_accuracy", "ds1_accuracy"))
+        assert section["probe_bar"] == pytest.approx(section["chance"] + usage.PROBE_MARGIN)
+        cells = nbformat.read(lone_run / "notebooks" / f"{m.notebook}.ipynb", as_version=4).cells
+        printed = "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs)
+        assert "no traveling subjects" in printed, m.notebook
+    beyond = metrics["09_beyond"]
+    assert not [k for k in beyond if k.startswith(("sf ", "field nearer"))]
+    assert np.isfinite(beyond[f"residual acc frozen draws median {methods.GMM_DRIT.name}"])
+    # the bars table keeps every bar the run could measure and leaves out the rest
+    bars = report.bars_table(metrics).bar.tolist()
+    assert len(bars) == 3 and bars[0].startswith("scanner probe from z^c") and not any("target" in b for b in bars)
+    assert list((lone_run / "harmonized").rglob("*.nii.gz"))
 
 
 def test_the_lanes_ran_side_by_side_where_the_cores_allow(csv_run):
