@@ -351,6 +351,7 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
     # all slices of one subject (and, traveling, of one anatomy in every scanner) in one fold
     groups = _subject_folds(test)
     probe = lambda f: linear_probe(f, labels, groups=groups)
+    chance = majority_chance(labels)
     return dict(target_change=sens["change"], scanner_gap=sens["gap"], target_sensitivity=sens["ratio"],
                 target_sensitivity_oracle=sens["oracle"],
                 share_zc=scanner_share(c["zc"], test), share_inputs=scanner_share(inputs, test),
@@ -358,6 +359,6 @@ def report(model: Translator, test: Slices, outputs: np.ndarray) -> dict[str, fl
                 probe_zc_window=probe(c["zc_window"]) if "zc_window" in c else float("nan"),
                 probe_zc_fed=probe(c["zc_fed"]) if "zc_fed" in c else float("nan"),
                 share_zc_fed=scanner_share(c["zc_fed"], test) if "zc_fed" in c else float("nan"),
-                chance=majority_chance(labels), probe_bar=majority_chance(labels) + PROBE_MARGIN,
+                chance=chance, probe_bar=chance + PROBE_MARGIN,
                 **{f"{d}_accuracy{w}": float((c[d + w] == c["c"]).mean()) if d + w in c else float("nan")
                    for w in ("", "_window") for d in ("dc", "ds1", "ds2")})

@@ -408,9 +408,9 @@ def test_the_content_encoder_reads_the_image_without_g_s_tone_curve_and_field():
 
 def test_with_tone_extend_e_c_reads_what_lies_above_g_s_field_rather_than_a_flat_one():
     """An image brighter than the field G draws for it (x / field > 1, as in 5.5-15 % of the built-in test slices'
-    brain pixels for a trained model) went through the tone curve's inverse clamped at 1: E^c read every such pixel as 1, its
-    structure gone. ``tone_extend`` continues the curve's last segment above 1, as E^c reads an image without a curve;
-    the inverse is unchanged on [0, 1], and still undoes the curve; refused where E^c reads through no curve."""
+    brain pixels for a trained model) went through the tone curve's inverse clamped at 1: E^c read every such pixel as
+    1, its structure gone. ``tone_extend`` continues the curve's last segment above 1, as E^c reads an image without a
+    curve; the inverse is unchanged on [0, 1], and still undoes the curve; refused where E^c reads through no curve."""
     torch.manual_seed(0)
     curve, extended = nets.ToneCurve(8, 16, 0.5), nets.ToneCurve(8, 16, 0.5, extend=True)
     torch.nn.init.normal_(curve.coef.weight, std=3.0)
