@@ -5,8 +5,9 @@ renderings of the same acquisition the built-in simulated set provides for its t
 ``clean``, the ground truth, and ``rescan``, a second scan with fresh nuisance) are relative
 to the CSV's folder unless absolute. Without ``subject`` each file is its own subject;
 without ``split`` subjects are split train/test at the subject level (no subject in two
-splits), stratified by domain. A ``paired`` split (the same anatomies on several scanners,
-for a supervised translator only) is sliced like the others.
+splits), stratified by the scanners each was scanned on (:func:`subject_split`). A ``paired``
+split (the same anatomies on several scanners, for a supervised translator only) is sliced like
+the others.
 
 Output (``<run>/slices/``, written atomically as one folder):
 
@@ -164,11 +165,14 @@ def nifti_stem(path: Path) -> str:
 
 
 def subject_split(table: pd.DataFrame, test_fraction: float, seed: int) -> list[str]:
-    """Subject-level train/test split, stratified by each subject's first domain."""
+    """Subject-level train/test split, stratified by the scanners each subject was scanned on: each scanner's
+    subjects scanned once, and the traveling subjects of each set of scanners, are split alike, so a traveling-subject
+    study keeps some of its traveling subjects for testing, where notebooks 01 and 09 need them (a set of one subject
+    stays in training)."""
     rng = np.random.default_rng(seed)
-    first_domain = table.groupby("subject", sort=True)["domain"].first()
+    scanners = table.groupby("subject", sort=True)["domain"].agg(lambda d: " + ".join(sorted(set(d))))
     test = set()
-    for _, subjects in first_domain.groupby(first_domain):
+    for _, subjects in scanners.groupby(scanners):
         names = np.array(sorted(subjects.index))
         n = int(round(test_fraction * len(names)))
         n = min(max(n, 1), len(names) - 1) if len(names) > 1 else 0

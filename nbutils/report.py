@@ -66,8 +66,11 @@ def results_table(metrics: dict) -> pd.DataFrame:
 
 
 # The bars stage 2 is held to (docs/design.md, "What stage 2 must show"), read from a run's
-# metrics.json. The probe's bar is chance + a margin (0.40 with four scanners), as notebooks 03/04 record it.
-SENSITIVITY_BAR, STRUCTURE_BAR, RESIDUAL_BAR = 0.5, 0.95, 0.50
+# metrics.json. The probe's bar is chance + a margin (0.40 with four scanners), as notebooks 03/04 record it; the
+# frozen classifier's residual accuracy, too, is held to chance (its test rows' largest scanner's share) + a margin,
+# 0.50 with four balanced scanners: a fixed 0.50 would lie at chance with two, where outputs that carry no scanner
+# at all would miss it in about half the runs.
+SENSITIVITY_BAR, STRUCTURE_BAR, RESIDUAL_MARGIN = 0.5, 0.95, 0.25
 
 
 def _recorded(v) -> bool:  # metrics.json holds what a run could not measure as null or NaN
@@ -139,9 +142,13 @@ def bars_table(metrics: dict) -> pd.DataFrame:
     add(f"structure kept, input vs scanner-free (E2) ≥ {STRUCTURE_BAR}", each(measures.E2),
         f"the clean truth keeps {num(stage2('sf_structure_clean_truth_ssim')[gmm])}", lambda v, m: v >= STRUCTURE_BAR)
     residual = measures.RESIDUAL_FROZEN_DRAWS
-    add(f"frozen classifier's residual accuracy, median over scanner-free draws ≤ {RESIDUAL_BAR:.2f}", each(residual),
-        f"chance {num(residual.read(metrics, measures.CHANCE), 2)}, histogram matching {num(residual.read(metrics, hm), 2)}",
-        lambda v, m: v <= RESIDUAL_BAR)
+    residual_chance = residual.read(metrics, measures.CHANCE)
+    if _recorded(residual_chance):
+        residual_bar = residual_chance + RESIDUAL_MARGIN
+        add(f"frozen classifier's residual accuracy, median over scanner-free draws ≤ {residual_bar:.2f} "
+            f"(chance + {RESIDUAL_MARGIN:.2f})", each(residual),
+            f"chance {num(residual_chance, 2)}, histogram matching {num(residual.read(metrics, hm), 2)}",
+            lambda v, m: v <= residual_bar)
     return pd.DataFrame(rows, columns=["bar", gmm, dritpp, "controls and ceilings", "met"])
 
 

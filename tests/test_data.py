@@ -183,6 +183,21 @@ def test_subject_split_is_stratified_disjoint_and_seeded():
     assert data.subject_split(table, 0.25, seed=2) != list(split)
 
 
+def test_subject_split_keeps_traveling_subjects_for_testing_in_every_seed():
+    # 10 subjects scanned once on each of A and B, and 4 traveling subjects scanned on both, listed with A first: split
+    # with the subjects scanned once on A, as a split by first scanner did, all four land in training with probability
+    # C(10, 4) / C(14, 4) = 0.21
+    single = [(f"{d}{i}", d) for d in "AB" for i in range(10)]
+    traveling = [(f"t{i}", d) for i in range(4) for d in "AB"]
+    table = pd.DataFrame(single + traveling, columns=["subject", "domain"])
+    for seed in range(20):
+        split = table.assign(split=data.subject_split(table, 0.25, seed=seed))
+        assert (split.groupby("subject")["split"].nunique() == 1).all()
+        tested = split[split.split == "test"]
+        assert tested.subject.str.startswith("t").sum() == 2 * 1  # round(0.25 x 4) traveling subjects, both scans
+        assert (tested.groupby("domain").subject.nunique() == 1 + 2).all()  # and round(0.25 x 10) = 2 per scanner
+
+
 def test_counts_table_totals(small_csv, tmp_path):
     manifest = data.slice_dataset(small_csv, tmp_path / "s", image_size=32, per_volume=2, progress=False)
     counts = data.counts_table(manifest).set_index("domain")
