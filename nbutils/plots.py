@@ -164,16 +164,22 @@ def learning_curve(curve: pd.DataFrame, title: str, columns: list[str] | None = 
 def probe_control(control: pd.DataFrame, chance: float, bar: float, title: str):
     """Probe accuracy against the scanner share, one line per code of ``control``
     (:func:`nbutils.usage.probe_control`; share on a log axis, the scale-0 point left off), the
-    code as it is ringed; chance and the bar as horizontal lines."""
+    code as it is ringed; chance and the bar as horizontal lines. Probes that could not be read (NaN:
+    fewer than two traveling test subjects per scanner) are left off, and said so when none was."""
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for name, c in control[control.share > 0].groupby("code", sort=False):
+    drawn = control[(control.share > 0) & control.probe.notna()]
+    for name, c in drawn.groupby("code", sort=False):
         line, = ax.plot(c.share, c.probe, "o-", label=name)
         first = c[c.scale == 1]
         ax.plot(first.share, first.probe, "o", ms=12, mfc="none", color=line.get_color())
     ax.axhline(chance, color="grey", ls=":", label=f"chance {chance:.2f}")
     ax.axhline(bar, color="tab:red", ls="--", lw=1, label=f"bar {bar:.2f}")
-    ax.set(xscale="log", xlabel="scanner share of the code (ringed: as it is)", ylabel="probe accuracy",
-           ylim=(0, 1.05))
+    ax.set(xlabel="scanner share of the code (ringed: as it is)", ylabel="probe accuracy", ylim=(0, 1.05))
+    if len(drawn):
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no probe read: it holds each traveling subject out,\nand needs two of them per scanner",
+                transform=ax.transAxes, ha="center", va="center", fontsize=8)
     ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -297,6 +297,10 @@ def _readings(images: np.ndarray, masks: np.ndarray | None = None, size: int = 6
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
+SOURCE_PROBE_NEEDS = ("toward some scanner, two or more sources each with two or more traveling test subjects "
+                      "(anatomies that scanner also saw): folds by subject hold each one out")
+
+
 def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame:
     """Does a translation toward b still name its source a? The outputs, not a code, read by a probe as z^c is.
 
@@ -310,7 +314,8 @@ def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame
     truths): the reference row. The source scans (identity's outputs) read what the scanners leave.
     ``to_target[method]``: (K, N, H, W) in [0, 1], every test slice toward every scanner. One row per method and the
     reference row (column ``method``): each reading's probe, and chance (the largest source's share), averaged over the
-    targets."""
+    targets; empty where no target has two or more sources each with two or more traveling subjects (anatomies that
+    target also saw): :data:`SOURCE_PROBE_NEEDS`."""
     pairs = traveling_pairs(test)
     traveling = np.zeros(len(test), bool)
     traveling[np.concatenate(_traveling_groups(test))] = True
@@ -331,9 +336,8 @@ def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame
             read = _readings(clean[dst] if out is None else np.asarray(out[b])[src], masks[dst])
             for reading, f in read.items():
                 rows[name][reading].append(linear_probe(f, labels[src], groups=folds[src]))
-    if not chance:
-        raise ValueError("source_probe needs, toward some scanner, two or more sources each with two or more traveling "
-                         "subjects (anatomies that scanner also saw)")
+    if not chance:  # e.g. one traveling test subject: nothing the folds by subject can read
+        return pd.DataFrame(columns=["method", "summary", "detail", "chance"])
     return pd.DataFrame([{"method": name, **{k: float(np.mean(v)) for k, v in r.items()},
                           "chance": float(np.mean(chance))} for name, r in rows.items()])
 
