@@ -120,10 +120,13 @@ def load_volume_header(path) -> tuple[tuple, np.ndarray]:
 
 def builtin_test_volumes(manifest: pd.DataFrame, max_subjects: int = 0, csv: str | Path | None = None) -> pd.DataFrame:
     """The test-split volumes of a run (path, subject, domain), every scanner's rendering of
-    the first ``max_subjects`` held-out anatomies (0: all); with the data set's ``csv``, also
-    each volume's ``clean`` truth where the CSV names one."""
+    ``max_subjects`` held-out anatomies (0: all), chosen among those seen by the most scanners first
+    (traveling subjects, whose volumes :func:`agreement` compares), then by name, and listed by
+    subject and scanner; with the data set's ``csv``, also each volume's ``clean`` truth where the
+    CSV names one."""
     test = manifest[manifest["split"] == "test"][["source", "subject", "domain"]].drop_duplicates()
-    subjects = sorted(test["subject"].unique())
+    scanners = test.groupby("subject")["domain"].nunique()
+    subjects = sorted(scanners.index, key=lambda s: (-scanners[s], s))
     if max_subjects:
         subjects = subjects[:max_subjects]
     test = test[test["subject"].isin(subjects)].sort_values(["subject", "domain"])
@@ -152,7 +155,8 @@ def _mean_ssim(a: np.ndarray, b: np.ndarray, masks: np.ndarray) -> float:
 def agreement(volumes: pd.DataFrame, outputs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Do the harmonized volumes of one anatomy agree across scanners (the traveling subjects of
     the built-in set)? Each volume is read at 1 mm on the coronal brain slices of its anatomy
-    (those of the subject's first volume), inside that volume's brain.
+    (those of the subject's first volume where every volume of the anatomy has a brain), inside
+    that volume's brain.
 
     Returns (pairs, volumes). ``pairs``: for every two scanners seeing the same anatomy, SSIM
     between the two inputs, between their **blur control** (each input blurred to the effective
@@ -170,9 +174,14 @@ def agreement(volumes: pd.DataFrame, outputs: list[str]) -> tuple[pd.DataFrame, 
     for subject, g in v.groupby("subject", sort=False):
         first, ys = volume_slices(g.path.iloc[0])
         read = lambda path: (first if path == g.path.iloc[0] else volume_slices(path, ys=ys)[0]).astype(np.float32)
+        inputs = {r.path: read(r.path) for r in g.itertuples()}
+        # the slices where every volume of the anatomy has a brain (a volume that covers less of it has none elsewhere)
+        kept = np.all([(x > MASK_THRESHOLD).any(axis=(1, 2)) for x in inputs.values()], axis=0)
+        if not kept.any():
+            continue
         seen = {}
         for r in g.itertuples():
-            x, y = read(r.path), read(r.output)
+            x, y = inputs[r.path][kept], read(r.output)[kept]
             mask = x > MASK_THRESHOLD
             sigma = effective_blur(x, y, mask)
             inner = np.stack([binary_erosion(m, iterations=2) for m in mask])
@@ -181,7 +190,7 @@ def agreement(volumes: pd.DataFrame, outputs: list[str]) -> tuple[pd.DataFrame, 
                        sharpness_input=sharp(x), sharpness_output=sharp(y))
             clean = getattr(r, "clean", "")
             if isinstance(clean, str) and clean:
-                row["sharpness_clean"] = sharp(read(clean))
+                row["sharpness_clean"] = sharp(read(clean)[kept])
                 row["output_to_clean_sharpness"] = row["sharpness_output"] / row["sharpness_clean"]
             rows.append(row)
             seen[r.domain] = (x, y, blur(x, sigma), mask)
@@ -191,4 +200,5 @@ def agreement(volumes: pd.DataFrame, outputs: list[str]) -> tuple[pd.DataFrame, 
                 (xa, ya, ca, ma), (xb, yb, cb, _) = seen[a], seen[b]
                 pairs.append(dict(subject=subject, a=a, b=b, inputs=_mean_ssim(xa, xb, ma),
                                   blur_control=_mean_ssim(ca, cb, ma), outputs=_mean_ssim(ya, yb, ma)))
-    return pd.DataFrame(pairs), pd.DataFrame(rows)
+    return (pd.DataFrame(pairs, columns=["subject", "a", "b", "inputs", "blur_control", "outputs"]),
+            pd.DataFrame(rows))

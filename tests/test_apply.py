@@ -7,7 +7,7 @@ import torch
 
 from nbutils import apply, drit, gmvae
 from nbutils.harmonize import Harmonizer
-from nbutils.volumes import DataError
+from nbutils.volumes import MNI_SHAPE, DataError
 
 from conftest import blob_volume
 
@@ -101,6 +101,22 @@ def test_harmonize_all_keeps_shape_and_affine(model, write_volume, tmp_path):
     # volume a is its own clean truth here: its input/clean sharpness ratio is exactly 1
     assert sharp.sharpness_input[0] == pytest.approx(sharp.sharpness_clean[0])
     assert np.allclose(sharp.output_to_clean_sharpness, sharp.sharpness_output / sharp.sharpness_clean)
+    # a volume of the anatomy that covers only its back half: compared on the slices where both have a brain
+    half = blob_volume(3)
+    half.dataobj[:, MNI_SHAPE[1] // 2:] = 0  # coronal axis 1 on the MNI grid (RAS): the front half gone
+    vols = [vols[0], write_volume("half.nii.gz", half)]
+    done = apply.harmonize_all(Harmonizer(model), vols, tmp_path / "out", "scanner-free")
+    table = pd.DataFrame(dict(path=[str(v) for v in vols], subject="x", domain=["s0", "s1"]))
+    agree, sharp = apply.agreement(table, list(done.output))
+    assert len(agree) == 1 and 0 < agree.inputs[0] <= 1 and np.isfinite(sharp.blur_sigma_px).all()
+    full = apply.agreement(table.iloc[:1], list(done.output)[:1])[1]  # volume a alone: all its brain slices
+    assert sharp.sharpness_input[0] != full.sharpness_input[0]  # read on fewer of them beside the half volume
+    # an anatomy whose volumes share no brain slice (the back half, the front half) has no pair: an empty table
+    front = blob_volume(4)
+    front.dataobj[:, : MNI_SHAPE[1] // 2] = 0
+    none = pd.DataFrame(dict(path=[str(vols[1]), str(write_volume("front.nii.gz", front))], subject="y",
+                             domain=["s0", "s1"]))
+    assert apply.agreement(none, list(none.path))[0].empty
 
 
 def test_explorer_draws_every_mode_headless(model, monkeypatch):
@@ -135,3 +151,13 @@ def test_explorer_draws_every_mode_headless(model, monkeypatch):
     assert ex.widget() is not None
     monkeypatch.setenv("NB_HEADLESS", "1")  # make run / make test: a static figure, no live widgets
     assert isinstance(ex.widget(), type(fig))
+
+
+def test_the_builtin_test_volumes_put_traveling_subjects_first_so_that_two_of_them_have_pairs_to_compare():
+    # two subjects scanned once whose names sort first, and one traveling subject scanned on both scanners
+    manifest = pd.DataFrame({"split": ["test"] * 5 + ["train"], "subject": ["a", "a", "b", "t", "t", "c"],
+                             "domain": ["A", "A", "B", "A", "B", "A"],
+                             "source": ["a.nii", "a.nii", "b.nii", "tA.nii", "tB.nii", "c.nii"]})
+    two = apply.builtin_test_volumes(manifest, max_subjects=2)
+    assert list(two.path) == ["a.nii", "tA.nii", "tB.nii"]  # listed by subject and scanner
+    assert list(apply.builtin_test_volumes(manifest).subject.unique()) == ["a", "b", "t"]  # every test subject
