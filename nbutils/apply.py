@@ -7,6 +7,7 @@ setting) naming the input and the fix, raised before anything is written.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -152,11 +153,14 @@ def _mean_ssim(a: np.ndarray, b: np.ndarray, masks: np.ndarray) -> float:
     return float(np.mean([ssim(x, y, m) for x, y, m in zip(a, b, masks)]))
 
 
+AREA_SHARE = 0.5  # agreement: a slice is read where every volume's brain covers at least this share of the first's
+
+
 def agreement(volumes: pd.DataFrame, outputs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Do the harmonized volumes of one anatomy agree across scanners (the traveling subjects of
     the built-in set)? Each volume is read at 1 mm on the coronal brain slices of its anatomy
-    (those of the subject's first volume where every volume of the anatomy has a brain), inside
-    that volume's brain.
+    (those of the subject's first volume where every volume of the anatomy has a brain of at least
+    :data:`AREA_SHARE` of the first one's area), inside that volume's brain.
 
     Returns (pairs, volumes). ``pairs``: for every two scanners seeing the same anatomy, SSIM
     between the two inputs, between their **blur control** (each input blurred to the effective
@@ -175,9 +179,12 @@ def agreement(volumes: pd.DataFrame, outputs: list[str]) -> tuple[pd.DataFrame, 
         first, ys = volume_slices(g.path.iloc[0])
         read = lambda path: (first if path == g.path.iloc[0] else volume_slices(path, ys=ys)[0]).astype(np.float32)
         inputs = {r.path: read(r.path) for r in g.itertuples()}
-        # the slices where every volume of the anatomy has a brain (a volume that covers less of it has none elsewhere)
-        kept = np.all([(x > MASK_THRESHOLD).any(axis=(1, 2)) for x in inputs.values()], axis=0)
+        # the slices where every volume of the anatomy has a brain, at least half the first one's there (a volume that
+        # covers less of the anatomy has none, or only a faint edge, elsewhere)
+        areas = [(x > MASK_THRESHOLD).sum(axis=(1, 2)) for x in inputs.values()]
+        kept = np.all([a >= AREA_SHARE * areas[0] for a in areas], axis=0) & (areas[0] > 0)
         if not kept.any():
+            warnings.warn(f"{subject}: its volumes share no coronal brain slice; left out of the agreement")
             continue
         seen = {}
         for r in g.itertuples():

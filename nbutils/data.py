@@ -5,7 +5,7 @@ renderings of the same acquisition the built-in simulated set provides for its t
 ``clean``, the ground truth, and ``rescan``, a second scan with fresh nuisance) are relative
 to the CSV's folder unless absolute. Without ``subject`` each file is its own subject;
 without ``split`` subjects are split train/test at the subject level (no subject in two
-splits), stratified by the scanners each was scanned on (:func:`subject_split`). A ``paired``
+splits), stratified by scanner, the traveling subjects apart (:func:`subject_split`). A ``paired``
 split (the same anatomies on several scanners, for a supervised translator only) is sliced like
 the others.
 
@@ -165,17 +165,22 @@ def nifti_stem(path: Path) -> str:
 
 
 def subject_split(table: pd.DataFrame, test_fraction: float, seed: int) -> list[str]:
-    """Subject-level train/test split, stratified by the scanners each subject was scanned on: each scanner's
-    subjects scanned once, and the traveling subjects of each set of scanners, are split alike, so a traveling-subject
-    study keeps some of its traveling subjects for testing, where notebooks 01 and 09 need them (a set of one subject
-    stays in training)."""
+    """Subject-level train/test split, stratified: each scanner's subjects scanned once, and the traveling subjects
+    (scanned on two or more scanners) together, are split alike. Of four or more traveling subjects at least two are
+    kept for testing: notebooks 01 and 09 score translations on them, and the probes hold each subject out. A stratum
+    of one subject stays in training."""
     rng = np.random.default_rng(seed)
-    scanners = table.groupby("subject", sort=True)["domain"].agg(lambda d: " + ".join(sorted(set(d))))
+    scanners = table.groupby("subject", sort=True)["domain"].agg(["first", "nunique"])
+    once = scanners.loc[scanners["nunique"] == 1, "first"]
+    strata = [subjects.index for _, subjects in once.groupby(once)]
+    strata.append(scanners.index[scanners["nunique"] > 1])  # the traveling subjects, last
     test = set()
-    for _, subjects in scanners.groupby(scanners):
-        names = np.array(sorted(subjects.index))
+    for i, subjects in enumerate(strata):
+        names = np.array(sorted(subjects))
         n = int(round(test_fraction * len(names)))
         n = min(max(n, 1), len(names) - 1) if len(names) > 1 else 0
+        if i == len(strata) - 1 and len(names) >= 4:
+            n = max(n, 2)
         test |= set(rng.choice(names, size=n, replace=False))
     return ["test" if s in test else "train" for s in table["subject"]]
 

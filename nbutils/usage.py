@@ -297,8 +297,8 @@ def _readings(images: np.ndarray, masks: np.ndarray | None = None, size: int = 6
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
 
-SOURCE_PROBE_NEEDS = ("toward some scanner, two or more sources each with two or more traveling test subjects "
-                      "(anatomies that scanner also saw): folds by subject hold each one out")
+SOURCE_PROBE_NEEDS = ("a target scanner that saw the anatomies of two or more traveling test subjects of each of two "
+                      "or more source scanners (folds by subject hold each subject out)")
 
 
 def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -186,16 +186,23 @@ def test_subject_split_is_stratified_disjoint_and_seeded():
 def test_subject_split_keeps_traveling_subjects_for_testing_in_every_seed():
     # 10 subjects scanned once on each of A and B, and 4 traveling subjects scanned on both, listed with A first: split
     # with the subjects scanned once on A, as a split by first scanner did, all four land in training with probability
-    # C(10, 4) / C(14, 4) = 0.21
+    # 10 / 14 = 0.71 at a test fraction of 0.1 (one of A's 14 subjects tested)
     single = [(f"{d}{i}", d) for d in "AB" for i in range(10)]
     traveling = [(f"t{i}", d) for i in range(4) for d in "AB"]
     table = pd.DataFrame(single + traveling, columns=["subject", "domain"])
     for seed in range(20):
-        split = table.assign(split=data.subject_split(table, 0.25, seed=seed))
+        split = table.assign(split=data.subject_split(table, 0.1, seed=seed))
         assert (split.groupby("subject")["split"].nunique() == 1).all()
         tested = split[split.split == "test"]
-        assert tested.subject.str.startswith("t").sum() == 2 * 1  # round(0.25 x 4) traveling subjects, both scans
-        assert (tested.groupby("domain").subject.nunique() == 1 + 2).all()  # and round(0.25 x 10) = 2 per scanner
+        assert tested.subject.str.startswith("t").sum() == 2 * 2  # two of four (0.1 x 4 rounds to 0), both scans
+        assert (tested.groupby("domain").subject.nunique() == 2 + 1).all()  # and round(0.1 x 10) = 1 per scanner
+    # three traveling subjects each on another pair of scanners are split together: one of them is tested
+    table = pd.DataFrame([(f"{d}{i}", d) for d in "ABC" for i in range(4)]
+                         + [("t0", "A"), ("t0", "B"), ("t1", "B"), ("t1", "C"), ("t2", "A"), ("t2", "C")],
+                         columns=["subject", "domain"])
+    for seed in range(20):
+        tested = table[np.array(data.subject_split(table, 0.25, seed=seed)) == "test"]
+        assert tested.subject.str.startswith("t").sum() == 2 and tested.subject.nunique() == 3 + 1
 
 
 def test_counts_table_totals(small_csv, tmp_path):
