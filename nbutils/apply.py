@@ -7,6 +7,7 @@ setting) naming the input and the fix, raised before anything is written.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -71,18 +72,24 @@ def reference_slices(path: str | Path, size: tuple[int, int], n: int = 8) -> np.
     return resize_slices(slices, size[0])
 
 
+def file_label(mode: str) -> str:
+    """``mode`` (``scanner-free`` or a scanner's name, which may hold spaces or a slash) as a file name's part: runs
+    of characters other than letters, digits, ``.``, ``_`` and ``-`` become one ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", mode).strip("-") or "-"
+
+
 def output_paths(out_dir: Path, volumes: list[Path], mode: str) -> list[Path]:
     """Where :func:`harmonize_all` writes each volume: ``<name>_harmonized-<mode>.nii.gz`` in
-    ``out_dir``, the name being the file's without its NIfTI suffix; files of one name in
-    different folders (``site1/T1.nii.gz``, ``site2/T1.nii.gz``) are named by their path below
-    the folder they share (``site1_T1``). Raises ValueError when two volumes would still be
-    written to one file, or a volume would be overwritten."""
+    ``out_dir`` (the mode through :func:`file_label`), the name being the file's without its NIfTI
+    suffix; files of one name in different folders (``site1/T1.nii.gz``, ``site2/T1.nii.gz``) are
+    named by their path below the folder they share (``site1_T1``). Raises ValueError when two
+    volumes would still be written to one file, or a volume would be overwritten."""
     named = [Path(os.path.abspath(v)) for v in volumes]  # names as given (a symlink keeps its own name)
     stems = [nifti_stem(v) for v in named]
     if len(set(stems)) < len(stems):
         common = Path(os.path.commonpath([v.parent for v in named]))
         stems = ["_".join(v.parent.relative_to(common).parts + (s,)) for v, s in zip(named, stems)]
-    outs = [Path(out_dir) / f"{s}_harmonized-{mode}.nii.gz" for s in stems]
+    outs = [Path(out_dir) / f"{s}_harmonized-{file_label(mode)}.nii.gz" for s in stems]
     inputs = {v.resolve() for v in named}
     seen: dict[Path, Path] = {}
     for v, out in zip(named, outs):

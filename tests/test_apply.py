@@ -67,6 +67,8 @@ def test_mode_reference_and_output_checks(write_volume, tmp_path):
     v = write_volume("v.nii.gz")
     out = tmp_path / "out"
     assert [p.name for p in apply.output_paths(out, [v], "scanner-free")] == ["v_harmonized-scanner-free.nii.gz"]
+    # a scanner named with a space and a slash: one file in the output folder, not a folder of its own
+    assert apply.output_paths(out, [v], "Siemens Trio/Tim 3T") == [out / "v_harmonized-Siemens-Trio-Tim-3T.nii.gz"]
 
 
 def test_output_paths_never_share_a_file(tmp_path):
