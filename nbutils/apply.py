@@ -191,7 +191,7 @@ def agreement(volumes: pd.DataFrame, outputs: list[str]) -> tuple[pd.DataFrame, 
         areas = [(x > MASK_THRESHOLD).sum(axis=(1, 2)) for x in inputs.values()]
         kept = np.all([a >= AREA_SHARE * areas[0] for a in areas], axis=0) & (areas[0] > 0)
         if not kept.any():
-            warnings.warn(f"{subject}: its volumes share no coronal brain slice; left out of the agreement")
+            warnings.warn(f"{subject}: its volumes share no coronal brain slice; left out of the agreement", stacklevel=2)
             continue
         seen = {}
         for r in g.itertuples():

@@ -164,25 +164,30 @@ def nifti_stem(path: Path) -> str:
     return path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
 
 
-def subject_split(table: pd.DataFrame, test_fraction: float, seed: int) -> list[str]:
+def subject_split(table: pd.DataFrame, test_fraction: float, seed: int, tries: int = 100) -> list[str]:
     """Subject-level train/test split, stratified: each scanner's subjects scanned once, and the traveling subjects
-    (scanned on two or more scanners) together, are split alike. Of four or more traveling subjects at least two are
+    (scanned on two or more scanners) together, are split alike. Of three or more traveling subjects at least two are
     kept for testing: notebooks 01 and 09 score translations on them, and the probes hold each subject out. A stratum
-    of one subject stays in training."""
+    of one subject stays in training. Where a draw leaves some scanner without training or test volumes (a scanner
+    seen mostly through traveling subjects), the next of up to ``tries`` draws is taken; where every split of subjects
+    scanned once covers the scanners, the first draw does, and it is the split a stratification by scanner alone
+    gives them."""
     rng = np.random.default_rng(seed)
     scanners = table.groupby("subject", sort=True)["domain"].agg(["first", "nunique"])
     once = scanners.loc[scanners["nunique"] == 1, "first"]
-    strata = [subjects.index for _, subjects in once.groupby(once)]
-    strata.append(scanners.index[scanners["nunique"] > 1])  # the traveling subjects, last
-    test = set()
-    for i, subjects in enumerate(strata):
-        names = np.array(sorted(subjects))
+    strata = [np.array(sorted(subjects.index)) for _, subjects in once.groupby(once)]
+    strata.append(np.array(sorted(scanners.index[scanners["nunique"] > 1])))  # the traveling subjects, last
+    sizes = []
+    for i, names in enumerate(strata):
         n = int(round(test_fraction * len(names)))
         n = min(max(n, 1), len(names) - 1) if len(names) > 1 else 0
-        if i == len(strata) - 1 and len(names) >= 4:
-            n = max(n, 2)
-        test |= set(rng.choice(names, size=n, replace=False))
-    return ["test" if s in test else "train" for s in table["subject"]]
+        sizes.append(max(n, 2) if i == len(strata) - 1 and len(names) >= 3 else n)
+    for _ in range(tries):
+        test = set().union(*(rng.choice(names, size=n, replace=False) for names, n in zip(strata, sizes)))
+        split = ["test" if s in test else "train" for s in table["subject"]]
+        if all(set(table["domain"]) <= set(table.loc[np.array(split) == part, "domain"]) for part in ("train", "test")):
+            break
+    return split
 
 
 def chosen_slices(area: np.ndarray, per_volume: int, min_fraction: float) -> np.ndarray:

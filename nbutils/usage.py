@@ -298,7 +298,8 @@ def _readings(images: np.ndarray, masks: np.ndarray | None = None, size: int = 6
 
 
 SOURCE_PROBE_NEEDS = ("a target scanner that saw the anatomies of two or more traveling test subjects of each of two "
-                      "or more source scanners (folds by subject hold each subject out)")
+                      "or more source scanners, the target itself counting as one (folds by subject hold each subject "
+                      "out)")
 
 
 def source_probe(test: Slices, to_target: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -196,13 +196,24 @@ def test_subject_split_keeps_traveling_subjects_for_testing_in_every_seed():
         tested = split[split.split == "test"]
         assert tested.subject.str.startswith("t").sum() == 2 * 2  # two of four (0.1 x 4 rounds to 0), both scans
         assert (tested.groupby("domain").subject.nunique() == 2 + 1).all()  # and round(0.1 x 10) = 1 per scanner
-    # three traveling subjects each on another pair of scanners are split together: one of them is tested
+    # three traveling subjects each on another pair of scanners are split together: two of them are tested
     table = pd.DataFrame([(f"{d}{i}", d) for d in "ABC" for i in range(4)]
                          + [("t0", "A"), ("t0", "B"), ("t1", "B"), ("t1", "C"), ("t2", "A"), ("t2", "C")],
                          columns=["subject", "domain"])
     for seed in range(20):
         tested = table[np.array(data.subject_split(table, 0.25, seed=seed)) == "test"]
-        assert tested.subject.str.startswith("t").sum() == 2 and tested.subject.nunique() == 3 + 1
+        assert tested.subject.str.startswith("t").sum() == 2 * 2 and tested.subject.nunique() == 3 + 2
+
+
+def test_subject_split_gives_every_scanner_training_and_test_volumes_where_only_traveling_subjects_reach_it():
+    # D is seen only by two traveling subjects (on A and D): a draw that tests both, or neither, leaves D without
+    # training or test volumes; the next draw is taken
+    table = pd.DataFrame([(f"{d}{i}", d) for d in "ABC" for i in range(6)]
+                         + [(f"t{i}", d) for i in range(4) for d in "AB"] + [(f"u{i}", d) for i in range(2) for d in "AD"],
+                         columns=["subject", "domain"])
+    for seed in range(50):
+        split = table.assign(split=data.subject_split(table, 0.25, seed=seed))
+        assert (split.groupby("split").domain.nunique() == 4).all(), seed
 
 
 def test_counts_table_totals(small_csv, tmp_path):
