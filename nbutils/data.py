@@ -133,8 +133,7 @@ def read_table(csv: str | Path, test_fraction: float = 0.2, seed: int = 0) -> pd
     else:
         table["split"] = subject_split(table, test_fraction, seed)
     for split in ("train", "test"):
-        lacking = sorted(set(table["domain"]) - set(table.loc[table["split"] == split, "domain"]))
-        if lacking:
+        if lacking := lacking_domains(table["domain"], table["split"], split):
             raise DataError(f"{csv}: domain(s) {lacking} have no {split} volume; every scanner needs volumes to "
                             "train on and to test on, of different subjects (a subject's volumes stay in one "
                             "split): add subjects, or set the split column.")
@@ -185,9 +184,14 @@ def subject_split(table: pd.DataFrame, test_fraction: float, seed: int, tries: i
     for _ in range(tries):
         test = set().union(*(rng.choice(names, size=n, replace=False) for names, n in zip(strata, sizes)))
         split = ["test" if s in test else "train" for s in table["subject"]]
-        if all(set(table["domain"]) <= set(table.loc[np.array(split) == part, "domain"]) for part in ("train", "test")):
+        if not any(lacking_domains(table["domain"], split, part) for part in ("train", "test")):
             break
     return split
+
+
+def lacking_domains(domains: pd.Series, split, part: str) -> list[str]:
+    """The scanners of ``domains`` with no row whose ``split`` is ``part`` (sorted)."""
+    return sorted(set(domains) - set(domains[np.asarray(split) == part]))
 
 
 def chosen_slices(area: np.ndarray, per_volume: int, min_fraction: float) -> np.ndarray:
