@@ -6,6 +6,7 @@ setting) naming the input and the fix, raised before anything is written.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -72,15 +73,21 @@ def reference_slices(path: str | Path, size: tuple[int, int], n: int = 8) -> np.
     return resize_slices(slices, size[0])
 
 
-def file_label(mode: str) -> str:
+def file_label(mode: str, modes: list[str] = ()) -> str:
     """``mode`` (``scanner-free`` or a scanner's name, which may hold spaces or a slash) as a file name's part: runs
-    of characters other than letters, digits, ``.``, ``_`` and ``-`` become one ``-``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", mode).strip("-") or "-"
+    of characters other than letters, digits, ``.``, ``_`` and ``-`` become one ``-``. Where another of ``modes`` (the
+    model's scanners) comes out the same (``GE Signa``, ``GE/Signa``), the label ends in six hex digits of the
+    name's SHA-1, so the two never share a file, a figure or a record."""
+    plain = lambda m: re.sub(r"[^A-Za-z0-9._-]+", "-", m).strip("-") or "-"
+    label = plain(mode)
+    if any(plain(m) == label for m in {*modes, SCANNER_FREE} - {mode}):
+        label += "-" + hashlib.sha1(mode.encode()).hexdigest()[:6]
+    return label
 
 
-def output_paths(out_dir: Path, volumes: list[Path], mode: str) -> list[Path]:
+def output_paths(out_dir: Path, volumes: list[Path], mode: str, modes: list[str] = ()) -> list[Path]:
     """Where :func:`harmonize_all` writes each volume: ``<name>_harmonized-<mode>.nii.gz`` in
-    ``out_dir`` (the mode through :func:`file_label`), the name being the file's without its NIfTI
+    ``out_dir`` (the mode through :func:`file_label` among ``modes``), the name being the file's without its NIfTI
     suffix; files of one name in different folders (``site1/T1.nii.gz``, ``site2/T1.nii.gz``) are
     named by their path below the folder they share (``site1_T1``). Raises ValueError when two
     volumes would still be written to one file, or a volume would be overwritten."""
@@ -89,7 +96,7 @@ def output_paths(out_dir: Path, volumes: list[Path], mode: str) -> list[Path]:
     if len(set(stems)) < len(stems):
         common = Path(os.path.commonpath([v.parent for v in named]))
         stems = ["_".join(v.parent.relative_to(common).parts + (s,)) for v, s in zip(named, stems)]
-    outs = [Path(out_dir) / f"{s}_harmonized-{file_label(mode)}.nii.gz" for s in stems]
+    outs = [Path(out_dir) / f"{s}_harmonized-{file_label(mode, modes)}.nii.gz" for s in stems]
     inputs = {v.resolve() for v in named}
     seen: dict[Path, Path] = {}
     for v, out in zip(named, outs):
@@ -110,7 +117,7 @@ def harmonize_all(harm, volumes: list[Path], out_dir: Path, mode: str, target: i
     from .harmonize import harmonize_volume
 
     rows = []
-    for v, path in zip(tqdm(volumes, desc="volumes", unit="vol"), output_paths(out_dir, volumes, mode)):
+    for v, path in zip(tqdm(volumes, desc="volumes", unit="vol"), output_paths(out_dir, volumes, mode, harm.domains)):
         out = harmonize_volume(harm, v, path, mode="scanner-free" if target is None else "to-scanner",
                                target=target, reference=reference, seed=seed, progress=False)
         a, b = load_volume_header(v), load_volume_header(out)

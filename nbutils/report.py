@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from fractions import Fraction
 
 import pandas as pd
 
@@ -71,12 +72,20 @@ def results_table(metrics: dict) -> pd.DataFrame:
 # share) to 1: 0.50 with four balanced scanners. A fixed 0.50 would lie at chance with two, where outputs that carry
 # no scanner at all would miss it in about half the runs; a share stays under 1 however large chance is. Where the
 # untouched inputs read within the bar, it cannot tell harmonized outputs from them and is not judged.
-SENSITIVITY_BAR, STRUCTURE_BAR, RESIDUAL_SHARE = 0.5, 0.95, 1 / 3
+SENSITIVITY_BAR, STRUCTURE_BAR, RESIDUAL_SHARE = 0.5, 0.95, Fraction(1, 3)
+
+
+def share_words(share: Fraction) -> str:
+    """``share`` as the bars table says it: "half", "a third", "a quarter", "a fifth", otherwise a percentage."""
+    ordinals = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth"}
+    if share.numerator == 1 and share.denominator in ordinals:
+        return ordinals[share.denominator]
+    return f"{float(share):.0%}"
 
 
 def residual_bar(chance: float) -> float:
     """The frozen classifier's residual bar: :data:`RESIDUAL_SHARE` of the way from ``chance`` to 1."""
-    return chance + RESIDUAL_SHARE * (1 - chance)
+    return float(chance + RESIDUAL_SHARE * (1 - chance))
 
 
 def _recorded(v) -> bool:  # metrics.json holds what a run could not measure as null or NaN
@@ -153,7 +162,7 @@ def bars_table(metrics: dict) -> pd.DataFrame:
     if _recorded(floor):
         bar = residual_bar(floor)
         add(f"frozen classifier's residual accuracy, median over scanner-free draws ≤ {bar:.2f} "
-            f"(a third of the way from chance to 1)", each(residual),
+            f"({share_words(RESIDUAL_SHARE)} of the way from chance to 1)", each(residual),
             f"chance {num(floor, 2)}, the inputs {num(raw, 2)}, "
             f"histogram matching {num(residual.read(metrics, hm), 2)}",
             lambda v, m: v <= bar,

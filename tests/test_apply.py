@@ -1,4 +1,6 @@
 """Notebook 10's input checks (one test per bad input) and notebook 11's explorer."""
+import re
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -69,6 +71,13 @@ def test_mode_reference_and_output_checks(write_volume, tmp_path):
     assert [p.name for p in apply.output_paths(out, [v], "scanner-free")] == ["v_harmonized-scanner-free.nii.gz"]
     # a scanner named with a space and a slash: one file in the output folder, not a folder of its own
     assert apply.output_paths(out, [v], "Siemens Trio/Tim 3T") == [out / "v_harmonized-Siemens-Trio-Tim-3T.nii.gz"]
+    # two scanners whose names differ only in what a file name cannot hold never share a file
+    ge = ["GE Signa", "GE/Signa", "sim-A"]
+    labels = [apply.file_label(m, ge) for m in ge + ["scanner-free"]]
+    assert len(set(labels)) == 4 and labels[2:] == ["sim-A", "scanner-free"]
+    assert all(re.fullmatch(r"GE-Signa-[0-9a-f]{6}", x) for x in labels[:2])
+    assert apply.file_label("GE Signa", ["GE Signa", "sim-A"]) == "GE-Signa"  # no twin: the plain label
+    assert len({p.name for m in ge[:2] for p in apply.output_paths(out, [v], m, ge)}) == 2
 
 
 def test_output_paths_never_share_a_file(tmp_path):

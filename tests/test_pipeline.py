@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 
 import nbformat
@@ -1020,6 +1021,10 @@ def test_the_bars_table_says_which_model_meets_which_bar_and_leaves_out_what_was
     record(measures.RESIDUAL_FROZEN_DRAWS, {measures.CHANCE: 0.90})
     row = residual_row()
     assert row.bar.endswith("≤ 0.93 (a third of the way from chance to 1)") and row.met == "yes / yes"
+    # the label says the share the bar is computed with
+    assert report.share_words(report.RESIDUAL_SHARE) == "a third" and report.residual_bar(0.25) == pytest.approx(0.5)
+    assert [report.share_words(Fraction(*f)) for f in ((1, 2), (1, 4), (2, 5), (1, 10))] == ["half", "a quarter",
+                                                                                             "40%", "10%"]
     # inputs that read within the bar: nothing to tell the outputs from, the bar is not judged
     record(measures.RESIDUAL_FROZEN_DRAWS, {ident: 0.92})
     assert residual_row().met == "not judged: the inputs read within the bar"
