@@ -67,19 +67,22 @@ def results_table(metrics: dict) -> pd.DataFrame:
 
 
 # The bars stage 2 is held to (docs/design.md, "What stage 2 must show"), read from a run's
-# metrics.json. The probe's bar is chance + a margin (0.40 with four scanners), as notebooks 03/04 record it. The
-# frozen classifier's residual accuracy is held to a share of the way from chance (its test rows' largest scanner's
-# share) to 1: 0.50 with four balanced scanners. A fixed 0.50 would lie at chance with two, where outputs that carry
-# no scanner at all would miss it in about half the runs; a share stays under 1 however large chance is. Where the
-# untouched inputs read within the bar, it cannot tell harmonized outputs from them and is not judged.
+# metrics.json. Both accuracies that chance bounds from below are held to a share of the way from chance (the test
+# rows' largest scanner's share) to 1: the z^c probe to a fifth, as notebooks 03/04 record its bar (usage.probe_bar;
+# 0.40 with four balanced scanners), the frozen classifier's residual to a third (0.50 with four). A fixed 0.50
+# would lie at chance with two scanners, where outputs that carry no scanner at all would miss it in about half the
+# runs; a fixed margin over chance (the probe's chance + 0.15 before) reaches 1 where one scanner holds 85 % of the
+# test rows, and cannot fail there; a share stays under 1 however large chance is. Where the untouched inputs read
+# within the residual's bar, it cannot tell harmonized outputs from them and is not judged.
 SENSITIVITY_BAR, STRUCTURE_BAR, RESIDUAL_SHARE = 0.5, 0.95, Fraction(1, 3)
 
 
-def share_words(share: Fraction) -> str:
+def share_words(share: float | Fraction) -> str:
     """``share`` as the bars table says it: "half", "a third", "a quarter", "a fifth", otherwise a percentage."""
     ordinals = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth"}
-    if share.numerator == 1 and share.denominator in ordinals:
-        return ordinals[share.denominator]
+    near = Fraction(share).limit_denominator(20)
+    if near.numerator == 1 and near.denominator in ordinals and abs(near - share) < 1e-9:
+        return ordinals[near.denominator]
     return f"{float(share):.0%}"
 
 
@@ -125,9 +128,11 @@ def bars_table(metrics: dict) -> pd.DataFrame:
         (f"the clean truths (a noise-free oracle) {oracle:.3f}, " if _recorded(oracle) else "")
         + "1 = as far as the scans differ, 0 for a generator that ignores its codes", lambda v, m: v >= SENSITIVITY_BAR)
     probe_bar, chance = stage2("probe_bar"), stage2("chance")[gmm]
-    if all(_recorded(v) for v in probe_bar.values()) and _recorded(chance):
+    if all(_recorded(v) for v in probe_bar.values()) and _recorded(chance) and chance < 1:
         fed = stage2("probe_zc_fed")
-        add(f"scanner probe from z^c ≤ {probe_bar[gmm]:.2f} (chance + {probe_bar[gmm] - chance:.2f})",
+        # the label says the share of the way from chance to 1 that the recorded bar lies at (usage.probe_bar)
+        share = share_words((probe_bar[gmm] - chance) / (1 - chance))
+        add(f"scanner probe from z^c ≤ {probe_bar[gmm]:.2f} ({share} of the way from chance to 1)",
             stage2("probe_zc"), f"chance {chance:.2f}" + (
                 "; z^c as G is fed, window by window: " + " / ".join(num(v) for v in fed.values())
                 if all(_recorded(v) for v in fed.values()) else "") + "".join(

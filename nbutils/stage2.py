@@ -407,8 +407,8 @@ class Experiment:
         """The z^c probe beside its controls (:func:`usage.probe_control`): z^c's and the inputs' summaries and the
         inputs' detail (:func:`usage.features`) with their scanner part shrunk by known factors, probed again. Saved
         (table, figure); the inputs' probes as they are (``probe_inputs``, ``probe_inputs_detail``) and the share up
-        to which z^c's and the inputs' probes read within ``usage.PROBE_MARGIN`` of chance on the traveling rows
-        (:func:`usage.share_at_probe`) go to ``metrics.json`` (the probe's bar itself, ``probe_bar``, is
+        to which z^c's and the inputs' probes read within the probe's bar (:func:`usage.probe_bar`) on the traveling
+        rows (:func:`usage.share_at_probe`) go to ``metrics.json`` (the bar itself, ``probe_bar``, is
         :meth:`diagnose`'s, recorded with or without traveling subjects). Returns (table, figure); (None, None)
         without traveling subjects."""
         run, test = self.run, self.test_set
@@ -418,7 +418,7 @@ class Experiment:
         names = {"zc": "z^c", "inputs": "inputs", "inputs_detail": "inputs' detail"}  # metrics.json key: code
         control = usage.probe_control({name: feats[key] for key, name in names.items()}, test)
         chance = float(control.chance.iloc[0])
-        bar = chance + usage.PROBE_MARGIN
+        bar = usage.probe_bar(chance)
         plots.save_table(control.drop(columns="chance"), self.key + "_probe_control", run.figures,
                          note="Scanner probe (folds by subject) and scanner share of z^c, the inputs and their detail "
                               "with each anatomy's scanner-to-scanner deviations multiplied by `scale`; "
