@@ -52,6 +52,12 @@ class DRITConfig:
     # end, as checkpoints written before were trained (DRITTask.lr_factor; docs/experiments.md, "DRIT's decaying
     # learning rate")
     lr_decay: float = 0.0
+    # each iteration's pair x_a, x_b drawn from two scanners, as the thesis writes it ({(x_a, c_a), (x_b, c_b)} from two
+    # scanners a, b): where x_b's scanner code is x_a's, x_b is drawn again among the other codes' slices (GMM-DRIT:
+    # the inferred codes; DRIT++ and known_labels: the labels). False: either may share a scanner, as DRIT++'s
+    # multi-domain code draws them and checkpoints written before were trained (docs/experiments.md, "Pairs from two
+    # scanners")
+    distinct_pairs: bool = False
     w_adv: float = 1.0
     w_cls: float = 10.0  # G's scanner-classification term (DRIT++'s multi-domain lambda_cls_G), cross-domain branch
     # the same term on the scanner-free branch (D_s²'s scanner head toward no scanner, the all-zero code); as w_cls
@@ -659,7 +665,7 @@ class PairSampler:
     random ``crop`` windows centred on the brain ``masks`` (:func:`nbutils.crops.random_crops`)."""
 
     def __init__(self, images, labels: np.ndarray, batch_size: int, seed: int = 0, device="cpu",
-                 crop: int = 0, masks=None, view: int = 0, dc_extra: int = 0):
+                 crop: int = 0, masks=None, view: int = 0, dc_extra: int = 0, distinct: bool = False):
         if crop and (masks is None or not view):
             raise ValueError("training on crops needs the brain masks (crops are centred on the brain) "
                              "and the size of the attribute encoder's whole-slice view")
@@ -672,6 +678,7 @@ class PairSampler:
         self.b = EpochSampler(len(images), batch_size, seed + 7919)
         self.codes = None
         self.batch_size, self.dc_extra = batch_size, dc_extra  # batches of D_c's own (DRITConfig.dc_steps - 1)
+        self.distinct = distinct  # x_b never of x_a's scanner code (DRITConfig.distinct_pairs)
 
     @torch.no_grad()
     def attach_codes(self, model: Translator, size: int = 64) -> None:
@@ -690,8 +697,7 @@ class PairSampler:
             c.append(code.float())
         self.codes = torch.cat(za), torch.cat(c)
 
-    def _batch(self, idx, rng, side: str) -> dict:
-        idx = np.sort(idx)
+    def _batch(self, idx, rng, side: str) -> dict:  # rows ``idx`` in that order
         x, starts = crops.random_crops(self.images, self.masks, idx, self.crop, rng)
         out = {f"x{side}": torch.from_numpy(x).unsqueeze(1).to(self.device) * 2 - 1,
                f"l{side}": torch.from_numpy(self.labels[idx]).long().to(self.device)}
@@ -705,12 +711,30 @@ class PairSampler:
                 out[f"v{side}"] = v.to(self.device) * 2 - 1
         return out
 
+    def groups(self) -> np.ndarray:
+        """Each slice's scanner code: the attached codes' (GMM-DRIT: inferred, or the labels with known_labels), else
+        the labels."""
+        return self.labels if self.codes is None else self.codes[1].argmax(1).cpu().numpy()
+
+    def _apart(self, a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``b`` with every row whose scanner code is its partner's in ``a`` drawn again, uniformly among the slices of
+        the other codes (kept where there are none)."""
+        g, b = self.groups(), b.copy()
+        for i in np.flatnonzero(g[b] == g[a]):
+            others = np.flatnonzero(g != g[a[i]])
+            if len(others):
+                b[i] = rng.choice(others)
+        return b
+
     def __call__(self, it: int) -> dict:
         rng = np.random.default_rng((self.seed, it))
-        out = {**self._batch(self.a(it), rng, "a"), **self._batch(self.b(it), rng, "b")}
+        a, b = np.sort(self.a(it)), np.sort(self.b(it))
+        if self.distinct:
+            b = self._apart(a, b, np.random.default_rng((self.seed, it, 2)))
+        out = {**self._batch(a, rng, "a"), **self._batch(b, rng, "b")}
         if self.dc_extra:  # drawn from a stream of their own: the batches above are as without them
             more = np.random.default_rng((self.seed, it, 1))
-            pick = lambda: more.choice(len(self.images), self.batch_size, replace=False)
+            pick = lambda: np.sort(more.choice(len(self.images), self.batch_size, replace=False))
             out["dc"] = [{**self._batch(pick(), more, "a"), **self._batch(pick(), more, "b")}
                          for _ in range(self.dc_extra)]
         return out
@@ -732,7 +756,7 @@ def train_drit(images, labels, cfg: DRITConfig, checkpoint, *, gmvae: GMVAE | No
         raise ValueError(f"the model is set up for {cfg.slices} slices, the images are {tuple(images.shape[1:])}")
     crop = cfg.image_shape[0] if tuple(cfg.image_shape) != cfg.slices else 0
     sampler = PairSampler(images, labels, batch_size, seed, device, crop=crop, masks=masks,
-                          view=task.modules.view_size, dc_extra=cfg.dc_steps - 1)
+                          view=task.modules.view_size, dc_extra=cfg.dc_steps - 1, distinct=cfg.distinct_pairs)
     if cfg.variant == "gmm-drit":
         sampler.attach_codes(task.modules)
         if cfg.known_labels:

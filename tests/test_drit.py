@@ -951,3 +951,28 @@ def test_dritpp_latent_regression_reads_g_output_as_e_a_reads_slices():
     x_r, z_r = torch.rand(2, 1, 32, 32) * 2 - 1, torch.randn(2, 8)
     expected = F.l1_loss(m.attributes(x_r, torch.tensor([0, 1]))[0], z_r)
     assert float(m.latent_regression(x_r, z_r)) == pytest.approx(float(expected), abs=1e-6)
+
+
+@pytest.mark.parametrize("coded", [True, False])
+def test_distinct_pairs_draw_x_b_from_another_scanner_code_than_x_a_and_change_nothing_else(coded):
+    """With ``distinct_pairs`` no pair of an iteration shares a scanner code (the codes attached to the slices where
+    there are, as GMM-DRIT's inferred ones, not the labels; else the labels, as DRIT++'s), x_a's batch is the one
+    drawn without it, and pairs already apart are kept; off, about a third of the pairs of three balanced codes
+    share one."""
+    images = np.random.default_rng(0).random((24, 16, 16)).astype(np.float32)
+    labels = np.arange(24) % 3
+    plain = drit.PairSampler(images, labels, 3, seed=1)
+    apart = drit.PairSampler(images, labels, 3, seed=1, distinct=True)
+    if coded:  # codes that are not the labels: slices 0-7 code 0, 8-15 code 1, 16-23 code 2
+        plain.codes = apart.codes = (torch.zeros(24, 8), torch.eye(3)[torch.arange(24) // 8])
+        assert np.array_equal(apart.groups(), np.arange(24) // 8)
+    code = lambda batch, side: batch[f"c{side}"].argmax(1) if coded else batch[f"l{side}"]
+    same = 0
+    for it in range(40):
+        p, d = plain(it), apart(it)
+        assert torch.equal(p["xa"], d["xa"]) and torch.equal(p["la"], d["la"])
+        assert not (code(d, "a") == code(d, "b")).any(), it
+        kept = code(p, "a") != code(p, "b")
+        assert torch.equal(p["xb"][kept], d["xb"][kept])
+        same += int((~kept).sum())
+    assert 0.15 < same / 120 < 0.6
