@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -73,19 +74,20 @@ def reference_slices(path: str | Path, size: tuple[int, int], n: int = 8) -> np.
     return resize_slices(slices, size[0])
 
 
-def file_label(mode: str, modes: list[str] = ()) -> str:
+def file_label(mode: str, modes: Iterable[str] = ()) -> str:
     """``mode`` (``scanner-free`` or a scanner's name, which may hold spaces or a slash) as a file name's part: runs
     of characters other than letters, digits, ``.``, ``_`` and ``-`` become one ``-``. Where another of ``modes`` (the
-    model's scanners) comes out the same (``GE Signa``, ``GE/Signa``), the label ends in six hex digits of the
-    name's SHA-1, so the two never share a file, a figure or a record."""
+    model's scanners) comes out the same but for letter case (``GE Signa``, ``GE/Signa``, ``GE signa``: one file on
+    macOS and Windows), the label ends in six hex digits of the name's SHA-1, so the two never share a file, a figure
+    or a record."""
     plain = lambda m: re.sub(r"[^A-Za-z0-9._-]+", "-", m).strip("-") or "-"
     label = plain(mode)
-    if any(plain(m) == label for m in {*modes, SCANNER_FREE} - {mode}):
+    if any(plain(m).lower() == label.lower() for m in {*modes, SCANNER_FREE} - {mode}):
         label += "-" + hashlib.sha1(mode.encode()).hexdigest()[:6]
     return label
 
 
-def output_paths(out_dir: Path, volumes: list[Path], mode: str, modes: list[str] = ()) -> list[Path]:
+def output_paths(out_dir: Path, volumes: list[Path], mode: str, modes: Iterable[str] = ()) -> list[Path]:
     """Where :func:`harmonize_all` writes each volume: ``<name>_harmonized-<mode>.nii.gz`` in
     ``out_dir`` (the mode through :func:`file_label` among ``modes``), the name being the file's without its NIfTI
     suffix; files of one name in different folders (``site1/T1.nii.gz``, ``site2/T1.nii.gz``) are

@@ -463,7 +463,7 @@ ADDED_OFF = {"tone_curve": 0, "tone_floor": 0.0, "w_field_layout": 0.0, "padding
              "dc_lr": 1.0, "content_highpass": 0.0, "content_highpass_floor": 0.02, "invariance_blur": 0.0,
              "invariance_noise": 0.0, "invariance_symmetric": False, "w_cls_sf": 10.0, "w_content_mean": 0.0,
              "content_mean_momentum": 0.99, "content_mean_whiten": False, "lr_decay": 0.0,
-             "tone_extend": False}
+             "tone_extend": False, "distinct_pairs": False}
 # every option's value in checkpoints written before it existed (from_checkpoint)
 BEFORE_OPTIONS = dict(content_norm=False, w_sf_content=0.0, bias_field=0, dc_norm=True, dc_depth=0, dc_field=0,
                       content_field=False, upsample="transpose", **ADDED_OFF)

@@ -128,6 +128,7 @@ def bars_table(metrics: dict) -> pd.DataFrame:
         (f"the clean truths (a noise-free oracle) {oracle:.3f}, " if _recorded(oracle) else "")
         + "1 = as far as the scans differ, 0 for a generator that ignores its codes", lambda v, m: v >= SENSITIVITY_BAR)
     probe_bar, chance = stage2("probe_bar"), stage2("chance")[gmm]
+    # chance 1 (one scanner in the test rows) has no bar: the CSV checks refuse such data before a run
     if all(_recorded(v) for v in probe_bar.values()) and _recorded(chance) and chance < 1:
         fed = stage2("probe_zc_fed")
         # the label says the share of the way from chance to 1 that the recorded bar lies at (usage.probe_bar)

@@ -77,6 +77,9 @@ def test_mode_reference_and_output_checks(write_volume, tmp_path):
     assert len(set(labels)) == 4 and labels[2:] == ["sim-A", "scanner-free"]
     assert all(re.fullmatch(r"GE-Signa-[0-9a-f]{6}", x) for x in labels[:2])
     assert apply.file_label("GE Signa", ["GE Signa", "sim-A"]) == "GE-Signa"  # no twin: the plain label
+    # twins but for letter case: one file where file names ignore case (macOS, Windows)
+    cased = ["GE Signa", "GE signa"]
+    assert apply.file_label(cased[0], cased).lower() != apply.file_label(cased[1], cased).lower()
     assert len({p.name for m in ge[:2] for p in apply.output_paths(out, [v], m, ge)}) == 2
 
 

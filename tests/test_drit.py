@@ -853,6 +853,13 @@ def test_options_added_later_and_off_leave_the_checkpoint_meta_as_it_was():
     assert on.meta()["config"]["tone_curve"] == 8 and floored.meta()["config"]["tone_floor"] == 0.5
     assert {k: v for k, v in on.meta()["config"].items() if k != "tone_curve"} == off.meta()["config"]
     assert not set(drit.ADDED_OFF) & set(off.meta()["config"])  # every later option, off, is left out
+    # the settings a default checkpoint records, as the quick run's checkpoints of bd40b24 hold them: an option added
+    # since that entered the meta while off would stop those checkpoints resuming (866786c's `distinct_pairs` did)
+    written = {"attr", "bias_field", "content_field", "content_norm", "dc_clip", "dc_depth", "dc_field", "dc_norm",
+               "down", "image_shape", "k", "known_labels", "lr", "n_res", "slice_shape", "upsample", "variant", "view",
+               "w_adv", "w_cc", "w_cls", "w_content", "w_invariance", "w_kl", "w_latent", "w_self", "w_sf_content",
+               "w_zc", "width", "zc_noise"}
+    assert set(make_task("drit++").meta()["config"]) == set(off.meta()["config"]) == written
     assert on.modules.generator.curve.floor == 0 and floored.modules.generator.curve.floor == 0.5
 
 
@@ -976,3 +983,20 @@ def test_distinct_pairs_draw_x_b_from_another_scanner_code_than_x_a_and_change_n
         assert torch.equal(p["xb"][kept], d["xb"][kept])
         same += int((~kept).sum())
     assert 0.15 < same / 120 < 0.6
+
+
+def test_the_distinct_pairs_option_reaches_the_sampler_training_draws_from(tmp_path, monkeypatch):
+    """``DRITConfig.distinct_pairs`` is what :func:`drit.train_drit` hands its :class:`drit.PairSampler`."""
+    made = []
+
+    class Recording(drit.PairSampler):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            made.append(self.distinct)
+
+    monkeypatch.setattr(drit, "PairSampler", Recording)
+    images = np.random.default_rng(0).random((12, 16, 16)).astype(np.float32)
+    for on in (False, True):
+        cfg = make_task("drit++", distinct_pairs=on).cfg
+        drit.train_drit(images, np.arange(12) % 3, cfg, tmp_path / f"{on}.pt", steps=1, batch_size=3, device="cpu")
+    assert made == [False, True]
