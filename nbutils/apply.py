@@ -98,7 +98,8 @@ def output_paths(out_dir: Path, volumes: list[Path], mode: str, modes: Iterable[
     if len(set(stems)) < len(stems):
         common = Path(os.path.commonpath([v.parent for v in named]))
         stems = ["_".join(v.parent.relative_to(common).parts + (s,)) for v, s in zip(named, stems)]
-    outs = [Path(out_dir) / f"{s}_harmonized-{file_label(mode, modes)}.nii.gz" for s in stems]
+    label = file_label(mode, modes)
+    outs = [Path(out_dir) / f"{s}_harmonized-{label}.nii.gz" for s in stems]
     inputs = {v.resolve() for v in named}
     seen: dict[Path, Path] = {}
     for v, out in zip(named, outs):

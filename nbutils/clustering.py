@@ -38,6 +38,12 @@ def majority_chance(labels: np.ndarray) -> float:
     return float(np.unique(np.asarray(labels), return_counts=True)[1].max() / len(labels))
 
 
+def beyond_chance(chance: float, share: float) -> float:
+    """A bar ``share`` of the way from ``chance`` to 1: an accuracy within it reads as chance. A share, not a margin
+    over chance, stays under 1 however large chance is."""
+    return float(chance + share * (1 - chance))
+
+
 def matched_chance(labels: np.ndarray, permutations: int = 200, seed: int = 0) -> float:
     """The chance level of :func:`accuracy` for predictions that ignore the labels: its mean over
     shuffles of ``labels`` scored against ``labels`` (a blind prediction spread over the classes as

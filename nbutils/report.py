@@ -16,6 +16,7 @@ from fractions import Fraction
 import pandas as pd
 
 from . import measures, methods, plots
+from .clustering import beyond_chance
 from .config import ROOT, read_metrics, resolve, source_csv
 from .io import atomic_write_text
 from .plots import markdown_table
@@ -88,7 +89,7 @@ def share_words(share: float | Fraction) -> str:
 
 def residual_bar(chance: float) -> float:
     """The frozen classifier's residual bar: :data:`RESIDUAL_SHARE` of the way from ``chance`` to 1."""
-    return float(chance + RESIDUAL_SHARE * (1 - chance))
+    return beyond_chance(chance, RESIDUAL_SHARE)
 
 
 def _recorded(v) -> bool:  # metrics.json holds what a run could not measure as null or NaN

@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 
 from .appearance import log_detail
-from .clustering import linear_probe, majority_chance
+from .clustering import beyond_chance, linear_probe, majority_chance
 from .data import Slices
 from .drit import Translator
 from .measures import TRUTH_OF_TARGET
@@ -187,13 +187,13 @@ def probe_control(features: dict[str, np.ndarray], test: Slices, scales=SCALES) 
 
 
 # a probe "at chance": within a fifth of the way from chance to 1 (0.40 for four balanced scanners, as the issue
-# that set it puts it); a share, not a fixed margin over chance, so that the bar stays under 1 however large chance is
+# that set it puts it; clustering.beyond_chance)
 PROBE_SHARE = Fraction(1, 5)
 
 
 def probe_bar(chance: float) -> float:
     """The z^c probe's bar: :data:`PROBE_SHARE` of the way from ``chance`` (the largest scanner's share) to 1."""
-    return float(chance + PROBE_SHARE * (1 - chance))
+    return beyond_chance(chance, PROBE_SHARE)
 
 
 def share_at_probe(control: pd.DataFrame, code: str, bar: float) -> float:
