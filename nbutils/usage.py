@@ -186,8 +186,8 @@ def probe_control(features: dict[str, np.ndarray], test: Slices, scales=SCALES) 
     return pd.DataFrame(out)
 
 
-# a probe "at chance": within a fifth of the way from chance to 1 (0.40 for four balanced scanners, as the issue
-# that set it puts it; clustering.beyond_chance)
+# a probe "at chance": within a fifth of the way from chance to 1 (0.40 for four balanced scanners, as the bar
+# was first set; clustering.beyond_chance)
 PROBE_SHARE = Fraction(1, 5)
 
 
